@@ -1,0 +1,1 @@
+"""GPT-Trader domain: brokers, orders, risk, ledger, strategy. Never imports Prefect."""

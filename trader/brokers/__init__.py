@@ -1,0 +1,1 @@
+"""Brokers: the simulated exchange (paper) and, later, Coinbase Advanced Trade."""

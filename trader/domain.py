@@ -1,0 +1,196 @@
+"""Value types shared by every area: products, orders, fills, candles, balances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from enum import StrEnum
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(StrEnum):
+    GTC = "GTC"
+    GTD = "GTD"
+    IOC = "IOC"
+
+
+class OrderStatus(StrEnum):
+    PENDING_SUBMIT = "pending_submit"  # recorded in the ledger, not yet acknowledged by the broker
+    OPEN = "open"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    FAILED = "failed"  # never reached the broker
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.REJECTED, OrderStatus.FAILED}
+)
+
+
+class Liquidity(StrEnum):
+    MAKER = "maker"
+    TAKER = "taker"
+
+
+def quantize_down(value: Decimal, increment: Decimal) -> Decimal:
+    """Round value down to a whole multiple of increment."""
+    return (value / increment).to_integral_value(rounding=ROUND_DOWN) * increment
+
+
+@dataclass(frozen=True)
+class Product:
+    """A tradable product with Coinbase's increment and minimum rules."""
+
+    symbol: str
+    base_currency: str
+    quote_currency: str
+    base_increment: Decimal
+    quote_increment: Decimal
+    base_min_size: Decimal
+    base_max_size: Decimal
+    quote_min_size: Decimal = Decimal("1")
+    trading_disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Candle:
+    """One OHLCV bar, shaped like Coinbase's public candles (start is the bar's open time)."""
+
+    start: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """What the bot asks a broker to do; validated against the Product before it is sent."""
+
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    client_order_id: str
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    expire_at: datetime | None = None
+    reduce_only: bool = False
+    post_only: bool = False
+
+
+@dataclass
+class Order:
+    """The broker's view of an order."""
+
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    status: OrderStatus
+    created_at: datetime
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    expire_at: datetime | None = None
+    reduce_only: bool = False
+    filled_quantity: Decimal = Decimal("0")
+    average_fill_price: Decimal | None = None
+    fees: Decimal = Decimal("0")
+    reject_reason: str | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution reported by the broker; trade_id is unique per exchange."""
+
+    trade_id: str
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
+    liquidity: Liquidity
+    filled_at: datetime
+
+
+@dataclass(frozen=True)
+class Balance:
+    currency: str
+    available: Decimal
+    hold: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.available + self.hold
+
+
+@dataclass(frozen=True)
+class Position:
+    """Net base quantity held in a product (spot: the base balance traded by the bot)."""
+
+    symbol: str
+    quantity: Decimal
+    average_entry_price: Decimal
+
+
+@dataclass(frozen=True)
+class OrderPreview:
+    """A broker's answer to 'what would this order cost' (Coinbase preview_order shape)."""
+
+    preview_id: str
+    request: OrderRequest
+    estimated_price: Decimal
+    quote_size: Decimal
+    base_size: Decimal
+    commission: Decimal
+    errors: tuple[str, ...] = ()
+    order_id: str | None = None  # set when previewing an edit of an existing order
+
+
+@dataclass(frozen=True)
+class KeyPermissions:
+    can_view: bool
+    can_trade: bool
+    can_transfer: bool
+    portfolio_type: str
+
+
+@dataclass(frozen=True)
+class FeeTier:
+    tier: str
+    maker_fee_rate: Decimal
+    taker_fee_rate: Decimal
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    balances: list[Balance]
+    permissions: KeyPermissions
+    fee_tier: FeeTier
+    positions: list[Position] = field(default_factory=list)
