@@ -1,0 +1,163 @@
+"""Settings from the environment (pydantic-settings), with the runbook's profiles and variables."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trader.errors import ConfigError
+
+Profile = Literal["dev", "canary", "spot", "prod", "perps"]
+PROFILES: tuple[str, ...] = ("dev", "canary", "spot", "prod", "perps")
+BrokerChoice = Literal["auto", "simulated", "coinbase"]
+
+# Per-profile defaults; an explicitly set environment variable always wins.
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dev": {"cycle_interval_seconds": 1.0, "position_size_usd": Decimal("1000")},
+    "canary": {"cycle_interval_seconds": 60.0, "position_size_usd": Decimal("100"), "max_position_usd": Decimal("500")},
+    "spot": {"cycle_interval_seconds": 60.0},
+    "prod": {"cycle_interval_seconds": 60.0},
+    "perps": {"cycle_interval_seconds": 60.0},
+}
+
+_BOOL_HELP = "one of 1, 0, true, false"
+
+
+class Settings(BaseSettings):
+    """Everything the bot reads from its environment; field names are the variables' names."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", validate_default=True, populate_by_name=True
+    )
+
+    profile: Profile = Field("dev", validation_alias="PERPS_PROFILE")
+    broker: BrokerChoice = "auto"
+
+    coinbase_enable_derivatives: bool = False
+    coinbase_api_key: SecretStr | None = None
+    coinbase_api_secret: SecretStr | None = None
+    coinbase_key_file: Path | None = None
+
+    risk_kill_switch_enabled: bool = False
+    risk_reduce_only_mode: bool = False
+    risk_max_position_usd: Decimal = Field(Decimal("10000"), gt=0)
+    risk_daily_loss_limit_pct: Decimal = Field(Decimal("2"), gt=0, le=100)
+
+    checkpoint_retention_count: int = Field(10, ge=1, le=10_000)
+    checkpoint_enable_compression: bool = True
+    state_batch_size: int = Field(1000, ge=1, le=100_000)
+
+    database_url: str = ""
+    redis_url: str | None = None
+    cold_storage_url: str = ""
+    state_dir: Path = Path("var/state")
+    log_dir: Path = Path("var/logs")
+
+    slack_bot_token: SecretStr | None = None
+    slack_channel: str | None = None
+    slack_webhook_url: SecretStr | None = None
+
+    trading_symbols: str = "BTC-USD"
+    cycle_interval_seconds: float = Field(60.0, ge=0)
+    heartbeat_interval_seconds: float = Field(5.0, ge=0)
+    position_size_usd: Decimal = Field(Decimal("500"), gt=0)
+    strategy_fast_window: int = Field(5, ge=1)
+    strategy_slow_window: int = Field(20, ge=2)
+    market_data_file: Path | None = None
+
+    @field_validator("database_url", "cold_storage_url", mode="after")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.profile == "perps" and not self.coinbase_enable_derivatives:
+            raise ValueError("profile perps is refused: perpetuals need INTX access and COINBASE_ENABLE_DERIVATIVES=1")
+        if bool(self.coinbase_api_key) != bool(self.coinbase_api_secret):
+            missing = "COINBASE_API_SECRET" if self.coinbase_api_key else "COINBASE_API_KEY"
+            raise ValueError(f"{missing} is missing: set both COINBASE_API_KEY and COINBASE_API_SECRET, or neither")
+        if self.strategy_fast_window >= self.strategy_slow_window:
+            raise ValueError("STRATEGY_FAST_WINDOW must be smaller than STRATEGY_SLOW_WINDOW")
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.state_dir / 'ledger.db').as_posix()}"
+        if not self.cold_storage_url:
+            self.cold_storage_url = (self.state_dir / "cold").as_posix()
+        return self
+
+    @property
+    def symbols(self) -> list[str]:
+        return [s.strip().upper() for s in self.trading_symbols.split(",") if s.strip()]
+
+    @property
+    def has_coinbase_credentials(self) -> bool:
+        return bool(self.coinbase_key_file or (self.coinbase_api_key and self.coinbase_api_secret))
+
+    @property
+    def broker_kind(self) -> Literal["simulated", "coinbase"]:
+        """Which Broker this profile trades on; live profiles never fall back to paper silently."""
+        if self.broker != "auto":
+            return self.broker
+        if self.has_coinbase_credentials:
+            return "coinbase"
+        if self.profile in ("dev", "canary"):
+            return "simulated"
+        raise ConfigError(
+            f"profile {self.profile} trades live and needs COINBASE_API_KEY and COINBASE_API_SECRET "
+            "(or COINBASE_KEY_FILE); set BROKER=simulated to paper-trade this profile"
+        )
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "perps_bot.log"
+
+
+def _variable_name(loc: tuple[Any, ...]) -> str:
+    if not loc:
+        return "settings"
+    name = str(loc[0])
+    return "PERPS_PROFILE" if name == "profile" else name.upper()
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    loc = first.get("loc", ())
+    if not loc:
+        return message
+    name = _variable_name(loc)
+    field = Settings.model_fields.get(str(loc[0]))
+    secret = field is not None and "SecretStr" in str(field.annotation)
+    got = "" if secret else f" (got {first.get('input')!r})"
+    if first["type"].startswith("bool"):
+        message = f"expected {_BOOL_HELP}"
+    else:
+        message = message.replace("Input should be", "must be")
+    return f"{name}: {message}{got}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment plus overrides; raise ConfigError with one line on bad input."""
+    profile = overrides.get("profile")
+    if profile is not None and profile not in PROFILES:
+        raise ConfigError(f"--profile: unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    try:
+        base = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        defaults = PROFILE_DEFAULTS.get(base.profile, {})
+        explicit = base.model_fields_set | {k for k, v in overrides.items() if v is not None}
+        env_set = {name for name in Settings.model_fields if _env_has(name)}
+        fill = {k: v for k, v in defaults.items() if k not in explicit and k not in env_set}
+        return base.model_copy(update=fill) if fill else base
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def _env_has(field_name: str) -> bool:
+    import os
+
+    key = "PERPS_PROFILE" if field_name == "profile" else field_name.upper()
+    return key in os.environ or key.lower() in os.environ
