@@ -94,6 +94,7 @@ class TradingBot:
         self.controls = controls or (lambda: read_controls(settings))
         self.heartbeat_file = heartbeat_file
         self.session_id: str | None = None
+        self.last_session_id: str | None = None
         self.cycles = 0
         self.orders_sent = 0
         self.fills_recorded = 0
@@ -111,7 +112,7 @@ class TradingBot:
         report = None
         if self.mode != "dry_run":
             report = reconcile_on_start(self.broker, self.ledger, self.broker.now())
-            self.session_id = self.ledger.start_session(
+            self.session_id = self.last_session_id = self.ledger.start_session(
                 self.settings.profile, self.broker.name, self.mode, flow_run_id=flow_run_id
             )
             log.info(

@@ -1,0 +1,308 @@
+"""perps-bot: the runbook's command lines, plus `perps-bot up` for the embedded stack."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from trader.domain import OrderRequest, OrderType, Side, TimeInForce
+from trader.errors import ConfigError, OrderRejected, TraderError
+from trader.settings import PROFILES, Settings, load_settings
+
+out = Console(highlight=False)
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line on stderr, exit 2 (argparse prints the whole usage by default)."""
+        self.exit(EXIT_BAD_INPUT, f"perps-bot: error: {message} (see perps-bot --help)\n")
+
+
+def _decimal(flag: str):
+    def parse(text: str) -> Decimal:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value.is_finite():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="perps-bot", description="GPT-Trader bot and runbook commands.")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["run", "up"],
+        default="run",
+        help="run (default): the bot or the order tooling; up: the embedded stack",
+    )
+    parser.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: PERPS_PROFILE or dev)")
+    mode = parser.add_argument_group("bot")
+    mode.add_argument("--dev-fast", action="store_true", help="run one cycle and exit (smoke test)")
+    mode.add_argument("--dry-run", action="store_true", help="run a full cycle, send nothing, print what would be sent")
+    mode.add_argument("--reduce-only", action="store_true", help="only orders that shrink positions")
+    mode.add_argument("--cycles", type=int, help="stop after this many cycles")
+    mode.add_argument("--interval", type=float, help="seconds between cycles (default from the profile)")
+    tools = parser.add_argument_group("account and order tooling")
+    tools.add_argument("--account-snapshot", action="store_true", help="balances, permissions and fee tier")
+    tools.add_argument("--preview-order", action="store_true", help="preview an order (or an edit with --order-id)")
+    tools.add_argument("--place-order", action="store_true", help="preview, then place the order and record it")
+    tools.add_argument("--apply-order-edit", metavar="ORDER_ID:PREVIEW_ID", help="apply a previewed edit")
+    tools.add_argument("--order-symbol")
+    tools.add_argument("--order-side", choices=[s.value for s in Side])
+    tools.add_argument("--order-type", choices=[t.value for t in OrderType], default="market")
+    tools.add_argument("--order-quantity", type=_decimal("--order-quantity"))
+    tools.add_argument("--order-price", type=_decimal("--order-price"))
+    tools.add_argument("--order-stop", type=_decimal("--order-stop"))
+    tools.add_argument("--order-tif", choices=[t.value for t in TimeInForce], default="GTC")
+    tools.add_argument("--order-expire", help="GTD expiry, ISO-8601 UTC (e.g. 2026-11-22T00:00:00Z)")
+    tools.add_argument("--order-client-id")
+    tools.add_argument("--order-reduce-only", action="store_true")
+    tools.add_argument("--order-id", help="with --preview-order: preview an edit of this resting order")
+    up = parser.add_argument_group("embedded stack (perps-bot up)")
+    up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
+    up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(
+            profile=args.profile,
+            risk_reduce_only_mode=True if args.reduce_only else None,
+        )
+        if args.command == "up":
+            from deployments.embedded import run_embedded_stack
+
+            return run_embedded_stack(settings, port=args.port, start_bot=not args.no_bot)
+        if args.account_snapshot:
+            return account_snapshot(settings)
+        if args.apply_order_edit:
+            return apply_order_edit(settings, args.apply_order_edit)
+        if args.preview_order or args.place_order:
+            return preview_order(settings, args)
+        return run_bot(settings, args)
+    except (ConfigError, OrderRejected) as error:
+        print(f"perps-bot: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TraderError as error:
+        print(f"perps-bot: error: {error}", file=sys.stderr)
+        return 1
+
+
+# --- bot ---------------------------------------------------------------------------------------------------------
+
+
+def run_bot(settings: Settings, args: argparse.Namespace) -> int:
+    """--dev-fast: one cycle; --dry-run: one cycle, nothing sent; otherwise cycle until Ctrl-C or --cycles."""
+    from trader.logs import configure_logging
+    from trader.runtime import build_bot
+
+    if args.cycles is not None and args.cycles < 1:
+        raise ConfigError(f"--cycles: must be at least 1 (got {args.cycles})")
+    configure_logging(settings.log_file)
+    bot = build_bot(settings, mode="dry_run" if args.dry_run else None)
+    cycles = 1 if (args.dev_fast or args.dry_run) else args.cycles
+    stop = _StopFlag()
+    bot.start()
+    status = "crashed"
+    try:
+        summary = bot.run(cycles, interval_seconds=args.interval, should_stop=stop, on_cycle=_print_cycle)
+        status = "stopped"
+    finally:
+        bot.stop(status)
+    out.print(
+        f"{summary.cycles} cycle(s), {summary.orders} order(s) sent, {summary.fills} fill(s); "
+        f"stopped: {summary.stopped_by}"
+    )
+    return 0
+
+
+class _StopFlag:
+    """Ctrl-C or SIGTERM ends the run between cycles; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._request)
+        signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum: int, _frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _print_cycle(report) -> None:
+    prices = ", ".join(f"{s} {p}" for s, p in report.prices.items())
+    out.print(
+        f"cycle {report.cycle} at {report.at:%Y-%m-%d %H:%M} UTC: {prices}; "
+        f"daily PnL {report.daily_pnl_pct:.2f}%; {report.duration_ms:.1f} ms"
+    )
+    for sent in report.orders:
+        r = sent.request
+        verb = "would send" if sent.status == "dry_run" else sent.status
+        price = f" @ {r.limit_price}" if r.limit_price else ""
+        out.print(
+            f"  {verb}: {r.side} {r.quantity} {r.symbol} {r.order_type}{price}"
+            f"{' reduce-only' if r.reduce_only else ''} [{r.client_order_id}] {sent.reason}"
+        )
+    for intent, reason in report.refused:
+        out.print(f"  refused by risk: {intent.side} {intent.quantity} {intent.symbol}: {reason}")
+    if not report.orders and not report.refused:
+        out.print("  no orders: strategy holds")
+
+
+# --- account snapshot ------------------------------------------------------------------------------------------------
+
+
+def account_snapshot(settings: Settings) -> int:
+    """Balances, key permissions and fee tier straight from the broker."""
+    from trader.runtime import build_broker
+
+    snap = build_broker(settings).account_snapshot()
+    balances = Table(title="Balances")
+    for column in ("currency", "available", "hold", "total"):
+        balances.add_column(column, justify="right" if column != "currency" else "left")
+    for b in snap.balances:
+        balances.add_row(b.currency, str(b.available), str(b.hold), str(b.total))
+    out.print(balances)
+    p = snap.permissions
+    out.print(
+        f"permissions: can_view={p.can_view} can_trade={p.can_trade} can_transfer={p.can_transfer} "
+        f"portfolio_type={p.portfolio_type}"
+    )
+    if p.can_trade and p.can_transfer:
+        out.print("[bold red]WARNING: this trading key can also transfer funds; use a key without transfer[/]")
+    f = snap.fee_tier
+    out.print(f"fee tier: {f.tier} maker={f.maker_fee_rate} taker={f.taker_fee_rate}")
+    for position in snap.positions:
+        out.print(f"position: {position.symbol} {position.quantity} @ {position.average_entry_price}")
+    return 0
+
+
+# --- order tooling ----------------------------------------------------------------------------------------------------
+
+
+def _require(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name.removeprefix("--").replace("-", "_")) is None:
+            raise ConfigError(f"{name}: required for this command")
+
+
+def _order_request(args: argparse.Namespace) -> OrderRequest:
+    _require(args, "--order-symbol", "--order-side", "--order-quantity")
+    expire_at = None
+    if args.order_expire:
+        try:
+            expire_at = datetime.fromisoformat(args.order_expire.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"--order-expire: {args.order_expire!r} is not ISO-8601 (2026-11-22T00:00:00Z)") from None
+        if expire_at.tzinfo is None:
+            expire_at = expire_at.replace(tzinfo=UTC)
+    return OrderRequest(
+        symbol=args.order_symbol.upper(),
+        side=Side(args.order_side),
+        order_type=OrderType(args.order_type),
+        quantity=args.order_quantity,
+        client_order_id=args.order_client_id or f"cli-{uuid.uuid4().hex[:20]}",
+        limit_price=args.order_price,
+        stop_price=args.order_stop,
+        time_in_force=TimeInForce(args.order_tif),
+        expire_at=expire_at,
+        reduce_only=args.order_reduce_only,
+    )
+
+
+def preview_order(settings: Settings, args: argparse.Namespace) -> int:
+    """Preview an order (nothing sent), or an edit of a resting order; --place-order then places it."""
+    from trader.runtime import build_broker
+
+    if args.order_id:
+        _require(args, "--order-quantity", "--order-price")
+        broker = build_broker(settings)
+        preview = broker.preview_edit(args.order_id, args.order_quantity, args.order_price)
+        _print_preview(preview)
+        out.print(f"apply with: perps-bot --apply-order-edit {args.order_id}:{preview.preview_id}")
+        return 0
+    request = _order_request(args)
+    broker = build_broker(settings)
+    broker.validate(request)  # bad input stops here: nothing previewed, sent or written
+    preview = broker.preview_order(request)
+    _print_preview(preview)
+    if not args.place_order:
+        return 0 if not preview.errors else 1
+    if preview.errors:
+        raise OrderRejected(f"not placed: {'; '.join(preview.errors)}")
+    from trader.ledger import Ledger
+
+    ledger = Ledger(settings.database_url)
+    ledger.record_pending(request, None, broker.now())
+    order = broker.place_order(request)
+    ledger.apply_order(order)
+    ledger.record_fills(broker.list_fills())
+    out.print(f"placed: order_id={order.order_id} client_order_id={order.client_order_id} status={order.status}")
+    return 0
+
+
+def apply_order_edit(settings: Settings, spec: str) -> int:
+    """Apply ORDER_ID:PREVIEW_ID from a previous edit preview."""
+    from trader.runtime import build_broker
+
+    order_id, sep, preview_id = spec.partition(":")
+    if not sep or not order_id or not preview_id:
+        raise ConfigError(f"--apply-order-edit: expected ORDER_ID:PREVIEW_ID (got {spec!r})")
+    order = build_broker(settings).apply_edit(order_id, preview_id)
+    out.print(
+        f"edited: order_id={order.order_id} quantity={order.quantity} limit_price={order.limit_price} "
+        f"status={order.status}"
+    )
+    return 0
+
+
+def _print_preview(preview) -> None:
+    r = preview.request
+    table = Table(title=f"Order preview {preview.preview_id}")
+    table.add_column("field")
+    table.add_column("value")
+    rows = [
+        ("symbol", r.symbol),
+        ("side", r.side),
+        ("type", r.order_type),
+        ("quantity", r.quantity),
+        ("limit price", r.limit_price),
+        ("stop price", r.stop_price),
+        ("time in force", r.time_in_force),
+        ("reduce only", r.reduce_only),
+        ("client order id", r.client_order_id),
+        ("estimated price", preview.estimated_price),
+        ("quote size", preview.quote_size),
+        ("commission", preview.commission),
+        ("errors", "; ".join(preview.errors) or "none"),
+    ]
+    for name, value in rows:
+        if value is not None:
+            table.add_row(name, str(value))
+    out.print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prefect flows composed of tasks: each reads like the runbook section it automates."""

@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over trader/: retries, timeouts, tags; the work is in trader/."""
