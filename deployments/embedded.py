@@ -91,25 +91,17 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
     children: list[subprocess.Popen] = []
     try:
         with out.status(f"starting the Prefect server on 127.0.0.1:{port} (first start migrates SQLite, ~20 s)"):
-            server = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                env=env,
-                stdout=open(logs / "prefect-server.log", "ab"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            server = spawn(
+                ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                logs / "prefect-server.log",
+                env,
+                root,
             )
             children.append(server)
             wait_for_api(port, timeout=180, process=server)
         out.print(f"Prefect UI: http://127.0.0.1:{port}  (logs in {logs})")
         with out.status("registering and serving the deployments of prefect.yaml"):
-            runner = subprocess.Popen(
-                [sys.executable, "-m", "deployments.serve_all"],
-                env=env,
-                cwd=root,
-                stdout=open(logs / "serve.log", "ab"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            runner = spawn(["deployments.serve_all"], logs / "serve.log", env, root)
             children.append(runner)
             if start_bot:
                 run_id = start_bot_run(settings.profile, env)
@@ -126,6 +118,19 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
         return 0
     finally:
         stop_children(children)
+
+
+def spawn(module_args: list[str], log_file: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """Start `python -m ...` in its own process group, output appended to log_file."""
+    with log_file.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", *module_args],
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_children(children: list[subprocess.Popen], grace: float = 40) -> None:
