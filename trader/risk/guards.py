@@ -47,7 +47,7 @@ class RiskManager:
         pnl_pct = (equity_now - equity_day_start) / equity_day_start * 100
         tripped = pnl_pct <= -self.daily_loss_limit_pct
         if tripped and not self.daily_loss_tripped:
-            self.counters["daily_loss"] += 1
+            self.counters["daily_loss_trip"] += 1
             log.warning(
                 "guard daily_loss tripped: PnL %.2f%% <= -%s%%: reduce-only until the next UTC day",
                 pnl_pct,
