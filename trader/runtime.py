@@ -24,7 +24,7 @@ def build_broker(settings: Settings, *, persist: bool = True) -> Broker:
     from trader.brokers.simulated import SimulatedExchange
     from trader.market import ReplayMarketData
 
-    market = ReplayMarketData(settings.market_data_file)
+    market = ReplayMarketData(settings.market_data_file, start=settings.market_data_start)
     state_path = settings.state_dir / "paper_exchange.json" if persist else None
     return SimulatedExchange(market, state_path=state_path)
 

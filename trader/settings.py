@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     strategy_fast_window: int = Field(5, ge=1)
     strategy_slow_window: int = Field(20, ge=2)
     market_data_file: Path | None = None
+    market_data_start: int | None = Field(None, ge=0)
 
     @field_validator("database_url", "cold_storage_url", mode="after")
     @classmethod

@@ -1,0 +1,91 @@
+"""A real Prefect server on a free loopback port, and a runner serving prefect.yaml against it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deployments.embedded import prefect_env, spawn, stop_children, wait_for_api
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start `prefect server start` (SQLite in a temporary PREFECT_HOME); yield the env that points at it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = prefect_env(home, port)
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+    server = spawn(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log", env, ROOT
+    )
+    try:
+        wait_for_api(port, timeout=180, process=server)
+    except RuntimeError as error:
+        stop_children([server])
+        pytest.fail(f"Prefect server did not start: {error}; log: {(home / 'server.log').read_text()[-2000:]}")
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}):
+        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+        yield env
+    os.environ.pop("PREFECT_API_URL", None)
+    stop_children([server], grace=20)
+
+
+@pytest.fixture
+def bot_env(prefect_server: dict[str, str], pg_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for a paper bot whose ledger is the test PostgreSQL database and state a temp folder."""
+    env = dict(prefect_server)
+    env.update(
+        {
+            "DATABASE_URL": pg_url,
+            "STATE_DIR": str(tmp_path / "state"),
+            "LOG_DIR": str(tmp_path / "logs"),
+            "STRATEGY_FAST_WINDOW": "2",
+            "STRATEGY_SLOW_WINDOW": "4",
+            "POSITION_SIZE_USD": "1000",
+            "HEARTBEAT_INTERVAL_SECONDS": "0.2",
+            "BROKER": "simulated",
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    for name in ("COINBASE_API_KEY", "COINBASE_API_SECRET", "COINBASE_KEY_FILE", "PERPS_PROFILE"):
+        env.pop(name, None)
+    return env
+
+
+@pytest.fixture
+def served_deployments(bot_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`python -m deployments.serve_all`: every deployment of prefect.yaml registered and served."""
+    runner = spawn(["deployments.serve_all"], tmp_path / "serve.log", bot_env, ROOT)
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + 120
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                client.read_deployment_by_name("trading-bot/paper")
+                break
+            except Exception:
+                if runner.poll() is not None or time.monotonic() > deadline:
+                    stop_children([runner])
+                    pytest.fail(
+                        f"serve_all did not register deployments: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+                    )
+                time.sleep(0.5)
+    yield bot_env
+    stop_children([runner], grace=40)
+    print((tmp_path / "serve.log").read_text()[-5000:])  # shown by pytest when a test fails
