@@ -100,6 +100,7 @@ class TradingBot:
         self.fills_recorded = 0
         self.products: dict[str, Product] = {}
         self.positions: dict[str, Decimal] = {}
+        self._fill_cursor: datetime | None = None
         self._last_heartbeat = 0.0
         self._last_snapshot: datetime | None = None
         self._equity_day: tuple[date, Decimal] | None = None
@@ -123,6 +124,7 @@ class TradingBot:
                 self.mode,
             )
         self._load_positions()
+        self._fill_cursor = self.ledger.last_fill_time()
         return report
 
     def stop(self, status: str = "stopped", note: str | None = None) -> None:
@@ -266,9 +268,12 @@ class TradingBot:
     # --- ledger, positions, heartbeat ------------------------------------------------------------------------
 
     def _sync_fills(self) -> int:
-        last = self.ledger.last_fill_time()
+        last = self._fill_cursor
+        # A second of overlap: fills stamped in the same second as the cursor are deduped by trade id.
         fills = self.broker.list_fills(since=last - timedelta(seconds=1) if last else None)
         new = self.ledger.record_fills(fills, self.session_id) if fills else 0
+        if fills:
+            self._fill_cursor = max(f.filled_at for f in fills)
         if new:
             self.fills_recorded += new
             for order_id in dict.fromkeys(f.order_id for f in fills):
