@@ -1,0 +1,153 @@
+"""The ledger's tables: trading sessions, orders, fills, positions, balance snapshots, incidents, checklist runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import MetaData, Text
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from trader.ledger.types import DecimalType, UTCDateTime
+
+SessionMode = Literal["paper", "live", "dry_run"]
+SessionStatus = Literal["running", "stopped", "crashed", "recovered"]
+Severity = Literal["SEV-1", "SEV-2", "SEV-3"]
+IncidentStatus = Literal["open", "resolved"]
+ChecklistStatus = Literal["pass", "warn", "fail", "running"]
+
+# Named constraints keep Alembic batch mode (SQLite) and autogenerate comparisons stable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class LedgerModel(SQLModel, registry=registry(metadata=MetaData(naming_convention=NAMING_CONVENTION))):
+    """Base of the ledger tables; their own metadata, apart from any other SQLModel tables in the process."""
+
+
+def money(*, nullable: bool = False, default: Decimal | None = None) -> Any:
+    """A Decimal column for money or quantities."""
+    required = default is None and not nullable
+    return Field(default=... if required else default, sa_type=DecimalType, nullable=nullable)
+
+
+def timestamp(*, nullable: bool = False, index: bool = False) -> Any:
+    """An aware-UTC timestamp column."""
+    return Field(default=None if nullable else ..., sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+class TradingSession(LedgerModel, table=True):
+    __tablename__ = "trading_sessions"
+
+    id: str = Field(primary_key=True)
+    profile: str
+    broker: str
+    mode: str
+    status: str
+    started_at: datetime = timestamp()
+    ended_at: datetime | None = timestamp(nullable=True)
+    last_heartbeat_at: datetime | None = timestamp(nullable=True)
+    cycles: int = 0
+    flow_run_id: str | None = None
+    note: str | None = None
+
+
+class OrderRecord(LedgerModel, table=True):
+    __tablename__ = "orders"
+
+    id: int | None = Field(default=None, primary_key=True)
+    client_order_id: str = Field(unique=True)
+    exchange_order_id: str | None = Field(default=None, index=True)
+    session_id: str | None = Field(default=None, foreign_key="trading_sessions.id")
+    symbol: str
+    side: str
+    order_type: str
+    time_in_force: str
+    quantity: Decimal = money()
+    limit_price: Decimal | None = money(nullable=True)
+    stop_price: Decimal | None = money(nullable=True)
+    expire_at: datetime | None = timestamp(nullable=True)
+    reduce_only: bool = False
+    status: str = Field(index=True)
+    filled_quantity: Decimal = money(default=Decimal(0))
+    average_fill_price: Decimal | None = money(nullable=True)
+    fees: Decimal = money(default=Decimal(0))
+    reject_reason: str | None = None
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+class FillRecord(LedgerModel, table=True):
+    __tablename__ = "fills"
+
+    id: int | None = Field(default=None, primary_key=True)
+    trade_id: str = Field(unique=True)
+    exchange_order_id: str
+    client_order_id: str = Field(index=True)
+    symbol: str
+    side: str
+    quantity: Decimal = money()
+    price: Decimal = money()
+    fee: Decimal = money()
+    liquidity: str
+    filled_at: datetime = timestamp(index=True)
+    session_id: str | None = None
+
+
+class PositionRecord(LedgerModel, table=True):
+    __tablename__ = "positions"
+
+    symbol: str = Field(primary_key=True)
+    quantity: Decimal = money(default=Decimal(0))
+    average_entry_price: Decimal = money(default=Decimal(0))
+    realized_pnl: Decimal = money(default=Decimal(0))
+    updated_at: datetime = timestamp()
+
+
+class BalanceSnapshot(LedgerModel, table=True):
+    __tablename__ = "balance_snapshots"
+
+    id: int | None = Field(default=None, primary_key=True)
+    snapshot_id: str = Field(index=True)
+    session_id: str | None = None
+    taken_at: datetime = timestamp(index=True)
+    currency: str
+    available: Decimal = money()
+    hold: Decimal = money()
+    price_quote: Decimal = money()
+    value_quote: Decimal = money()
+
+
+class Incident(LedgerModel, table=True):
+    __tablename__ = "incidents"
+
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint: str = Field(index=True)
+    severity: str
+    title: str
+    detail: str = Field(sa_type=Text)
+    source: str
+    status: str = "open"
+    opened_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+    resolved_at: datetime | None = timestamp(nullable=True)
+    notified: bool = False
+    slack_ts: str | None = None
+
+
+class ChecklistRun(LedgerModel, table=True):
+    __tablename__ = "checklist_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    checklist: str
+    flow_run_id: str | None = None
+    started_at: datetime = timestamp()
+    finished_at: datetime | None = timestamp(nullable=True)
+    status: str
+    results_json: str = Field(sa_type=Text)
