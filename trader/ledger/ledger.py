@@ -132,6 +132,11 @@ class Ledger:
         with self._transaction() as session:
             return self._session_row(session, session_id)
 
+    def list_sessions(self) -> list[TradingSession]:
+        """Every trading session, oldest first."""
+        with self._transaction() as session:
+            return list(session.exec(select(TradingSession).order_by(col(TradingSession.started_at))).all())
+
     def find_session_by_flow_run(self, flow_run_id: str) -> TradingSession | None:
         """The newest trading session started by this Prefect flow run, or None."""
         query = select(TradingSession).where(TradingSession.flow_run_id == flow_run_id)
