@@ -1,0 +1,874 @@
+"""The paper-trading exchange: Coinbase's product rules, fees and order types, filled against replayed candles.
+
+Prices and fills:
+- best bid/ask: the current close -/+ half of `spread_bps`, bid rounded down and ask up to the quote increment.
+- market orders fill at once as taker at the close +/- `slippage_bps` (a buy pays more), rounded against the
+  trader (buy up, sell down) to the quote increment.
+- a limit order that crosses the best bid/ask fills at once as taker at the better of its limit and the market
+  price; otherwise it rests as maker (IOC: cancelled instead; post_only: rejected instead of crossing).
+- a stop-limit rests untriggered until a candle reaches the stop (buy: high >= stop, sell: low <= stop); if its
+  limit is marketable at the stop it fills in that bar as taker at the better of the limit and the stop
+  +/- slippage, otherwise it rests as a limit from the next bar on.
+- resting limits are matched once against every new candle, lazily at the start of every public call (buy:
+  low <= limit, sell: high >= limit; maker at the limit price). A GTD order that is still open when a bar
+  closes at or after its expire_at expires.
+- fee = quantity x price x rate, rounded half-up to the quote increment. Orders fill in full.
+
+Persistence: with state_path, the paper account is written (temp file, fsync, os.replace) after every call that
+changed it, including the first use of a new account; validate() and product look-ups never write. Reopening a
+saved account seeks the market to the saved cursor and steps one bar, so consecutive CLI runs trade consecutive
+bars and never see the same bar twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import uuid
+from bisect import bisect_right
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from trader.brokers.base import Broker
+from trader.domain import (
+    AccountSnapshot,
+    Balance,
+    Candle,
+    FeeTier,
+    Fill,
+    KeyPermissions,
+    Liquidity,
+    Order,
+    OrderPreview,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Position,
+    Product,
+    Side,
+    TimeInForce,
+)
+from trader.errors import ConfigError, InsufficientFunds, OrderNotFound, OrderRejected, UnknownSymbol
+from trader.market.source import MarketDataSource
+
+DEFAULT_PRODUCTS: tuple[Product, ...] = (
+    Product(
+        symbol="BTC-USD",
+        base_currency="BTC",
+        quote_currency="USD",
+        base_increment=Decimal("0.00000001"),
+        quote_increment=Decimal("0.01"),
+        base_min_size=Decimal("0.00001"),
+        base_max_size=Decimal("3400"),
+        quote_min_size=Decimal("1"),
+    ),
+    Product(
+        symbol="ETH-USD",
+        base_currency="ETH",
+        quote_currency="USD",
+        base_increment=Decimal("0.00000001"),
+        quote_increment=Decimal("0.01"),
+        base_min_size=Decimal("0.0001"),
+        base_max_size=Decimal("50000"),
+        quote_min_size=Decimal("1"),
+    ),
+)
+DEFAULT_BALANCES = {"USD": Decimal("100000")}
+STATE_VERSION = 1
+BPS = Decimal("10000")
+AVERAGE_PRICE_STEP = Decimal("0.00000001")
+_EXACT = Context(prec=200)  # remainders of any sane size/increment pair without rounding
+
+
+def _fmt(value: Decimal) -> str:
+    """A Decimal in plain notation (0.00000001, never 1E-8)."""
+    return format(value, "f")
+
+
+def _round(value: Decimal, increment: Decimal, rounding: str) -> Decimal:
+    return (value / increment).to_integral_value(rounding=rounding) * increment
+
+
+def _is_multiple(value: Decimal, increment: Decimal) -> bool:
+    try:
+        return _EXACT.remainder(value, increment) == 0
+    except InvalidOperation:
+        return False
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What placing a request would do right now."""
+
+    action: Literal["fill", "rest", "cancel"]
+    price: Decimal  # fill price, or the limit price of a resting/cancelled order
+    liquidity: Liquidity
+    triggered: bool = True  # False: a stop-limit waiting for its stop
+    error: str | None = None  # post_only that would cross
+
+
+class SimulatedExchange(Broker):
+    """A paper exchange over a MarketDataSource: balances, holds, orders, fills and positions in memory."""
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        market: MarketDataSource,
+        *,
+        products: list[Product] | None = None,
+        balances: dict[str, Decimal] | None = None,
+        maker_fee_rate: Decimal = Decimal("0.004"),
+        taker_fee_rate: Decimal = Decimal("0.006"),
+        slippage_bps: Decimal = Decimal("5"),
+        spread_bps: Decimal = Decimal("1"),
+        state_path: Path | None = None,
+    ) -> None:
+        self.market = market
+        self._products = {p.symbol: p for p in (products if products is not None else DEFAULT_PRODUCTS)}
+        self.maker_fee_rate = maker_fee_rate
+        self.taker_fee_rate = taker_fee_rate
+        self.slippage_bps = slippage_bps
+        self.spread_bps = spread_bps
+        self.state_path = Path(state_path) if state_path is not None else None
+        self._buy_slippage = 1 + slippage_bps / BPS
+        self._sell_slippage = 1 - slippage_bps / BPS
+        self._half_spread = spread_bps / 2 / BPS
+        self._totals: dict[str, Decimal] = dict(balances if balances is not None else DEFAULT_BALANCES)
+        self._held: dict[str, Decimal] = {}
+        self._holds: dict[str, tuple[str, Decimal]] = {}  # order_id -> (currency, amount)
+        self._orders: dict[str, Order] = {}
+        self._requests: dict[str, OrderRequest] = {}  # as placed; idempotency compares against these
+        self._by_client: dict[str, str] = {}
+        self._open: dict[str, Order] = {}  # resting orders, oldest first
+        self._triggered: set[str] = set()  # resting orders working as a limit (stop-limits: stop reached)
+        self._fills: list[Fill] = []  # in filled_at order
+        self._positions: dict[str, tuple[Decimal, Decimal]] = {}  # symbol -> (quantity, average entry price)
+        self._edit_previews: dict[str, tuple[str, Decimal, Decimal]] = {}  # preview_id -> (order_id, qty, price)
+        self._order_seq = 0
+        self._trade_seq = 0
+        self._matched_cursor = market.cursor
+        self._dirty = True  # a new paper account is written on first use
+        if self.state_path is not None and self.state_path.exists():
+            self._load(self.state_path)
+            # A new run on a saved account starts on the bar after the last one the previous run saw.
+            self._dirty = self.market.advance()
+
+    # --- products and market -----------------------------------------------------------------------------------
+
+    def get_product(self, symbol: str) -> Product:
+        product = self._products.get(symbol)
+        if product is None:
+            raise UnknownSymbol(f"unknown symbol {symbol}; available: {', '.join(self._products)}")
+        return product
+
+    def list_products(self) -> list[Product]:
+        return list(self._products.values())
+
+    def best_bid_ask(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """The current close -/+ half the spread, on the quote increment."""
+        self._sync()
+        bid_ask = self._bid_ask(self.get_product(symbol))
+        self._persist()
+        return bid_ask
+
+    def candles(self, symbol: str, limit: int) -> list[Candle]:
+        self._sync()
+        self.get_product(symbol)
+        history = self.market.history(symbol, limit)
+        self._persist()
+        return history
+
+    def now(self) -> datetime:
+        return self.market.now()
+
+    def advance(self) -> bool:
+        """Step the market one bar and match resting orders against it; False when the replay is exhausted."""
+        moved = self.market.advance()
+        self._sync()
+        self._persist()
+        return moved
+
+    # --- orders ------------------------------------------------------------------------------------------------
+
+    def validate(self, request: OrderRequest) -> None:
+        """Raise OrderRejected naming the product rule the request breaks; records nothing."""
+        self._sync()
+        self._validate(request)
+
+    def preview_order(self, request: OrderRequest) -> OrderPreview:
+        """Validate (raises on rule and reduce-only breaks) and estimate; funds and post-only problems go to errors."""
+        self._sync()
+        product = self._validate(request)
+        self._check_reduce_only(request, product)
+        plan = self._plan(request, product)
+        errors = [plan.error] if plan.error else []
+        if problem := self._funds_problem(request, product, plan):
+            errors.append(problem)
+        self._persist()
+        return self._preview(f"preview-{uuid.uuid4()}", request, product, plan, errors)
+
+    def place_order(self, request: OrderRequest) -> Order:
+        """Submit; idempotent on client_order_id. Rejections raise and record nothing."""
+        self._sync()
+        existing = self._by_client.get(request.client_order_id)
+        if existing is not None:
+            if self._requests[existing] != request:
+                raise OrderRejected(
+                    f"client_order_id {request.client_order_id} is already used by order {existing} "
+                    "with a different request; use a new client_order_id"
+                )
+            self._persist()
+            return copy.copy(self._orders[existing])
+        product = self._validate(request)
+        self._check_reduce_only(request, product)
+        plan = self._plan(request, product)
+        if plan.error:
+            raise OrderRejected(plan.error)
+        if problem := self._funds_problem(request, product, plan):
+            raise InsufficientFunds(problem)
+        now = self.market.now()
+        self._order_seq += 1
+        order = Order(
+            order_id=f"sim-order-{self._order_seq}",
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            order_type=request.order_type,
+            quantity=request.quantity,
+            status=OrderStatus.OPEN,
+            created_at=now,
+            limit_price=request.limit_price,
+            stop_price=request.stop_price,
+            time_in_force=request.time_in_force,
+            expire_at=request.expire_at,
+            reduce_only=request.reduce_only,
+            updated_at=now,
+        )
+        self._orders[order.order_id] = order
+        self._requests[order.order_id] = request
+        self._by_client[request.client_order_id] = order.order_id
+        self._execute(order, product, plan, now)
+        self._dirty = True
+        self._persist()
+        return copy.copy(order)
+
+    def preview_edit(self, order_id: str, quantity: Decimal, limit_price: Decimal) -> OrderPreview:
+        """Preview a new size and limit for a resting limit order; the preview id is what apply_edit takes."""
+        self._sync()
+        order = self._editable(order_id)
+        request = replace(self._requests[order_id], quantity=quantity, limit_price=limit_price)
+        product = self._validate(request)
+        plan = self._plan(request, product)
+        errors = [plan.error] if plan.error else []
+        if problem := self._funds_problem(request, product, plan, credit=self._holds.get(order.order_id)):
+            errors.append(problem)
+        preview_id = f"preview-{uuid.uuid4()}"
+        self._edit_previews[preview_id] = (order_id, quantity, limit_price)
+        self._dirty = True
+        self._persist()
+        return self._preview(preview_id, request, product, plan, errors, order_id=order_id)
+
+    def apply_edit(self, order_id: str, preview_id: str) -> Order:
+        """Apply a previewed edit (each preview id once, only to its own order); holds follow the new values."""
+        self._sync()
+        pending = self._edit_previews.get(preview_id)
+        if pending is None or pending[0] != order_id:
+            raise OrderRejected(
+                f"preview_id {preview_id} was not issued for order {order_id} or was already used; "
+                "run preview_edit for this order first"
+            )
+        order = self._editable(order_id)
+        _, quantity, limit_price = pending
+        request = replace(self._requests[order_id], quantity=quantity, limit_price=limit_price)
+        product = self._validate(request)
+        plan = self._plan(request, product)
+        if plan.error:
+            raise OrderRejected(plan.error)
+        if problem := self._funds_problem(request, product, plan, credit=self._holds.get(order_id)):
+            raise InsufficientFunds(problem)
+        del self._edit_previews[preview_id]
+        self._release_hold(order_id)
+        del self._open[order_id]
+        now = self.market.now()
+        order.quantity = quantity
+        order.limit_price = limit_price
+        order.updated_at = now
+        self._execute(order, product, plan, now)
+        self._dirty = True
+        self._persist()
+        return copy.copy(order)
+
+    def cancel_orders(self, order_ids: list[str]) -> dict[str, bool]:
+        """Cancel resting orders; True per id actually cancelled (unknown or already final: False)."""
+        self._sync()
+        now = self.market.now()
+        result: dict[str, bool] = {}
+        for order_id in order_ids:
+            if order_id in result:
+                continue
+            order = self._open.get(order_id)
+            result[order_id] = order is not None
+            if order is not None:
+                self._close(order, OrderStatus.CANCELLED, now)
+        self._persist()
+        return result
+
+    def get_order(self, order_id: str) -> Order:
+        self._sync()
+        order = self._orders.get(order_id)
+        if order is None:
+            raise OrderNotFound(f"order {order_id} not found on the simulated exchange")
+        self._persist()
+        return copy.copy(order)
+
+    def find_order(self, client_order_id: str) -> Order | None:
+        self._sync()
+        order_id = self._by_client.get(client_order_id)
+        self._persist()
+        return copy.copy(self._orders[order_id]) if order_id is not None else None
+
+    def list_open_orders(self, symbol: str | None = None) -> list[Order]:
+        self._sync()
+        self._persist()
+        return [copy.copy(o) for o in self._open.values() if symbol is None or o.symbol == symbol]
+
+    def list_fills(self, since: datetime | None = None) -> list[Fill]:
+        """Fills with filled_at after since, oldest first."""
+        self._sync()
+        self._persist()
+        if since is None:
+            return list(self._fills)
+        return self._fills[bisect_right(self._fills, since, key=_filled_at) :]
+
+    # --- account -----------------------------------------------------------------------------------------------
+
+    def balances(self) -> list[Balance]:
+        self._sync()
+        self._persist()
+        currencies = set(self._totals) | {
+            c for p in self._products.values() for c in (p.base_currency, p.quote_currency)
+        }
+        zero = Decimal(0)
+        return [
+            Balance(c, self._totals.get(c, zero) - self._held.get(c, zero), self._held.get(c, zero))
+            for c in sorted(currencies)
+        ]
+
+    def positions(self) -> list[Position]:
+        """Non-zero positions: base quantity traded and its average entry price."""
+        self._sync()
+        self._persist()
+        return [Position(s, q, avg) for s, (q, avg) in sorted(self._positions.items()) if q != 0]
+
+    def account_snapshot(self) -> AccountSnapshot:
+        return AccountSnapshot(
+            balances=self.balances(),
+            permissions=KeyPermissions(can_view=True, can_trade=True, can_transfer=False, portfolio_type="PAPER"),
+            fee_tier=FeeTier("paper-intro", self.maker_fee_rate, self.taker_fee_rate),
+            positions=self.positions(),
+        )
+
+    # --- validation --------------------------------------------------------------------------------------------
+
+    def _validate(self, request: OrderRequest) -> Product:
+        product = self.get_product(request.symbol)
+        symbol, base = product.symbol, product.base_currency
+        if product.trading_disabled:
+            raise OrderRejected(f"trading is disabled for {symbol} (trading_disabled): no orders are accepted")
+        self._validate_order_type(request, product)
+        size = request.quantity
+        if not size.is_finite() or size <= 0:
+            raise OrderRejected(f"order size {_fmt(size)} {base} must be above 0 for {symbol}")
+        if not _is_multiple(size, product.base_increment):
+            raise OrderRejected(
+                f"order size {_fmt(size)} {base} is not a multiple of base_increment "
+                f"{_fmt(product.base_increment)} for {symbol}"
+            )
+        if size < product.base_min_size:
+            raise OrderRejected(
+                f"order size {_fmt(size)} {base} is below base_min_size {_fmt(product.base_min_size)} for {symbol}"
+            )
+        if size > product.base_max_size:
+            raise OrderRejected(
+                f"order size {_fmt(size)} {base} is above base_max_size {_fmt(product.base_max_size)} for {symbol}"
+            )
+        for label, price in (("limit price", request.limit_price), ("stop price", request.stop_price)):
+            if price is None:
+                continue
+            if not price.is_finite() or price <= 0:
+                raise OrderRejected(f"{label} {_fmt(price)} must be above 0 for {symbol}")
+            if not _is_multiple(price, product.quote_increment):
+                raise OrderRejected(
+                    f"{label} {_fmt(price)} is not a multiple of quote_increment "
+                    f"{_fmt(product.quote_increment)} for {symbol}"
+                )
+        self._validate_time_in_force(request, product)
+        price = request.limit_price if request.limit_price is not None else self.market.latest(symbol).close
+        value = size * price
+        if value < product.quote_min_size:
+            raise OrderRejected(
+                f"order value {_fmt(value.normalize())} {product.quote_currency} ({_fmt(size)} {base} x {_fmt(price)}) "
+                f"is below quote_min_size {_fmt(product.quote_min_size)} for {symbol}"
+            )
+        return product
+
+    def _validate_order_type(self, request: OrderRequest, product: Product) -> None:
+        kind, symbol = request.order_type, product.symbol
+        if kind == OrderType.MARKET and request.limit_price is not None:
+            raise OrderRejected(
+                f"limit price {_fmt(request.limit_price)} is not allowed on a market order for {symbol}; "
+                "use a limit order"
+            )
+        if kind in (OrderType.LIMIT, OrderType.STOP_LIMIT) and request.limit_price is None:
+            raise OrderRejected(f"limit_price is missing: a {kind} order needs a limit price for {symbol}")
+        if kind == OrderType.STOP_LIMIT and request.stop_price is None:
+            raise OrderRejected(f"stop_price is missing: a stop_limit order needs a stop price for {symbol}")
+        if kind != OrderType.STOP_LIMIT and request.stop_price is not None:
+            raise OrderRejected(
+                f"stop price {_fmt(request.stop_price)} is only for stop_limit orders, not {kind}, for {symbol}"
+            )
+        if request.post_only and kind != OrderType.LIMIT:
+            raise OrderRejected(f"post_only is only for limit orders, not {kind}, for {symbol}")
+
+    def _validate_time_in_force(self, request: OrderRequest, product: Product) -> None:
+        tif, kind, symbol = request.time_in_force, request.order_type, product.symbol
+        if tif == TimeInForce.IOC and kind != OrderType.LIMIT:
+            raise OrderRejected(f"time_in_force IOC is only for limit orders, not {kind}, for {symbol}")
+        if tif == TimeInForce.IOC and request.post_only:
+            raise OrderRejected(f"post_only cannot be combined with time_in_force IOC for {symbol}")
+        if tif == TimeInForce.GTD:
+            if kind == OrderType.MARKET:
+                raise OrderRejected(
+                    f"time_in_force GTD is only for limit and stop_limit orders, not market, for {symbol}"
+                )
+            if request.expire_at is None:
+                raise OrderRejected(f"expire_at is missing: time_in_force GTD needs expire_at for {symbol}")
+            if request.expire_at.tzinfo is None:
+                raise OrderRejected(f"expire_at {request.expire_at.isoformat()} has no time zone; give it in UTC")
+            now = self.market.now()
+            if request.expire_at <= now:
+                raise OrderRejected(
+                    f"expire_at {request.expire_at.isoformat()} is not after the broker time {now.isoformat()} "
+                    f"(GTD) for {symbol}"
+                )
+
+    def _check_reduce_only(self, request: OrderRequest, product: Product) -> None:
+        if not request.reduce_only:
+            return
+        if request.side == Side.BUY:
+            raise OrderRejected(
+                f"reduce-only buy of {_fmt(request.quantity)} {product.base_currency} is rejected for "
+                f"{product.symbol}: spot has no short position to reduce"
+            )
+        held = self._positions.get(product.symbol, (Decimal(0), Decimal(0)))[0]
+        if request.quantity > held:
+            raise OrderRejected(
+                f"reduce-only sell of {_fmt(request.quantity)} {product.base_currency} exceeds position "
+                f"{_fmt(held)} {product.base_currency} for {product.symbol}"
+            )
+
+    # --- pricing and execution ---------------------------------------------------------------------------------
+
+    def _bid_ask(self, product: Product) -> tuple[Decimal, Decimal]:
+        close = self.market.latest(product.symbol).close
+        tick = product.quote_increment
+        return (
+            _round(close * (1 - self._half_spread), tick, ROUND_FLOOR),
+            _round(close * (1 + self._half_spread), tick, ROUND_CEILING),
+        )
+
+    def _slipped(self, product: Product, side: Side, price: Decimal) -> Decimal:
+        """A taker's price: price +/- slippage, rounded against the trader to the quote increment."""
+        if side == Side.BUY:
+            return _round(price * self._buy_slippage, product.quote_increment, ROUND_CEILING)
+        return _round(price * self._sell_slippage, product.quote_increment, ROUND_FLOOR)
+
+    def _fee(self, product: Product, notional: Decimal, liquidity: Liquidity) -> Decimal:
+        rate = self.maker_fee_rate if liquidity == Liquidity.MAKER else self.taker_fee_rate
+        return _round(notional * rate, product.quote_increment, ROUND_HALF_UP)
+
+    def _plan(self, request: OrderRequest, product: Product) -> _Plan:
+        close = self.market.latest(product.symbol).close
+        buy = request.side == Side.BUY
+        market_price = self._slipped(product, request.side, close)
+        if request.order_type == OrderType.MARKET:
+            return _Plan("fill", market_price, Liquidity.TAKER)
+        limit = request.limit_price
+        assert limit is not None  # _validate guarantees it
+        if request.order_type == OrderType.STOP_LIMIT:
+            stop = request.stop_price
+            assert stop is not None
+            if not (close >= stop if buy else close <= stop):
+                return _Plan("rest", limit, Liquidity.TAKER, triggered=False)
+        bid, ask = self._bid_ask(product)
+        if buy and limit >= ask or not buy and limit <= bid:
+            if request.post_only:
+                touch = f"best ask {_fmt(ask)}" if buy else f"best bid {_fmt(bid)}"
+                return _Plan(
+                    "rest",
+                    limit,
+                    Liquidity.MAKER,
+                    error=f"post_only limit {request.side} at {_fmt(limit)} would cross the {touch} "
+                    f"on {product.symbol}",
+                )
+            return _Plan("fill", min(limit, market_price) if buy else max(limit, market_price), Liquidity.TAKER)
+        if request.time_in_force == TimeInForce.IOC:
+            return _Plan("cancel", limit, Liquidity.TAKER)
+        return _Plan("rest", limit, Liquidity.MAKER)
+
+    def _required(self, request: OrderRequest, product: Product, plan: _Plan) -> tuple[str, Decimal, str]:
+        """(currency, amount, how it is made up) the plan needs available now."""
+        if plan.action == "cancel":
+            return product.quote_currency, Decimal(0), "nothing"
+        if request.side == Side.SELL:
+            return product.base_currency, request.quantity, f"{_fmt(request.quantity)} {product.base_currency}"
+        notional = request.quantity * plan.price
+        fee = self._fee(product, notional, plan.liquidity)
+        return (
+            product.quote_currency,
+            notional + fee,
+            f"{_fmt(request.quantity)} x {_fmt(plan.price)} + fee {_fmt(fee)}",
+        )
+
+    def _funds_problem(
+        self, request: OrderRequest, product: Product, plan: _Plan, credit: tuple[str, Decimal] | None = None
+    ) -> str | None:
+        """Why available funds do not cover the plan (an edit is credited with the order's current hold)."""
+        currency, amount, breakdown = self._required(request, product, plan)
+        available = self._totals.get(currency, Decimal(0)) - self._held.get(currency, Decimal(0))
+        if credit is not None and credit[0] == currency:
+            available += credit[1]
+        if amount <= available:
+            return None
+        return (
+            f"insufficient {currency} for {request.side} {_fmt(request.quantity)} {product.symbol}: needs "
+            f"{_fmt(amount)} {currency} ({breakdown}), available {_fmt(available)} {currency}"
+        )
+
+    def _preview(
+        self,
+        preview_id: str,
+        request: OrderRequest,
+        product: Product,
+        plan: _Plan,
+        errors: list[str],
+        order_id: str | None = None,
+    ) -> OrderPreview:
+        notional = request.quantity * plan.price
+        return OrderPreview(
+            preview_id=preview_id,
+            request=request,
+            estimated_price=plan.price,
+            quote_size=notional,
+            base_size=request.quantity,
+            commission=self._fee(product, notional, plan.liquidity),
+            errors=tuple(errors),
+            order_id=order_id,
+        )
+
+    def _execute(self, order: Order, product: Product, plan: _Plan, now: datetime) -> None:
+        """Carry out a plan for an order already recorded: fill, cancel (IOC), or rest with a hold."""
+        if plan.action == "fill":
+            self._fill(order, product, plan.price, Liquidity.TAKER, now)
+        elif plan.action == "cancel":
+            order.status = OrderStatus.CANCELLED
+            order.updated_at = now
+        else:
+            currency, amount = self._hold_for(order, product, plan)
+            self._hold(order.order_id, currency, amount)
+            self._open[order.order_id] = order
+            if plan.triggered:
+                self._triggered.add(order.order_id)
+
+    def _hold_for(self, order: Order, product: Product, plan: _Plan) -> tuple[str, Decimal]:
+        """What a resting order holds: the base it sells, or its limit value plus the fee it may pay."""
+        if order.side == Side.SELL:
+            return product.base_currency, order.quantity
+        assert order.limit_price is not None
+        notional = order.quantity * order.limit_price
+        return product.quote_currency, notional + self._fee(product, notional, plan.liquidity)
+
+    def _hold(self, order_id: str, currency: str, amount: Decimal) -> None:
+        self._holds[order_id] = (currency, amount)
+        self._held[currency] = self._held.get(currency, Decimal(0)) + amount
+
+    def _release_hold(self, order_id: str) -> None:
+        hold = self._holds.pop(order_id, None)
+        if hold is not None:
+            self._held[hold[0]] -= hold[1]
+
+    def _close(self, order: Order, status: OrderStatus, at: datetime) -> None:
+        """Take a resting order off the book: release its hold and forget its edit previews."""
+        self._open.pop(order.order_id, None)
+        self._release_hold(order.order_id)
+        self._triggered.discard(order.order_id)
+        for preview_id in [p for p, pending in self._edit_previews.items() if pending[0] == order.order_id]:
+            del self._edit_previews[preview_id]
+        order.status = status
+        order.updated_at = at
+        self._dirty = True
+
+    def _fill(self, order: Order, product: Product, price: Decimal, liquidity: Liquidity, at: datetime) -> None:
+        quantity = order.quantity
+        notional = quantity * price
+        fee = self._fee(product, notional, liquidity)
+        base, quote = product.base_currency, product.quote_currency
+        self._close(order, OrderStatus.FILLED, at)
+        zero = Decimal(0)
+        if order.side == Side.BUY:
+            self._totals[base] = self._totals.get(base, zero) + quantity
+            self._totals[quote] = self._totals.get(quote, zero) - notional - fee
+        else:
+            self._totals[base] = self._totals.get(base, zero) - quantity
+            self._totals[quote] = self._totals.get(quote, zero) + notional - fee
+        self._update_position(order.symbol, quantity if order.side == Side.BUY else -quantity, price)
+        order.filled_quantity = quantity
+        order.average_fill_price = price
+        order.fees = fee
+        self._trade_seq += 1
+        fill = Fill(
+            trade_id=f"sim-{self._trade_seq}",
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=quantity,
+            price=price,
+            fee=fee,
+            liquidity=liquidity,
+            filled_at=at,
+        )
+        if self._fills and self._fills[-1].filled_at > at:  # only if the market was seeked backwards
+            self._fills.insert(bisect_right(self._fills, at, key=_filled_at), fill)
+        else:
+            self._fills.append(fill)
+
+    def _update_position(self, symbol: str, signed_quantity: Decimal, price: Decimal) -> None:
+        """Average cost: adding to a position re-averages, reducing keeps the entry, flipping starts at price."""
+        held, average = self._positions.get(symbol, (Decimal(0), Decimal(0)))
+        new = held + signed_quantity
+        if new == 0:
+            self._positions.pop(symbol, None)
+            return
+        if held == 0 or (held > 0) != (new > 0):
+            average = price
+        elif (held > 0) == (signed_quantity > 0):
+            cost = abs(held) * average + abs(signed_quantity) * price
+            average = (cost / abs(new)).quantize(AVERAGE_PRICE_STEP, rounding=ROUND_HALF_UP)
+        self._positions[symbol] = (new, average)
+
+    def _editable(self, order_id: str) -> Order:
+        order = self._orders.get(order_id)
+        if order is None:
+            raise OrderNotFound(f"order {order_id} not found on the simulated exchange")
+        if order.order_id not in self._open:
+            raise OrderRejected(f"order {order_id} is {order.status}; only open limit orders can be edited")
+        if order.order_type != OrderType.LIMIT:
+            raise OrderRejected(f"order {order_id} is a {order.order_type} order; only open limit orders can be edited")
+        return order
+
+    # --- matching as the market moves ------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Match resting orders against every bar the market moved past since the last call."""
+        cursor = self.market.cursor
+        if cursor == self._matched_cursor:
+            return
+        if cursor > self._matched_cursor and self._open:
+            self._match_bars(cursor - self._matched_cursor)
+        self._matched_cursor = cursor
+        self._dirty = True
+
+    def _match_bars(self, count: int) -> None:
+        symbols = {o.symbol for o in self._open.values()}
+        bars = {s: self.market.history(s, count) for s in symbols}
+        any_symbol = next(iter(symbols))
+        interval = self.market.now() - self.market.latest(any_symbol).start
+        for step in range(count):
+            for order in list(self._open.values()):
+                rows = bars[order.symbol]
+                index = step - (count - len(rows))
+                if index < 0:
+                    continue
+                candle = rows[index]
+                closed_at = candle.start + interval
+                self._match(order, candle, closed_at)
+                if order.order_id in self._open and order.expire_at is not None and closed_at >= order.expire_at:
+                    self._close(order, OrderStatus.EXPIRED, closed_at)
+
+    def _match(self, order: Order, candle: Candle, at: datetime) -> None:
+        product = self._products[order.symbol]
+        buy = order.side == Side.BUY
+        limit = order.limit_price
+        assert limit is not None
+        if order.order_id not in self._triggered:
+            stop = order.stop_price
+            assert stop is not None
+            if not (candle.high >= stop if buy else candle.low <= stop):
+                return
+            self._triggered.add(order.order_id)
+            self._dirty = True
+            if buy and limit >= stop or not buy and limit <= stop:
+                taker = self._slipped(product, order.side, stop)
+                self._fill(order, product, min(limit, taker) if buy else max(limit, taker), Liquidity.TAKER, at)
+            return
+        if candle.low <= limit if buy else candle.high >= limit:
+            self._fill(order, product, limit, Liquidity.MAKER, at)
+
+    # --- persistence -------------------------------------------------------------------------------------------
+
+    def _persist(self) -> None:
+        if self.state_path is None or not self._dirty:
+            return
+        _write_atomic(self.state_path, json.dumps(self._state(), separators=(",", ":")))
+        self._dirty = False
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "market_cursor": self.market.cursor,
+            "matched_cursor": self._matched_cursor,
+            "broker_time": self.market.now().isoformat(),
+            "order_seq": self._order_seq,
+            "trade_seq": self._trade_seq,
+            "balances": {c: str(v) for c, v in self._totals.items()},
+            "orders": [
+                {
+                    "order": _encode(order),
+                    "request": _encode(self._requests[order_id]),
+                    "open": order_id in self._open,
+                    "triggered": order_id in self._triggered,
+                    "hold": [self._holds[order_id][0], str(self._holds[order_id][1])]
+                    if order_id in self._holds
+                    else None,
+                }
+                for order_id, order in self._orders.items()
+            ],
+            "fills": [_encode(f) for f in self._fills],
+            "positions": {
+                s: {"quantity": str(q), "average_entry_price": str(a)} for s, (q, a) in self._positions.items()
+            },
+            "edit_previews": {
+                p: {"order_id": o, "quantity": str(q), "limit_price": str(lp)}
+                for p, (o, q, lp) in self._edit_previews.items()
+            },
+        }
+
+    def _load(self, path: Path) -> None:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if state.get("version") != STATE_VERSION:
+                raise ValueError(f"version {state.get('version')} is not {STATE_VERSION}")
+            self._totals = {c: Decimal(v) for c, v in state["balances"].items()}
+            self._order_seq = int(state["order_seq"])
+            self._trade_seq = int(state["trade_seq"])
+            for entry in state["orders"]:
+                order = _decode(Order, entry["order"])
+                self._orders[order.order_id] = order
+                self._requests[order.order_id] = _decode(OrderRequest, entry["request"])
+                self._by_client[order.client_order_id] = order.order_id
+                if entry["open"]:
+                    self._open[order.order_id] = order
+                if entry["triggered"]:
+                    self._triggered.add(order.order_id)
+                if entry["hold"] is not None:
+                    self._hold(order.order_id, entry["hold"][0], Decimal(entry["hold"][1]))
+            self._fills = [_decode(Fill, f) for f in state["fills"]]
+            self._positions = {
+                s: (Decimal(p["quantity"]), Decimal(p["average_entry_price"])) for s, p in state["positions"].items()
+            }
+            self._edit_previews = {
+                p: (e["order_id"], Decimal(e["quantity"]), Decimal(e["limit_price"]))
+                for p, e in state["edit_previews"].items()
+            }
+            market_cursor = int(state["market_cursor"])
+            matched_cursor = int(state["matched_cursor"])
+        except (OSError, ValueError, KeyError, TypeError, InvalidOperation) as error:
+            raise ConfigError(
+                f"paper exchange state {path} is unreadable ({error}); move it away to start a new paper account"
+            ) from None
+        try:
+            self.market.seek(market_cursor)
+        except ConfigError as error:
+            raise ConfigError(
+                f"paper exchange state {path}: {error}; the market data changed since it was saved"
+            ) from None
+        self._matched_cursor = matched_cursor
+
+
+def _filled_at(fill: Fill) -> datetime:
+    return fill.filled_at
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to path so a crash leaves the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with suppress(OSError):  # make the rename durable too (POSIX; not possible on every platform)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+_Record = TypeVar("_Record", Order, OrderRequest, Fill)
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(
+        ("quantity", "filled_quantity", "fees", "fee", "price", "limit_price", "stop_price", "average_fill_price"),
+        Decimal,
+    ),
+    **dict.fromkeys(("created_at", "expire_at", "updated_at", "filled_at"), _parse_time),
+    "side": Side,
+    "order_type": OrderType,
+    "status": OrderStatus,
+    "time_in_force": TimeInForce,
+    "liquidity": Liquidity,
+}
+
+
+def _encode(record: Order | OrderRequest | Fill) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        out[f.name] = value
+    return out
+
+
+def _decode(cls: type[_Record], data: dict[str, Any]) -> _Record:
+    values: dict[str, Any] = {k: v if v is None else _DECODERS.get(k, _same)(v) for k, v in data.items()}
+    return cls(**values)
+
+
+def _same(value: Any) -> Any:
+    return value
