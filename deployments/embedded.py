@@ -89,6 +89,7 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
     logs.mkdir(parents=True, exist_ok=True)
     env = prefect_env(home, port)
     children: list[subprocess.Popen] = []
+    run_id: str | None = None
     try:
         with out.status(f"starting the Prefect server on 127.0.0.1:{port} (first start migrates SQLite, ~20 s)"):
             server = spawn(
@@ -114,10 +115,30 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
         out.print(f"[red]{' '.join(failed.args[2:4])} exited with code {failed.returncode}; stopping[/]")
         return 1
     except KeyboardInterrupt:
-        out.print("stopping: runner first (it cancels the bot between cycles), then the server")
+        out.print("stopping: the bot between cycles, then the runner, then the server")
+        if run_id is not None:
+            cancel_and_wait(run_id)
         return 0
     finally:
         stop_children(children)
+
+
+def cancel_and_wait(run_id: str, timeout: float = 40) -> str:
+    """Cancel the flow run as the UI does and wait until it is final; the bot stops between cycles."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(UUID(run_id)).state
+        if state is not None and not state.is_final():
+            client.set_flow_run_state(UUID(run_id), Cancelling(), force=True)
+        while state is not None and not state.is_final() and time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = client.read_flow_run(UUID(run_id)).state
+    return state.type.value if state is not None else "unknown"
 
 
 def spawn(module_args: list[str], log_file: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:

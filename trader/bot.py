@@ -153,7 +153,8 @@ class TradingBot:
                 stopped_by = "stop requested"
                 break
             started = time.monotonic()
-            if done and not self.broker.advance():
+            # Each cycle trades a new bar; a dry run looks at the current one first and never moves the market.
+            if (done or self.mode != "dry_run") and not self.broker.advance():
                 stopped_by = "market data exhausted"
                 break
             report = self.run_cycle(advance=False)

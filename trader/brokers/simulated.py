@@ -159,8 +159,7 @@ class SimulatedExchange(Broker):
         self._dirty = True  # a new paper account is written on first use
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
-            # A new run on a saved account starts on the bar after the last one the previous run saw.
-            self._dirty = self.market.advance()
+            self._dirty = False
 
     # --- products and market -----------------------------------------------------------------------------------
 

@@ -788,7 +788,7 @@ def test_a_new_exchange_on_the_same_state_file_sees_the_same_account(tmp_path: P
     assert second.list_fills()[-1].trade_id == "sim-2"
 
 
-def test_reopening_a_saved_account_continues_on_the_bar_after_the_saved_cursor(tmp_path: Path) -> None:
+def test_reopening_a_saved_account_continues_at_the_saved_cursor(tmp_path: Path) -> None:
     state = tmp_path / "paper_exchange.json"
     first = SimulatedExchange(replay(*["65000.00"] * 10, start=3), state_path=state)
     first.advance()
@@ -797,8 +797,8 @@ def test_reopening_a_saved_account_continues_on_the_bar_after_the_saved_cursor(t
     second = SimulatedExchange(replay(*["65000.00"] * 10, start=3), state_path=state)
 
     assert saved == 4
-    assert second.market.cursor == 5
-    assert second.now() == T0 + 6 * MINUTE
+    assert second.market.cursor == 4
+    assert second.now() == T0 + 5 * MINUTE
 
 
 def test_a_resting_order_saved_in_one_run_fills_in_the_next(tmp_path: Path) -> None:
@@ -808,6 +808,7 @@ def test_a_resting_order_saved_in_one_run_fills_in_the_next(tmp_path: Path) -> N
     order = first.place_order(limit(Side.BUY, "0.1", "63500.00"))
 
     second = SimulatedExchange(replay(*closes), state_path=state)
+    second.advance()
 
     assert second.get_order(order.order_id).status == OrderStatus.FILLED
     assert json.loads(state.read_text())["orders"][0]["order"]["status"] == "filled"
