@@ -67,7 +67,7 @@ def start_bot_run(profile: str, env: dict[str, str], timeout: float = 120) -> st
     while True:
         try:
             run = run_deployment(BOT_DEPLOYMENT, parameters={"profile": profile}, timeout=0)
-            return str(run.id)
+            return str(run.id)  # type: ignore[union-attr]  # sync call returns a FlowRun
         except Exception:
             if time.monotonic() > deadline:
                 raise
@@ -112,7 +112,7 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
         while all(child.poll() is None for child in children):
             time.sleep(1)
         failed = next(child for child in children if child.poll() is not None)
-        out.print(f"[red]{' '.join(failed.args[2:4])} exited with code {failed.returncode}; stopping[/]")
+        out.print(f"[red]{failed.args!r} exited with code {failed.returncode}; stopping[/]")
         return 1
     except KeyboardInterrupt:
         out.print("stopping: the bot between cycles, then the runner, then the server")

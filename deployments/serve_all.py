@@ -33,17 +33,17 @@ def runner_deployments(prefect_yaml: Path = PREFECT_YAML) -> list[RunnerDeployme
             Cron(s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
             for s in entry.get("schedules") or []
         ]
-        deployments.append(
-            flow.to_deployment(
-                name=entry["name"],
-                description=entry.get("description"),
-                parameters=parameters,
-                tags=entry.get("tags"),
-                schedules=schedules or None,
-                concurrency_limit=entry.get("concurrency_limit"),
-                entrypoint_type=EntrypointType.MODULE_PATH,
-            )
+        deployment = flow.to_deployment(
+            name=entry["name"],
+            description=entry.get("description"),
+            parameters=parameters,
+            tags=entry.get("tags"),
+            schedules=schedules or None,
+            concurrency_limit=entry.get("concurrency_limit"),
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
+        assert isinstance(deployment, RunnerDeployment)  # sync flow: to_deployment returns, not a coroutine
+        deployments.append(deployment)
     return deployments
 
 
