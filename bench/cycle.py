@@ -17,9 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trader.brokers.simulated import SimulatedExchange  # noqa: E402
-
 from trader.bot import CycleReport  # noqa: E402
+from trader.brokers.simulated import SimulatedExchange  # noqa: E402
 from trader.ledger import Ledger  # noqa: E402
 from trader.market import ReplayMarketData  # noqa: E402
 from trader.runtime import build_bot  # noqa: E402
