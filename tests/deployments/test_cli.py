@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from trader.brokers.simulated import SimulatedExchange
 from trader.ledger import Ledger
+from trader.market import ReplayMarketData
+from trader.strategy import MovingAverageCrossover
 
 ROOT = Path(__file__).resolve().parents[2]
 PERPS_BOT = Path(sys.executable).parent / "perps-bot"
@@ -55,11 +58,6 @@ def test_consecutive_dev_fast_runs_continue_the_same_paper_account(home: Path) -
 
 def crossing_start() -> int:
     """A replay position where the 2/4 crossover fires with no position held (computed, not hard-coded)."""
-    from trader.brokers.simulated import SimulatedExchange
-
-    from trader.market import ReplayMarketData
-    from trader.strategy import MovingAverageCrossover
-
     market = ReplayMarketData()
     exchange = SimulatedExchange(market)
     strategy = MovingAverageCrossover(2, 4, Decimal("1000"))
