@@ -154,21 +154,8 @@ class Ledger:
 
     def record_pending(self, request: OrderRequest, session_id: str | None, at: datetime) -> None:
         """Record an order before it is sent (pending_submit); refuses a client_order_id already used."""
-        row = OrderRecord(
-            client_order_id=request.client_order_id,
-            session_id=session_id,
-            symbol=request.symbol,
-            side=str(request.side),
-            order_type=str(request.order_type),
-            time_in_force=str(request.time_in_force),
-            quantity=request.quantity,
-            limit_price=request.limit_price,
-            stop_price=request.stop_price,
-            expire_at=request.expire_at,
-            reduce_only=request.reduce_only,
-            status=OrderStatus.PENDING_SUBMIT.value,
-            created_at=at,
-            updated_at=at,
+        row = _new_order_row(
+            request, session_id=session_id, status=OrderStatus.PENDING_SUBMIT.value, created_at=at, updated_at=at
         )
         duplicate = DuplicateClientOrderId(f"client_order_id {request.client_order_id} is already in the ledger")
         try:
@@ -186,20 +173,7 @@ class Ledger:
         with self._transaction() as session:
             row = self._order_row(session, order.client_order_id)
             if row is None:
-                row = OrderRecord(
-                    client_order_id=order.client_order_id,
-                    symbol=order.symbol,
-                    side=str(order.side),
-                    order_type=str(order.order_type),
-                    time_in_force=str(order.time_in_force),
-                    quantity=order.quantity,
-                    limit_price=order.limit_price,
-                    stop_price=order.stop_price,
-                    expire_at=order.expire_at,
-                    reduce_only=order.reduce_only,
-                    status=str(order.status),
-                    created_at=order.created_at,
-                )
+                row = _new_order_row(order, status=str(order.status), created_at=order.created_at)
                 session.add(row)
             row.exchange_order_id = order.order_id or row.exchange_order_id
             row.status = str(order.status)
@@ -444,6 +418,23 @@ class Ledger:
     def dispose(self) -> None:
         """Close every pooled database connection."""
         self.engine.dispose()
+
+
+def _new_order_row(order: OrderRequest | Order, **fields: Any) -> OrderRecord:
+    """An orders row from what the bot asked for or what the broker reports (the fields both carry)."""
+    return OrderRecord(
+        client_order_id=order.client_order_id,
+        symbol=order.symbol,
+        side=str(order.side),
+        order_type=str(order.order_type),
+        time_in_force=str(order.time_in_force),
+        quantity=order.quantity,
+        limit_price=order.limit_price,
+        stop_price=order.stop_price,
+        expire_at=order.expire_at,
+        reduce_only=order.reduce_only,
+        **fields,
+    )
 
 
 def _fill_row(fill: Fill, session_id: str | None) -> FillRecord:
