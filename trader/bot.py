@@ -157,7 +157,7 @@ class TradingBot:
             if (done or self.mode != "dry_run") and not self.broker.advance():
                 stopped_by = "market data exhausted"
                 break
-            report = self.run_cycle(advance=False)
+            report = self.run_cycle()
             done += 1
             if on_cycle is not None:
                 on_cycle(report)
@@ -168,11 +168,9 @@ class TradingBot:
 
     # --- one cycle -------------------------------------------------------------------------------------------
 
-    def run_cycle(self, *, advance: bool = False) -> CycleReport:
-        """market data -> strategy -> risk checks -> orders -> ledger -> heartbeat."""
+    def run_cycle(self) -> CycleReport:
+        """market data -> strategy -> risk checks -> orders -> ledger -> heartbeat (run() moves the market)."""
         started = time.perf_counter()
-        if advance:
-            self.broker.advance()
         self.cycles += 1
         report = CycleReport(self.cycles, self.broker.now())
         if self.mode != "dry_run":

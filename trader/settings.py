@@ -149,16 +149,8 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         base = Settings(**{k: v for k, v in overrides.items() if v is not None})
         defaults = PROFILE_DEFAULTS.get(base.profile, {})
-        explicit = base.model_fields_set | {k for k, v in overrides.items() if v is not None}
-        env_set = {name for name in Settings.model_fields if _env_has(name)}
-        fill = {k: v for k, v in defaults.items() if k not in explicit and k not in env_set}
+        # model_fields_set holds what came from the environment or the overrides: those beat the profile.
+        fill = {k: v for k, v in defaults.items() if k not in base.model_fields_set}
         return base.model_copy(update=fill) if fill else base
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
-
-
-def _env_has(field_name: str) -> bool:
-    import os
-
-    key = "PERPS_PROFILE" if field_name == "profile" else field_name.upper()
-    return key in os.environ or key.lower() in os.environ
