@@ -14,11 +14,17 @@ from trader.errors import ConfigError
 Profile = Literal["dev", "canary", "spot", "prod", "perps"]
 PROFILES: tuple[str, ...] = ("dev", "canary", "spot", "prod", "perps")
 BrokerChoice = Literal["auto", "simulated", "coinbase"]
+MarketDataChoice = Literal["replay", "coinbase"]
 
 # Per-profile defaults; an explicitly set environment variable always wins.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "dev": {"cycle_interval_seconds": 1.0, "position_size_usd": Decimal("1000")},
-    "canary": {"cycle_interval_seconds": 60.0, "position_size_usd": Decimal("100"), "max_position_usd": Decimal("500")},
+    "canary": {
+        "cycle_interval_seconds": 60.0,
+        "position_size_usd": Decimal("100"),
+        "max_position_usd": Decimal("500"),
+        "market_data": "coinbase",  # paper fills on live public prices; no key needed
+    },
     "spot": {"cycle_interval_seconds": 60.0},
     "prod": {"cycle_interval_seconds": 60.0},
     "perps": {"cycle_interval_seconds": 60.0},
@@ -41,6 +47,10 @@ class Settings(BaseSettings):
     coinbase_api_key: SecretStr | None = None
     coinbase_api_secret: SecretStr | None = None
     coinbase_key_file: Path | None = None
+    coinbase_api_base: str = "api.coinbase.com"
+    coinbase_ca_file: Path | None = None
+    coinbase_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    coinbase_max_retries: int = Field(4, ge=0, le=10)
 
     risk_kill_switch_enabled: bool = False
     risk_reduce_only_mode: bool = False
@@ -67,6 +77,7 @@ class Settings(BaseSettings):
     position_size_usd: Decimal = Field(Decimal("500"), gt=0)
     strategy_fast_window: int = Field(5, ge=1)
     strategy_slow_window: int = Field(20, ge=2)
+    market_data: MarketDataChoice = "replay"
     market_data_file: Path | None = None
     market_data_start: int | None = Field(None, ge=0)
 
@@ -75,10 +86,23 @@ class Settings(BaseSettings):
     def _strip(cls, value: str) -> str:
         return value.strip()
 
+    @field_validator("coinbase_api_base", mode="after")
+    @classmethod
+    def _api_host(cls, value: str) -> str:
+        """The SDK takes a bare host[:port] and always speaks https."""
+        host = value.strip().removeprefix("https://").rstrip("/")
+        if host.startswith("http://"):
+            raise ValueError("plain http is refused: give the host (api.coinbase.com) or an https:// address")
+        if not host or "/" in host or " " in host:
+            raise ValueError("must be a host or host:port such as api.coinbase.com")
+        return host
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.profile == "perps" and not self.coinbase_enable_derivatives:
             raise ValueError("profile perps is refused: perpetuals need INTX access and COINBASE_ENABLE_DERIVATIVES=1")
+        if self.coinbase_key_file and (self.coinbase_api_key or self.coinbase_api_secret):
+            raise ValueError("set COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET, not both")
         if bool(self.coinbase_api_key) != bool(self.coinbase_api_secret):
             missing = "COINBASE_API_SECRET" if self.coinbase_api_key else "COINBASE_API_KEY"
             raise ValueError(f"{missing} is missing: set both COINBASE_API_KEY and COINBASE_API_SECRET, or neither")

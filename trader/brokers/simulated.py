@@ -32,12 +32,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from trader.brokers.base import Broker
+from trader.brokers.rules import check_order, check_reduce_only, fmt
 from trader.domain import (
     AccountSnapshot,
     Balance,
@@ -85,23 +86,10 @@ DEFAULT_BALANCES = {"USD": Decimal("100000")}
 STATE_VERSION = 1
 BPS = Decimal("10000")
 AVERAGE_PRICE_STEP = Decimal("0.00000001")
-_EXACT = Context(prec=200)  # remainders of any sane size/increment pair without rounding
-
-
-def _fmt(value: Decimal) -> str:
-    """A Decimal in plain notation (0.00000001, never 1E-8)."""
-    return format(value, "f")
 
 
 def _round(value: Decimal, increment: Decimal, rounding: str) -> Decimal:
     return (value / increment).to_integral_value(rounding=rounding) * increment
-
-
-def _is_multiple(value: Decimal, increment: Decimal) -> bool:
-    try:
-        return _EXACT.remainder(value, increment) == 0
-    except InvalidOperation:
-        return False
 
 
 @dataclass(frozen=True)
@@ -380,100 +368,12 @@ class SimulatedExchange(Broker):
 
     def _validate(self, request: OrderRequest) -> Product:
         product = self.get_product(request.symbol)
-        symbol, base = product.symbol, product.base_currency
-        if product.trading_disabled:
-            raise OrderRejected(f"trading is disabled for {symbol} (trading_disabled): no orders are accepted")
-        self._validate_order_type(request, product)
-        size = request.quantity
-        if not size.is_finite() or size <= 0:
-            raise OrderRejected(f"order size {_fmt(size)} {base} must be above 0 for {symbol}")
-        if not _is_multiple(size, product.base_increment):
-            raise OrderRejected(
-                f"order size {_fmt(size)} {base} is not a multiple of base_increment "
-                f"{_fmt(product.base_increment)} for {symbol}"
-            )
-        if size < product.base_min_size:
-            raise OrderRejected(
-                f"order size {_fmt(size)} {base} is below base_min_size {_fmt(product.base_min_size)} for {symbol}"
-            )
-        if size > product.base_max_size:
-            raise OrderRejected(
-                f"order size {_fmt(size)} {base} is above base_max_size {_fmt(product.base_max_size)} for {symbol}"
-            )
-        for label, price in (("limit price", request.limit_price), ("stop price", request.stop_price)):
-            if price is None:
-                continue
-            if not price.is_finite() or price <= 0:
-                raise OrderRejected(f"{label} {_fmt(price)} must be above 0 for {symbol}")
-            if not _is_multiple(price, product.quote_increment):
-                raise OrderRejected(
-                    f"{label} {_fmt(price)} is not a multiple of quote_increment "
-                    f"{_fmt(product.quote_increment)} for {symbol}"
-                )
-        self._validate_time_in_force(request, product)
-        price = request.limit_price if request.limit_price is not None else self.market.latest(symbol).close
-        value = size * price
-        if value < product.quote_min_size:
-            raise OrderRejected(
-                f"order value {_fmt(value.normalize())} {product.quote_currency} ({_fmt(size)} {base} x {_fmt(price)}) "
-                f"is below quote_min_size {_fmt(product.quote_min_size)} for {symbol}"
-            )
+        check_order(request, product, reference_price=self.market.latest(product.symbol).close, now=self.market.now())
         return product
 
-    def _validate_order_type(self, request: OrderRequest, product: Product) -> None:
-        kind, symbol = request.order_type, product.symbol
-        if kind == OrderType.MARKET and request.limit_price is not None:
-            raise OrderRejected(
-                f"limit price {_fmt(request.limit_price)} is not allowed on a market order for {symbol}; "
-                "use a limit order"
-            )
-        if kind in (OrderType.LIMIT, OrderType.STOP_LIMIT) and request.limit_price is None:
-            raise OrderRejected(f"limit_price is missing: a {kind} order needs a limit price for {symbol}")
-        if kind == OrderType.STOP_LIMIT and request.stop_price is None:
-            raise OrderRejected(f"stop_price is missing: a stop_limit order needs a stop price for {symbol}")
-        if kind != OrderType.STOP_LIMIT and request.stop_price is not None:
-            raise OrderRejected(
-                f"stop price {_fmt(request.stop_price)} is only for stop_limit orders, not {kind}, for {symbol}"
-            )
-        if request.post_only and kind != OrderType.LIMIT:
-            raise OrderRejected(f"post_only is only for limit orders, not {kind}, for {symbol}")
-
-    def _validate_time_in_force(self, request: OrderRequest, product: Product) -> None:
-        tif, kind, symbol = request.time_in_force, request.order_type, product.symbol
-        if tif == TimeInForce.IOC and kind != OrderType.LIMIT:
-            raise OrderRejected(f"time_in_force IOC is only for limit orders, not {kind}, for {symbol}")
-        if tif == TimeInForce.IOC and request.post_only:
-            raise OrderRejected(f"post_only cannot be combined with time_in_force IOC for {symbol}")
-        if tif == TimeInForce.GTD:
-            if kind == OrderType.MARKET:
-                raise OrderRejected(
-                    f"time_in_force GTD is only for limit and stop_limit orders, not market, for {symbol}"
-                )
-            if request.expire_at is None:
-                raise OrderRejected(f"expire_at is missing: time_in_force GTD needs expire_at for {symbol}")
-            if request.expire_at.tzinfo is None:
-                raise OrderRejected(f"expire_at {request.expire_at.isoformat()} has no time zone; give it in UTC")
-            now = self.market.now()
-            if request.expire_at <= now:
-                raise OrderRejected(
-                    f"expire_at {request.expire_at.isoformat()} is not after the broker time {now.isoformat()} "
-                    f"(GTD) for {symbol}"
-                )
-
     def _check_reduce_only(self, request: OrderRequest, product: Product) -> None:
-        if not request.reduce_only:
-            return
-        if request.side == Side.BUY:
-            raise OrderRejected(
-                f"reduce-only buy of {_fmt(request.quantity)} {product.base_currency} is rejected for "
-                f"{product.symbol}: spot has no short position to reduce"
-            )
         held = self._positions.get(product.symbol, (Decimal(0), Decimal(0)))[0]
-        if request.quantity > held:
-            raise OrderRejected(
-                f"reduce-only sell of {_fmt(request.quantity)} {product.base_currency} exceeds position "
-                f"{_fmt(held)} {product.base_currency} for {product.symbol}"
-            )
+        check_reduce_only(request, product, held)
 
     # --- pricing and execution ---------------------------------------------------------------------------------
 
@@ -511,13 +411,12 @@ class SimulatedExchange(Broker):
         bid, ask = self._bid_ask(product)
         if buy and limit >= ask or not buy and limit <= bid:
             if request.post_only:
-                touch = f"best ask {_fmt(ask)}" if buy else f"best bid {_fmt(bid)}"
+                touch = f"best ask {fmt(ask)}" if buy else f"best bid {fmt(bid)}"
                 return _Plan(
                     "rest",
                     limit,
                     Liquidity.MAKER,
-                    error=f"post_only limit {request.side} at {_fmt(limit)} would cross the {touch} "
-                    f"on {product.symbol}",
+                    error=f"post_only limit {request.side} at {fmt(limit)} would cross the {touch} on {product.symbol}",
                 )
             return _Plan("fill", min(limit, market_price) if buy else max(limit, market_price), Liquidity.TAKER)
         if request.time_in_force == TimeInForce.IOC:
@@ -529,13 +428,13 @@ class SimulatedExchange(Broker):
         if plan.action == "cancel":
             return product.quote_currency, Decimal(0), "nothing"
         if request.side == Side.SELL:
-            return product.base_currency, request.quantity, f"{_fmt(request.quantity)} {product.base_currency}"
+            return product.base_currency, request.quantity, f"{fmt(request.quantity)} {product.base_currency}"
         notional = request.quantity * plan.price
         fee = self._fee(product, notional, plan.liquidity)
         return (
             product.quote_currency,
             notional + fee,
-            f"{_fmt(request.quantity)} x {_fmt(plan.price)} + fee {_fmt(fee)}",
+            f"{fmt(request.quantity)} x {fmt(plan.price)} + fee {fmt(fee)}",
         )
 
     def _funds_problem(
@@ -549,8 +448,8 @@ class SimulatedExchange(Broker):
         if amount <= available:
             return None
         return (
-            f"insufficient {currency} for {request.side} {_fmt(request.quantity)} {product.symbol}: needs "
-            f"{_fmt(amount)} {currency} ({breakdown}), available {_fmt(available)} {currency}"
+            f"insufficient {currency} for {request.side} {fmt(request.quantity)} {product.symbol}: needs "
+            f"{fmt(amount)} {currency} ({breakdown}), available {fmt(available)} {currency}"
         )
 
     def _preview(
