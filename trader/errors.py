@@ -29,3 +29,11 @@ class OrderNotFound(TraderError):
 
 class BrokerUnavailable(TraderError):
     """The broker could not be reached; the call may be retried after looking the order up."""
+
+
+class BrokerError(TraderError):
+    """The broker refused a request for a reason retrying cannot fix; the message carries the exchange's words."""
+
+
+class AuthenticationFailed(BrokerError):
+    """The broker refused the API key (401/403): wrong or expired key, missing permission, or clock skew."""

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from trader.bot import Mode, TradingBot
 from trader.brokers.base import Broker
-from trader.errors import ConfigError
 from trader.ledger import Ledger
+from trader.market.source import MarketDataSource
 from trader.risk import RiskManager
 from trader.settings import Settings
 from trader.strategy import MovingAverageCrossover, Strategy
@@ -15,18 +15,27 @@ from trader.strategy import MovingAverageCrossover, Strategy
 
 def build_broker(settings: Settings, *, persist: bool = True) -> Broker:
     """The broker for this profile; the simulated exchange keeps its paper account in the state folder."""
-    kind = settings.broker_kind
-    if kind == "coinbase":
-        raise ConfigError(
-            "BROKER=coinbase: the Coinbase Advanced Trade adapter is not in this build yet (issue 3); "
-            "unset COINBASE_API_KEY/COINBASE_API_SECRET/COINBASE_KEY_FILE or set BROKER=simulated"
-        )
+    if settings.broker_kind == "coinbase":
+        from trader.brokers.coinbase import CoinbaseBroker
+
+        return CoinbaseBroker.from_settings(settings)
     from trader.brokers.simulated import SimulatedExchange
+
+    # Paper accounts on replayed and on live prices live in separate files: their market clocks differ.
+    name = "paper_exchange_live.json" if settings.market_data == "coinbase" else "paper_exchange.json"
+    state_path = settings.state_dir / name if persist else None
+    return SimulatedExchange(build_market_data(settings), state_path=state_path)
+
+
+def build_market_data(settings: Settings) -> MarketDataSource:
+    """Replayed candles (MARKET_DATA=replay) or Coinbase's public live data (MARKET_DATA=coinbase, no key)."""
+    if settings.market_data == "coinbase":
+        from trader.market.coinbase_live import CoinbaseLiveMarketData
+
+        return CoinbaseLiveMarketData.from_settings(settings)
     from trader.market import ReplayMarketData
 
-    market = ReplayMarketData(settings.market_data_file, start=settings.market_data_start)
-    state_path = settings.state_dir / "paper_exchange.json" if persist else None
-    return SimulatedExchange(market, state_path=state_path)
+    return ReplayMarketData(settings.market_data_file, start=settings.market_data_start)
 
 
 def build_strategy(settings: Settings) -> Strategy:

@@ -28,7 +28,8 @@ def home(tmp_path: Path) -> Path:
 
 def perps_bot(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     assert PERPS_BOT.exists(), f"console script missing: {PERPS_BOT}; install the project with pip install -e ."
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COINBASE_", "RISK_", "PERPS_", "BROKER"))}
+    prefixes = ("COINBASE_", "RISK_", "PERPS_", "BROKER", "MARKET_DATA")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     clean.update({"STATE_DIR": str(home / "var/state"), "LOG_DIR": str(home / "var/logs"), **env})
     return subprocess.run([str(PERPS_BOT), *args], cwd=home, env=clean, capture_output=True, text=True, timeout=120)
 
@@ -70,7 +71,8 @@ def crossing_start() -> int:
 def test_canary_dry_run_prints_what_would_be_sent_and_sends_nothing(home: Path) -> None:
     env = {"STRATEGY_FAST_WINDOW": "2", "STRATEGY_SLOW_WINDOW": "4", "MARKET_DATA_START": str(crossing_start())}
 
-    result = perps_bot(home, "--profile", "canary", "--dry-run", **env)
+    # canary trades on live prices by default; MARKET_DATA=replay keeps this run on the recorded bars
+    result = perps_bot(home, "--profile", "canary", "--dry-run", MARKET_DATA="replay", **env)
 
     assert result.returncode == 0, result.stderr
     assert "would send: buy" in result.stdout and "BTC-USD market" in result.stdout

@@ -1,9 +1,10 @@
 """The paper-trading exchange: Coinbase's product rules, fees and order types, filled against replayed candles.
 
 Prices and fills:
-- best bid/ask: the current close -/+ half of `spread_bps`, bid rounded down and ask up to the quote increment.
-- market orders fill at once as taker at the close +/- `slippage_bps` (a buy pays more), rounded against the
-  trader (buy up, sell down) to the quote increment.
+- best bid/ask: the current close -/+ half of `spread_bps`, bid rounded down and ask up to the quote increment;
+  a live source (MARKET_DATA=coinbase) gives Coinbase's own best bid/ask instead.
+- market orders fill at once as taker at the close (live: the best ask for a buy, bid for a sell) +/-
+  `slippage_bps` (a buy pays more), rounded against the trader (buy up, sell down) to the quote increment.
 - a limit order that crosses the best bid/ask fills at once as taker at the better of its limit and the market
   price; otherwise it rests as maker (IOC: cancelled instead; post_only: rejected instead of crossing).
 - a stop-limit rests untriggered until a candle reaches the stop (buy: high >= stop, sell: low <= stop); if its
@@ -378,8 +379,11 @@ class SimulatedExchange(Broker):
     # --- pricing and execution ---------------------------------------------------------------------------------
 
     def _bid_ask(self, product: Product) -> tuple[Decimal, Decimal]:
-        close = self.market.latest(product.symbol).close
         tick = product.quote_increment
+        quote = self.market.quote(product.symbol)
+        if quote is not None:  # a live source's best bid/ask
+            return _round(quote[0], tick, ROUND_FLOOR), _round(quote[1], tick, ROUND_CEILING)
+        close = self.market.latest(product.symbol).close
         return (
             _round(close * (1 - self._half_spread), tick, ROUND_FLOOR),
             _round(close * (1 + self._half_spread), tick, ROUND_CEILING),
@@ -398,7 +402,9 @@ class SimulatedExchange(Broker):
     def _plan(self, request: OrderRequest, product: Product) -> _Plan:
         close = self.market.latest(product.symbol).close
         buy = request.side == Side.BUY
-        market_price = self._slipped(product, request.side, close)
+        quote = self.market.quote(product.symbol)
+        reference = close if quote is None else (quote[1] if buy else quote[0])
+        market_price = self._slipped(product, request.side, reference)
         if request.order_type == OrderType.MARKET:
             return _Plan("fill", market_price, Liquidity.TAKER)
         limit = request.limit_price

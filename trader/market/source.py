@@ -52,6 +52,10 @@ class MarketDataSource(Protocol):
         """Close time of the current bar, tz-aware UTC."""
         ...
 
+    def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        """The exchange's best (bid, ask) when the source has one (live data); None: derive it from the close."""
+        ...
+
     def advance(self) -> bool:
         """Move to the next bar; False (and no move) when there is none."""
         ...
@@ -212,6 +216,11 @@ class ReplayMarketData:
     def now(self) -> datetime:
         lap, index = divmod(self._cursor, self._bars)
         return self._candles[self._symbols[0]][index].start + self.interval + self.lap_length * lap
+
+    def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        """A replay has no order book: the paper exchange quotes around the close."""
+        self._check(symbol)
+        return None
 
     def advance(self) -> bool:
         if not self.wrap and self._cursor + 1 >= self._bars:

@@ -1,0 +1,709 @@
+"""The live broker: Coinbase Advanced Trade through the official SDK (coinbase-advanced-py's RESTClient).
+
+Idempotency: every create carries the bot's client_order_id. When a create gets no clear answer (timeout, dropped
+connection, 5xx, malformed JSON, 429), the order is first looked up by client_order_id; only when the exchange
+does not have it is the same request sent again, with the same client_order_id (which Coinbase also refuses to
+duplicate). So no path places one logical order twice.
+
+Spot reduce-only is enforced here (Coinbase spot orders have no such flag): a reduce-only sell may not exceed the
+base currency held. Perpetuals (INTX) calls are refused unless COINBASE_ENABLE_DERIVATIVES=1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from typing import Any
+
+from trader.brokers.base import Broker
+from trader.brokers.coinbase_http import (
+    CallPolicy,
+    Credentials,
+    Failure,
+    NotFound,
+    build_rest_client,
+    load_credentials,
+    plain_json,
+)
+from trader.brokers.rules import check_order, check_reduce_only, fmt
+from trader.domain import (
+    AccountSnapshot,
+    Balance,
+    Candle,
+    FeeTier,
+    Fill,
+    KeyPermissions,
+    Liquidity,
+    Order,
+    OrderPreview,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Position,
+    Product,
+    Side,
+    TimeInForce,
+)
+from trader.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigError,
+    InsufficientFunds,
+    OrderNotFound,
+    OrderRejected,
+    UnknownSymbol,
+)
+from trader.market.source import candles_from_coinbase
+from trader.settings import Settings
+
+log = logging.getLogger("trader.coinbase")
+
+CANCEL_BATCH = 100  # POST /orders/batch_cancel takes at most 100 order ids
+CANDLES_PER_REQUEST = 300  # the candles endpoint answers at most 350 bars
+PAGE_LIMIT = 250
+FIND_ORDER_WINDOW = timedelta(days=2)  # how far back a client_order_id lookup scans
+ONE_MINUTE = timedelta(minutes=1)
+ZERO = Decimal(0)
+
+_STATUSES = {
+    "OPEN": OrderStatus.OPEN,
+    "PENDING": OrderStatus.OPEN,
+    "QUEUED": OrderStatus.OPEN,
+    "CANCEL_QUEUED": OrderStatus.OPEN,
+    "EDIT_QUEUED": OrderStatus.OPEN,
+    "UNKNOWN_ORDER_STATUS": OrderStatus.OPEN,
+    "FILLED": OrderStatus.FILLED,
+    "CANCELLED": OrderStatus.CANCELLED,
+    "EXPIRED": OrderStatus.EXPIRED,
+    "FAILED": OrderStatus.REJECTED,
+}
+_FUNDS_ERRORS = {"INSUFFICIENT_FUND", "INSUFFICIENT_FUNDS", "PREVIEW_INSUFFICIENT_FUND"}
+_SYMBOL_ERRORS = {"INVALID_PRODUCT_ID", "UNKNOWN_PRODUCT", "PREVIEW_INVALID_PRODUCT_ID"}
+
+
+class CoinbaseBroker(Broker):
+    """Broker on Coinbase Advanced Trade; `client` is the SDK's RESTClient (or anything with its methods)."""
+
+    name = "coinbase"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        policy: CallPolicy | None = None,
+        derivatives: bool = False,
+        key_name: str | None = None,
+    ) -> None:
+        self.client = client
+        self.policy = policy or CallPolicy()
+        self.derivatives = derivatives
+        self._key_hint = f"…{key_name[-4:]}" if key_name else "none"
+        self._products: dict[str, Product] = {}
+        self._client_ids: dict[str, str] = {}  # order_id -> client_order_id, for fills (which carry no client id)
+        self._portfolio_uuid: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CoinbaseBroker:
+        credentials: Credentials | None = load_credentials(settings)
+        if credentials is None:
+            raise ConfigError(
+                "BROKER=coinbase needs COINBASE_API_KEY and COINBASE_API_SECRET, or COINBASE_KEY_FILE (a CDP key)"
+            )
+        policy = CallPolicy(max_retries=settings.coinbase_max_retries, host=settings.coinbase_api_base)
+        return cls(
+            build_rest_client(settings, credentials),
+            policy=policy,
+            derivatives=settings.coinbase_enable_derivatives,
+            key_name=credentials.name,
+        )
+
+    def __repr__(self) -> str:
+        return f"CoinbaseBroker(host={self.policy.host!r}, key={self._key_hint!r}, derivatives={self.derivatives})"
+
+    # --- products and market -----------------------------------------------------------------------------------
+
+    def get_product(self, symbol: str) -> Product:
+        product = self._products.get(symbol)
+        if product is None:
+            data = self._read(f"get product {symbol}", lambda: self.client.get_product(symbol), not_found=symbol)
+            product = _product(data)
+            self._products[symbol] = product
+        return product
+
+    def list_products(self) -> list[Product]:
+        data = self._read("list products", lambda: self.client.get_products(product_type="SPOT"))
+        products = [_product(p) for p in data.get("products", [])]
+        self._products.update({p.symbol: p for p in products})
+        return products
+
+    def best_bid_ask(self, symbol: str) -> tuple[Decimal, Decimal]:
+        data = self._read(f"best bid/ask {symbol}", lambda: self.client.get_best_bid_ask(product_ids=[symbol]))
+        for book in data.get("pricebooks", []):
+            if book.get("product_id") == symbol and book.get("bids") and book.get("asks"):
+                return Decimal(book["bids"][0]["price"]), Decimal(book["asks"][0]["price"])
+        raise BrokerUnavailable(f"Coinbase has no best bid/ask for {symbol} right now (empty book)")
+
+    def candles(self, symbol: str, limit: int) -> list[Candle]:
+        """The latest `limit` closed one-minute candles, oldest first (the still-open bar is dropped)."""
+        now = self.now()
+        end = now.replace(second=0, microsecond=0)  # start of the open bar: everything before it is closed
+        rows: dict[datetime, Candle] = {}
+        remaining = max(limit, 0)
+        while remaining > 0:
+            count = min(remaining, CANDLES_PER_REQUEST)
+            start = end - ONE_MINUTE * count
+            data = self._read(
+                f"candles {symbol}",
+                partial(
+                    self.client.get_candles,
+                    symbol,
+                    str(int(start.timestamp())),
+                    str(int(end.timestamp()) - 1),
+                    "ONE_MINUTE",
+                ),
+                not_found=symbol,
+            )
+            page = [c for c in candles_from_coinbase(data) if c.start + ONE_MINUTE <= now]
+            rows.update({c.start: c for c in page})
+            if len(page) < count:
+                break  # no older history
+            remaining -= count
+            end = start
+        return sorted(rows.values(), key=lambda c: c.start)[-limit:] if limit > 0 else []
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def server_time(self) -> datetime:
+        """Coinbase's clock (GET /time), for clock-skew checks."""
+        data = self._read("server time", lambda: self.client.get_unix_time())
+        return datetime.fromtimestamp(int(data["epochSeconds"]), tz=UTC)
+
+    # --- orders ------------------------------------------------------------------------------------------------
+
+    def validate(self, request: OrderRequest) -> None:
+        """Product rules and spot reduce-only, checked locally; nothing is sent."""
+        self._check(request)
+
+    def preview_order(self, request: OrderRequest) -> OrderPreview:
+        """Rule breaks raise; the exchange's preview failure reasons (funds, post-only…) go to errors."""
+        self._check(request)
+        data = self._read(
+            f"preview order {request.client_order_id}",
+            lambda: self.client.preview_order(
+                product_id=request.symbol, side=request.side.upper(), order_configuration=_configuration(request)
+            ),
+        )
+        return _preview(data, request, preview_id=str(data.get("preview_id") or ""), errors=data.get("errs", []))
+
+    def place_order(self, request: OrderRequest) -> Order:
+        """Submit once; on an unclear answer look the order up by client_order_id before sending again."""
+        self._check(request)
+        what = f"create order {request.client_order_id}"
+        attempts = self.policy.max_retries + 1
+        for attempt in range(attempts):
+            result = self.policy.send(
+                what,
+                lambda: self.client.create_order(
+                    client_order_id=request.client_order_id,
+                    product_id=request.symbol,
+                    side=request.side.upper(),
+                    order_configuration=_configuration(request),
+                ),
+            )
+            if not isinstance(result, Failure):
+                return self._created(plain_json(result), request)
+            self.policy.sleep(self.policy.delay(attempt, result))
+            existing = self.find_order(request.client_order_id, symbol=request.symbol)
+            if existing is not None:
+                log.warning(
+                    "%s: found on the exchange as %s after %s; not sent again",
+                    what,
+                    existing.order_id,
+                    result.describe(),
+                )
+                return replace(existing, reduce_only=request.reduce_only)
+            if attempt + 1 < attempts:
+                log.warning(
+                    "%s: not on the exchange after %s; sending it again (same client_order_id)", what, result.describe()
+                )
+        raise BrokerUnavailable(
+            f"Coinbase {what}: no clear answer after {attempts} attempt(s) and not found by client_order_id; "
+            "nothing more is sent, the next reconciliation settles it"
+        )
+
+    def preview_edit(self, order_id: str, quantity: Decimal, limit_price: Decimal) -> OrderPreview:
+        """Preview a new size and price for a resting GTC limit; the preview id is what apply_edit takes."""
+        order = self.get_order(order_id)
+        request = replace(_request_of(order), quantity=quantity, limit_price=limit_price)
+        self._check_rules(request)
+        data = self._read(
+            f"preview edit {order_id}",
+            lambda: self.client.preview_edit_order(order_id=order_id, size=fmt(quantity), price=fmt(limit_price)),
+        )
+        errors = [_edit_error(e) for e in data.get("errors", []) or []]
+        # Coinbase's edit takes the new values, not a preview id: the id carries them to apply_edit.
+        return _preview(
+            data, request, preview_id=f"{fmt(quantity)}@{fmt(limit_price)}", errors=errors, order_id=order_id
+        )
+
+    def apply_edit(self, order_id: str, preview_id: str) -> Order:
+        size, sep, price = preview_id.partition("@")
+        try:
+            quantity, limit_price = Decimal(size), Decimal(price)
+        except InvalidOperation:
+            quantity = limit_price = Decimal("NaN")
+        if not sep or not quantity.is_finite() or not limit_price.is_finite():
+            raise OrderRejected(
+                f"preview id {preview_id!r} is not from a Coinbase edit preview (SIZE@PRICE); run the preview again"
+            )
+        order = self.get_order(order_id)
+        self._check_rules(replace(_request_of(order), quantity=quantity, limit_price=limit_price))
+        what = f"edit order {order_id}"
+        result = self.policy.send(
+            what, lambda: self.client.edit_order(order_id=order_id, size=fmt(quantity), price=fmt(limit_price))
+        )
+        if isinstance(result, Failure):
+            current = self.get_order(order_id)
+            if current.quantity == quantity and current.limit_price == limit_price:
+                return current
+            raise BrokerUnavailable(f"Coinbase {what}: {result.describe()}; the order still shows the old values")
+        data = plain_json(result)
+        if not data.get("success", False):
+            reasons = "; ".join(_edit_error(e) for e in data.get("errors", []) or []) or "no reason given"
+            raise OrderRejected(f"Coinbase refused {what}: {reasons}")
+        return self.get_order(order_id)
+
+    def cancel_orders(self, order_ids: list[str]) -> dict[str, bool]:
+        """Cancel in batches of 100 (the endpoint's limit); True per id Coinbase accepted the cancel for."""
+        unique = list(dict.fromkeys(order_ids))
+        result: dict[str, bool] = {}
+        for begin in range(0, len(unique), CANCEL_BATCH):
+            chunk = unique[begin : begin + CANCEL_BATCH]
+            # A repeated cancel is harmless, so the batch is retried like a read.
+            data = self._read(f"cancel {len(chunk)} order(s)", partial(self.client.cancel_orders, order_ids=chunk))
+            answered = {r.get("order_id"): bool(r.get("success")) for r in data.get("results", [])}
+            for order_id in chunk:
+                result[order_id] = answered.get(order_id, False)
+                if not result[order_id]:
+                    reason = next(
+                        (r.get("failure_reason") for r in data.get("results", []) if r.get("order_id") == order_id),
+                        "no answer",
+                    )
+                    log.info("cancel %s: not cancelled (%s)", order_id, reason)
+        return result
+
+    def get_order(self, order_id: str) -> Order:
+        data = self._read(f"get order {order_id}", lambda: self.client.get_order(order_id), not_found=order_id)
+        return self._order(data["order"])
+
+    def find_order(self, client_order_id: str, *, symbol: str | None = None) -> Order | None:
+        """The order with this client_order_id placed in the last two days, or None."""
+        since = self.now() - FIND_ORDER_WINDOW
+        for raw in self._orders(product_ids=[symbol] if symbol else None, start_date=_iso(since)):
+            if raw.get("client_order_id") == client_order_id:
+                return self._order(raw)
+        return None
+
+    def list_open_orders(self, symbol: str | None = None) -> list[Order]:
+        return [
+            self._order(raw) for raw in self._orders(product_ids=[symbol] if symbol else None, order_status=["OPEN"])
+        ]
+
+    def list_fills(self, since: datetime | None = None) -> list[Fill]:
+        """Every fill after `since` across all cursor pages, oldest first, each trade once."""
+        fills: dict[str, Fill] = {}
+        cursor: str | None = None
+        start = _iso(since) if since is not None else None
+        while True:
+            data = self._read(
+                "list fills",
+                partial(self.client.get_fills, start_sequence_timestamp=start, limit=PAGE_LIMIT, cursor=cursor),
+            )
+            for raw in data.get("fills", []) or []:
+                fill = self._fill(raw)
+                if since is None or fill.filled_at > since:
+                    fills[fill.trade_id] = fill
+            cursor = data.get("cursor") or None
+            if not cursor:
+                break
+        return sorted(fills.values(), key=lambda f: (f.filled_at, f.trade_id))
+
+    # --- account -----------------------------------------------------------------------------------------------
+
+    def balances(self) -> list[Balance]:
+        totals: dict[str, tuple[Decimal, Decimal]] = {}
+        cursor: str | None = None
+        while True:
+            data = self._read("list accounts", partial(self.client.get_accounts, limit=PAGE_LIMIT, cursor=cursor))
+            for account in data.get("accounts", []):
+                currency = account["currency"]
+                available = _money(account.get("available_balance"))
+                hold = _money(account.get("hold"))
+                a, h = totals.get(currency, (ZERO, ZERO))
+                totals[currency] = (a + available, h + hold)
+            cursor = data.get("cursor") or None
+            if not data.get("has_next") or not cursor:
+                break
+        return [Balance(c, a, h) for c, (a, h) in sorted(totals.items())]
+
+    def portfolio_breakdown(self) -> dict[str, Any]:
+        """The default portfolio's breakdown (balances, spot positions with cost basis)."""
+        uuid = self._default_portfolio()
+        data = self._read("portfolio breakdown", lambda: self.client.get_portfolio_breakdown(portfolio_uuid=uuid))
+        return dict(data.get("breakdown", {}))
+
+    def positions(self) -> list[Position]:
+        """Spot holdings from the portfolio breakdown (non-cash, non-zero); INTX perps too when enabled."""
+        positions = []
+        for spot in self.portfolio_breakdown().get("spot_positions", []):
+            quantity = Decimal(str(spot.get("total_balance_crypto") or 0))
+            if spot.get("is_cash") or quantity == 0:
+                continue
+            entry = _money(spot.get("average_entry_price"))
+            positions.append(Position(f"{spot['asset']}-USD", quantity, entry))
+        if self.derivatives:
+            positions.extend(self.perps_positions())
+        return sorted(positions, key=lambda p: p.symbol)
+
+    def key_permissions(self) -> KeyPermissions:
+        data = self._read("key permissions", lambda: self.client.get_api_key_permissions())
+        return KeyPermissions(
+            can_view=bool(data.get("can_view")),
+            can_trade=bool(data.get("can_trade")),
+            can_transfer=bool(data.get("can_transfer")),
+            portfolio_type=str(data.get("portfolio_type") or "UNDEFINED"),
+        )
+
+    def fee_tier(self) -> FeeTier:
+        data = self._read("transaction summary", lambda: self.client.get_transaction_summary(product_type="SPOT"))
+        tier = data.get("fee_tier") or {}
+        return FeeTier(
+            tier=str(tier.get("pricing_tier") or "unknown"),
+            maker_fee_rate=Decimal(str(tier.get("maker_fee_rate") or 0)),
+            taker_fee_rate=Decimal(str(tier.get("taker_fee_rate") or 0)),
+        )
+
+    def account_snapshot(self) -> AccountSnapshot:
+        return AccountSnapshot(
+            balances=self.balances(),
+            permissions=self.key_permissions(),
+            fee_tier=self.fee_tier(),
+            positions=self.positions(),
+        )
+
+    # --- perpetuals (INTX) -------------------------------------------------------------------------------------
+
+    def perps_positions(self) -> list[Position]:
+        uuid = self._intx_portfolio()
+        data = self._read("INTX positions", lambda: self.client.list_perps_positions(portfolio_uuid=uuid))
+        return [
+            Position(p["symbol"], Decimal(str(p.get("net_size") or 0)), _money(p.get("entry_vwap") or p.get("vwap")))
+            for p in data.get("positions", []) or []
+        ]
+
+    def perps_portfolio_summary(self) -> dict[str, Any]:
+        uuid = self._intx_portfolio()
+        return dict(self._read("INTX portfolio", lambda: self.client.get_perps_portfolio_summary(portfolio_uuid=uuid)))
+
+    def perps_balances(self) -> dict[str, Any]:
+        uuid = self._intx_portfolio()
+        return dict(self._read("INTX balances", lambda: self.client.get_perps_portfolio_balances(portfolio_uuid=uuid)))
+
+    def _intx_portfolio(self) -> str:
+        if not self.derivatives:
+            raise ConfigError(
+                "perpetuals are off: set COINBASE_ENABLE_DERIVATIVES=1 only once Coinbase has granted INTX access"
+            )
+        data = self._read("list portfolios", lambda: self.client.get_portfolios(portfolio_type="INTX"))
+        for portfolio in data.get("portfolios", []):
+            if portfolio.get("type") == "INTX" and not portfolio.get("deleted"):
+                return str(portfolio["uuid"])
+        raise BrokerError("Coinbase: this key sees no INTX portfolio; perpetuals need an INTX-enabled account")
+
+    # --- internals ---------------------------------------------------------------------------------------------
+
+    def _read(self, what: str, call: Callable[[], Any], *, not_found: str | None = None) -> dict[str, Any]:
+        try:
+            return plain_json(self.policy.read(what, call))
+        except NotFound as error:
+            if not_found is None:
+                raise
+            if what.startswith(("get product", "candles")):
+                raise UnknownSymbol(f"unknown symbol {not_found} on Coinbase ({error})") from None
+            raise OrderNotFound(f"order {not_found} not found on Coinbase") from None
+
+    def _check_rules(self, request: OrderRequest) -> Product:
+        product = self.get_product(request.symbol)
+        if request.limit_price is not None:
+            reference = request.limit_price
+        else:
+            bid, ask = self.best_bid_ask(request.symbol)
+            reference = ask if request.side == Side.BUY else bid
+        check_order(request, product, reference_price=reference, now=self.now())
+        return product
+
+    def _check(self, request: OrderRequest) -> Product:
+        product = self._check_rules(request)
+        if request.reduce_only:
+            held = sum((b.total for b in self.balances() if b.currency == product.base_currency), ZERO)
+            check_reduce_only(request, product, held)
+        return product
+
+    def _created(self, data: dict[str, Any], request: OrderRequest) -> Order:
+        if data.get("success"):
+            body = data.get("response") or data.get("success_response") or {}
+            order_id = str(body.get("order_id") or data.get("order_id"))
+            self._client_ids[order_id] = request.client_order_id
+            try:
+                order = self.get_order(order_id)
+            except BrokerUnavailable:
+                now = self.now()
+                order = Order(
+                    order_id,
+                    request.client_order_id,
+                    request.symbol,
+                    request.side,
+                    request.order_type,
+                    request.quantity,
+                    OrderStatus.OPEN,
+                    now,
+                    request.limit_price,
+                    request.stop_price,
+                    request.time_in_force,
+                    request.expire_at,
+                    updated_at=now,
+                )
+            return replace(order, reduce_only=request.reduce_only)
+        body = data.get("response") or data.get("error_response") or {}
+        code = str(body.get("error") or data.get("failure_reason") or "UNKNOWN_FAILURE_REASON")
+        message = str(body.get("message") or body.get("error_details") or "")
+        reason = body.get("preview_failure_reason") or body.get("new_order_failure_reason")
+        said = f"{code}: {message}" + (f" ({reason})" if reason and reason not in message else "")
+        what = f"Coinbase rejected {request.side} {fmt(request.quantity)} {request.symbol} [{request.client_order_id}]"
+        if code in _FUNDS_ERRORS or reason in _FUNDS_ERRORS:
+            raise InsufficientFunds(f"{what}: {said}")
+        if code in _SYMBOL_ERRORS:
+            raise UnknownSymbol(f"{what}: {said}")
+        raise OrderRejected(f"{what}: {said}")
+
+    def _orders(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            data = self._read(
+                "list orders", partial(self.client.list_orders, limit=PAGE_LIMIT, cursor=cursor, **filters)
+            )
+            yield from data.get("orders", []) or []
+            cursor = data.get("cursor") or None
+            if not data.get("has_next") or not cursor:
+                return
+
+    def _order(self, raw: dict[str, Any]) -> Order:
+        order = _order(raw)
+        self._client_ids[order.order_id] = order.client_order_id
+        return order
+
+    def _fill(self, raw: dict[str, Any]) -> Fill:
+        order_id = str(raw["order_id"])
+        client_order_id = self._client_ids.get(order_id)
+        if client_order_id is None:
+            client_order_id = self.get_order(order_id).client_order_id
+        price = Decimal(str(raw["price"]))
+        size = Decimal(str(raw["size"]))
+        if raw.get("size_in_quote"):
+            size = size / price
+        return Fill(
+            trade_id=str(raw["trade_id"]),
+            order_id=order_id,
+            client_order_id=client_order_id,
+            symbol=str(raw["product_id"]),
+            side=Side(str(raw["side"]).lower()),
+            quantity=size,
+            price=price,
+            fee=Decimal(str(raw.get("commission") or 0)),
+            liquidity=Liquidity.MAKER if raw.get("liquidity_indicator") == "MAKER" else Liquidity.TAKER,
+            filled_at=_parse_time(str(raw.get("trade_time") or raw.get("sequence_timestamp"))),
+        )
+
+    def _default_portfolio(self) -> str:
+        if self._portfolio_uuid is None:
+            data = self._read("list portfolios", lambda: self.client.get_portfolios(portfolio_type="DEFAULT"))
+            portfolios = [p for p in data.get("portfolios", []) if not p.get("deleted")]
+            if not portfolios:
+                raise BrokerError("Coinbase: this key sees no portfolio")
+            self._portfolio_uuid = str(portfolios[0]["uuid"])
+        return self._portfolio_uuid
+
+
+# --- JSON <-> domain -----------------------------------------------------------------------------------------------
+
+
+def _money(value: Any) -> Decimal:
+    """{"value": "1.5", "currency": "USD"} or a bare number as a Decimal; missing is 0."""
+    if isinstance(value, dict):
+        value = value.get("value")
+    return Decimal(str(value)) if value not in (None, "") else ZERO
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _product(data: dict[str, Any]) -> Product:
+    disabled = bool(
+        data.get("trading_disabled")
+        or data.get("is_disabled")
+        or data.get("cancel_only")
+        or str(data.get("status", "online")).lower() not in ("online", "")
+    )
+    symbol = str(data["product_id"])
+    base, _, quote = symbol.partition("-")
+    return Product(
+        symbol=symbol,
+        base_currency=str(data.get("base_currency_id") or base),
+        quote_currency=str(data.get("quote_currency_id") or quote),
+        base_increment=Decimal(str(data["base_increment"])),
+        quote_increment=Decimal(str(data.get("price_increment") or data["quote_increment"])),
+        base_min_size=Decimal(str(data["base_min_size"])),
+        base_max_size=Decimal(str(data["base_max_size"])),
+        quote_min_size=Decimal(str(data.get("quote_min_size") or 0)),
+        trading_disabled=disabled,
+    )
+
+
+def _configuration(request: OrderRequest) -> dict[str, dict[str, Any]]:
+    """Coinbase's order_configuration for a request (base_size everywhere: the bot sizes in base units)."""
+    size = fmt(request.quantity)
+    end_time = _iso(request.expire_at) if request.expire_at is not None else None
+    gtd = request.time_in_force == TimeInForce.GTD
+    if request.order_type == OrderType.MARKET:
+        return {"market_market_ioc": {"base_size": size}}
+    limit = fmt(request.limit_price) if request.limit_price is not None else None
+    if request.order_type == OrderType.LIMIT:
+        if request.time_in_force == TimeInForce.IOC:
+            return {"sor_limit_ioc": {"base_size": size, "limit_price": limit}}
+        if gtd:
+            return {
+                "limit_limit_gtd": {
+                    "base_size": size,
+                    "limit_price": limit,
+                    "end_time": end_time,
+                    "post_only": request.post_only,
+                }
+            }
+        return {"limit_limit_gtc": {"base_size": size, "limit_price": limit, "post_only": request.post_only}}
+    stop = {
+        "base_size": size,
+        "limit_price": limit,
+        "stop_price": fmt(request.stop_price) if request.stop_price is not None else None,
+        "stop_direction": "STOP_DIRECTION_STOP_UP" if request.side == Side.BUY else "STOP_DIRECTION_STOP_DOWN",
+    }
+    if gtd:
+        return {"stop_limit_stop_limit_gtd": {**stop, "end_time": end_time}}
+    return {"stop_limit_stop_limit_gtc": stop}
+
+
+def _from_configuration(config: dict[str, Any]) -> tuple[OrderType, TimeInForce, dict[str, Any]]:
+    kind, params = next(iter(config.items())) if config else ("market_market_ioc", {})
+    params = params or {}
+    if kind.startswith("market"):
+        return OrderType.MARKET, TimeInForce.IOC, params
+    if kind.startswith("stop_limit"):
+        return OrderType.STOP_LIMIT, TimeInForce.GTD if kind.endswith("gtd") else TimeInForce.GTC, params
+    if kind in ("sor_limit_ioc", "limit_limit_fok"):
+        return OrderType.LIMIT, TimeInForce.IOC, params
+    return OrderType.LIMIT, TimeInForce.GTD if kind.endswith("gtd") else TimeInForce.GTC, params
+
+
+def _order(raw: dict[str, Any]) -> Order:
+    order_type, tif, params = _from_configuration(raw.get("order_configuration") or {})
+    filled = Decimal(str(raw.get("filled_size") or 0))
+    status = _STATUSES.get(str(raw.get("status", "")).upper(), OrderStatus.OPEN)
+    if status == OrderStatus.OPEN and filled > 0:
+        status = OrderStatus.PARTIALLY_FILLED
+    size = params.get("base_size")
+    average = Decimal(str(raw.get("average_filled_price") or 0))
+    quantity = Decimal(str(size)) if size not in (None, "") else filled
+    if order_type == OrderType.MARKET and tif == TimeInForce.IOC:
+        tif = TimeInForce.GTC  # the domain has no IOC market order; a market order is immediate anyway
+    created = _parse_time(str(raw["created_time"]))
+    last_fill = raw.get("last_fill_time")
+    end_time = params.get("end_time")
+    return Order(
+        order_id=str(raw["order_id"]),
+        client_order_id=str(raw.get("client_order_id") or ""),
+        symbol=str(raw["product_id"]),
+        side=Side(str(raw["side"]).lower()),
+        order_type=order_type,
+        quantity=quantity,
+        status=status,
+        created_at=created,
+        limit_price=Decimal(str(params["limit_price"])) if params.get("limit_price") else None,
+        stop_price=Decimal(str(params["stop_price"])) if params.get("stop_price") else None,
+        time_in_force=tif,
+        expire_at=_parse_time(str(end_time)) if end_time else None,
+        filled_quantity=filled,
+        average_fill_price=average if filled > 0 else None,
+        fees=Decimal(str(raw.get("total_fees") or raw.get("fee") or 0)),
+        reject_reason=(raw.get("reject_message") or raw.get("reject_reason") or None)
+        if status == OrderStatus.REJECTED
+        else None,
+        updated_at=_parse_time(str(last_fill)) if last_fill else created,
+    )
+
+
+def _request_of(order: Order) -> OrderRequest:
+    return OrderRequest(
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type,
+        quantity=order.quantity,
+        client_order_id=order.client_order_id,
+        limit_price=order.limit_price,
+        stop_price=order.stop_price,
+        time_in_force=order.time_in_force,
+        expire_at=order.expire_at,
+    )
+
+
+def _edit_error(error: Any) -> str:
+    if isinstance(error, dict):
+        parts = [str(v) for k, v in error.items() if v and k in ("edit_failure_reason", "preview_failure_reason")]
+        return " / ".join(parts) or str(error)
+    return str(error)
+
+
+def _preview(
+    data: dict[str, Any],
+    request: OrderRequest,
+    *,
+    preview_id: str,
+    errors: list[Any],
+    order_id: str | None = None,
+) -> OrderPreview:
+    base_size = Decimal(str(data.get("base_size") or request.quantity))
+    quote_size = Decimal(str(data.get("quote_size") or 0))
+    if base_size > 0 and quote_size > 0:
+        estimated = quote_size / base_size
+    else:
+        touch = data.get("best_ask") if request.side == Side.BUY else data.get("best_bid")
+        estimated = Decimal(str(touch or request.limit_price or 0))
+    return OrderPreview(
+        preview_id=preview_id,
+        request=request,
+        estimated_price=estimated,
+        quote_size=quote_size,
+        base_size=base_size,
+        commission=Decimal(str(data.get("commission_total") or 0)),
+        errors=tuple(str(e) for e in errors),
+        order_id=order_id,
+    )

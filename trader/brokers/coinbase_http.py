@@ -1,0 +1,283 @@
+"""Coinbase Advanced Trade over the official SDK: credentials, the RESTClient, retries and error mapping.
+
+Every call has a timeout (COINBASE_TIMEOUT_SECONDS). Reads retry 429s after Retry-After and 5xx, timeouts,
+dropped connections and malformed JSON with exponential backoff and full jitter, COINBASE_MAX_RETRIES times.
+Writes are never retried here: `send` makes one attempt and reports whether the exchange may have acted
+(`BrokerUnavailable`) so the adapter can look the order up before anything is sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import SecretStr
+
+from trader.errors import AuthenticationFailed, BrokerError, BrokerUnavailable, ConfigError
+from trader.settings import Settings
+
+log = logging.getLogger("trader.coinbase")
+T = TypeVar("T")
+MAX_RETRY_AFTER_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A CDP API key: its name (organizations/…/apiKeys/…) and EC private key; repr never shows the key."""
+
+    name: str
+    private_key: SecretStr = field(repr=False)
+
+
+def load_credentials(settings: Settings) -> Credentials | None:
+    """The key from COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET, checked before any request."""
+    if settings.coinbase_key_file is not None:
+        path = Path(settings.coinbase_key_file)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            name, secret = str(data["name"]), str(data["privateKey"])
+        except FileNotFoundError:
+            raise ConfigError(f"COINBASE_KEY_FILE: {path} does not exist") from None
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"COINBASE_KEY_FILE: {path} is not a CDP key file (JSON with name and privateKey)"
+            ) from None
+        return _checked(name, secret, source="COINBASE_KEY_FILE")
+    if settings.coinbase_api_key and settings.coinbase_api_secret:
+        return _checked(
+            settings.coinbase_api_key.get_secret_value(),
+            settings.coinbase_api_secret.get_secret_value(),
+            source="COINBASE_API_SECRET",
+        )
+    return None
+
+
+def _checked(name: str, secret: str, *, source: str) -> Credentials:
+    # Keys pasted into .env files often carry literal \n; the SDK unescapes the same way.
+    pem = secret.replace("\\n", "\n").strip() + "\n"
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise ConfigError(
+            f"{source}: not an EC P-256 private key in PEM; use the privateKey of a CDP key (ECDSA), "
+            "BEGIN/END lines included"
+        )
+    if not name.strip():
+        raise ConfigError(f"{source}: the key name is empty; use the CDP key's name (organizations/…/apiKeys/…)")
+    return Credentials(name.strip(), SecretStr(pem))
+
+
+def build_rest_client(settings: Settings, credentials: Credentials | None) -> Any:
+    """The SDK's RESTClient on COINBASE_API_BASE, credentials passed explicitly (the SDK reads env only at import)."""
+    from coinbase.rest import RESTClient
+
+    _quiet_sdk_logger()
+    client = RESTClient(
+        api_key=credentials.name if credentials else None,
+        api_secret=credentials.private_key.get_secret_value() if credentials else None,
+        base_url=settings.coinbase_api_base,
+        timeout=settings.coinbase_timeout_seconds,  # type: ignore[arg-type]  # requests takes float seconds
+    )
+    if settings.coinbase_ca_file is not None:
+        ca_file = Path(settings.coinbase_ca_file)
+        if not ca_file.is_file():
+            raise ConfigError(f"COINBASE_CA_FILE: {ca_file} does not exist; give a PEM CA bundle or unset it")
+        client.session.verify = str(ca_file)
+    return client
+
+
+def _quiet_sdk_logger() -> None:
+    """The SDK logs every HTTP error to its own stderr handler; route it through ours instead."""
+    sdk = logging.getLogger("coinbase.RESTClient")
+    sdk.handlers.clear()
+    sdk.setLevel(logging.CRITICAL)
+
+
+class NotFound(BrokerError):
+    """HTTP 404: the product or order does not exist; the adapter turns it into UnknownSymbol/OrderNotFound."""
+
+
+def plain_json(value: Any) -> Any:
+    """The SDK's typed responses (attribute bags) back to plain JSON values."""
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    if hasattr(value, "__dict__") and type(value).__module__.startswith("coinbase."):
+        return {k: plain_json(v) for k, v in vars(value).items()}
+    return value
+
+
+# --- failures ----------------------------------------------------------------------------------------------------
+
+Kind = Literal["rate_limited", "transient", "auth", "forbidden", "not_found", "rejected", "tls"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed call, classified: what the exchange said and whether it may have acted."""
+
+    kind: Kind
+    status: int | None
+    error: str  # the exchange's error code (INSUFFICIENT_FUND, UNAUTHENTICATED, …) or the transport's
+    message: str  # the exchange's message, one line
+    retry_after: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in ("rate_limited", "transient")
+
+    def describe(self) -> str:
+        status = f"HTTP {self.status} " if self.status else ""
+        return f"{status}{self.error}: {self.message}" if self.message else f"{status}{self.error}"
+
+
+def classify(error: Exception) -> Failure | None:
+    """A Failure for the errors the SDK and requests raise; None for anything else (a bug: let it raise)."""
+    if isinstance(error, requests.HTTPError) and error.response is not None:
+        return _http_failure(error.response)
+    if isinstance(error, requests.exceptions.SSLError):
+        return Failure("tls", None, "TLS", _one_line(str(error), 160))
+    if isinstance(error, requests.Timeout):
+        return Failure("transient", None, "TIMEOUT", "no answer within the timeout")
+    if isinstance(error, requests.ConnectionError):
+        return Failure("transient", None, "CONNECTION", "connection failed or dropped")
+    if isinstance(error, ValueError):  # requests' JSONDecodeError: a truncated or non-JSON body
+        return Failure("transient", None, "MALFORMED_RESPONSE", "the answer was not valid JSON")
+    return None
+
+
+def _http_failure(response: requests.Response) -> Failure:
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = str(body.get("error") or body.get("error_response", {}).get("error") or response.reason or "")
+        message = str(body.get("message") or body.get("error_details") or "")
+    else:
+        code, message = str(response.reason or ""), _one_line(response.text, 200)
+    details = str(body.get("error_details") or "") if isinstance(body, dict) else ""
+    if details and details not in message:
+        message = f"{message} ({details})" if message else details
+    message = _one_line(message, 300)
+    if status == 429:
+        return Failure("rate_limited", status, code or "RATE_LIMITED", message, _retry_after(response))
+    if status >= 500:
+        return Failure("transient", status, code or "SERVER_ERROR", message)
+    if status == 401:
+        return Failure("auth", status, code or "UNAUTHENTICATED", message)
+    if status == 403:
+        return Failure("forbidden", status, code or "PERMISSION_DENIED", message)
+    if status == 404:
+        return Failure("not_found", status, code or "NOT_FOUND", message)
+    return Failure("rejected", status, code or "INVALID_ARGUMENT", message)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def raise_for(failure: Failure, what: str, host: str) -> None:
+    """The project's exception for a failure that will not be retried (or ran out of retries)."""
+    said = failure.describe()
+    if failure.kind == "auth":
+        raise AuthenticationFailed(
+            f"Coinbase refused the API key for {what} ({said}); check COINBASE_API_KEY/COINBASE_API_SECRET or "
+            "COINBASE_KEY_FILE, that the key is not expired or revoked, and the machine clock"
+        )
+    if failure.kind == "forbidden":
+        raise AuthenticationFailed(
+            f"Coinbase denied {what} ({said}); the key lacks the permission: create a key with view/trade scope"
+        )
+    if failure.kind == "tls":
+        raise ConfigError(
+            f"COINBASE_CA_FILE: TLS verification of {host} failed for {what}; give the server's CA bundle ({said})"
+        )
+    if failure.kind == "not_found":
+        raise NotFound(f"Coinbase {what}: {said}")
+    if failure.retryable:
+        raise BrokerUnavailable(f"Coinbase {what} failed ({said}) at {host}")
+    raise BrokerError(f"Coinbase {what} refused ({said})")
+
+
+# --- calling -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CallPolicy:
+    """Retries with exponential backoff and full jitter; Retry-After wins when the exchange sends one."""
+
+    max_retries: int = 4
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    host: str = "api.coinbase.com"
+    sleep: Callable[[float], None] = time.sleep
+    jitter: Callable[[], float] = random.random
+    retries: int = 0  # counted for metrics and tests
+
+    def delay(self, attempt: int, failure: Failure) -> float:
+        if failure.retry_after is not None:
+            return failure.retry_after
+        return min(self.max_delay, self.base_delay * 2**attempt) * self.jitter()
+
+    def read(self, what: str, call: Callable[[], T]) -> T:
+        """A call that changes nothing: retried on rate limits and transient failures."""
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except Exception as error:  # noqa: BLE001 - classified below; unknown errors re-raise
+                failure = classify(error)
+                if failure is None:
+                    raise
+            if not failure.retryable or attempt >= self.max_retries:
+                raise_for(failure, what, self.host)
+            pause = self.delay(attempt, failure)
+            attempt += 1
+            self.retries += 1
+            log.warning(
+                "coinbase %s: %s; retry %d/%d in %.2f s", what, failure.describe(), attempt, self.max_retries, pause
+            )
+            self.sleep(pause)
+
+    def send(self, what: str, call: Callable[[], T]) -> T | Failure:
+        """One attempt at a call that may change state; a retryable failure is returned, not raised."""
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001 - classified below; unknown errors re-raise
+            failure = classify(error)
+            if failure is None:
+                raise
+        if not failure.retryable:
+            raise_for(failure, what, self.host)
+        log.warning("coinbase %s: %s; the exchange may have acted", what, failure.describe())
+        return failure
