@@ -1,11 +1,7 @@
 """Market data for the bot and the simulated exchange: a replay of recorded candles, and Coinbase's candle shape.
 
-A live source plugs in behind the same MarketDataSource protocol: `symbols()` is the configured product ids,
-`history(symbol, limit)` calls Coinbase's public candles endpoint
-(`GET /api/v3/brokerage/market/products/{product_id}/candles?granularity=ONE_MINUTE&start=..&end=..`) and
-parses the answer with `candles_from_coinbase`, dropping the still-open bar; `latest` is the last closed
-candle, `now()` its close time; `advance()` sleeps until the next bar closes and returns True; `cursor`
-counts closed bars since the source started and `seek()` refuses to move away from the present.
+The live source (trader/market/coinbase_live.py, MARKET_DATA=coinbase) sits behind the same protocol: Coinbase's
+public candles and best bid/ask, so the paper exchange can fill on live prices.
 """
 
 from __future__ import annotations
