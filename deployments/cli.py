@@ -188,10 +188,14 @@ def account_snapshot(settings: Settings) -> int:
     p = snap.permissions
     out.print(
         f"permissions: can_view={p.can_view} can_trade={p.can_trade} can_transfer={p.can_transfer} "
-        f"portfolio_type={p.portfolio_type}"
+        f"portfolio_type={p.portfolio_type}",
+        soft_wrap=True,
     )
     if p.can_trade and p.can_transfer:
-        out.print("[bold red]WARNING: this trading key can also transfer funds; use a key without transfer[/]")
+        out.print(
+            "[bold red]WARNING: this trading key can also transfer funds; use a key without transfer[/]",
+            soft_wrap=True,
+        )
     f = snap.fee_tier
     out.print(f"fee tier: {f.tier} maker={f.maker_fee_rate} taker={f.taker_fee_rate}")
     for position in snap.positions:

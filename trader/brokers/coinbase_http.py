@@ -94,8 +94,23 @@ def build_rest_client(settings: Settings, credentials: Credentials | None) -> An
         ca_file = Path(settings.coinbase_ca_file)
         if not ca_file.is_file():
             raise ConfigError(f"COINBASE_CA_FILE: {ca_file} does not exist; give a PEM CA bundle or unset it")
-        client.session.verify = str(ca_file)
+        client.session = _PinnedSession(str(ca_file))
     return client
+
+
+class _PinnedSession(requests.Session):
+    """A session that verifies against COINBASE_CA_FILE even when REQUESTS_CA_BUNDLE is set (requests lets the
+    environment beat session.verify); proxies from the environment still apply."""
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__()
+        self.verify = ca_file
+        self.ca_file = ca_file
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("verify") is None:
+            kwargs["verify"] = self.ca_file
+        return super().request(method, url, *args, **kwargs)
 
 
 def _quiet_sdk_logger() -> None:

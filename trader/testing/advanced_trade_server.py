@@ -1227,6 +1227,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         connection = cast(ssl.SSLSocket, self.request)
+        # Headers and body go out as two writes: without this, Nagle + delayed ACK add ~40 ms per answer.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection.settimeout(self.timeout)
         connection.do_handshake()
         super().setup()

@@ -1,0 +1,161 @@
+"""perps-bot against a server that speaks the documented Advanced Trade API (the local HTTPS test server),
+configured only through COINBASE_API_BASE, COINBASE_CA_FILE and the key variables."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tests.deployments.test_cli import ledger_of, perps_bot
+from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, generate_cdp_key
+
+ORDERS = "/api/v3/brokerage/orders"
+
+
+@pytest.fixture
+def cdp_key() -> CdpKey:
+    return generate_cdp_key("organizations/gpt-trader-cli/apiKeys/9a8b7c6d-cli")
+
+
+@pytest.fixture
+def exchange(tmp_path: Path, cdp_key: CdpKey) -> Iterator[AdvancedTradeServer]:
+    server = AdvancedTradeServer(
+        key_name=cdp_key.name,
+        public_key_pem=cdp_key.public_key_pem,
+        cert_dir=tmp_path / "tls",
+        balances={"USD": Decimal("2500.50"), "BTC": Decimal("0.125"), "ETH": Decimal("0")},
+    )
+    with server:
+        yield server
+
+
+def env_for(server: AdvancedTradeServer, key: CdpKey, home: Path) -> dict[str, str]:
+    key_file = home / "cdp_api_key.json"
+    key.write_key_file(key_file)
+    return {
+        "COINBASE_API_BASE": server.base_url,
+        "COINBASE_CA_FILE": str(server.ca_file),
+        "COINBASE_KEY_FILE": str(key_file),
+    }
+
+
+def test_account_snapshot_lists_each_account_and_the_key_permissions(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
+) -> None:
+    result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env_for(exchange, cdp_key, tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") >= 4}
+    assert "2500.5" in rows["USD"] and "0.125" in rows["BTC"]
+    assert "can_view=True can_trade=True can_transfer=False" in result.stdout
+    assert "WARNING" not in result.stdout
+    assert cdp_key.private_key_pem.splitlines()[1] not in result.stdout + result.stderr
+
+
+def test_account_snapshot_warns_when_a_trading_key_can_transfer(tmp_path: Path, cdp_key: CdpKey) -> None:
+    server = AdvancedTradeServer(
+        key_name=cdp_key.name,
+        public_key_pem=cdp_key.public_key_pem,
+        cert_dir=tmp_path / "tls",
+        permissions={"can_view": True, "can_trade": True, "can_transfer": True, "portfolio_type": "DEFAULT"},
+    )
+    with server:
+        result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env_for(server, cdp_key, tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert "can_transfer=True portfolio_type=DEFAULT" in result.stdout
+    assert "WARNING: this trading key can also transfer funds" in result.stdout
+
+
+def test_preview_order_previews_and_sends_no_order(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
+) -> None:
+    args = ("--preview-order", "--order-symbol", "BTC-USD", "--order-side", "buy", "--order-quantity", "0.01")
+
+    result = perps_bot(tmp_path, "--profile", "spot", *args, **env_for(exchange, cdp_key, tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert "Order preview" in result.stdout and "commission" in result.stdout
+    assert any(r.path == f"{ORDERS}/preview" for r in exchange.requests)
+    assert not any(r.path == ORDERS for r in exchange.requests)
+    assert exchange.orders == {}
+
+
+def test_place_order_records_it_in_the_ledger(tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey) -> None:
+    args = ("--place-order", "--order-symbol", "BTC-USD", "--order-side", "sell", "--order-quantity", "0.05")
+
+    result = perps_bot(
+        tmp_path, "--profile", "spot", *args, "--order-client-id", "cli-sell-1", **env_for(exchange, cdp_key, tmp_path)
+    )
+
+    assert result.returncode == 0, result.stderr
+    [order] = exchange.orders.values()
+    assert order.client_order_id == "cli-sell-1" and order.status == "FILLED"
+    [recorded] = ledger_of(tmp_path).list_orders()
+    assert (recorded.client_order_id, recorded.status) == ("cli-sell-1", "filled")
+
+
+def test_a_key_the_server_does_not_know_is_one_line_exit_1(tmp_path: Path, exchange: AdvancedTradeServer) -> None:
+    stranger = generate_cdp_key("organizations/someone-else/apiKeys/unknown")
+
+    result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env_for(exchange, stranger, tmp_path))
+
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Coinbase refused the API key" in result.stderr
+    assert stranger.private_key_pem.splitlines()[1] not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_key_file_is_one_line_exit_2(tmp_path: Path, exchange: AdvancedTradeServer) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x", "privateKey": "not a key"}))
+    env = {
+        "COINBASE_API_BASE": exchange.base_url,
+        "COINBASE_CA_FILE": str(exchange.ca_file),
+        "COINBASE_KEY_FILE": str(bad),
+    }
+
+    result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env)
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "perps-bot: error: COINBASE_KEY_FILE: not an EC P-256 private key in PEM; use the privateKey of a CDP key "
+        "(ECDSA), BEGIN/END lines included"
+    )
+    assert exchange.requests == []
+
+
+def test_a_wrong_ca_file_is_a_clear_tls_error(tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey) -> None:
+    other = AdvancedTradeServer(key_name="x", public_key_pem=cdp_key.public_key_pem, cert_dir=tmp_path / "other")
+    env = {**env_for(exchange, cdp_key, tmp_path), "COINBASE_CA_FILE": str(other.ca_file)}
+
+    result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env)
+
+    assert result.returncode == 2
+    assert "COINBASE_CA_FILE: TLS verification of" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_canary_paper_trades_on_the_servers_live_prices_without_a_key(
+    tmp_path: Path, exchange: AdvancedTradeServer
+) -> None:
+    env = {
+        "COINBASE_API_BASE": exchange.base_url,
+        "COINBASE_CA_FILE": str(exchange.ca_file),
+        "STRATEGY_FAST_WINDOW": "2",
+        "STRATEGY_SLOW_WINDOW": "3",
+    }
+
+    result = perps_bot(tmp_path, "--profile", "canary", "--dev-fast", **env)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 cycle(s)" in result.stdout
+    paper = json.loads((tmp_path / "var/state/paper_exchange_live.json").read_text())
+    assert paper["market_cursor"] > 28_000_000  # minutes since the epoch: live time, not a replay index
+    public = {r.path for r in exchange.requests}
+    assert "/api/v3/brokerage/market/product_book" in public
+    assert any(p.startswith("/api/v3/brokerage/market/products/BTC-USD/candles") for p in public)
+    assert not any(r.path == ORDERS for r in exchange.requests)  # paper: nothing sent to the exchange
