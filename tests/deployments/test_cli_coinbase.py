@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.deployments.test_cli import ledger_of, perps_bot
+from trader.brokers.coinbase import CoinbaseBroker
+from trader.settings import load_settings
+from trader.strategy import MovingAverageCrossover
 from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, generate_cdp_key
 
 ORDERS = "/api/v3/brokerage/orders"
@@ -159,3 +162,44 @@ def test_canary_paper_trades_on_the_servers_live_prices_without_a_key(
     assert "/api/v3/brokerage/market/product_book" in public
     assert any(p.startswith("/api/v3/brokerage/market/products/BTC-USD/candles") for p in public)
     assert not any(r.path == ORDERS for r in exchange.requests)  # paper: nothing sent to the exchange
+
+
+def test_the_bot_runs_live_cycles_on_the_server_and_records_what_it_sent(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
+) -> None:
+    env = env_for(exchange, cdp_key, tmp_path)
+    fast, slow = crossing_windows(exchange, cdp_key, tmp_path)
+    env.update(STRATEGY_FAST_WINDOW=str(fast), STRATEGY_SLOW_WINDOW=str(slow))
+
+    result = perps_bot(tmp_path, "--profile", "spot", "--cycles", "3", "--interval", "0", **env)
+
+    assert result.returncode == 0, result.stderr
+    assert "3 cycle(s)" in result.stdout
+    ledger = ledger_of(tmp_path)
+    [session] = ledger.list_sessions()
+    assert (session.profile, session.status, session.cycles) == ("spot", "stopped", 3)
+    sent = {o.client_order_id for o in exchange.orders.values()}
+    assert sent, result.stdout
+    assert {o.client_order_id for o in ledger.list_orders()} == sent  # every order sent is in the ledger, once
+    assert any(r.path == "/api/v3/brokerage/accounts" for r in exchange.requests)
+
+
+def crossing_windows(server: AdvancedTradeServer, key: CdpKey, home: Path) -> tuple[int, int]:
+    """Moving-average windows that trade on the server's current candles and holdings (computed, not hard-coded)."""
+    env = env_for(server, key, home)
+    settings = load_settings(
+        broker="coinbase",
+        coinbase_api_base=env["COINBASE_API_BASE"],
+        coinbase_ca_file=env["COINBASE_CA_FILE"],
+        coinbase_key_file=env["COINBASE_KEY_FILE"],
+    )
+    broker = CoinbaseBroker.from_settings(settings)
+    product = broker.get_product("BTC-USD")
+    history = broker.candles("BTC-USD", 60)
+    held = sum((p.quantity for p in broker.positions() if p.symbol == "BTC-USD"), Decimal(0))
+    for slow in range(3, 40):
+        for fast in range(2, slow):
+            strategy = MovingAverageCrossover(fast, slow, Decimal("500"))
+            if strategy.decide(product, history[-strategy.warmup :], held):
+                return fast, slow
+    raise AssertionError("no moving-average pair trades on the server's candles")
