@@ -1,16 +1,20 @@
-"""Shared fixtures for real services: a PostgreSQL database per test session, SQLite files."""
+"""Shared fixtures for real services: a PostgreSQL database per test session, SQLite files, and the local
+Coinbase Advanced Trade HTTPS server."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+
+from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, generate_cdp_key
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 POSTGRES_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
@@ -69,3 +73,39 @@ def fresh_pg_url(postgres_admin: Engine) -> Iterator[str]:
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite file URL in the test's temporary folder; the file does not exist yet."""
     return f"sqlite:///{(tmp_path / 'ledger.db').as_posix()}"
+
+
+# --- the local Coinbase Advanced Trade server -------------------------------------------------------------------
+
+
+@pytest.fixture
+def cdp_key() -> CdpKey:
+    """A fresh CDP-style EC key; the server below knows its public half."""
+    return generate_cdp_key(f"organizations/gpt-trader-test/apiKeys/{uuid.uuid4()}")
+
+
+@pytest.fixture
+def start_exchange(tmp_path: Path, cdp_key: CdpKey) -> Iterator[Callable[..., AdvancedTradeServer]]:
+    """Starts AdvancedTradeServers (HTTPS on a free loopback port) for cdp_key; all are stopped after the test."""
+    started: list[AdvancedTradeServer] = []
+
+    def start(**options: Any) -> AdvancedTradeServer:
+        server = AdvancedTradeServer(
+            key_name=cdp_key.name,
+            public_key_pem=cdp_key.public_key_pem,
+            cert_dir=tmp_path / f"tls-{len(started)}",
+            **options,
+        )
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def exchange(start_exchange: Callable[..., AdvancedTradeServer]) -> AdvancedTradeServer:
+    """One started Advanced Trade server with the default account (USD 100,000)."""
+    return start_exchange()

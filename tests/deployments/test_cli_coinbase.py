@@ -4,7 +4,7 @@ configured only through COINBASE_API_BASE, COINBASE_CA_FILE and the key variable
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,20 +20,8 @@ ORDERS = "/api/v3/brokerage/orders"
 
 
 @pytest.fixture
-def cdp_key() -> CdpKey:
-    return generate_cdp_key("organizations/gpt-trader-cli/apiKeys/9a8b7c6d-cli")
-
-
-@pytest.fixture
-def exchange(tmp_path: Path, cdp_key: CdpKey) -> Iterator[AdvancedTradeServer]:
-    server = AdvancedTradeServer(
-        key_name=cdp_key.name,
-        public_key_pem=cdp_key.public_key_pem,
-        cert_dir=tmp_path / "tls",
-        balances={"USD": Decimal("2500.50"), "BTC": Decimal("0.125"), "ETH": Decimal("0")},
-    )
-    with server:
-        yield server
+def exchange(start_exchange: Callable[..., AdvancedTradeServer]) -> AdvancedTradeServer:
+    return start_exchange(balances={"USD": Decimal("2500.50"), "BTC": Decimal("0.125"), "ETH": Decimal("0")})
 
 
 def env_for(server: AdvancedTradeServer, key: CdpKey, home: Path) -> dict[str, str]:
@@ -59,15 +47,14 @@ def test_account_snapshot_lists_each_account_and_the_key_permissions(
     assert cdp_key.private_key_pem.splitlines()[1] not in result.stdout + result.stderr
 
 
-def test_account_snapshot_warns_when_a_trading_key_can_transfer(tmp_path: Path, cdp_key: CdpKey) -> None:
-    server = AdvancedTradeServer(
-        key_name=cdp_key.name,
-        public_key_pem=cdp_key.public_key_pem,
-        cert_dir=tmp_path / "tls",
-        permissions={"can_view": True, "can_trade": True, "can_transfer": True, "portfolio_type": "DEFAULT"},
+def test_account_snapshot_warns_when_a_trading_key_can_transfer(
+    tmp_path: Path, cdp_key: CdpKey, start_exchange: Callable[..., AdvancedTradeServer]
+) -> None:
+    server = start_exchange(
+        permissions={"can_view": True, "can_trade": True, "can_transfer": True, "portfolio_type": "DEFAULT"}
     )
-    with server:
-        result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env_for(server, cdp_key, tmp_path))
+
+    result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env_for(server, cdp_key, tmp_path))
 
     assert result.returncode == 0, result.stderr
     assert "can_transfer=True portfolio_type=DEFAULT" in result.stdout
@@ -132,8 +119,10 @@ def test_a_bad_key_file_is_one_line_exit_2(tmp_path: Path, exchange: AdvancedTra
     assert exchange.requests == []
 
 
-def test_a_wrong_ca_file_is_a_clear_tls_error(tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey) -> None:
-    other = AdvancedTradeServer(key_name="x", public_key_pem=cdp_key.public_key_pem, cert_dir=tmp_path / "other")
+def test_a_wrong_ca_file_is_a_clear_tls_error(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey, start_exchange: Callable[..., AdvancedTradeServer]
+) -> None:
+    other = start_exchange()  # its own self-signed certificate
     env = {**env_for(exchange, cdp_key, tmp_path), "COINBASE_CA_FILE": str(other.ca_file)}
 
     result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import requests
 from cryptography.hazmat.primitives import serialization
@@ -221,7 +221,7 @@ def _one_line(text: str, limit: int) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def raise_for(failure: Failure, what: str, host: str) -> None:
+def raise_for(failure: Failure, what: str, host: str) -> NoReturn:
     """The project's exception for a failure that will not be retried (or ran out of retries)."""
     said = failure.describe()
     if failure.kind == "auth":
@@ -268,31 +268,35 @@ class CallPolicy:
         """A call that changes nothing: retried on rate limits and transient failures."""
         attempt = 0
         while True:
-            try:
-                return call()
-            except Exception as error:  # noqa: BLE001 - classified below; unknown errors re-raise
-                failure = classify(error)
-                if failure is None:
-                    raise
-            if not failure.retryable or attempt >= self.max_retries:
-                raise_for(failure, what, self.host)
-            pause = self.delay(attempt, failure)
+            result = _attempt(call)
+            if not isinstance(result, Failure):
+                return result
+            if not result.retryable or attempt >= self.max_retries:
+                raise_for(result, what, self.host)
+            pause = self.delay(attempt, result)
             attempt += 1
             self.retries += 1
             log.warning(
-                "coinbase %s: %s; retry %d/%d in %.2f s", what, failure.describe(), attempt, self.max_retries, pause
+                "coinbase %s: %s; retry %d/%d in %.2f s", what, result.describe(), attempt, self.max_retries, pause
             )
             self.sleep(pause)
 
     def send(self, what: str, call: Callable[[], T]) -> T | Failure:
         """One attempt at a call that may change state; a retryable failure is returned, not raised."""
-        try:
-            return call()
-        except Exception as error:  # noqa: BLE001 - classified below; unknown errors re-raise
-            failure = classify(error)
-            if failure is None:
-                raise
-        if not failure.retryable:
-            raise_for(failure, what, self.host)
-        log.warning("coinbase %s: %s; the exchange may have acted", what, failure.describe())
+        result = _attempt(call)
+        if isinstance(result, Failure):
+            if not result.retryable:
+                raise_for(result, what, self.host)
+            log.warning("coinbase %s: %s; the exchange may have acted", what, result.describe())
+        return result
+
+
+def _attempt(call: Callable[[], T]) -> T | Failure:
+    """The call's result, or the classified Failure it raised (errors that are not the exchange's re-raise)."""
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - classified here; unknown errors re-raise
+        failure = classify(error)
+        if failure is None:
+            raise
         return failure

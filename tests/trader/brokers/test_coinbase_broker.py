@@ -4,7 +4,7 @@ server (trader/testing): JWT-verified requests, order state, and injected faults
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -25,22 +25,10 @@ from trader.errors import (
     UnknownSymbol,
 )
 from trader.settings import Settings, load_settings
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault, generate_cdp_key
+from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault
 
 ORDERS = "/api/v3/brokerage/orders"
 ACCOUNTS = "/api/v3/brokerage/accounts"
-
-
-@pytest.fixture
-def cdp_key() -> CdpKey:
-    return generate_cdp_key("organizations/gpt-trader-test/apiKeys/4f1c0d2e-test")
-
-
-@pytest.fixture
-def exchange(tmp_path: Path, cdp_key: CdpKey) -> Iterator[AdvancedTradeServer]:
-    server = AdvancedTradeServer(key_name=cdp_key.name, public_key_pem=cdp_key.public_key_pem, cert_dir=tmp_path)
-    with server:
-        yield server
 
 
 def settings_for(server: AdvancedTradeServer, key: CdpKey, tmp_path: Path, **overrides: object) -> Settings:
@@ -399,18 +387,17 @@ def test_perpetuals_are_refused_without_the_derivatives_flag(
     assert exchange.requests == []  # refused before anything was sent
 
 
-def test_perpetuals_with_the_flag_read_intx_positions_summary_and_balances(tmp_path: Path, cdp_key: CdpKey) -> None:
-    server = AdvancedTradeServer(
-        key_name=cdp_key.name, public_key_pem=cdp_key.public_key_pem, cert_dir=tmp_path, derivatives=True
-    )
-    with server:
-        server.add_perp_position("BTC-PERP-INTX", net_size=Decimal("0.5"), entry_vwap=Decimal("60000"))
-        broker = CoinbaseBroker.from_settings(settings_for(server, cdp_key, tmp_path, coinbase_enable_derivatives=True))
+def test_perpetuals_with_the_flag_read_intx_positions_summary_and_balances(
+    tmp_path: Path, cdp_key: CdpKey, start_exchange: Callable[..., AdvancedTradeServer]
+) -> None:
+    server = start_exchange(derivatives=True)
+    server.add_perp_position("BTC-PERP-INTX", net_size=Decimal("0.5"), entry_vwap=Decimal("60000"))
+    broker = CoinbaseBroker.from_settings(settings_for(server, cdp_key, tmp_path, coinbase_enable_derivatives=True))
 
-        positions = broker.perps_positions()
-        summary = broker.perps_portfolio_summary()
-        balances = broker.perps_balances()
-        snapshot = broker.account_snapshot()
+    positions = broker.perps_positions()
+    summary = broker.perps_portfolio_summary()
+    balances = broker.perps_balances()
+    snapshot = broker.account_snapshot()
 
     assert [(p.symbol, p.quantity, p.average_entry_price) for p in positions] == [
         ("BTC-PERP-INTX", Decimal("0.5"), Decimal("60000"))

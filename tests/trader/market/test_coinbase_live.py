@@ -3,9 +3,7 @@ client over HTTPS from the local Advanced Trade server, feeding the simulated ex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import ROUND_CEILING, Decimal
-from pathlib import Path
 
 import pytest
 
@@ -15,14 +13,7 @@ from trader.errors import ConfigError, UnknownSymbol
 from trader.market import MarketDataSource
 from trader.market.coinbase_live import CoinbaseLiveMarketData
 from trader.settings import load_settings
-from trader.testing.advanced_trade_server import AdvancedTradeServer, generate_cdp_key
-
-
-@pytest.fixture
-def exchange(tmp_path: Path) -> Iterator[AdvancedTradeServer]:
-    key = generate_cdp_key("organizations/live/apiKeys/unused")
-    with AdvancedTradeServer(key_name=key.name, public_key_pem=key.public_key_pem, cert_dir=tmp_path) as server:
-        yield server
+from trader.testing.advanced_trade_server import AdvancedTradeServer
 
 
 @pytest.fixture
