@@ -1,4 +1,5 @@
-"""The ledger's tables: trading sessions, orders, fills, positions, balance snapshots, incidents, checklist runs."""
+"""The ledger's tables: trading sessions, orders, fills, positions, balance snapshots, incidents, checklist runs,
+and the warm state tier (state_entries) and checkpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import MetaData, Text
+from sqlalchemy import BigInteger, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -151,3 +152,31 @@ class ChecklistRun(LedgerModel, table=True):
     finished_at: datetime | None = timestamp(nullable=True)
     status: str
     results_json: str = Field(sa_type=Text)
+
+
+class StateEntry(LedgerModel, table=True):
+    """One key of the warm state tier: the value as stored bytes, its sha256, a version bumped on every write."""
+
+    __tablename__ = "state_entries"
+
+    key: str = Field(primary_key=True, sa_type=String(512))
+    value: bytes = Field(sa_type=LargeBinary)
+    checksum: str = Field(sa_type=String(64))
+    version: int = Field(sa_type=BigInteger)
+    updated_at: datetime = timestamp()
+
+
+class Checkpoint(LedgerModel, table=True):
+    """A consistent snapshot of bot state; the payload (compressed or not) is also copied to the cold tier."""
+
+    __tablename__ = "checkpoints"
+
+    id: str = Field(primary_key=True, sa_type=String(64))
+    created_at: datetime = timestamp(index=True)
+    session_id: str | None = None
+    reason: str
+    compressed: bool
+    size_bytes: int = Field(sa_type=BigInteger)
+    sha256: str = Field(sa_type=String(64))
+    payload: bytes = Field(sa_type=LargeBinary)
+    cold_key: str | None = None

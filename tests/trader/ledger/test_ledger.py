@@ -510,4 +510,6 @@ def test_counts_reports_rows_per_table(ledger: Ledger) -> None:
         "balance_snapshots": 0,
         "incidents": 0,
         "checklist_runs": 0,
+        "state_entries": 0,
+        "checkpoints": 0,
     }

@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 from trader.ledger.db import alembic_config, make_engine, migrate
 from trader.ledger.models import LedgerModel
 
+HEAD = "0002"  # the newest migration
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LEDGER_TABLES = {
     "trading_sessions",
@@ -23,6 +24,8 @@ LEDGER_TABLES = {
     "balance_snapshots",
     "incidents",
     "checklist_runs",
+    "state_entries",
+    "checkpoints",
 }
 
 
@@ -58,7 +61,7 @@ def test_migrations_create_every_ledger_table_and_can_run_twice(empty_url: str) 
 
     tables, revision = tables_and_revision(empty_url)
     assert tables == LEDGER_TABLES | {"alembic_version"}
-    assert revision == "0001"
+    assert revision == HEAD
 
 
 def test_migrated_schema_matches_the_models_exactly(empty_url: str) -> None:
@@ -73,7 +76,7 @@ def test_downgrade_to_base_removes_every_ledger_table_and_upgrade_restores_them(
     command.downgrade(alembic_config(empty_url), "base")
     assert tables_and_revision(empty_url)[0] <= {"alembic_version"}
     migrate(empty_url)
-    assert tables_and_revision(empty_url) == (LEDGER_TABLES | {"alembic_version"}, "0001")
+    assert tables_and_revision(empty_url) == (LEDGER_TABLES | {"alembic_version"}, HEAD)
 
 
 def test_migrate_works_from_any_working_directory(
@@ -85,7 +88,7 @@ def test_migrate_works_from_any_working_directory(
 
     migrate(sqlite_url)
 
-    assert tables_and_revision(sqlite_url)[1] == "0001"
+    assert tables_and_revision(sqlite_url)[1] == HEAD
 
 
 def test_operators_can_migrate_with_the_alembic_command_and_x_url(fresh_pg_url: str) -> None:
@@ -100,7 +103,7 @@ def test_operators_can_migrate_with_the_alembic_command_and_x_url(fresh_pg_url: 
     )
 
     assert result.returncode == 0, result.stderr
-    assert tables_and_revision(fresh_pg_url) == (LEDGER_TABLES | {"alembic_version"}, "0001")
+    assert tables_and_revision(fresh_pg_url) == (LEDGER_TABLES | {"alembic_version"}, HEAD)
 
 
 def test_alembic_command_takes_the_url_from_database_url(sqlite_url: str) -> None:
@@ -115,4 +118,4 @@ def test_alembic_command_takes_the_url_from_database_url(sqlite_url: str) -> Non
     )
 
     assert result.returncode == 0, result.stderr
-    assert tables_and_revision(sqlite_url)[1] == "0001"
+    assert tables_and_revision(sqlite_url)[1] == HEAD

@@ -1,0 +1,1 @@
+"""Tiered state: HOT (in-process or Redis), WARM (SQLite or PostgreSQL), COLD (local folder or S3)."""
