@@ -23,6 +23,7 @@ from trader.domain import Order, OrderRequest, OrderStatus, Product
 from trader.errors import BrokerUnavailable, OrderRejected
 from trader.ledger import Ledger
 from trader.reconcile import StartupReconciliation, reconcile_on_start
+from trader.reconcile.engine_recovery import CheckpointSource, EngineRecovery, crashed_sessions, recover_engine
 from trader.risk import RiskControls, RiskManager
 from trader.settings import Settings
 from trader.strategy import OrderIntent, Strategy
@@ -84,6 +85,7 @@ class TradingBot:
         mode: Mode,
         controls: Callable[[], RiskControls] | None = None,
         heartbeat_file: Path | None = None,
+        checkpoint_source: CheckpointSource | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -93,6 +95,8 @@ class TradingBot:
         self.mode = mode
         self.controls = controls or (lambda: read_controls(settings))
         self.heartbeat_file = heartbeat_file
+        self.checkpoint_source = checkpoint_source
+        self.recovery: EngineRecovery | None = None  # set when this start recovered a crashed engine
         self.session_id: str | None = None
         self.last_session_id: str | None = None
         self.cycles = 0
@@ -112,6 +116,11 @@ class TradingBot:
         self.products = {symbol: self.broker.get_product(symbol) for symbol in self.settings.symbols}
         report = None
         if self.mode != "dry_run":
+            crashed = crashed_sessions(self.ledger)
+            if crashed:
+                self.recovery = recover_engine(
+                    self.broker, self.ledger, self.broker.now(), sessions=crashed, checkpoint=self.checkpoint_source
+                )
             report = reconcile_on_start(self.broker, self.ledger, self.broker.now())
             self.session_id = self.last_session_id = self.ledger.start_session(
                 self.settings.profile, self.broker.name, self.mode, flow_run_id=flow_run_id

@@ -170,18 +170,29 @@ class Ledger:
 
     def apply_order(self, order: Order) -> None:
         """Take the broker's view of an order; inserts it if the ledger never saw it."""
+        self.apply_orders([order])
+
+    def apply_orders(self, orders: list[Order]) -> None:
+        """apply_order for many orders in one transaction (one query to find their rows)."""
+        if not orders:
+            return
         with self._transaction() as session:
-            row = self._order_row(session, order.client_order_id)
-            if row is None:
-                row = _new_order_row(order, status=str(order.status), created_at=order.created_at)
-                session.add(row)
-            row.exchange_order_id = order.order_id or row.exchange_order_id
-            row.status = str(order.status)
-            row.filled_quantity = order.filled_quantity
-            row.average_fill_price = order.average_fill_price
-            row.fees = order.fees
-            row.reject_reason = order.reject_reason
-            row.updated_at = order.updated_at or order.created_at
+            ids = [o.client_order_id for o in orders]
+            query = select(OrderRecord).where(col(OrderRecord.client_order_id).in_(ids))
+            rows = {row.client_order_id: row for row in session.exec(query).all()}
+            for order in orders:
+                row = rows.get(order.client_order_id)
+                if row is None:
+                    row = _new_order_row(order, status=str(order.status), created_at=order.created_at)
+                    rows[order.client_order_id] = row
+                    session.add(row)
+                row.exchange_order_id = order.order_id or row.exchange_order_id
+                row.status = str(order.status)
+                row.filled_quantity = order.filled_quantity
+                row.average_fill_price = order.average_fill_price
+                row.fees = order.fees
+                row.reject_reason = order.reject_reason
+                row.updated_at = order.updated_at or order.created_at
 
     def mark_failed(self, client_order_id: str, reason: str, at: datetime) -> None:
         """Mark an order that never reached the broker as failed, with the reason."""

@@ -1,0 +1,108 @@
+"""Trading engine recovery: a new bot finds the previous session still running (its engine died), cancels what
+that engine left working in one batch, drops corrupt positions, restores from a checkpoint, marks it recovered."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from trader.brokers.simulated import SimulatedExchange
+from trader.domain import OrderRequest, OrderStatus, OrderType, Side
+from trader.ledger import Ledger
+from trader.market import ReplayMarketData
+from trader.runtime import build_bot
+from trader.settings import Settings, load_settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_pg_url")
+    return load_settings(
+        profile="dev", broker="simulated", database_url=url, state_dir=tmp_path / "state", log_dir=tmp_path / "logs"
+    )
+
+
+def crashed_engine(settings: Settings, resting: int) -> tuple[SimulatedExchange, Ledger, str]:
+    """A bot that left `resting` limit orders working and died without closing its session."""
+    exchange = SimulatedExchange(ReplayMarketData())
+    ledger = Ledger(settings.database_url)
+    bot = build_bot(settings, broker=exchange, ledger=ledger)
+    bot.start()
+    bid, _ = exchange.best_bid_ask("BTC-USD")
+    price = (bid * Decimal("0.9")).quantize(Decimal("0.01"))
+    for i in range(resting):
+        request = OrderRequest("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.001"), f"rest-{i}", limit_price=price)
+        ledger.record_pending(request, bot.session_id, exchange.now())
+        ledger.apply_order(exchange.place_order(request))
+    assert bot.session_id is not None
+    return exchange, ledger, bot.session_id  # no bot.stop(): the engine is gone
+
+
+def test_a_new_engine_cancels_the_dead_ones_orders_in_a_batch_and_marks_it_recovered(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    exchange, ledger, dead = crashed_engine(settings, 200)
+    caplog.set_level(logging.INFO)
+
+    bot = build_bot(settings, broker=exchange, ledger=ledger)
+    bot.start()
+
+    report = bot.recovery
+    assert report is not None and report.crashed_sessions == [dead]
+    assert report.orders_cancelled == 200 and report.orders_not_cancelled == 0
+    assert exchange.list_open_orders() == []
+    assert {o.status for o in ledger.list_orders()} == {OrderStatus.CANCELLED}
+    sessions = {s.id: s.status for s in ledger.list_sessions()}
+    assert sessions[dead] == "recovered" and sessions[bot.session_id or ""] == "running"
+    for phrase in ("Trading engine recovery", "Cancelled 200 pending orders", "position validation"):
+        assert phrase in caplog.text
+    bot.stop()
+
+
+def test_corrupt_or_disagreeing_positions_are_dropped_for_the_brokers_truth(settings: Settings) -> None:
+    exchange, ledger, _ = crashed_engine(settings, 0)
+    exchange.place_order(OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01"), "held"))
+    ledger.record_fills(exchange.list_fills())
+    now = exchange.now()
+    ledger.set_position("ETH-USD", Decimal("-3"), Decimal("2000"), now)  # spot cannot be short: corrupt
+    ledger.set_position("BTC-USD", Decimal("0.01"), Decimal("0"), now)  # held at price 0: corrupt
+
+    bot = build_bot(settings, broker=exchange, ledger=ledger)
+    bot.start()
+
+    assert bot.recovery is not None and sorted(bot.recovery.positions_dropped) == ["BTC-USD", "ETH-USD"]
+    [btc] = exchange.positions()
+    assert {s: (p.quantity, p.average_entry_price) for s, p in ledger.positions().items()} == {
+        "BTC-USD": (btc.quantity, btc.average_entry_price)
+    }
+    bot.stop()
+
+
+def test_portfolio_state_comes_from_the_latest_checkpoint(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    exchange, ledger, _ = crashed_engine(settings, 3)
+    caplog.set_level(logging.INFO)
+    snapshot = {"strategy_state": {"BTC-USD": {"last_spread": "1.5"}}, "guard_counters": {"kill_switch": 2}}
+
+    bot = build_bot(settings, broker=exchange, ledger=ledger)
+    bot.checkpoint_source = lambda: ("ckpt-20261121-0001", snapshot)
+    bot.start()
+
+    assert bot.recovery is not None and bot.recovery.checkpoint_id == "ckpt-20261121-0001"
+    assert bot.recovery.snapshot == snapshot
+    assert "Restored from checkpoint ckpt-20261121-0001" in caplog.text
+    bot.stop()
+
+
+def test_a_clean_previous_stop_needs_no_recovery(settings: Settings) -> None:
+    exchange, ledger, dead = crashed_engine(settings, 2)
+    ledger.end_session(dead, "stopped")
+
+    bot = build_bot(settings, broker=exchange, ledger=ledger)
+    bot.start()
+
+    assert bot.recovery is None
+    assert len(exchange.list_open_orders()) == 2  # a clean stop leaves resting orders alone
+    bot.stop()
