@@ -18,6 +18,9 @@ def make_engine(url: str) -> Engine:
     """An engine for the ledger: SQLite in WAL mode with foreign keys on, PostgreSQL with pre-ping."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        if parsed.get_driver_name() == "psycopg2":
+            # execute_batch for multi-row UPDATE/DELETE: one round trip per page instead of one per row.
+            return create_engine(parsed, pool_pre_ping=True, executemany_mode="values_plus_batch")
         return create_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
