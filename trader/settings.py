@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     database_url: str = ""
     redis_url: str | None = None
     cold_storage_url: str = ""
+    cold_storage_endpoint_url: str | None = None
     state_dir: Path = Path("var/state")
     log_dir: Path = Path("var/logs")
 
