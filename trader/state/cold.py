@@ -342,7 +342,7 @@ class FallbackObjectStore:
             self._last_attempt = self._clock()
             queued = list(self._queue.items())
             if queued:
-                log.info("S3 recovery: uploading %d queued object(s) from local storage fallback", len(queued))
+                log.info("S3 answers again: uploading %d queued object(s) from the local fallback", len(queued))
             synced = 0
             for name, op in queued:
                 try:
@@ -352,7 +352,7 @@ class FallbackObjectStore:
                         self.primary.delete(name)
                 except TierUnavailable as error:
                     self._outage(error)
-                    log.warning("S3 recovery interrupted after %d of %d object(s): %s", synced, len(queued), error)
+                    log.warning("S3 sync interrupted after %d of %d object(s): %s", synced, len(queued), error)
                     return synced
                 except ObjectNotFound:
                     log.error("queued object %s is missing from the local storage fallback; dropped", name)
@@ -364,7 +364,7 @@ class FallbackObjectStore:
             self.synced_total += synced
             was_available, self.available = self.available, True
             if queued or not was_available:
-                log.info("Synced %d objects to S3; S3 recovery complete", synced)
+                log.info("S3 recovery: Synced %d objects to S3 from the local storage fallback", synced)
             if not was_available:
                 self._notify(True)
             return synced
