@@ -1,0 +1,208 @@
+"""Private services for the state tiers: a redis-server and a PostgreSQL cluster of our own on free loopback
+ports, which the outage tests stop and restart for real (connection refused, not a mock)."""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine
+
+from trader.ledger.db import migrate
+from trader.state.hot import MemoryCache, RedisCache
+from trader.state.journal import WriteJournal
+from trader.state.manager import StateManager
+from trader.state.warm import SqlWarmStore
+
+REDIS_SERVER = "/usr/bin/redis-server"
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """redis-server without persistence on a fixed free port: stop() is a real outage and start() an empty Redis."""
+
+    def __init__(self) -> None:
+        if not Path(REDIS_SERVER).exists():
+            pytest.fail(f"{REDIS_SERVER} is missing: install redis-server (apt-get install redis-server)", False)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        assert not self.running, "already running"
+        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--daemonize", "no"]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                pass
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server on port {self.port} did not start (exit {self._process.poll()})", False)
+            time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+def _pg_binary(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} is missing under /usr/lib/postgresql/*/bin: install postgresql", False)
+    return found[-1]
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster (initdb as the postgres user, since we run as root) on a free port."""
+
+    def __init__(self) -> None:
+        self.initdb = _pg_binary("initdb")
+        self.pg_ctl = _pg_binary("pg_ctl")
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="state-pg-"))
+        shutil.chown(self.root, "postgres", "postgres")
+        self.data = self.root / "data"
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        self.running = False
+        self._run([self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+
+    def _run(self, command: list[str]) -> None:
+        done = subprocess.run(["runuser", "-u", "postgres", "--", *command], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-800:]}", False)
+
+    def start(self) -> None:
+        assert not self.running, "already running"
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.root / "postgres.log")
+        self._run([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", log, "-w", "start"])
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
+            self.running = False
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private Redis, running and empty for this test."""
+    if not redis_server.running:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        migrate(cluster.url)
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def private_pg_url(postgres_cluster: PostgresCluster) -> str:
+    """The private PostgreSQL, running, migrated, with an empty state_entries table for this test."""
+    if not postgres_cluster.running:
+        postgres_cluster.start()
+    engine = create_engine(postgres_cluster.url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM state_entries")
+    engine.dispose()
+    return postgres_cluster.url
+
+
+@pytest.fixture
+def shared_pg_store(pg_url: str) -> Iterator[SqlWarmStore]:
+    """SqlWarmStore on the machine's shared PostgreSQL (a database for this session), emptied around each test."""
+    migrate(pg_url)
+    store = SqlWarmStore(pg_url, batch_size=50)
+    store.clear()
+    yield store
+    store.clear()
+    store.dispose()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[SqlWarmStore]:
+    migrate(sqlite_url)
+    store = SqlWarmStore(sqlite_url, batch_size=50)
+    yield store
+    store.dispose()
+
+
+class Clock:
+    """A manual clock: each call returns the current time, advance() moves it (microsecond steps by default)."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 0.000001) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def memory_manager(sqlite_store: SqlWarmStore, tmp_path: Path, clock: Clock) -> StateManager:
+    """MemoryCache over SQLite with a journal in tmp_path and a manual clock."""
+    journal = WriteJournal(tmp_path / "journal.jsonl")
+    return StateManager(MemoryCache(), sqlite_store, journal=journal, batch_size=50, clock=clock)
+
+
+@pytest.fixture
+def redis_cache(redis_url: str) -> Iterator[RedisCache]:
+    cache = RedisCache(redis_url, prefix="state:")
+    yield cache
+    cache.close()

@@ -1,0 +1,570 @@
+"""StateManager: the HOT cache in front of the WARM store, with failover, journaling and coherence checks.
+
+Coherence guarantee (how a read never returns a value storage does not hold):
+
+* Writes go to the warm tier first; the cache is written only with the records the warm tier accepted (a
+  partial batch failure caches exactly the stored keys). Versions are the stored version + 1.
+* The manager keeps a *trusted* set: keys whose cached record it wrote itself after a warm write, loaded from
+  the warm tier, or found byte-identical to the warm record in the last coherence check. Reads are served from
+  the cache only for trusted keys with an intact checksum; any other key is read from the warm tier (in one
+  IN query per batch) and then cached and trusted. A cache write that fails, a hot outage, or a mismatch found
+  by verify_coherence() drops keys from the trusted set, so a stale cached record is never served. This costs
+  nothing on the hot path (no warm round trip per cached read); it assumes this manager is the only writer of
+  its keys, which is how the bot runs (one process owns its state).
+* While the warm tier is down the journal and the cache are the storage of record: writes are journaled
+  (fsync'd) before the cache is written, reads come from the journal's latest entry, else the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from trader.state.base import BatchResult, StateRecord, StorageTier, TierUnavailable, checksum, encode_value
+from trader.state.hot import MemoryCache, RedisCache, glob_regex
+from trader.state.journal import JournalEntry, Op, ReplayResult, WriteJournal
+from trader.state.warm import SqlWarmStore
+
+if TYPE_CHECKING:
+    from trader.settings import Settings
+
+log = logging.getLogger("trader.state")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CoherenceReport:
+    """The cache compared with storage record by record (value bytes, checksum, version, updated_at)."""
+
+    compared: int
+    mismatched: list[str] = field(default_factory=list)  # cached record differs from storage
+    missing_from_hot: list[str] = field(default_factory=list)  # in storage, not cached
+    extra_in_hot: list[str] = field(default_factory=list)  # cached, not in storage
+    duration_ms: float = 0.0
+
+    @property
+    def coherent(self) -> bool:
+        """No cached record disagrees with storage (a bounded cache may still miss keys)."""
+        return not self.mismatched and not self.extra_in_hot
+
+    @property
+    def match(self) -> bool:
+        """The cache equals storage byte for byte: every key present, every record identical."""
+        return self.coherent and not self.missing_from_hot
+
+
+@dataclass(frozen=True)
+class StateStatus:
+    """Tier health and recovery figures for metrics and health checks."""
+
+    hot_tier: str
+    hot_up: bool
+    warm_tier: str
+    warm_up: bool
+    journal_depth: int
+    hot_down_since: datetime | None
+    warm_down_since: datetime | None
+    last_warm_write_at: datetime | None
+    last_hot_recovery_ms: float | None
+    last_hot_recovered_keys: int | None
+    last_warm_recovery_ms: float | None
+    last_warm_replayed_entries: int | None
+    trusted_keys: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StateManager:
+    """get/set/delete (single and batch) over a hot cache and a warm store, surviving either tier's outage."""
+
+    def __init__(
+        self,
+        hot: StorageTier,
+        warm: StorageTier,
+        *,
+        journal: WriteJournal,
+        batch_size: int = 1000,
+        clock: Clock = utc_now,
+        probe_interval: float = 1.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+        self.hot = hot
+        self.warm = warm
+        self.journal = journal
+        self.batch_size = batch_size
+        self.clock = clock
+        self.probe_interval = probe_interval
+        self._lock = threading.RLock()
+        self._trusted: set[str] = set()
+        self._started_at = clock()
+        self._hot_up = True
+        self._warm_up = True
+        self._hot_down_since: datetime | None = None
+        self._warm_down_since: datetime | None = None
+        self._last_hot_probe = 0.0
+        self._last_warm_probe = 0.0
+        self._last_warm_write_at: datetime | None = None
+        self._last_checkpoint_at: datetime | None = None
+        self._last_hot_recovery_ms: float | None = None
+        self._last_hot_recovered_keys: int | None = None
+        self._last_warm_recovery_ms: float | None = None
+        self._last_warm_replayed: int | None = None
+        self._journaled: dict[str, StateRecord | None] = {}
+        pending = journal.pending()
+        if pending:
+            # A previous run journaled writes the warm tier never got: replay them before trusting warm reads.
+            self._index_journal(pending)
+            self._warm_up = False
+            self._warm_down_since = self._started_at
+            log.warning(
+                "PostgreSQL recovery pending: %d journal entries in %s from a previous run", len(pending), journal.path
+            )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StateManager:
+        """RedisCache when REDIS_URL is set (else MemoryCache), SqlWarmStore on DATABASE_URL, journal in STATE_DIR."""
+        hot: StorageTier = RedisCache(settings.redis_url) if settings.redis_url else MemoryCache()
+        warm = SqlWarmStore(settings.database_url, settings.state_batch_size)
+        try:
+            warm.ensure_schema()
+        except TierUnavailable as error:
+            log.warning("PostgreSQL outage detected at startup (warm tier %s): %s", warm.name, error)
+        journal = WriteJournal(settings.state_dir / "warm-journal.jsonl")
+        return cls(hot, warm, journal=journal, batch_size=settings.state_batch_size)
+
+    # --- public operations -----------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        record = self.batch_get_records([key]).get(key)
+        return default if record is None else record.decoded()
+
+    def get_record(self, key: str) -> StateRecord | None:
+        return self.batch_get_records([key]).get(key)
+
+    def set(self, key: str, value: Any) -> BatchResult:
+        return self.batch_set({key: value})
+
+    def delete(self, key: str) -> BatchResult:
+        return self.batch_delete([key])
+
+    def batch_get(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Decoded values of the keys that exist; absent keys are left out."""
+        return {key: record.decoded() for key, record in self.batch_get_records(keys).items()}
+
+    def batch_get_records(self, keys: Iterable[str]) -> dict[str, StateRecord]:
+        with self._lock:
+            self._maybe_recover()
+            wanted = list(dict.fromkeys(keys))
+            if not self._warm_up:
+                return self._degraded_get(wanted)
+            found: dict[str, StateRecord] = {}
+            cached = [key for key in wanted if key in self._trusted]
+            if cached and self._hot_up:
+                for key, record in self._hot_call(lambda: self.hot.get_many(cached), cached, {}).items():
+                    if record.intact:
+                        found[key] = record
+                    else:
+                        self._trusted.discard(key)
+                        log.warning("Cached record for %s fails its checksum; reading the warm tier", key)
+            missing = [key for key in wanted if key not in found]
+            if missing:
+                try:
+                    stored = self.warm.get_many(missing)
+                except TierUnavailable as error:
+                    self._mark_warm_down(error)
+                    found.update(self._degraded_get(missing))
+                    return found
+                found.update(stored)
+                self._cache_put(list(stored.values()))
+            return found
+
+    def batch_set(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> BatchResult:
+        """Write values (JSON-able); result.stored are the keys storage accepted, result.failed the refused ones."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        encoded = {_checked_key(key): encode_value(value) for key, value in pairs}
+        with self._lock:
+            self._maybe_recover()
+            result = BatchResult()
+            keys = list(encoded)
+            for start in range(0, len(keys), self.batch_size):
+                chunk = keys[start : start + self.batch_size]
+                now = self.clock()
+                if self._warm_up and self._warm_set(chunk, encoded, now, result):
+                    continue
+                self._journal_set(chunk, encoded, now, result)
+            return result
+
+    def batch_delete(self, keys: Iterable[str]) -> BatchResult:
+        """Delete keys; result.stored are the keys whose deletion storage accepted."""
+        wanted = [_checked_key(key) for key in dict.fromkeys(keys)]
+        with self._lock:
+            self._maybe_recover()
+            result = BatchResult()
+            for start in range(0, len(wanted), self.batch_size):
+                chunk = wanted[start : start + self.batch_size]
+                if self._warm_up:
+                    try:
+                        removed = self.warm.delete_many(chunk)
+                    except TierUnavailable as error:
+                        self._mark_warm_down(error)
+                    else:
+                        self._last_warm_write_at = self.clock()
+                        result.stored.extend(removed.stored)
+                        result.failed.update(removed.failed)
+                        self._cache_delete(removed.stored)
+                        continue
+                self._journal_write([("delete", key, None, False) for key in chunk])
+                result.stored.extend(chunk)
+                self._cache_delete(chunk)
+            return result
+
+    def get_keys_by_pattern(self, pattern: str = "*") -> list[str]:
+        """Keys matching a Redis-style glob (*, ?, [..]), sorted."""
+        with self._lock:
+            self._maybe_recover()
+            if self._warm_up:
+                try:
+                    return sorted(self.warm.keys(pattern))
+                except TierUnavailable as error:
+                    self._mark_warm_down(error)
+            if not self._hot_up:
+                raise TierUnavailable("both state tiers are down: the hot tier cannot list keys while warm is out")
+            keys = set(self._hot_call(lambda: self.hot.keys(pattern), [], None) or [])
+            if not self._hot_up:
+                raise TierUnavailable("both state tiers are down: the hot tier cannot list keys while warm is out")
+            regex = glob_regex(pattern)
+            for key, record in self._journaled.items():
+                if record is None:
+                    keys.discard(key)
+                elif regex.fullmatch(key):
+                    keys.add(key)
+            return sorted(keys)
+
+    # --- recovery --------------------------------------------------------------------------------------------
+
+    def recover_hot(self) -> int | None:
+        """Batch-restore the hot tier from warm (stale extras removed), then verify coherence; keys restored."""
+        with self._lock:
+            if not self._warm_up:
+                log.warning("Redis recovery postponed: warm tier %s is down, nothing to restore from", self.warm.name)
+                return None
+            started = time.perf_counter()
+            log.info("Redis recovery started: restoring hot tier %s from warm tier %s", self.hot.name, self.warm.name)
+            try:
+                keys = self.warm.keys("*")
+            except TierUnavailable as error:
+                self._mark_warm_down(error)
+                return None
+            restored = 0
+            try:
+                present = set(keys)
+                extras = [key for key in self.hot.keys("*") if key not in present]
+                for start in range(0, len(extras), self.batch_size):
+                    self.hot.delete_many(extras[start : start + self.batch_size])
+                self._trusted.clear()
+                for start in range(0, len(keys), self.batch_size):
+                    chunk = keys[start : start + self.batch_size]
+                    records = self.warm.get_many(chunk)
+                    stored = self.hot.put_many(list(records.values()))
+                    self._trusted.update(stored.stored)
+                    restored += len(stored.stored)
+            except TierUnavailable as error:
+                # Either tier failing mid-restore: probe again later; nothing half-restored is trusted beyond
+                # the batches that were written.
+                self._trusted.clear()
+                if self.warm.ping():
+                    self._mark_hot_down(error)
+                else:
+                    self._mark_warm_down(error)
+                return None
+            self._hot_up = True
+            self._hot_down_since = None
+            elapsed = (time.perf_counter() - started) * 1000
+            self._last_hot_recovery_ms = elapsed
+            self._last_hot_recovered_keys = restored
+            log.info("Recovered %d keys to Redis in %.1f ms (hot tier %s)", restored, elapsed, self.hot.name)
+            self.verify_coherence()
+            return restored
+
+    recover_redis = recover_hot
+
+    def recover_warm(self) -> ReplayResult | None:
+        """Replay the write journal into the warm tier exactly once, refresh the cache, verify coherence."""
+        with self._lock:
+            started = time.perf_counter()
+            depth = len(self.journal.pending())
+            log.info("PostgreSQL recovery started: replaying %d journal entries into %s", depth, self.warm.name)
+            try:
+                replayed = self.journal.replay(self.warm, self.batch_size)
+            except TierUnavailable as error:
+                self._index_journal(self.journal.pending())
+                self._mark_warm_down(error)
+                return None
+            self._warm_up = True
+            self._warm_down_since = None
+            self._journaled.clear()
+            self._last_warm_write_at = self.clock()
+            if replayed.failed:
+                log.error(
+                    "PostgreSQL recovery: warm tier %s refused %d journaled keys (%s); they keep their stored value",
+                    self.warm.name,
+                    len(replayed.failed),
+                    "; ".join(f"{key}: {reason}" for key, reason in list(replayed.failed.items())[:5]),
+                )
+            # The cache held the journaled records (rebased versions may differ): refresh it from what was applied.
+            self._cache_put([record for record in replayed.final.values() if record is not None])
+            self._cache_delete([key for key, record in replayed.final.items() if record is None])
+            self._cache_delete(list(replayed.failed))
+            elapsed = (time.perf_counter() - started) * 1000
+            self._last_warm_recovery_ms = elapsed
+            self._last_warm_replayed = replayed.applied_entries
+            log.info(
+                "PostgreSQL recovery completed: replayed %d journal entries exactly once (through seq %d) in %.1f ms",
+                replayed.applied_entries,
+                replayed.last_seq,
+                elapsed,
+            )
+            if self._hot_up:
+                self.verify_coherence()
+            return replayed
+
+    def verify_coherence(self, keys: Sequence[str] | None = None) -> CoherenceReport:
+        """Compare cached records with storage in batches; trust exactly the keys found identical."""
+        with self._lock:
+            started = time.perf_counter()
+            if not self._warm_up or not self._hot_up:
+                raise TierUnavailable("coherence can only be verified while both tiers are up")
+            try:
+                full = keys is None
+                stored_keys = self.warm.keys("*") if keys is None else list(dict.fromkeys(keys))
+                report = CoherenceReport(compared=len(stored_keys))
+                if full:
+                    present = set(stored_keys)
+                    report.extra_in_hot = sorted(key for key in self.hot.keys("*") if key not in present)
+                    self._trusted.clear()
+                for start in range(0, len(stored_keys), self.batch_size):
+                    chunk = stored_keys[start : start + self.batch_size]
+                    stored = self.warm.get_many(chunk)
+                    cached = self.hot.get_many(chunk)
+                    for key in chunk:
+                        if key in cached:
+                            if cached[key] == stored.get(key) and cached[key].intact:
+                                self._trusted.add(key)
+                            else:
+                                report.mismatched.append(key)
+                                self._trusted.discard(key)
+                        elif key in stored:
+                            report.missing_from_hot.append(key)
+            except TierUnavailable as error:
+                if self.warm.ping():
+                    self._mark_hot_down(error)
+                else:
+                    self._mark_warm_down(error)
+                raise
+            report.duration_ms = (time.perf_counter() - started) * 1000
+            log.info(
+                "Cache coherence check: compared %d keys, %d mismatched, %d missing from hot, %d extra in hot; "
+                "Match: %s",
+                report.compared,
+                len(report.mismatched),
+                len(report.missing_from_hot),
+                len(report.extra_in_hot),
+                report.match,
+            )
+            return report
+
+    # --- health ----------------------------------------------------------------------------------------------
+
+    def data_loss_estimate(self, last_checkpoint_at: datetime | None = None) -> float:
+        """Seconds of writes at risk: since last_checkpoint_at if given, else since the last successful warm write."""
+        since = last_checkpoint_at or self._last_warm_write_at or self._started_at
+        return max(0.0, (self.clock() - since).total_seconds())
+
+    def note_checkpoint(self, created_at: datetime) -> None:
+        """Remember the latest checkpoint so an outage's data_loss_estimate is measured from it."""
+        self._last_checkpoint_at = created_at
+
+    def status(self) -> StateStatus:
+        with self._lock:
+            return StateStatus(
+                hot_tier=self.hot.name,
+                hot_up=self._hot_up,
+                warm_tier=self.warm.name,
+                warm_up=self._warm_up,
+                journal_depth=self.journal.depth(),
+                hot_down_since=self._hot_down_since,
+                warm_down_since=self._warm_down_since,
+                last_warm_write_at=self._last_warm_write_at,
+                last_hot_recovery_ms=self._last_hot_recovery_ms,
+                last_hot_recovered_keys=self._last_hot_recovered_keys,
+                last_warm_recovery_ms=self._last_warm_recovery_ms,
+                last_warm_replayed_entries=self._last_warm_replayed,
+                trusted_keys=len(self._trusted),
+            )
+
+    # --- internals -------------------------------------------------------------------------------------------
+
+    def _maybe_recover(self) -> None:
+        """Probe a down tier at most once per probe_interval and recover it when it answers."""
+        now = time.monotonic()
+        if not self._warm_up and now - self._last_warm_probe >= self.probe_interval:
+            self._last_warm_probe = now
+            if self.warm.ping():
+                self.recover_warm()
+        if not self._hot_up and self._warm_up and now - self._last_hot_probe >= self.probe_interval:
+            self._last_hot_probe = now
+            if self.hot.ping():
+                self.recover_hot()
+
+    def _mark_hot_down(self, error: Exception) -> None:
+        self._trusted.clear()
+        self._last_hot_probe = time.monotonic()
+        if self._hot_up:
+            self._hot_up = False
+            self._hot_down_since = self.clock()
+            log.warning(
+                "Redis outage detected (hot tier %s): %s; serving from warm tier %s",
+                self.hot.name,
+                error,
+                self.warm.name,
+            )
+
+    def _mark_warm_down(self, error: Exception) -> None:
+        self._last_warm_probe = time.monotonic()
+        if self._warm_up:
+            self._warm_up = False
+            self._warm_down_since = self.clock()
+            log.warning(
+                "PostgreSQL outage detected (warm tier %s): %s; serving from hot tier %s and journaling writes to %s; "
+                "data_loss_estimate=%.1fs",
+                self.warm.name,
+                error,
+                self.hot.name,
+                self.journal.path,
+                self.data_loss_estimate(self._last_checkpoint_at),
+            )
+
+    def _hot_call(self, call: Callable[[], Any], keys: Sequence[str], fallback: Any) -> Any:
+        try:
+            return call()
+        except TierUnavailable as error:
+            self._mark_hot_down(error)
+            return fallback
+
+    def _cache_put(self, records: Sequence[StateRecord]) -> None:
+        """Cache records storage holds; a key whose cache write fails is no longer trusted (nor left stale)."""
+        if not records:
+            return
+        keys = [record.key for record in records]
+        if not self._hot_up:
+            self._trusted.difference_update(keys)
+            return
+        try:
+            stored = self.hot.put_many(records)
+        except TierUnavailable as error:
+            self._trusted.difference_update(keys)
+            self._mark_hot_down(error)
+            return
+        self._trusted.update(stored.stored)
+        if stored.failed:
+            self._trusted.difference_update(stored.failed)
+            self._cache_delete(list(stored.failed))
+
+    def _cache_delete(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        self._trusted.difference_update(keys)
+        if self._hot_up:
+            self._hot_call(lambda: self.hot.delete_many(keys), keys, None)
+
+    def _warm_set(self, chunk: list[str], encoded: dict[str, bytes], now: datetime, result: BatchResult) -> bool:
+        """Write one batch to warm then cache what it stored; False when warm went down (journal it instead)."""
+        try:
+            current = self.warm.get_many(chunk)
+            records = [_record(key, encoded[key], _version(current.get(key)) + 1, now) for key in chunk]
+            stored = self.warm.put_many(records)
+        except TierUnavailable as error:
+            self._mark_warm_down(error)
+            return False
+        self._last_warm_write_at = self.clock()
+        accepted = set(stored.stored)
+        result.stored.extend(stored.stored)
+        result.failed.update(stored.failed)
+        self._cache_put([record for record in records if record.key in accepted])
+        return True
+
+    def _journal_set(self, chunk: list[str], encoded: dict[str, bytes], now: datetime, result: BatchResult) -> None:
+        """Warm is down: version from the journal, else the trusted cache, else rebase at replay; journal, cache."""
+        unknown = [key for key in chunk if key not in self._journaled]
+        cached: dict[str, StateRecord] = {}
+        trusted = [key for key in unknown if key in self._trusted]
+        if trusted and self._hot_up:
+            cached = self._hot_call(lambda: self.hot.get_many(trusted), trusted, {})
+        writes: list[tuple[Op, str, StateRecord | None, bool]] = []
+        for key in chunk:
+            if key in self._journaled:
+                base, rebase = _version(self._journaled[key]), False
+            elif key in cached and cached[key].intact:
+                base, rebase = cached[key].version, False
+            else:
+                base, rebase = 0, True
+            writes.append(("set", key, _record(key, encoded[key], base + 1, now), rebase))
+        self._journal_write(writes)
+        result.stored.extend(chunk)
+        self._cache_put([record for _, _, record, _ in writes if record is not None])
+
+    def _journal_write(self, writes: list[tuple[Op, str, StateRecord | None, bool]]) -> None:
+        entries = self.journal.append_many(writes)
+        self._index_journal(entries)
+
+    def _index_journal(self, entries: Iterable[JournalEntry]) -> None:
+        for entry in entries:
+            self._journaled[entry.key] = entry.record
+
+    def _degraded_get(self, keys: Sequence[str]) -> dict[str, StateRecord]:
+        """Reads while warm is down: the latest journaled record, else the cache; both down raises."""
+        found: dict[str, StateRecord] = {}
+        rest: list[str] = []
+        for key in keys:
+            if key in self._journaled:
+                record = self._journaled[key]
+                if record is not None:
+                    found[key] = record
+            else:
+                rest.append(key)
+        if rest and self._hot_up:
+            for key, record in self._hot_call(lambda: self.hot.get_many(rest), rest, {}).items():
+                if record.intact:
+                    found[key] = record
+        if rest and not self._hot_up:
+            raise TierUnavailable(
+                f"both state tiers are down (hot {self.hot.name}, warm {self.warm.name}): "
+                f"cannot read {len(rest)} keys that were not written during the outage"
+            )
+        return found
+
+
+def _checked_key(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"state keys are non-empty strings (got {key!r})")
+    return key
+
+
+def _version(record: StateRecord | None) -> int:
+    return 0 if record is None else record.version
+
+
+def _record(key: str, value: bytes, version: int, now: datetime) -> StateRecord:
+    return StateRecord(key=key, value=value, checksum=checksum(value), version=version, updated_at=now)

@@ -1,0 +1,216 @@
+"""WARM tier: the state_entries table on SQLite or PostgreSQL, written with one bulk upsert per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from trader.ledger.db import make_engine, migrate
+from trader.ledger.models import StateEntry
+from trader.state.base import BatchResult, StateRecord, TierUnavailable
+from trader.state.hot import glob_regex
+
+_TABLE: Table = StateEntry.metadata.tables["state_entries"]
+
+
+def _unavailable(error: Exception) -> bool:
+    """True for errors that mean the database cannot be reached (as opposed to a bad statement or value)."""
+    if isinstance(error, OperationalError | InterfaceError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+class SqlWarmStore:
+    """state_entries through SQLAlchemy: bulk upserts, IN reads per batch, glob keys via GLOB (SQLite) or LIKE."""
+
+    def __init__(self, database_url: str, batch_size: int = 1000, *, connect_timeout: int = 3) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+        self.database_url = database_url
+        self.batch_size = batch_size
+        url = make_url(database_url)
+        self.dialect = url.get_backend_name()
+        self.name = "postgresql" if self.dialect == "postgresql" else self.dialect
+        if self.dialect == "postgresql":
+            # make_engine has no connect timeout; a blackholed server must fail fast, not hang for minutes.
+            timeout = {"connect_timeout": connect_timeout}
+            self.engine: Engine = create_engine(url, pool_pre_ping=True, connect_args=timeout)
+        else:
+            self.engine = make_engine(database_url)
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the ledger schema (state_entries included); TierUnavailable when unreachable."""
+        try:
+            migrate(self.database_url)
+        except SQLAlchemyError as error:
+            if _unavailable(error):
+                raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+            raise
+
+    def _chunks(self, items: Sequence[Any]) -> list[Sequence[Any]]:
+        return [items[start : start + self.batch_size] for start in range(0, len(items), self.batch_size)]
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, StateRecord]:
+        found: dict[str, StateRecord] = {}
+        if not keys:
+            return found
+        try:
+            with self.engine.connect() as connection:
+                for chunk in self._chunks(list(dict.fromkeys(keys))):
+                    rows = connection.execute(select(_TABLE).where(_TABLE.c.key.in_(chunk)))
+                    for row in rows:
+                        found[row.key] = StateRecord(
+                            key=row.key,
+                            value=bytes(row.value),
+                            checksum=row.checksum,
+                            version=int(row.version),
+                            updated_at=row.updated_at,
+                        )
+        except SQLAlchemyError as error:
+            if _unavailable(error):
+                raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+            raise
+        return found
+
+    def _upsert(self, rows: list[dict[str, Any]]) -> Any:
+        if self.dialect == "postgresql":
+            pg = postgresql.insert(_TABLE).values(rows)
+            return pg.on_conflict_do_update(
+                index_elements=[_TABLE.c.key],
+                set_={name: pg.excluded[name] for name in ("value", "checksum", "version", "updated_at")},
+            )
+        if self.dialect == "sqlite":
+            lite = sqlite.insert(_TABLE).values(rows)
+            return lite.on_conflict_do_update(
+                index_elements=[_TABLE.c.key],
+                set_={name: lite.excluded[name] for name in ("value", "checksum", "version", "updated_at")},
+            )
+        raise ValueError(f"warm tier supports sqlite and postgresql, not {self.dialect}")
+
+    def put_many(self, records: Sequence[StateRecord]) -> BatchResult:
+        """One INSERT … ON CONFLICT DO UPDATE per batch, each batch its own transaction.
+
+        A batch the database refuses (a key too long, say) is reported in failed; batches before it stay stored.
+        Losing the connection raises TierUnavailable: the batches already committed are stored.
+        """
+        result = BatchResult()
+        latest = {record.key: record for record in records}  # one row per key in a statement
+        for chunk in self._chunks(list(latest.values())):
+            rows = [
+                {
+                    "key": r.key,
+                    "value": r.value,
+                    "checksum": r.checksum,
+                    "version": r.version,
+                    "updated_at": r.updated_at,
+                }
+                for r in chunk
+            ]
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(self._upsert(rows))
+            except SQLAlchemyError as error:
+                if _unavailable(error):
+                    raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+                reason = _first_line(error)
+                result.failed.update({r.key: reason for r in chunk})
+                continue
+            result.stored.extend(r.key for r in chunk)
+        return result
+
+    def delete_many(self, keys: Sequence[str]) -> BatchResult:
+        result = BatchResult()
+        for chunk in self._chunks(list(dict.fromkeys(keys))):
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(delete(_TABLE).where(_TABLE.c.key.in_(chunk)))
+            except SQLAlchemyError as error:
+                if _unavailable(error):
+                    raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+                result.failed.update({key: _first_line(error) for key in chunk})
+                continue
+            result.stored.extend(chunk)
+        return result
+
+    def keys(self, pattern: str = "*") -> list[str]:
+        """Keys matching a Redis-style glob: narrowed in SQL (GLOB or a LIKE superset), decided by the glob regex."""
+        query = select(_TABLE.c.key)
+        if pattern != "*":
+            if self.dialect == "sqlite" and not any(c in pattern for c in "[]\\"):
+                query = query.where(_TABLE.c.key.op("GLOB")(pattern))  # same * and ? as Redis, case-sensitive
+            else:
+                query = query.where(_TABLE.c.key.like(_like_superset(pattern), escape="\\"))
+        try:
+            with self.engine.connect() as connection:
+                found = list(connection.execute(query.order_by(_TABLE.c.key)).scalars())
+        except SQLAlchemyError as error:
+            if _unavailable(error):
+                raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+            raise
+        regex = glob_regex(pattern)
+        return [key for key in found if regex.fullmatch(key)]
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def clear(self) -> None:
+        """Delete every state entry (tests and drills)."""
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(delete(_TABLE))
+        except SQLAlchemyError as error:
+            if _unavailable(error):
+                raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+            raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _like_superset(pattern: str) -> str:
+    """A LIKE every key matching the glob also matches: * → %, ? → _, a [..] class → _ (the regex decides)."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            char = pattern[i + 1]
+            out.append("\\" + char if char in "%_\\" else char)
+            i += 2
+            continue
+        end = _class_end(pattern, i) if char == "[" else -1
+        if end != -1:
+            out.append("_")
+            i = end
+        elif char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        elif char in "%_\\":
+            out.append("\\" + char)
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Index of the ] closing the class opened at start, or -1 when the [ is a literal."""
+    first = start + 2 if pattern[start + 1 : start + 2] == "^" else start + 1
+    return pattern.find("]", first)
+
+
+def _first_line(error: Exception) -> str:
+    orig = getattr(error, "orig", None)
+    text = str(orig if orig is not None else error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
