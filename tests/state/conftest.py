@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -65,8 +66,18 @@ class RedisServer:
             time.sleep(0.02)
         client.close()
 
+    def pause(self) -> None:
+        """SIGSTOP: the port stays open but nothing answers, so clients time out (Redis keeps its data)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
             self._process.terminate()
             self._process.wait(timeout=10)
             self._process = None
