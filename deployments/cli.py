@@ -8,7 +8,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +16,9 @@ from rich.table import Table
 from trader.domain import OrderRequest, OrderType, Side, TimeInForce
 from trader.errors import ConfigError, OrderRejected, TraderError
 from trader.settings import PROFILES, Settings, load_settings
+
+if TYPE_CHECKING:
+    from trader.state.checkpoints import CheckpointStore
 
 out = Console(highlight=False)
 EXIT_BAD_INPUT = 2
@@ -46,14 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "up"],
+        choices=["run", "up", "checkpoint"],
         default="run",
-        help="run (default): the bot or the order tooling; up: the embedded stack",
+        help="run (default): the bot or the order tooling; up: the embedded stack; checkpoint: list|create|restore",
     )
+    parser.add_argument("action", nargs="?", help="with checkpoint: list, create, or restore ID")
+    parser.add_argument("checkpoint_id", nargs="?", metavar="ID", help="with checkpoint restore: the checkpoint id")
     parser.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: PERPS_PROFILE or dev)")
     mode = parser.add_argument_group("bot")
     mode.add_argument("--dev-fast", action="store_true", help="run one cycle and exit (smoke test)")
-    mode.add_argument("--dry-run", action="store_true", help="run a full cycle, send nothing, print what would be sent")
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run a full cycle, send nothing, print what would be sent; with checkpoint restore: write nothing",
+    )
     mode.add_argument("--reduce-only", action="store_true", help="only orders that shrink positions")
     mode.add_argument("--cycles", type=int, help="stop after this many cycles")
     mode.add_argument("--interval", type=float, help="seconds between cycles (default from the profile)")
@@ -73,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument("--order-client-id")
     tools.add_argument("--order-reduce-only", action="store_true")
     tools.add_argument("--order-id", help="with --preview-order: preview an edit of this resting order")
+    checkpoints = parser.add_argument_group("checkpoints (perps-bot checkpoint list | create | restore ID)")
+    checkpoints.add_argument("--reason", default="manual", help="with checkpoint create: why (default manual)")
+    checkpoints.add_argument(
+        "--no-broker", action="store_true", help="with checkpoint create: ledger only, no balances from the broker"
+    )
     up = parser.add_argument_group("embedded stack (perps-bot up)")
     up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
@@ -87,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             risk_reduce_only_mode=True if args.reduce_only else None,
         )
+        if args.command == "checkpoint":
+            return checkpoint_command(settings, args)
+        if args.action is not None:
+            raise ConfigError(f"unexpected argument {args.action!r}: only perps-bot checkpoint takes an action")
         if args.command == "up":
             from deployments.embedded import run_embedded_stack
 
@@ -169,6 +187,142 @@ def _print_cycle(report) -> None:
         out.print(f"  refused by risk: {intent.side} {intent.quantity} {intent.symbol}: {reason}")
     if not report.orders and not report.refused:
         out.print("  no orders: strategy holds")
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------------------
+
+CHECKPOINT_ACTIONS = ("list", "create", "restore")
+
+
+def checkpoint_command(settings: Settings, args: argparse.Namespace) -> int:
+    """perps-bot checkpoint list | create [--reason R] [--no-broker] | restore ID [--dry-run]."""
+    from trader.logs import configure_logging
+    from trader.state.checkpoints import checkpoint_store_from_settings
+
+    action, checkpoint_id = args.action, args.checkpoint_id
+    if action not in CHECKPOINT_ACTIONS:
+        got = f" (got {action!r})" if action else ""
+        raise ConfigError(f"checkpoint: expected one of {', '.join(CHECKPOINT_ACTIONS)}{got}")
+    if action == "restore" and not checkpoint_id:
+        raise ConfigError("checkpoint restore: give the checkpoint ID (perps-bot checkpoint list shows them)")
+    if action != "restore" and checkpoint_id:
+        raise ConfigError(f"checkpoint {action}: takes no ID (got {checkpoint_id!r})")
+    configure_logging(settings.log_file, stderr=False)  # "Restored from checkpoint" lines go to perps_bot.log
+    store = checkpoint_store_from_settings(settings)
+    try:
+        if action == "list":
+            return checkpoint_list(store)
+        if action == "create":
+            return checkpoint_create(settings, store, args)
+        return checkpoint_restore(settings, store, checkpoint_id, dry_run=args.dry_run)
+    finally:
+        store.dispose()
+
+
+def checkpoint_list(store: CheckpointStore) -> int:
+    checkpoints = store.list()
+    if not checkpoints:
+        out.print("no checkpoints yet: perps-bot checkpoint create")
+        return 0
+    table = Table(title="Checkpoints (newest first)")
+    for column in ("id", "created (UTC)", "reason", "size", "compressed", "sha256"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "size" else "left")
+    for c in checkpoints:
+        table.add_row(
+            c.id,
+            f"{c.created_at:%Y-%m-%d %H:%M:%S}",
+            c.reason,
+            str(c.size_bytes),
+            "yes" if c.compressed else "no",
+            c.sha256[:12],
+        )
+    # Piped output (not a terminal) gets rich's 80 columns, which would cut the ids; a table line is ~100 wide.
+    console = out if out.is_terminal else Console(highlight=False, width=160)
+    console.print(table)
+    return 0
+
+
+def checkpoint_create(settings: Settings, store: CheckpointStore, args: argparse.Namespace) -> int:
+    """Snapshot of the ledger (positions, open orders) plus the broker's balances unless --no-broker."""
+    from trader.ledger import Ledger
+    from trader.state.checkpoints import snapshot_from_ledger
+
+    broker = None
+    if not args.no_broker:
+        from trader.runtime import build_broker
+
+        broker = build_broker(settings)
+    ledger = Ledger(settings.database_url)
+    try:
+        snapshot = snapshot_from_ledger(ledger, broker)
+    finally:
+        ledger.dispose()
+    info = store.create(snapshot, reason=args.reason)
+    out.print(
+        f"created checkpoint {info.id}: {len(snapshot['positions'])} position(s), "
+        f"{len(snapshot['open_orders'])} open order(s), {len(snapshot['balances'])} balance(s); "
+        f"{info.size_bytes} bytes{' gzip' if info.compressed else ''}, sha256 {info.sha256[:12]}; "
+        f"{info.duration_ms:.1f} ms",
+        soft_wrap=True,
+    )
+    return 0
+
+
+def checkpoint_restore(settings: Settings, store: CheckpointStore, checkpoint_id: str, *, dry_run: bool) -> int:
+    """Verify the checkpoint, then write its positions into the ledger where they differ (--dry-run: only show).
+
+    Open orders and balances are printed, not written: the exchange holds them, and reconciliation brings the
+    ledger's orders back in line with it."""
+    from trader.ledger import Ledger
+    from trader.state.checkpoints import CheckpointNotFound
+
+    try:
+        restored = store.restore_checkpoint(checkpoint_id)
+    except CheckpointNotFound as error:
+        raise ConfigError(str(error)) from None
+    info, snapshot = restored.info, restored.snapshot
+    for note in restored.notes:
+        out.print(f"[yellow]{note}[/]", soft_wrap=True)
+    out.print(
+        f"restored checkpoint {info.id} (created {info.created_at:%Y-%m-%d %H:%M:%S} UTC, reason {info.reason}) "
+        f"from the {restored.source} copy: sha256 verified; {len(snapshot.get('positions', {}))} position(s), "
+        f"{len(snapshot.get('open_orders', []))} open order(s), {len(snapshot.get('balances', {}))} balance(s); "
+        f"{restored.duration_ms:.1f} ms",
+        soft_wrap=True,
+    )
+    wanted = {
+        symbol: (Decimal(p["quantity"]), Decimal(p["average_entry_price"]))
+        for symbol, p in snapshot.get("positions", {}).items()
+    }
+    ledger = Ledger(settings.database_url)
+    try:
+        held = {s: (p.quantity, p.average_entry_price) for s, p in ledger.positions().items()}
+        changes = {
+            symbol: target
+            for symbol in sorted(wanted.keys() | held.keys())
+            if (target := wanted.get(symbol, (Decimal(0), Decimal(0)))) != held.get(symbol, (Decimal(0), Decimal(0)))
+        }
+        verb = "would set" if dry_run else "set"
+        for symbol, (quantity, price) in changes.items():
+            before_qty, before_price = held.get(symbol, (Decimal(0), Decimal(0)))
+            out.print(f"  {verb} position {symbol}: {before_qty} @ {before_price} -> {quantity} @ {price}")
+            if not dry_run:
+                ledger.set_position(symbol, quantity, price, datetime.now(UTC))
+    finally:
+        ledger.dispose()
+    if not changes:
+        out.print("ledger positions already match the checkpoint: nothing written")
+    elif dry_run:
+        out.print(f"dry run: {len(changes)} position(s) differ; nothing written")
+    else:
+        out.print(f"wrote {len(changes)} position(s) to the ledger")
+    for order in snapshot.get("open_orders", []):
+        out.print(
+            f"  open order in checkpoint (not restored; reconcile with the exchange): {order.get('client_order_id')} "
+            f"{order.get('side')} {order.get('quantity')} {order.get('symbol')} {order.get('status')}",
+            soft_wrap=True,
+        )
+    return 0
 
 
 # --- account snapshot ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -31,11 +31,12 @@ from trader.ledger.db import make_engine
 from trader.ledger.db import migrate as migrate_database
 from trader.ledger.models import Checkpoint, OrderRecord, PositionRecord
 from trader.state.base import ObjectStore, TierUnavailable
-from trader.state.cold import ColdStorageError
+from trader.state.cold import ColdStorageError, cold_store_from_settings
 
 if TYPE_CHECKING:
     from trader.brokers.base import Broker
     from trader.ledger import Ledger
+    from trader.settings import Settings
 
 log = logging.getLogger("perps_bot.state")
 
@@ -152,8 +153,8 @@ def verify_payload(payload: bytes, *, sha256: str, size_bytes: int, compressed: 
 
 
 def new_checkpoint_id(at: datetime) -> str:
-    """Sortable by time: cp-20261121T054517123456Z-1a2b3c4d."""
-    return f"cp-{at:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
+    """Short enough to type, sortable by time (UTC): cp-20261121-054517-1a2b3c."""
+    return f"cp-{at.astimezone(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 # --- snapshot of the bot ----------------------------------------------------------------------------------------
@@ -421,6 +422,18 @@ class CheckpointStore:
     def restore(self, checkpoint_id: str) -> dict[str, Any]:
         """The verified snapshot of a checkpoint (see restore_checkpoint)."""
         return self.restore_checkpoint(checkpoint_id).snapshot
+
+
+def checkpoint_store_from_settings(
+    settings: Settings, *, on_availability: Callable[[bool], None] | None = None
+) -> CheckpointStore:
+    """DATABASE_URL (warm), COLD_STORAGE_URL (cold), CHECKPOINT_RETENTION_COUNT, CHECKPOINT_ENABLE_COMPRESSION."""
+    return CheckpointStore(
+        settings.database_url,
+        cold_store_from_settings(settings, on_availability=on_availability),
+        retention=settings.checkpoint_retention_count,
+        compress=settings.checkpoint_enable_compression,
+    )
 
 
 _Verified = tuple[CheckpointInfo, dict[str, Any], Source, list[str]]
