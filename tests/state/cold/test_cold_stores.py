@@ -156,3 +156,19 @@ def test_settings_refuse_a_cold_url_they_cannot_serve(tmp_path: Path, url: str) 
 
     with pytest.raises(ConfigError, match="COLD_STORAGE_URL"):
         cold_store_from_settings(settings)
+
+
+def test_a_write_that_fails_midway_leaves_the_old_object_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalFolderStore(tmp_path / "cold")
+    store.put("checkpoints/a.json", b"old and whole")
+
+    def crash(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("trader.state.cold.os.replace", crash)
+    with pytest.raises(ColdStorageError, match="No space left on device"):
+        store.put("checkpoints/a.json", b"new")
+
+    assert store.get("checkpoints/a.json") == b"old and whole"
+    assert store.list() == ["checkpoints/a.json"]
+    assert list((tmp_path / "cold" / ".tmp").iterdir()) == []

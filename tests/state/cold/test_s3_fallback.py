@@ -3,6 +3,7 @@ system:s3_available goes false; when S3 is back the queue is synced and every ob
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.state.cold.conftest import MotoS3
 from trader.state.base import TierUnavailable
+from trader.state.checkpoints import CheckpointStore
 from trader.state.cold import FallbackObjectStore, ObjectNotFound, S3Store
 
 PREFIX = "gpt-trader/cold"
@@ -167,3 +169,25 @@ def test_list_merges_s3_with_the_queue(moto_s3: MotoS3, tmp_path: Path, state: S
     store._enqueue("checkpoints/b.json", "put")
 
     assert store.list("checkpoints/") == ["checkpoints/a.json", "checkpoints/b.json"]
+
+
+def test_checkpoints_made_during_the_outage_reach_s3_after_recovery(
+    s3_outage: MotoS3, tmp_path: Path, state: SystemState, clock: Clock
+) -> None:
+    cold = fallback_store(s3_outage, tmp_path / "fallback", state, clock)
+    store = CheckpointStore(f"sqlite:///{tmp_path / 'ledger.db'}", cold, retention=5)
+    s3_outage.stop()
+
+    info = store.create({"positions": {"BTC-USD": {"quantity": "0.1"}}}, reason="scheduled")
+
+    assert state["system:s3_available"] is False
+    assert store.restore(info.id) == {"positions": {"BTC-USD": {"quantity": "0.1"}}}
+    s3_outage.start()
+    assert cold.sync() == 2  # the payload and its manifest
+    assert state["system:s3_available"] is True
+    uploaded = s3_outage.read(f"{PREFIX}/{info.cold_key}")
+    assert hashlib.sha256(uploaded).hexdigest() == info.sha256
+    assert s3_outage.keys(f"{PREFIX}/checkpoints/") == sorted(
+        [f"{PREFIX}/{info.cold_key}", f"{PREFIX}/checkpoints/{info.id}.manifest.json"]
+    )
+    store.dispose()
