@@ -200,3 +200,9 @@ def test_unreachable_postgresql_raises_tier_unavailable() -> None:
         store.put_many([record("k", 1)])
     with pytest.raises(TierUnavailable):
         store.keys("*")
+
+
+def test_warm_tier_reads_versions_without_values(warm: SqlWarmStore) -> None:
+    warm.put_many([record("a", 1, version=3), record("b", 2, version=1)])
+
+    assert warm.versions(["a", "b", "c"]) == {"a": 3, "b": 1}

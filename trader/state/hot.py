@@ -71,6 +71,7 @@ class MemoryCache:
         self.max_keys = max_keys
         self._records: OrderedDict[str, StateRecord] = OrderedDict()
         self._lock = threading.Lock()
+        self.evictions = 0  # the manager reads it: after an eviction a cache miss no longer means "absent"
 
     def get_many(self, keys: Sequence[str]) -> dict[str, StateRecord]:
         found: dict[str, StateRecord] = {}
@@ -89,6 +90,7 @@ class MemoryCache:
                 self._records.move_to_end(record.key)
             while len(self._records) > self.max_keys:
                 self._records.popitem(last=False)
+                self.evictions += 1
         return BatchResult(stored=[record.key for record in records])
 
     def delete_many(self, keys: Sequence[str]) -> BatchResult:

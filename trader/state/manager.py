@@ -12,7 +12,10 @@ Coherence guarantee (how a read never returns a value storage does not hold):
   nothing on the hot path (no warm round trip per cached read); it assumes this manager is the only writer of
   its keys, which is how the bot runs (one process owns its state).
 * While the warm tier is down the journal and the cache are the storage of record: writes are journaled
-  (fsync'd) before the cache is written, reads come from the journal's latest entry, else the cache.
+  (fsync'd) before the cache is written, reads come from the journal's latest entry, else the cache. A key in
+  neither is reported absent only when the cache is known complete (restored by recover_hot or verified whole
+  by verify_coherence, with no cache failure or eviction since); otherwise the read raises TierUnavailable
+  rather than claim that a stored key does not exist.
 """
 
 from __future__ import annotations
@@ -108,6 +111,8 @@ class StateManager:
         self.probe_interval = probe_interval
         self._lock = threading.RLock()
         self._trusted: set[str] = set()
+        self._hot_complete = False  # the cache holds every stored key, so a miss means absent (see _degraded_get)
+        self._evictions_mark = 0
         self._started_at = clock()
         self._hot_up = True
         self._warm_up = True
@@ -172,7 +177,7 @@ class StateManager:
             found: dict[str, StateRecord] = {}
             cached = [key for key in wanted if key in self._trusted]
             if cached and self._hot_up:
-                for key, record in self._hot_call(lambda: self.hot.get_many(cached), cached, {}).items():
+                for key, record in self._hot_call(lambda: self.hot.get_many(cached), {}).items():
                     if record.intact:
                         found[key] = record
                     else:
@@ -239,11 +244,14 @@ class StateManager:
                     return sorted(self.warm.keys(pattern))
                 except TierUnavailable as error:
                     self._mark_warm_down(error)
+            keys = set(self._hot_call(lambda: self.hot.keys(pattern), None) or []) if self._hot_up else set()
             if not self._hot_up:
-                raise TierUnavailable("both state tiers are down: the hot tier cannot list keys while warm is out")
-            keys = set(self._hot_call(lambda: self.hot.keys(pattern), [], None) or [])
-            if not self._hot_up:
-                raise TierUnavailable("both state tiers are down: the hot tier cannot list keys while warm is out")
+                raise TierUnavailable("both state tiers are down: keys cannot be listed until one returns")
+            if not self.hot_complete:
+                raise TierUnavailable(
+                    f"warm tier {self.warm.name} is down and the cache is not known to hold every key: "
+                    "keys cannot be listed until it returns"
+                )
             regex = glob_regex(pattern)
             for key, record in self._journaled.items():
                 if record is None:
@@ -291,11 +299,13 @@ class StateManager:
                 return None
             self._hot_up = True
             self._hot_down_since = None
+            if restored == len(keys):
+                self._mark_hot_complete()
             elapsed = (time.perf_counter() - started) * 1000
             self._last_hot_recovery_ms = elapsed
             self._last_hot_recovered_keys = restored
             log.info("Recovered %d keys to Redis in %.1f ms (hot tier %s)", restored, elapsed, self.hot.name)
-            self.verify_coherence()
+            self._verify_after_recovery()
             return restored
 
     recover_redis = recover_hot
@@ -337,7 +347,7 @@ class StateManager:
                 elapsed,
             )
             if self._hot_up:
-                self.verify_coherence()
+                self._verify_after_recovery()
             return replayed
 
     def verify_coherence(self, keys: Sequence[str] | None = None) -> CoherenceReport:
@@ -374,6 +384,8 @@ class StateManager:
                     self._mark_warm_down(error)
                 raise
             report.duration_ms = (time.perf_counter() - started) * 1000
+            if full and report.match:
+                self._mark_hot_complete()
             log.info(
                 "Cache coherence check: compared %d keys, %d mismatched, %d missing from hot, %d extra in hot; "
                 "Match: %s",
@@ -416,6 +428,13 @@ class StateManager:
 
     # --- internals -------------------------------------------------------------------------------------------
 
+    def _verify_after_recovery(self) -> None:
+        """Verify coherence after a recovery; a tier failing during the check is already marked down."""
+        try:
+            self.verify_coherence()
+        except TierUnavailable as error:
+            log.warning("Cache coherence check after recovery interrupted: %s", error)
+
     def _maybe_recover(self) -> None:
         """Probe a down tier at most once per probe_interval and recover it when it answers."""
         now = time.monotonic()
@@ -428,8 +447,18 @@ class StateManager:
             if self.hot.ping():
                 self.recover_hot()
 
+    def _mark_hot_complete(self) -> None:
+        self._hot_complete = True
+        self._evictions_mark = getattr(self.hot, "evictions", 0)
+
+    @property
+    def hot_complete(self) -> bool:
+        """True when the cache is known to hold every stored key (restored or verified, nothing lost since)."""
+        return self._hot_complete and getattr(self.hot, "evictions", 0) == self._evictions_mark
+
     def _mark_hot_down(self, error: Exception) -> None:
         self._trusted.clear()
+        self._hot_complete = False
         self._last_hot_probe = time.monotonic()
         if self._hot_up:
             self._hot_up = False
@@ -456,7 +485,7 @@ class StateManager:
                 self.data_loss_estimate(self._last_checkpoint_at),
             )
 
-    def _hot_call(self, call: Callable[[], Any], keys: Sequence[str], fallback: Any) -> Any:
+    def _hot_call(self, call: Callable[[], Any], fallback: Any) -> Any:
         try:
             return call()
         except TierUnavailable as error:
@@ -470,6 +499,7 @@ class StateManager:
         keys = [record.key for record in records]
         if not self._hot_up:
             self._trusted.difference_update(keys)
+            self._hot_complete = False
             return
         try:
             stored = self.hot.put_many(records)
@@ -479,6 +509,7 @@ class StateManager:
             return
         self._trusted.update(stored.stored)
         if stored.failed:
+            self._hot_complete = False
             self._trusted.difference_update(stored.failed)
             self._cache_delete(list(stored.failed))
 
@@ -487,13 +518,13 @@ class StateManager:
             return
         self._trusted.difference_update(keys)
         if self._hot_up:
-            self._hot_call(lambda: self.hot.delete_many(keys), keys, None)
+            self._hot_call(lambda: self.hot.delete_many(keys), None)
 
     def _warm_set(self, chunk: list[str], encoded: dict[str, bytes], now: datetime, result: BatchResult) -> bool:
         """Write one batch to warm then cache what it stored; False when warm went down (journal it instead)."""
         try:
-            current = self.warm.get_many(chunk)
-            records = [_record(key, encoded[key], _version(current.get(key)) + 1, now) for key in chunk]
+            current = self._stored_versions(chunk)
+            records = [_record(key, encoded[key], current.get(key, 0) + 1, now) for key in chunk]
             stored = self.warm.put_many(records)
         except TierUnavailable as error:
             self._mark_warm_down(error)
@@ -505,13 +536,20 @@ class StateManager:
         self._cache_put([record for record in records if record.key in accepted])
         return True
 
+    def _stored_versions(self, keys: list[str]) -> dict[str, int]:
+        """Warm versions of keys, by a key/version-only query when the tier offers one."""
+        versions = getattr(self.warm, "versions", None)
+        if callable(versions):
+            return dict(versions(keys))
+        return {key: record.version for key, record in self.warm.get_many(keys).items()}
+
     def _journal_set(self, chunk: list[str], encoded: dict[str, bytes], now: datetime, result: BatchResult) -> None:
         """Warm is down: version from the journal, else the trusted cache, else rebase at replay; journal, cache."""
         unknown = [key for key in chunk if key not in self._journaled]
         cached: dict[str, StateRecord] = {}
         trusted = [key for key in unknown if key in self._trusted]
         if trusted and self._hot_up:
-            cached = self._hot_call(lambda: self.hot.get_many(trusted), trusted, {})
+            cached = self._hot_call(lambda: self.hot.get_many(trusted), {})
         writes: list[tuple[Op, str, StateRecord | None, bool]] = []
         for key in chunk:
             if key in self._journaled:
@@ -544,15 +582,24 @@ class StateManager:
                     found[key] = record
             else:
                 rest.append(key)
-        if rest and self._hot_up:
-            for key, record in self._hot_call(lambda: self.hot.get_many(rest), rest, {}).items():
-                if record.intact:
-                    found[key] = record
-        if rest and not self._hot_up:
+        if not rest:
+            return found
+        cached: dict[str, StateRecord] = {}
+        if self._hot_up:
+            cached = self._hot_call(lambda: self.hot.get_many(rest), {})
+        if not self._hot_up:
             raise TierUnavailable(
                 f"both state tiers are down (hot {self.hot.name}, warm {self.warm.name}): "
                 f"cannot read {len(rest)} keys that were not written during the outage"
             )
+        unknown = [key for key in rest if key not in cached or not cached[key].intact]
+        if unknown and not self.hot_complete:
+            # The cache may simply not hold these keys: answering "absent" could contradict storage.
+            raise TierUnavailable(
+                f"warm tier {self.warm.name} is down and {len(unknown)} keys are not cached "
+                f"(first: {unknown[0]!r}); they cannot be read until it returns"
+            )
+        found.update({key: record for key, record in cached.items() if record.intact})
         return found
 
 

@@ -77,6 +77,20 @@ class SqlWarmStore:
             raise
         return found
 
+    def versions(self, keys: Sequence[str]) -> dict[str, int]:
+        """Stored versions of the keys that exist (key and version only: what a write needs to number itself)."""
+        found: dict[str, int] = {}
+        try:
+            with self.engine.connect() as connection:
+                for chunk in self._chunks(list(dict.fromkeys(keys))):
+                    query = select(_TABLE.c.key, _TABLE.c.version).where(_TABLE.c.key.in_(chunk))
+                    found.update({key: int(version) for key, version in connection.execute(query)})
+        except SQLAlchemyError as error:
+            if _unavailable(error):
+                raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+            raise
+        return found
+
     def _upsert(self, rows: list[dict[str, Any]]) -> Any:
         if self.dialect == "postgresql":
             pg = postgresql.insert(_TABLE).values(rows)
