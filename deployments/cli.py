@@ -296,6 +296,13 @@ def checkpoint_restore(settings: Settings, store: CheckpointStore, checkpoint_id
     }
     ledger = Ledger(settings.database_url)
     try:
+        for session in ledger.list_sessions():
+            if session.status == "running" and not dry_run:
+                out.print(
+                    f"[yellow]warning: bot session {session.id} ({session.profile}) is marked running; a live bot "
+                    "reconciles positions with the exchange and may overwrite the restored ones[/]",
+                    soft_wrap=True,
+                )
         held = {s: (p.quantity, p.average_entry_price) for s, p in ledger.positions().items()}
         changes = {
             symbol: target

@@ -176,3 +176,13 @@ def test_bad_checkpoint_input_is_one_line_exit_2(home: Path, args: list[str], na
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert names in result.stderr
+
+
+def test_restore_warns_when_a_bot_session_is_marked_running(home: Path) -> None:
+    checkpoint_id = create(home, "--no-broker")
+    session_id = ledger_of(home).start_session("dev", "simulated", "paper")
+
+    result = perps_bot(home, "checkpoint", "restore", checkpoint_id)
+
+    assert result.returncode == 0, result.stderr
+    assert f"bot session {session_id} (dev) is marked running" in result.stdout

@@ -335,6 +335,12 @@ class FallbackObjectStore:
         if self.primary.ping():
             self.sync()
 
+    def check(self) -> bool:
+        """Try the recovery now if it is due (at most every retry_interval seconds); returns availability."""
+        with self._lock:
+            self._maybe_sync()
+            return self.available
+
     def sync(self) -> int:
         """Upload the queued objects (and apply queued deletes) to the primary in order; returns how many were
         synced. Stops at the first TierUnavailable and keeps the rest queued."""

@@ -230,8 +230,8 @@ def test_checkpoints_copy_to_s3(sqlite_url: str, moto_s3: MotoS3) -> None:
     assert store.restore_checkpoint(info.id).source == "cold"
 
 
-def test_snapshot_from_ledger_holds_positions_open_orders_and_balances(sqlite_url: str) -> None:
-    ledger = Ledger(sqlite_url)
+def test_snapshot_from_ledger_holds_positions_open_orders_and_balances(database_url: str, tmp_path: Path) -> None:
+    ledger = Ledger(database_url)
     exchange = SimulatedExchange(ReplayMarketData())
     ledger.set_position("BTC-USD", Decimal("0.25"), Decimal("64000.5"), T0)
     request = OrderRequest(
@@ -256,8 +256,11 @@ def test_snapshot_from_ledger_holds_positions_open_orders_and_balances(sqlite_ur
     assert snapshot["strategy_state"] == {"signal": "hold"}
     assert snapshot["guard_counters"] == {"staleness": 1}
     assert snapshot["taken_at"] == T0.isoformat()
-    store = CheckpointStore(sqlite_url, LocalFolderStore(Path(sqlite_url.removeprefix("sqlite:///")).parent / "cold"))
+    store = CheckpointStore(database_url, LocalFolderStore(tmp_path / "cold"))
     assert store.restore(store.create(snapshot, reason="manual").id) == snapshot
+    assert ledger.positions()["BTC-USD"].quantity == Decimal("0.25")  # the read-only snapshot left the ledger alone
+    store.dispose()
+    ledger.dispose()
 
 
 # --- property: any JSON-able snapshot round-trips -----------------------------------------------------------------

@@ -191,3 +191,20 @@ def test_checkpoints_made_during_the_outage_reach_s3_after_recovery(
         [f"{PREFIX}/{info.cold_key}", f"{PREFIX}/checkpoints/{info.id}.manifest.json"]
     )
     store.dispose()
+
+
+def test_check_recovers_only_once_the_retry_interval_has_passed(
+    s3_outage: MotoS3, tmp_path: Path, state: SystemState, clock: Clock
+) -> None:
+    store = fallback_store(s3_outage, tmp_path / "fallback", state, clock)
+    s3_outage.stop()
+    store.put("a.json", b"1")
+    s3_outage.start()
+
+    clock.now += 4.9
+    early = store.check()
+    clock.now += 0.1
+    due = store.check()
+
+    assert (early, due) == (False, True)
+    assert s3_outage.read(f"{PREFIX}/a.json") == b"1"
