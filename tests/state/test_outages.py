@@ -351,3 +351,48 @@ def test_a_torn_last_line_is_dropped_on_open(tmp_path: Path, clock: Any) -> None
     assert [e.key for e in journal.pending()] == ["a"]
     assert journal.append("delete", "a").seq == 2
     assert [e.seq for e in WriteJournal(path).pending()] == [1, 2]
+
+
+class HalfCommittingTier(FlakyTier):
+    """Commits the first half of a put, then loses the connection (a store splitting a call into statements)."""
+
+    def __init__(self, inner: StorageTier) -> None:
+        super().__init__(inner, fail_on_put=0)
+        self.down = False
+        self.failed_once = False
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, StateRecord]:
+        if self.down:
+            raise TierUnavailable("connection refused")
+        return self.inner.get_many(keys)
+
+    def put_many(self, records: Sequence[StateRecord]) -> BatchResult:
+        if self.down:
+            raise TierUnavailable("connection refused")
+        if self.failed_once:
+            return self.inner.put_many(records)
+        self.inner.put_many(records[: len(records) // 2])
+        self.down = self.failed_once = True
+        raise TierUnavailable("connection lost mid-batch")
+
+    def ping(self) -> bool:
+        return not self.down
+
+
+def test_a_batch_half_committed_when_warm_fails_is_not_bumped_twice_at_replay(
+    sqlite_store: SqlWarmStore, tmp_path: Path, clock: Any
+) -> None:
+    keys = [f"k:{i}" for i in range(10)]
+    for version in (1, 2, 3):
+        sqlite_store.put_many([rec(key, "old", version, clock) for key in keys])
+    warm = HalfCommittingTier(sqlite_store)
+    manager = StateManager(MemoryCache(), warm, journal=WriteJournal(tmp_path / "j"), clock=clock, probe_interval=0)
+
+    result = manager.batch_set(dict.fromkeys(keys, "new"))  # nothing cached: versions come from warm
+    assert sorted(result.stored) == keys and not manager.status().warm_up
+    warm.down = False
+    manager.get("k:0")
+
+    stored = sqlite_store.get_many(keys)
+    assert {(r.decoded(), r.version) for r in stored.values()} == {("new", 4)}
+    assert manager.verify_coherence().match

@@ -206,9 +206,13 @@ class StateManager:
             for start in range(0, len(keys), self.batch_size):
                 chunk = keys[start : start + self.batch_size]
                 now = self.clock()
-                if self._warm_up and self._warm_set(chunk, encoded, now, result):
-                    continue
-                self._journal_set(chunk, encoded, now, result)
+                numbered: list[StateRecord] = []
+                if self._warm_up:
+                    pending = self._warm_set(chunk, encoded, now, result)
+                    if pending is None:
+                        continue
+                    numbered = pending
+                self._journal_set(chunk, encoded, now, result, numbered)
             return result
 
     def batch_delete(self, keys: Iterable[str]) -> BatchResult:
@@ -397,6 +401,15 @@ class StateManager:
             )
             return report
 
+    def close(self) -> None:
+        """Release the tiers' connections (engine pool, Redis client)."""
+        for tier in (self.hot, self.warm):
+            for name in ("dispose", "close"):
+                release = getattr(tier, name, None)
+                if callable(release):
+                    release()
+                    break
+
     # --- health ----------------------------------------------------------------------------------------------
 
     def data_loss_estimate(self, last_checkpoint_at: datetime | None = None) -> float:
@@ -520,21 +533,32 @@ class StateManager:
         if self._hot_up:
             self._hot_call(lambda: self.hot.delete_many(keys), None)
 
-    def _warm_set(self, chunk: list[str], encoded: dict[str, bytes], now: datetime, result: BatchResult) -> bool:
-        """Write one batch to warm then cache what it stored; False when warm went down (journal it instead)."""
+    def _warm_set(
+        self, chunk: list[str], encoded: dict[str, bytes], now: datetime, result: BatchResult
+    ) -> list[StateRecord] | None:
+        """Write one batch to warm then cache what it stored; None when done.
+
+        When warm goes down, returns the records it had numbered from warm's versions (empty if it never got
+        them): the journal keeps those absolute versions, so rows a store committed before failing are
+        rewritten identically at replay, never bumped twice.
+        """
         try:
             current = self._stored_versions(chunk)
-            records = [_record(key, encoded[key], current.get(key, 0) + 1, now) for key in chunk]
+        except TierUnavailable as error:
+            self._mark_warm_down(error)
+            return []
+        records = [_record(key, encoded[key], current.get(key, 0) + 1, now) for key in chunk]
+        try:
             stored = self.warm.put_many(records)
         except TierUnavailable as error:
             self._mark_warm_down(error)
-            return False
+            return records
         self._last_warm_write_at = self.clock()
         accepted = set(stored.stored)
         result.stored.extend(stored.stored)
         result.failed.update(stored.failed)
         self._cache_put([record for record in records if record.key in accepted])
-        return True
+        return None
 
     def _stored_versions(self, keys: list[str]) -> dict[str, int]:
         """Warm versions of keys, by a key/version-only query when the tier offers one."""
@@ -543,15 +567,26 @@ class StateManager:
             return dict(versions(keys))
         return {key: record.version for key, record in self.warm.get_many(keys).items()}
 
-    def _journal_set(self, chunk: list[str], encoded: dict[str, bytes], now: datetime, result: BatchResult) -> None:
-        """Warm is down: version from the journal, else the trusted cache, else rebase at replay; journal, cache."""
-        unknown = [key for key in chunk if key not in self._journaled]
+    def _journal_set(
+        self,
+        chunk: list[str],
+        encoded: dict[str, bytes],
+        now: datetime,
+        result: BatchResult,
+        numbered: Sequence[StateRecord] = (),
+    ) -> None:
+        """Warm is down: version from warm (numbered), the journal, the trusted cache, else rebased at replay."""
+        known = {record.key: record for record in numbered}
+        unknown = [key for key in chunk if key not in self._journaled and key not in known]
         cached: dict[str, StateRecord] = {}
         trusted = [key for key in unknown if key in self._trusted]
         if trusted and self._hot_up:
             cached = self._hot_call(lambda: self.hot.get_many(trusted), {})
         writes: list[tuple[Op, str, StateRecord | None, bool]] = []
         for key in chunk:
+            if key in known:
+                writes.append(("set", key, known[key], False))
+                continue
             if key in self._journaled:
                 base, rebase = _version(self._journaled[key]), False
             elif key in cached and cached[key].intact:
