@@ -193,6 +193,37 @@ def test_reads_during_a_postgresql_outage_never_claim_a_stored_key_is_absent(
         other.get_keys_by_pattern("*")
 
 
+def test_both_tiers_down_journals_writes_and_recovers_warm_then_hot(
+    redis_pg_manager: StateManager, redis_server: Any, postgres_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = redis_pg_manager
+    manager.batch_set({f"k:{i}": i for i in range(20)})
+    caplog.set_level(logging.INFO, logger="trader.state")
+
+    postgres_cluster.stop()
+    redis_server.stop()
+    manager.batch_set({"k:0": "during", "k:new": "during"})  # journaled; the cache is down too
+    assert manager.get("k:0") == "during"  # from the journal
+    with pytest.raises(TierUnavailable, match="both state tiers are down"):
+        manager.get("k:5")
+    status = manager.status()
+    assert not status.hot_up and not status.warm_up and status.journal_depth == 2
+
+    postgres_cluster.start()
+    redis_server.start()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (manager.status().warm_up and manager.status().hot_up):
+        assert time.monotonic() < deadline, manager.status()
+        with contextlib.suppress(TierUnavailable):
+            manager.get("k:1")
+        time.sleep(0.1)
+
+    assert caplog.text.index("PostgreSQL recovery") < caplog.text.index("Recovered 21 keys to Redis")
+    assert manager.warm.get_many(["k:0"])["k:0"].version == 2
+    assert manager.batch_get(["k:0", "k:5", "k:new"]) == {"k:0": "during", "k:5": 5, "k:new": "during"}
+    assert_cache_equals_storage(manager)
+
+
 def test_unknown_versions_are_rebased_on_storage_at_replay(
     private_pg_url: str, postgres_cluster: Any, tmp_path: Path
 ) -> None:
