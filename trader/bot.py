@@ -16,16 +16,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from trader.brokers.base import Broker
 from trader.domain import Order, OrderRequest, OrderStatus, Product
-from trader.errors import BrokerUnavailable, OrderRejected
+from trader.errors import BrokerUnavailable, OrderRejected, TraderError
 from trader.ledger import Ledger
 from trader.reconcile import StartupReconciliation, reconcile_on_start
 from trader.reconcile.engine_recovery import CheckpointSource, EngineRecovery, crashed_sessions, recover_engine
 from trader.risk import RiskControls, RiskManager
 from trader.settings import Settings
+from trader.state.checkpoints import CheckpointStore, snapshot_from_ledger
 from trader.strategy import OrderIntent, Strategy
 
 log = logging.getLogger("perps_bot.bot")
@@ -86,6 +89,7 @@ class TradingBot:
         controls: Callable[[], RiskControls] | None = None,
         heartbeat_file: Path | None = None,
         checkpoint_source: CheckpointSource | None = None,
+        checkpoints: CheckpointStore | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -95,7 +99,10 @@ class TradingBot:
         self.mode = mode
         self.controls = controls or (lambda: read_controls(settings))
         self.heartbeat_file = heartbeat_file
-        self.checkpoint_source = checkpoint_source
+        self.checkpoints = checkpoints
+        # After a crash the portfolio state comes from the newest good checkpoint (when there is a store).
+        self.checkpoint_source = checkpoint_source or (self._latest_checkpoint if checkpoints else None)
+        self._last_checkpoint = 0.0
         self.recovery: EngineRecovery | None = None  # set when this start recovered a crashed engine
         self.session_id: str | None = None
         self.last_session_id: str | None = None
@@ -121,6 +128,8 @@ class TradingBot:
                 self.recovery = recover_engine(
                     self.broker, self.ledger, self.broker.now(), sessions=crashed, checkpoint=self.checkpoint_source
                 )
+                if self.recovery.snapshot:
+                    self.risk.counters.update(self.recovery.snapshot.get("guard_counters") or {})
             report = reconcile_on_start(self.broker, self.ledger, self.broker.now())
             self.session_id = self.last_session_id = self.ledger.start_session(
                 self.settings.profile, self.broker.name, self.mode, flow_run_id=flow_run_id
@@ -134,6 +143,7 @@ class TradingBot:
             )
         self._load_positions()
         self._fill_cursor = self.ledger.last_fill_time()
+        self._checkpoint("start", force=True)
         return report
 
     def stop(self, status: str = "stopped", note: str | None = None) -> None:
@@ -141,6 +151,7 @@ class TradingBot:
         if self.session_id is None:
             return
         self._heartbeat(force=True)
+        self._checkpoint(status, force=True)
         self.ledger.end_session(self.session_id, status, note)
         log.info("session %s %s after %d cycles", self.session_id, status, self.cycles)
         self.session_id = None
@@ -201,6 +212,7 @@ class TradingBot:
             report.fills += self._sync_fills()
         report.duration_ms = (time.perf_counter() - started) * 1000
         self._heartbeat()
+        self._checkpoint("periodic")
         log.debug(
             "cycle %d at %s: %d intents, %d orders, %d fills, %.2f ms",
             report.cycle,
@@ -321,6 +333,27 @@ class TradingBot:
         valuation = {p.quote_currency: Decimal(1) for p in self.products.values()}
         valuation.update({p.base_currency: prices.get(s, Decimal(0)) for s, p in self.products.items()})
         return valuation
+
+    def _checkpoint(self, reason: str, *, force: bool = False) -> None:
+        """A consistent snapshot every CHECKPOINT_INTERVAL_SECONDS (and at start and stop); never stops trading."""
+        if self.checkpoints is None or self.session_id is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < self.settings.checkpoint_interval_seconds:
+            return
+        self._last_checkpoint = now
+        try:
+            snapshot = snapshot_from_ledger(
+                self.ledger, guard_counters=dict(self.risk.counters), strategy_state=self.strategy.state()
+            )
+            self.checkpoints.create(snapshot, reason=reason, session_id=self.session_id)
+        except (TraderError, SQLAlchemyError, OSError) as error:
+            log.warning("checkpoint (%s) failed, trading continues: %s", reason, error)
+
+    def _latest_checkpoint(self) -> tuple[str, dict[str, Any]] | None:
+        assert self.checkpoints is not None
+        good = self.checkpoints.latest_good()
+        return (good.id, self.checkpoints.restore(good.id)) if good is not None else None
 
     def _heartbeat(self, *, force: bool = False) -> None:
         if self.session_id is None:

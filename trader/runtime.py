@@ -54,6 +54,11 @@ def build_bot(
     """A ready TradingBot: paper on the simulated exchange, live on Coinbase, or dry-run (nothing sent)."""
     broker = broker or build_broker(settings, persist=mode != "dry_run")
     mode = mode or ("paper" if broker.name == "simulated" else "live")
+    checkpoints = None
+    if mode != "dry_run":
+        from trader.state.checkpoints import checkpoint_store_from_settings
+
+        checkpoints = checkpoint_store_from_settings(settings)
     return TradingBot(
         settings,
         broker,
@@ -62,4 +67,5 @@ def build_bot(
         build_risk(settings),
         mode=mode,
         heartbeat_file=None if mode == "dry_run" else Path(settings.state_dir) / "heartbeat.json",
+        checkpoints=checkpoints,
     )

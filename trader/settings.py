@@ -59,6 +59,7 @@ class Settings(BaseSettings):
 
     checkpoint_retention_count: int = Field(10, ge=1, le=10_000)
     checkpoint_enable_compression: bool = True
+    checkpoint_interval_seconds: float = Field(300.0, gt=0)
     state_batch_size: int = Field(1000, ge=1, le=100_000)
 
     database_url: str = ""

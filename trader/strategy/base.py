@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from trader.domain import Candle, OrderType, Product, Side
 
@@ -35,3 +36,7 @@ class Strategy(ABC):
 
     @abstractmethod
     def decide(self, product: Product, candles: Sequence[Candle], position: Decimal) -> list[OrderIntent]: ...
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the strategy: its name and parameters (a stateful strategy adds more)."""
+        return {"name": self.name, **{k: str(v) for k, v in vars(self).items() if not k.startswith("_")}}

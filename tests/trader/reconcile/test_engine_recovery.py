@@ -106,3 +106,28 @@ def test_a_clean_previous_stop_needs_no_recovery(settings: Settings) -> None:
     assert bot.recovery is None
     assert len(exchange.list_open_orders()) == 2  # a clean stop leaves resting orders alone
     bot.stop()
+
+
+def test_the_bot_checkpoints_as_it_runs_and_a_recovery_restores_its_guard_counters(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    fast = settings.model_copy(update={"checkpoint_interval_seconds": 0.001, "risk_kill_switch_enabled": True})
+    exchange = SimulatedExchange(ReplayMarketData())
+    ledger = Ledger(fast.database_url)
+    first = build_bot(fast, broker=exchange, ledger=ledger)
+    first.start()
+    first.run(30, interval_seconds=0)  # the kill switch refuses every entry: counted
+    refused = dict(first.risk.counters)
+    assert refused and first.checkpoints is not None
+    newest = first.checkpoints.list()[0]
+    assert newest.reason == "periodic"
+    caplog.set_level(logging.INFO)
+
+    second = build_bot(fast, broker=exchange, ledger=ledger)  # the first engine died without stop()
+    second.start()
+
+    assert second.recovery is not None and second.recovery.checkpoint_id == newest.id
+    assert {k: v for k, v in second.risk.counters.items() if k in refused} == refused
+    assert f"Restored from checkpoint {newest.id}" in caplog.text
+    second.stop()
+    assert second.checkpoints is not None and second.checkpoints.list()[0].reason == "stopped"
