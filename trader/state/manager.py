@@ -293,8 +293,7 @@ class StateManager:
                     self._trusted.update(stored.stored)
                     restored += len(stored.stored)
             except TierUnavailable as error:
-                # Either tier failing mid-restore: probe again later; nothing half-restored is trusted beyond
-                # the batches that were written.
+                # Either tier failing mid-restore: nothing is trusted and the next probe restores from scratch.
                 self._trusted.clear()
                 if self.warm.ping():
                     self._mark_hot_down(error)
