@@ -65,9 +65,7 @@ def timed(run: Callable[[], Any]) -> tuple[float, Any]:
     return (time.perf_counter() - started) * 1000, result
 
 
-def redis_recovery(
-    n: int, redis_url: str, pg_url: str, workdir: Path, cap: int
-) -> dict[str, float | int | bool]:
+def redis_recovery(n: int, redis_url: str, pg_url: str, workdir: Path, cap: int) -> dict[str, float | int | bool]:
     warm = SqlWarmStore(pg_url, 1000)
     warm.ensure_schema()
     warm.clear()
