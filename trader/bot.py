@@ -28,7 +28,9 @@ from trader.reconcile import StartupReconciliation, reconcile_on_start
 from trader.reconcile.engine_recovery import CheckpointSource, EngineRecovery, crashed_sessions, recover_engine
 from trader.risk import RiskControls, RiskManager
 from trader.settings import Settings
+from trader.state.base import TierUnavailable
 from trader.state.checkpoints import CheckpointStore, snapshot_from_ledger
+from trader.state.manager import StateManager
 from trader.strategy import OrderIntent, Strategy
 
 log = logging.getLogger("perps_bot.bot")
@@ -90,6 +92,7 @@ class TradingBot:
         heartbeat_file: Path | None = None,
         checkpoint_source: CheckpointSource | None = None,
         checkpoints: CheckpointStore | None = None,
+        state: StateManager | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
@@ -100,6 +103,8 @@ class TradingBot:
         self.controls = controls or (lambda: read_controls(settings))
         self.heartbeat_file = heartbeat_file
         self.checkpoints = checkpoints
+        self.state = state
+        self._published: dict[str, Any] = {}
         # After a crash the portfolio state comes from the newest good checkpoint (when there is a store).
         self.checkpoint_source = checkpoint_source or (self._latest_checkpoint if checkpoints else None)
         self._last_checkpoint = 0.0
@@ -212,6 +217,7 @@ class TradingBot:
             report.fills += self._sync_fills()
         report.duration_ms = (time.perf_counter() - started) * 1000
         self._heartbeat()
+        self._publish_state()
         self._checkpoint("periodic")
         log.debug(
             "cycle %d at %s: %d intents, %d orders, %d fills, %.2f ms",
@@ -346,9 +352,31 @@ class TradingBot:
             snapshot = snapshot_from_ledger(
                 self.ledger, guard_counters=dict(self.risk.counters), strategy_state=self.strategy.state()
             )
-            self.checkpoints.create(snapshot, reason=reason, session_id=self.session_id)
+            info = self.checkpoints.create(snapshot, reason=reason, session_id=self.session_id)
+            if self.state is not None:
+                self.state.note_checkpoint(info.created_at)
         except (TraderError, SQLAlchemyError, OSError) as error:
             log.warning("checkpoint (%s) failed, trading continues: %s", reason, error)
+
+    def _publish_state(self) -> None:
+        """The bot's hot state (positions, guard counters, session) through the tiered StateManager: only what
+        changed, so a quiet cycle writes nothing. A tier outage is the manager's to handle; trading continues."""
+        if self.state is None or self.session_id is None:
+            return
+        current = {
+            "bot:session": {"id": self.session_id, "profile": self.settings.profile, "mode": self.mode},
+            "bot:positions": {s: str(q) for s, q in sorted(self.positions.items())},
+            "bot:guard_counters": dict(sorted(self.risk.counters.items())),
+        }
+        changed = {k: v for k, v in current.items() if self._published.get(k) != v}
+        if not changed:
+            return
+        try:
+            result = self.state.batch_set(changed)
+        except (TierUnavailable, TraderError, SQLAlchemyError) as error:
+            log.warning("state write failed, trading continues: %s", error)
+            return
+        self._published.update({k: changed[k] for k in result.stored})
 
     def _latest_checkpoint(self) -> tuple[str, dict[str, Any]] | None:
         assert self.checkpoints is not None

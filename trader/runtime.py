@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trader.bot import Mode, TradingBot
 from trader.brokers.base import Broker
@@ -11,6 +12,10 @@ from trader.market.source import MarketDataSource
 from trader.risk import RiskManager
 from trader.settings import Settings
 from trader.strategy import MovingAverageCrossover, Strategy
+
+if TYPE_CHECKING:
+    from trader.state.checkpoints import CheckpointStore
+    from trader.state.manager import StateManager
 
 
 def build_broker(settings: Settings, *, persist: bool = True) -> Broker:
@@ -54,11 +59,9 @@ def build_bot(
     """A ready TradingBot: paper on the simulated exchange, live on Coinbase, or dry-run (nothing sent)."""
     broker = broker or build_broker(settings, persist=mode != "dry_run")
     mode = mode or ("paper" if broker.name == "simulated" else "live")
-    checkpoints = None
+    checkpoints = state = None
     if mode != "dry_run":
-        from trader.state.checkpoints import checkpoint_store_from_settings
-
-        checkpoints = checkpoint_store_from_settings(settings)
+        state, checkpoints = build_state(settings)
     return TradingBot(
         settings,
         broker,
@@ -68,4 +71,19 @@ def build_bot(
         mode=mode,
         heartbeat_file=None if mode == "dry_run" else Path(settings.state_dir) / "heartbeat.json",
         checkpoints=checkpoints,
+        state=state,
     )
+
+
+def build_state(settings: Settings) -> tuple[StateManager, CheckpointStore]:
+    """The tiered StateManager (Redis or in-process, SQL warm) and the checkpoint store (SQL warm + cold).
+    A cold-tier outage is recorded in state as system:s3_available."""
+    from trader.state.checkpoints import checkpoint_store_from_settings
+    from trader.state.manager import StateManager
+
+    state = StateManager.from_settings(settings)
+
+    def s3_available(up: bool) -> None:
+        state.set("system:s3_available", up)
+
+    return state, checkpoint_store_from_settings(settings, on_availability=s3_available)

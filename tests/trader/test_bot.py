@@ -91,3 +91,17 @@ def test_daily_loss_beyond_the_limit_blocks_new_buys(settings: Settings, tmp_pat
     buys = [o for o in ledger.list_orders() if o.side == "buy"]
     assert bot.risk.counters["daily_loss_trip"] >= 1 and bot.risk.counters["daily_loss"] >= 1
     assert len(buys) < len([o for o in unguarded.list_orders() if o.side == "buy"])
+
+
+def test_the_bot_publishes_positions_and_counters_through_the_tiered_state(settings: Settings) -> None:
+    from trader.state.manager import StateManager
+
+    ledger, exchange, bot, summary = run(settings, 80)
+
+    assert summary.orders > 0 and bot.state is not None
+    expected = {p.symbol: str(p.quantity) for p in exchange.positions()}
+    assert {s: q for s, q in bot.state.get("bot:positions").items() if q not in ("0", "0E-8")} == expected
+    reopened = StateManager.from_settings(settings)  # a new process reads what storage holds
+    assert reopened.get("bot:positions") == bot.state.get("bot:positions")
+    assert reopened.get("bot:session")["id"] == bot.last_session_id
+    assert bot.state.verify_coherence().match  # the bot's cache equals storage, byte for byte
