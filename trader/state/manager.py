@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trader.state.base import BatchResult, StateRecord, StorageTier, TierUnavailable, checksum, encode_value
 from trader.state.hot import MemoryCache, RedisCache, glob_regex
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("trader.state")
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -274,24 +277,20 @@ class StateManager:
                 return None
             started = time.perf_counter()
             log.info("Redis recovery started: restoring hot tier %s from warm tier %s", self.hot.name, self.warm.name)
+            restored = total = 0
             try:
-                keys = self.warm.keys("*")
-            except TierUnavailable as error:
-                self._mark_warm_down(error)
-                return None
-            restored = 0
-            try:
-                present = set(keys)
-                extras = [key for key in self.hot.keys("*") if key not in present]
+                cached_before = self.hot.keys("*")  # stale extras are deleted once every stored key is known
+                self._trusted.clear()
+                write, pages = self._export()
+                with closing(pages):
+                    for page in pages:
+                        stored = write(page)
+                        self._trusted.update(stored.stored)
+                        restored += len(stored.stored)
+                        total += len(page)
+                extras = [key for key in cached_before if key not in self._trusted]
                 for start in range(0, len(extras), self.batch_size):
                     self.hot.delete_many(extras[start : start + self.batch_size])
-                self._trusted.clear()
-                for start in range(0, len(keys), self.batch_size):
-                    chunk = keys[start : start + self.batch_size]
-                    records = self.warm.get_many(chunk)
-                    stored = self.hot.put_many(list(records.values()))
-                    self._trusted.update(stored.stored)
-                    restored += len(stored.stored)
             except TierUnavailable as error:
                 # Either tier failing mid-restore: nothing is trusted and the next probe restores from scratch.
                 self._trusted.clear()
@@ -302,7 +301,7 @@ class StateManager:
                 return None
             self._hot_up = True
             self._hot_down_since = None
-            if restored == len(keys):
+            if restored == total:
                 self._mark_hot_complete()
             elapsed = (time.perf_counter() - started) * 1000
             self._last_hot_recovery_ms = elapsed
@@ -458,6 +457,27 @@ class StateManager:
             self._last_hot_probe = now
             if self.hot.ping():
                 self.recover_hot()
+
+    def _export(self) -> tuple[Callable[[Any], BatchResult], Generator[Sequence[Any], None, None]]:
+        """The warm tier's records page by page and the cache write that takes a page, for recover_hot.
+
+        A SqlWarmStore exports plain rows (one keyset-paginated scan) that RedisCache frames straight into MSET;
+        other tiers fall back to StateRecords, or to the key list and IN reads. The next page is read while the
+        cache writes the current one.
+        """
+        iter_rows = getattr(self.warm, "iter_rows", None)
+        put_rows = getattr(self.hot, "put_rows", None)
+        if callable(iter_rows) and callable(put_rows):
+            return put_rows, _read_ahead(iter_rows(self.batch_size))
+        iter_all = getattr(self.warm, "iter_all", None)
+        if callable(iter_all):
+            return self.hot.put_many, _read_ahead(iter_all(self.batch_size))
+        return self.hot.put_many, _read_ahead(self._pages_by_key())
+
+    def _pages_by_key(self) -> Generator[list[StateRecord], None, None]:
+        keys = self.warm.keys("*")
+        for start in range(0, len(keys), self.batch_size):
+            yield list(self.warm.get_many(keys[start : start + self.batch_size]).values())
 
     def _mark_hot_complete(self) -> None:
         self._hot_complete = True
@@ -635,6 +655,29 @@ class StateManager:
             )
         found.update({key: record for key, record in cached.items() if record.intact})
         return found
+
+
+def _read_ahead(pages: Iterator[T]) -> Generator[T, None, None]:
+    """pages, each next one read by a worker thread while the caller handles the current one.
+
+    The first page is read in the caller's thread (an empty source never starts the worker). Closing the
+    generator waits for a read in flight, then closes the source (releasing its connection).
+    """
+    pool: ThreadPoolExecutor | None = None
+    try:
+        page = next(pages, None)
+        while page is not None:
+            if pool is None:
+                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-read-ahead")
+            upcoming = pool.submit(next, pages, None)
+            yield page
+            page = upcoming.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        close = getattr(pages, "close", None)
+        if callable(close):
+            close()
 
 
 def _checked_key(key: str) -> str:

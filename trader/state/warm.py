@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, delete, select
@@ -12,12 +13,28 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from trader.ledger.db import make_engine, migrate
 from trader.ledger.models import StateEntry
 from trader.state.base import BatchResult, StateRecord, TierUnavailable
-from trader.state.hot import glob_regex
+from trader.state.hot import RecordRow, glob_regex, rows_to_records
 
 _TABLE: Table = StateEntry.metadata.tables["state_entries"]
 _COLUMNS = ("key", "value", "checksum", "version", "updated_at")
 # Below SQLite's 32766 and PostgreSQL's 65535 bind parameters per statement: a huge STATE_BATCH_SIZE is split.
 _MAX_BIND_PARAMS = 30_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# The full scan of an export: updated_at as µs since the epoch (exact: the numeric EXTRACT of PostgreSQL 14+;
+# SQLite keeps naive UTC text, converted in Python). No ORDER BY: a sequential scan, rows in storage order.
+# On PostgreSQL values (canonical JSON) travel as text: half the bytes of bytea's hex and a third of its
+# client-side cost; a value that is not UTF-8 fails the text scan, which the bytea one then completes.
+_MICROS_SQL = '(EXTRACT(EPOCH FROM "updated_at") * 1000000)::bigint'
+_EXPORT_PG_TEXT = (
+    f'SELECT "key", convert_from("value", \'UTF8\'), "checksum", "version", {_MICROS_SQL} FROM "state_entries"'
+)
+_EXPORT_PG_BYTES = f'SELECT "key", "value", "checksum", "version", {_MICROS_SQL} FROM "state_entries"'
+_EXPORT_SQLITE = 'SELECT "key", "value", "checksum", "version", "updated_at" FROM "state_entries"'
+
+
+class _NotText(Exception):
+    """A stored value is not valid UTF-8 (or not representable in the client encoding): export it as bytea."""
 
 
 def _unavailable(error: Exception) -> bool:
@@ -84,6 +101,77 @@ class SqlWarmStore:
                 raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
             raise
         return found
+
+    def iter_rows(self, page_size: int | None = None) -> Iterator[list[RecordRow]]:
+        """Every stored record as RecordRows, page_size a page (batch_size by default), in no particular order.
+
+        The export path of a cache restore: one scan through a server-side cursor on PostgreSQL (one snapshot,
+        one FETCH per page, memory bounded by the page), through the raw DBAPI cursor (no key list first, no
+        IN lists, no per-row type processing), so a page costs about what the database sends.
+        """
+        size = page_size or self.batch_size
+        if self.dialect == "sqlite":
+            micros = self._micros_of()
+            for rows in self._scan(_EXPORT_SQLITE, size):
+                yield [(key, value, digest, version, micros[stamp]) for key, value, digest, version, stamp in rows]
+            return
+        seen: set[str] = set()
+        try:
+            for rows in self._scan(_EXPORT_PG_TEXT, size, text=True):
+                seen.update([row[0] for row in rows])
+                yield rows
+        except _NotText:
+            for rows in self._scan(_EXPORT_PG_BYTES, size):
+                rest = [row for row in rows if row[0] not in seen]
+                if rest:
+                    yield rest
+
+    def _scan(self, sql: str, size: int, *, text: bool = False) -> Iterator[list[Any]]:
+        """The rows of sql, size a page, through a server-side cursor (PostgreSQL) or the plain DBAPI cursor."""
+        dbapi = self.engine.dialect.loaded_dbapi
+        try:
+            with self.engine.connect() as connection:
+                raw: Any = connection.connection.dbapi_connection
+                cursor = raw.cursor("state_export") if self.dialect == "postgresql" else raw.cursor()
+                try:
+                    cursor.execute(sql)
+                    while True:
+                        rows = cursor.fetchmany(size)
+                        if rows:
+                            yield rows
+                        if len(rows) < size:
+                            break
+                    cursor.close()
+                except (dbapi.OperationalError, dbapi.InterfaceError) as error:
+                    connection.invalidate()
+                    raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+                except dbapi.DataError as error:
+                    if text:
+                        raise _NotText(_first_line(error)) from error
+                    raise
+        except SQLAlchemyError as error:
+            if _unavailable(error):
+                raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
+            raise
+
+    def iter_all(self, page_size: int | None = None) -> Iterator[list[StateRecord]]:
+        """Every stored record in key order, page by page (iter_rows as StateRecords)."""
+        for rows in self.iter_rows(page_size):
+            yield rows_to_records(rows)
+
+    def _micros_of(self) -> dict[Any, int]:
+        """Stored updated_at (SQLite text) → µs since the epoch, through UTCDateTime's own result conversion."""
+        dialect = self.engine.dialect
+        process = _TABLE.c.updated_at.type.dialect_impl(dialect).result_processor(dialect, None)
+
+        class Micros(dict[Any, int]):
+            def __missing__(self, stored: Any) -> int:
+                stamp = process(stored) if process is not None else stored
+                assert isinstance(stamp, datetime), f"updated_at {stored!r} is not a timestamp"
+                micros = self[stored] = (stamp - _EPOCH) // _MICROSECOND
+                return micros
+
+        return Micros()
 
     def versions(self, keys: Sequence[str]) -> dict[str, int]:
         """Stored versions of the keys that exist (key and version only: what a write needs to number itself)."""
