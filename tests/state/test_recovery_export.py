@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import redis
 
 from trader.state.base import StateRecord, checksum, encode_value
-from trader.state.hot import MemoryCache, RedisCache, pack_record, record_row, rows_to_records
+from trader.state.hot import MSET_CHUNK, MemoryCache, RedisCache, pack_record, record_row, rows_to_records
 from trader.state.journal import WriteJournal
 from trader.state.manager import StateManager, _read_ahead
 from trader.state.warm import SqlWarmStore
@@ -97,6 +98,19 @@ def test_put_rows_stores_what_put_many_stores(redis_cache: RedisCache) -> None:
     assert redis_cache.get_many(["old"]) == {"old": before_epoch}
 
 
+def test_put_rows_sends_many_chunks_and_keeps_the_connection_in_step(redis_cache: RedisCache) -> None:
+    records = [record(f"k:{i}", i) for i in range(3 * MSET_CHUNK + 7)]
+
+    assert len(redis_cache.put_rows([record_row(r) for r in records]).stored) == len(records)
+    assert redis_cache.get_many([r.key for r in records]) == {r.key: r for r in records}
+    raw = redis.Redis.from_url(redis_cache.url)
+    raw.set("state:wrong", "x")
+    raw.close()
+    with pytest.raises(redis.ResponseError):
+        redis_cache._pipeline(iter([b"*2\r\n$4\r\nINCR\r\n$11\r\nstate:wrong\r\n", b"*1\r\n$4\r\nPING\r\n"]))
+    assert redis_cache.ping() and redis_cache.get_many(["k:0"]) == {"k:0": records[0]}
+
+
 def test_put_rows_reconnects_once_when_redis_dropped_the_pooled_connection(redis_cache: RedisCache) -> None:
     redis_cache.put_many([record("a", 1)])
     admin = redis.Redis.from_url(redis_cache.url)
@@ -156,13 +170,14 @@ def test_read_ahead_reads_the_next_page_in_a_worker_and_closes_its_source() -> N
         finally:
             closed.set()
 
-    pages = _read_ahead(source())
-    assert [next(pages), next(pages)] == [0, 1]
-    pages.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reader") as worker:
+        pages = _read_ahead(source(), lambda: worker)
+        assert [next(pages), next(pages), next(pages)] == [0, 1, 2]
+        pages.close()
 
     assert closed.is_set()
-    assert readers[0] == threading.current_thread().name
-    assert all(name.startswith("state-read-ahead") for name in readers[1:])
+    assert readers[:2] == [threading.current_thread().name] * 2  # a small source never involves the worker
+    assert len(readers) == 4 and all(name.startswith("reader") for name in readers[2:])  # page 3 read ahead
 
 
 def test_read_ahead_passes_a_source_error_on() -> None:
@@ -170,7 +185,8 @@ def test_read_ahead_passes_a_source_error_on() -> None:
         yield 1
         raise RuntimeError("lost")
 
-    pages = _read_ahead(source())
-    assert next(pages) == 1
-    with pytest.raises(RuntimeError, match="lost"):
-        next(pages)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pages = _read_ahead(source(), lambda: worker)
+        assert next(pages) == 1
+        with pytest.raises(RuntimeError, match="lost"):
+            next(pages)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -20,6 +21,7 @@ from trader.state.base import BatchResult, StateRecord, TierUnavailable
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+MSET_CHUNK = 250  # keys per MSET in put_rows: Redis stores a chunk while the next one is framed
 
 # A StateRecord as plain fields, updated_at in microseconds since the epoch: (key, value, checksum, version,
 # micros); a str value stands for its UTF-8 bytes. The bulk form recovery moves from the warm tier to the cache
@@ -205,41 +207,65 @@ class RedisCache:
         return self.put_rows([record_row(record) for record in records])
 
     def put_rows(self, rows: Sequence[RecordRow]) -> BatchResult:
-        """One MSET of the rows packed as pack_record does, framed here (redis-py's packer costs ~3 µs a key)."""
+        """MSETs of the rows packed as pack_record does, framed here (redis-py's packer costs ~3 µs a key).
+
+        Each MSET_CHUNK rows go out as soon as they are framed, so Redis stores one chunk while the next is
+        framed; the replies are read once all are sent.
+        """
         if not rows:
             return BatchResult()
         prefix = self.prefix.encode("utf-8")
-        frames = [b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(rows) + 1)]
-        frame = frames.append
-        for key, value, digest, version, micros in rows:
-            name = prefix + key.encode("utf-8")
-            if isinstance(value, str):
-                packed = f"{version}:{digest}:{micros}:{value}".encode()
-            else:
-                packed = b"%d:%s:%d:%s" % (version, digest.encode("ascii"), micros, value)
-            frame(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(packed), packed))
-        self._send_packed(b"".join(frames))
+
+        def frame() -> Iterator[bytes]:
+            for start in range(0, len(rows), MSET_CHUNK):
+                part = rows[start : start + MSET_CHUNK]
+                frames = [b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(part) + 1)]
+                add = frames.append
+                for key, value, digest, version, micros in part:
+                    name = prefix + key.encode("utf-8")
+                    if isinstance(value, str):
+                        packed = f"{version}:{digest}:{micros}:{value}".encode()
+                    else:
+                        packed = b"%d:%s:%d:%s" % (version, digest.encode("ascii"), micros, value)
+                    add(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(packed), packed))
+                yield b"".join(frames)
+
+        self._pipeline(frame())
         return BatchResult(stored=[row[0] for row in rows])
 
-    def _send_packed(self, command: bytes) -> Any:
-        """Send one RESP command and read its reply, retrying once on a broken connection (as the client does)."""
+    def _pipeline(self, commands: Iterator[bytes]) -> list[Any]:
+        """Send RESP commands as they come, then read every reply.
+
+        A broken connection (a Redis restart leaves the pool's) is reconnected and all the commands are sent
+        once more, as the client's own single retry does (MSET is idempotent). An error reply is raised once
+        every reply is read; anything else going wrong midway drops the connection, never leaving replies
+        unread on a pooled one.
+        """
         pool = self._client.connection_pool
         try:
             connection = pool.get_connection()
         except (RedisConnectionError, RedisTimeoutError) as error:
             raise TierUnavailable(f"Redis at {self._safe_url} is unreachable: {error}") from error
+        sent: list[bytes] = []
         try:
             try:
-                connection.send_packed_command([command])
-                return connection.read_response()
+                for command in commands:
+                    sent.append(command)
+                    connection.send_packed_command([command], check_health=False)
+                return _read_replies(connection, len(sent))
             except (RedisConnectionError, RedisTimeoutError):
-                connection.disconnect()  # a pooled connection a Redis restart broke: one fresh attempt
-            try:
-                connection.send_packed_command([command])
-                return connection.read_response()
-            except (RedisConnectionError, RedisTimeoutError) as error:
                 connection.disconnect()
+            sent.extend(commands)  # the rest, framed now
+            try:
+                connection.send_packed_command(sent)
+                return _read_replies(connection, len(sent))
+            except (RedisConnectionError, RedisTimeoutError) as error:
                 raise TierUnavailable(f"Redis at {self._safe_url} is unreachable: {error}") from error
+        except ResponseError:
+            raise  # every reply was read
+        except BaseException:
+            connection.disconnect()
+            raise
         finally:
             pool.release(connection)
 
@@ -282,6 +308,20 @@ class RedisCache:
     def _safe_url(self) -> str:
         kwargs = self._client.connection_pool.connection_kwargs
         return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+
+def _read_replies(connection: Any, count: int) -> list[Any]:
+    """count replies; the first error reply is raised after all are read (the connection stays in step)."""
+    replies: list[Any] = []
+    failed: ResponseError | None = None
+    for _ in range(count):
+        try:
+            replies.append(connection.read_response())
+        except ResponseError as error:
+            failed = failed or error
+    if failed is not None:
+        raise failed
+    return replies
 
 
 def _escape_glob(text: str) -> str:

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -130,6 +130,7 @@ class StateManager:
         self._last_warm_recovery_ms: float | None = None
         self._last_warm_replayed: int | None = None
         self._journaled: dict[str, StateRecord | None] = {}
+        self._worker: ThreadPoolExecutor | None = None  # reads ahead during recover_hot (see _background)
         pending = journal.pending()
         if pending:
             # A previous run journaled writes the warm tier never got: replay them before trusting warm reads.
@@ -400,7 +401,10 @@ class StateManager:
             return report
 
     def close(self) -> None:
-        """Release the tiers' connections (engine pool, Redis client)."""
+        """Release the tiers' connections (engine pool, Redis client) and the read-ahead worker."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
         for tier in (self.hot, self.warm):
             for name in ("dispose", "close"):
                 release = getattr(tier, name, None)
@@ -458,6 +462,12 @@ class StateManager:
             if self.hot.ping():
                 self.recover_hot()
 
+    def _background(self) -> ThreadPoolExecutor:
+        """One worker thread, kept between recoveries (starting a thread costs about what a page read does)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-read-ahead")
+        return self._worker
+
     def _export(self) -> tuple[Callable[[Any], BatchResult], Generator[Sequence[Any], None, None]]:
         """The warm tier's records page by page and the cache write that takes a page, for recover_hot.
 
@@ -468,11 +478,11 @@ class StateManager:
         iter_rows = getattr(self.warm, "iter_rows", None)
         put_rows = getattr(self.hot, "put_rows", None)
         if callable(iter_rows) and callable(put_rows):
-            return put_rows, _read_ahead(iter_rows(self.batch_size))
+            return put_rows, _read_ahead(iter_rows(self.batch_size), self._background)
         iter_all = getattr(self.warm, "iter_all", None)
         if callable(iter_all):
-            return self.hot.put_many, _read_ahead(iter_all(self.batch_size))
-        return self.hot.put_many, _read_ahead(self._pages_by_key())
+            return self.hot.put_many, _read_ahead(iter_all(self.batch_size), self._background)
+        return self.hot.put_many, _read_ahead(self._pages_by_key(), self._background)
 
     def _pages_by_key(self) -> Generator[list[StateRecord], None, None]:
         keys = self.warm.keys("*")
@@ -657,24 +667,28 @@ class StateManager:
         return found
 
 
-def _read_ahead(pages: Iterator[T]) -> Generator[T, None, None]:
-    """pages, each next one read by a worker thread while the caller handles the current one.
+def _read_ahead(pages: Iterator[T], worker: Callable[[], ThreadPoolExecutor]) -> Generator[T, None, None]:
+    """pages; from the third on, each read by the worker while the caller handles the one before.
 
-    The first page is read in the caller's thread (an empty source never starts the worker). Closing the
-    generator waits for a read in flight, then closes the source (releasing its connection).
+    The first two pages are read in the caller's thread, so a small source never involves the worker (two
+    threads taking turns at the GIL cost more than a page read overlaps). Closing the generator waits for a
+    read in flight, then closes the source (releasing its connection).
     """
-    pool: ThreadPoolExecutor | None = None
+    upcoming: Future[T | None] | None = None
     try:
         page = next(pages, None)
+        if page is None:
+            return
+        yield page
+        page = next(pages, None)
         while page is not None:
-            if pool is None:
-                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-read-ahead")
-            upcoming = pool.submit(next, pages, None)
+            upcoming = worker().submit(next, pages, None)
             yield page
             page = upcoming.result()
+            upcoming = None
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if upcoming is not None:
+            wait([upcoming])
         close = getattr(pages, "close", None)
         if callable(close):
             close()

@@ -135,12 +135,19 @@ class SqlWarmStore:
                 cursor = raw.cursor("state_export") if self.dialect == "postgresql" else raw.cursor()
                 try:
                     cursor.execute(sql)
+                    # One row more than a page is asked for, and held back: a short read means the scan is
+                    # done, so a store of one page costs one FETCH, not a second one that finds nothing.
+                    held: list[Any] = []
                     while True:
-                        rows = cursor.fetchmany(size)
-                        if rows:
-                            yield rows
-                        if len(rows) < size:
+                        rows = cursor.fetchmany(size + 1 - len(held))
+                        done = len(rows) < size + 1 - len(held)
+                        rows = held + rows if held else rows
+                        if done:
+                            if rows:
+                                yield rows
                             break
+                        held = [rows.pop()]
+                        yield rows
                     cursor.close()
                 except (dbapi.OperationalError, dbapi.InterfaceError) as error:
                     connection.invalidate()
