@@ -127,28 +127,36 @@ class SqlWarmStore:
                     yield rest
 
     def _scan(self, sql: str, size: int, *, text: bool = False) -> Iterator[list[Any]]:
-        """The rows of sql, size a page, through a server-side cursor (PostgreSQL) or the plain DBAPI cursor."""
+        """The rows of sql, size a page: a server-side cursor on PostgreSQL, the plain DBAPI cursor on SQLite.
+
+        One row more than a page is read and held back, so a short read ends the scan: a store of one page
+        costs one FETCH, not a second one that finds nothing. On PostgreSQL the cursor is declared and first
+        read in one round trip, and closed by the transaction's end (the connection's return to the pool).
+        """
         dbapi = self.engine.dialect.loaded_dbapi
+        server_side = self.dialect == "postgresql"
         try:
             with self.engine.connect() as connection:
-                raw: Any = connection.connection.dbapi_connection
-                cursor = raw.cursor("state_export") if self.dialect == "postgresql" else raw.cursor()
+                cursor: Any = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
                 try:
-                    cursor.execute(sql)
-                    # One row more than a page is asked for, and held back: a short read means the scan is
-                    # done, so a store of one page costs one FETCH, not a second one that finds nothing.
+                    if not server_side:
+                        cursor.execute(sql)
+                    declare = f"DECLARE state_export NO SCROLL CURSOR FOR {sql}; " if server_side else ""
                     held: list[Any] = []
                     while True:
-                        rows = cursor.fetchmany(size + 1 - len(held))
-                        done = len(rows) < size + 1 - len(held)
-                        rows = held + rows if held else rows
-                        if done:
+                        wanted = size + 1 - len(held)
+                        if server_side:
+                            cursor.execute(f"{declare}FETCH FORWARD {wanted} FROM state_export")
+                            declare = ""
+                            rows = held + cursor.fetchall()
+                        else:
+                            rows = held + cursor.fetchmany(wanted)
+                        if len(rows) <= size:
                             if rows:
                                 yield rows
                             break
                         held = [rows.pop()]
                         yield rows
-                    cursor.close()
                 except (dbapi.OperationalError, dbapi.InterfaceError) as error:
                     connection.invalidate()
                     raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
@@ -156,6 +164,8 @@ class SqlWarmStore:
                     if text:
                         raise _NotText(_first_line(error)) from error
                     raise
+                finally:
+                    cursor.close()
         except SQLAlchemyError as error:
             if _unavailable(error):
                 raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
