@@ -214,21 +214,30 @@ class RedisCache:
         """
         if not rows:
             return BatchResult()
-        prefix = self.prefix.encode("utf-8")
+        prefix = self.prefix
+        ascii_prefix = prefix.isascii()
 
         def frame() -> Iterator[bytes]:
+            # A chunk is built as text and encoded once as Latin-1 (one byte per character): an ASCII key and
+            # value (the usual canonical JSON) take two f-strings; anything else is framed as bytes and mapped.
             for start in range(0, len(rows), MSET_CHUNK):
                 part = rows[start : start + MSET_CHUNK]
-                frames = [b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(part) + 1)]
+                frames = [f"*{2 * len(part) + 1}\r\n$4\r\nMSET\r\n"]
                 add = frames.append
                 for key, value, digest, version, micros in part:
-                    name = prefix + key.encode("utf-8")
-                    if isinstance(value, str):
-                        packed = f"{version}:{digest}:{micros}:{value}".encode()
-                    else:
-                        packed = b"%d:%s:%d:%s" % (version, digest.encode("ascii"), micros, value)
-                    add(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(packed), packed))
-                yield b"".join(frames)
+                    if isinstance(value, str) and ascii_prefix and key.isascii() and value.isascii():
+                        packed = f"{version}:{digest}:{micros}:{value}"
+                        add(f"${len(prefix) + len(key)}\r\n{prefix}{key}\r\n${len(packed)}\r\n{packed}\r\n")
+                        continue
+                    name = (prefix + key).encode("utf-8")
+                    data = value.encode("utf-8") if isinstance(value, str) else value
+                    packed_bytes = b"%d:%s:%d:%s" % (version, digest.encode("ascii"), micros, data)
+                    add(
+                        (b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(name), name, len(packed_bytes), packed_bytes)).decode(
+                            "latin-1"
+                        )
+                    )
+                yield "".join(frames).encode("latin-1")
 
         self._pipeline(frame())
         return BatchResult(stored=[row[0] for row in rows])
