@@ -79,11 +79,12 @@ def build_state(settings: Settings) -> tuple[StateManager, CheckpointStore]:
     """The tiered StateManager (Redis or in-process, SQL warm) and the checkpoint store (SQL warm + cold).
     A cold-tier outage is recorded in state as system:s3_available."""
     from trader.state.checkpoints import checkpoint_store_from_settings
+    from trader.state.cold import cold_store_from_settings
     from trader.state.manager import StateManager
-
-    state = StateManager.from_settings(settings)
 
     def s3_available(up: bool) -> None:
         state.set("system:s3_available", up)
 
-    return state, checkpoint_store_from_settings(settings, on_availability=s3_available)
+    cold = cold_store_from_settings(settings, on_availability=s3_available)
+    state = StateManager.from_settings(settings, cold=cold)
+    return state, checkpoint_store_from_settings(settings, cold=cold)

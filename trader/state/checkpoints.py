@@ -425,12 +425,13 @@ class CheckpointStore:
 
 
 def checkpoint_store_from_settings(
-    settings: Settings, *, on_availability: Callable[[bool], None] | None = None
+    settings: Settings, *, on_availability: Callable[[bool], None] | None = None, cold: ObjectStore | None = None
 ) -> CheckpointStore:
-    """DATABASE_URL (warm), COLD_STORAGE_URL (cold), CHECKPOINT_RETENTION_COUNT, CHECKPOINT_ENABLE_COMPRESSION."""
+    """DATABASE_URL (warm), COLD_STORAGE_URL (cold, unless a store is passed), CHECKPOINT_RETENTION_COUNT,
+    CHECKPOINT_ENABLE_COMPRESSION."""
     return CheckpointStore(
         settings.database_url,
-        cold_store_from_settings(settings, on_availability=on_availability),
+        cold if cold is not None else cold_store_from_settings(settings, on_availability=on_availability),
         retention=settings.checkpoint_retention_count,
         compress=settings.checkpoint_enable_compression,
     )

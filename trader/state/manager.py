@@ -1,4 +1,5 @@
-"""StateManager: the HOT cache in front of the WARM store, with failover, journaling and coherence checks.
+"""StateManager: the HOT cache in front of the WARM store, with failover, journaling and coherence checks, and
+the COLD tier for keys moved out of both (archive/restore_archive, trader/state/archive.py).
 
 Coherence guarantee (how a read never returns a value storage does not hold):
 
@@ -30,7 +31,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from trader.state.base import BatchResult, StateRecord, StorageTier, TierUnavailable, checksum, encode_value
+from trader.state.archive import ArchiveInfo, ColdArchive
+from trader.state.base import (
+    BatchResult,
+    ObjectStore,
+    StateRecord,
+    StorageTier,
+    TierUnavailable,
+    checksum,
+    encode_value,
+)
 from trader.state.hot import MemoryCache, RedisCache, glob_regex
 from trader.state.journal import JournalEntry, Op, ReplayResult, WriteJournal
 from trader.state.warm import SqlWarmStore
@@ -103,11 +113,13 @@ class StateManager:
         batch_size: int = 1000,
         clock: Clock = utc_now,
         probe_interval: float = 1.0,
+        cold: ObjectStore | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
         self.hot = hot
         self.warm = warm
+        self.cold = ColdArchive(self, cold) if cold is not None else None
         self.journal = journal
         self.batch_size = batch_size
         self.clock = clock
@@ -142,8 +154,9 @@ class StateManager:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StateManager:
-        """RedisCache when REDIS_URL is set (else MemoryCache), SqlWarmStore on DATABASE_URL, journal in STATE_DIR."""
+    def from_settings(cls, settings: Settings, *, cold: ObjectStore | None = None) -> StateManager:
+        """RedisCache when REDIS_URL is set (else MemoryCache), SqlWarmStore on DATABASE_URL, journal in STATE_DIR;
+        `cold` (COLD_STORAGE_URL's store) enables archive() and restore_archive()."""
         hot: StorageTier = RedisCache(settings.redis_url) if settings.redis_url else MemoryCache()
         warm = SqlWarmStore(settings.database_url, settings.state_batch_size)
         try:
@@ -151,7 +164,7 @@ class StateManager:
         except TierUnavailable as error:
             log.warning("PostgreSQL outage detected at startup (warm tier %s): %s", warm.name, error)
         journal = WriteJournal(settings.state_dir / "warm-journal.jsonl")
-        return cls(hot, warm, journal=journal, batch_size=settings.state_batch_size)
+        return cls(hot, warm, journal=journal, batch_size=settings.state_batch_size, cold=cold)
 
     # --- public operations -----------------------------------------------------------------------------------
 
@@ -269,6 +282,19 @@ class StateManager:
             return sorted(keys)
 
     # --- recovery --------------------------------------------------------------------------------------------
+
+    def archive(self, pattern: str) -> ArchiveInfo | None:
+        """Move keys matching `pattern` from the hot and warm tiers to one verified object in the cold tier."""
+        return self._cold().archive(pattern)
+
+    def restore_archive(self, name: str) -> int:
+        """Write an archive's keys back to the warm and hot tiers (sha256 and checksums verified first)."""
+        return self._cold().restore(name)
+
+    def _cold(self) -> ColdArchive:
+        if self.cold is None:
+            raise TierUnavailable("no cold tier configured for this StateManager (pass cold=, or COLD_STORAGE_URL)")
+        return self.cold
 
     def recover_hot(self) -> int | None:
         """Batch-restore the hot tier from warm (stale extras removed), then verify coherence; keys restored."""
