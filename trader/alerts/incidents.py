@@ -1,0 +1,128 @@
+"""The incident desk: record an incident in the ledger first, then tell the operator; never fail the caller."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from trader.alerts.notifier import IncidentNotice, Notifier, encode_source, redact
+from trader.alerts.severity import IncidentKind, severity_for
+from trader.ledger.ledger import Ledger
+from trader.ledger.models import Incident, Severity
+
+log = logging.getLogger("trader.alerts")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _failure(error: BaseException) -> str:
+    return redact(f"{type(error).__name__}: {error}")
+
+
+class IncidentDesk:
+    """Opens, updates and resolves incidents in the ledger and announces them through one Notifier.
+
+    The ledger is the record: an announcement that fails leaves the incident `notified=False` for
+    deliver_pending(). No method raises; a failure is logged and reported in the return value.
+    """
+
+    def __init__(self, ledger: Ledger, notifier: Notifier) -> None:
+        self.ledger = ledger
+        self.notifier = notifier
+
+    def raise_incident(
+        self,
+        kind: IncidentKind | str,
+        title: str,
+        evidence: str,
+        *,
+        fingerprint: str,
+        flow_run_url: str | None = None,
+        severity: Severity | None = None,
+    ) -> int | None:
+        """Open (or refresh) the incident with this fingerprint and announce it; its ledger id, None if unrecorded."""
+        try:
+            kind = IncidentKind(kind)
+            level = severity or severity_for(kind)
+            source = encode_source(kind.value, flow_run_url)
+            incident_id = self.ledger.open_incident(fingerprint, level, title, redact(evidence), source, _now())
+            row = self._open_row(incident_id)
+        except Exception as error:
+            log.error("incident %s (%s) could not be recorded: %s", fingerprint, title, _failure(error))
+            self._announce_unrecorded(kind, title, evidence, fingerprint, flow_run_url, severity)
+            return None
+        if row is None:  # resolved by someone else in between: nothing left to announce
+            return incident_id
+        notice = IncidentNotice.from_record(row)
+        if row.notified:
+            self._announce_update(notice, row.slack_ts)
+        else:
+            self._announce(notice)
+        return incident_id
+
+    def resolve(self, fingerprint: str) -> bool:
+        """Resolve the open incident with this fingerprint and say so in its thread; False if none was open."""
+        try:
+            rows = [row for row in self.ledger.open_incidents() if row.fingerprint == fingerprint]
+            resolved = self.ledger.resolve_incident(fingerprint, _now())
+        except Exception as error:
+            log.error("incident %s could not be resolved: %s", fingerprint, _failure(error))
+            return False
+        for row in rows:
+            if not row.notified:  # the operator never heard of it; the ledger keeps the record
+                continue
+            notice = IncidentNotice.from_record(row)
+            try:
+                self.notifier.resolve(notice, row.slack_ts)
+            except Exception as error:
+                log.warning("incident #%d resolved, but the operator was not told: %s", notice.id, _failure(error))
+        return resolved
+
+    def deliver_pending(self) -> int:
+        """Announce every open incident not yet delivered (Slack was down); returns how many went out."""
+        try:
+            pending = [row for row in self.ledger.open_incidents() if not row.notified]
+        except Exception as error:
+            log.error("could not read pending incidents: %s", _failure(error))
+            return 0
+        return sum(self._announce(IncidentNotice.from_record(row)) for row in pending)
+
+    def _open_row(self, incident_id: int) -> Incident | None:
+        return next((row for row in self.ledger.open_incidents() if row.id == incident_id), None)
+
+    def _announce(self, notice: IncidentNotice) -> bool:
+        try:
+            ts = self.notifier.send(notice)
+        except Exception as error:
+            log.warning("incident #%d kept for later delivery: %s", notice.id, _failure(error))
+            return False
+        try:
+            self.ledger.mark_incident_notified(notice.id, ts)
+        except Exception as error:
+            log.error("incident #%d was announced but not marked notified: %s", notice.id, _failure(error))
+        return True
+
+    def _announce_unrecorded(
+        self,
+        kind: IncidentKind | str,
+        title: str,
+        evidence: str,
+        fingerprint: str,
+        flow_run_url: str | None,
+        severity: Severity | None,
+    ) -> None:
+        """The ledger is down: tell the operator anyway (incident #0, no thread, nothing to deliver later)."""
+        try:
+            level = severity or severity_for(kind)
+            note = f"{evidence}\n(not recorded: the ledger is unavailable)"
+            self.notifier.send(IncidentNotice(0, fingerprint, level, str(kind), title, redact(note), flow_run_url))
+        except Exception as error:
+            log.error("incident %s was neither recorded nor announced: %s", fingerprint, _failure(error))
+
+    def _announce_update(self, notice: IncidentNotice, ts: str | None) -> None:
+        try:
+            self.notifier.update(notice, ts)
+        except Exception as error:
+            log.warning("incident #%d: update not delivered: %s", notice.id, _failure(error))

@@ -1,0 +1,75 @@
+"""The runbook's severity matrix as data: incident kinds, their SEV level and the runbook's first actions.
+
+Source: ../shared/runbooks/operations-runbook-gpt-trader.md, "Incident Response / Severity Matrix"
+(the same table is in runbook-spot-profiles.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from trader.ledger.models import Severity
+
+
+@dataclass(frozen=True)
+class SeverityLevel:
+    """One row of the runbook's severity matrix."""
+
+    severity: Severity
+    criteria: str
+    first_actions: tuple[str, ...]
+
+
+SEVERITY_MATRIX: dict[Severity, SeverityLevel] = {
+    "SEV-1": SeverityLevel(
+        "SEV-1",
+        "Bot offline, or guard-triggered halt with open exposure",
+        ("Halt trading if not already stopped", "contact on-call", "collect logs", "confirm balances"),
+    ),
+    "SEV-2": SeverityLevel(
+        "SEV-2",
+        "Partial functionality loss (e.g., account telemetry stalled)",
+        ("Investigate recent deploys", "restart affected service", "monitor recovery"),
+    ),
+    "SEV-3": SeverityLevel(
+        "SEV-3",
+        "Degraded performance without financial impact",
+        ("Create ticket", "plan fix", "monitor"),
+    ),
+}
+
+
+class IncidentKind(StrEnum):
+    """What went wrong, in the runbook's words; each kind maps to one row of the matrix."""
+
+    BOT_OFFLINE = "bot_offline"
+    GUARD_HALT_WITH_EXPOSURE = "guard_halt_with_exposure"
+    PARTIAL_FUNCTIONALITY_LOSS = "partial_functionality_loss"
+    TELEMETRY_STALLED = "telemetry_stalled"
+    FLOW_FAILED = "flow_failed"
+    FLOW_CRASHED = "flow_crashed"
+    DEGRADED_PERFORMANCE = "degraded_performance"
+
+
+KIND_SEVERITY: dict[IncidentKind, Severity] = {
+    IncidentKind.BOT_OFFLINE: "SEV-1",
+    IncidentKind.GUARD_HALT_WITH_EXPOSURE: "SEV-1",
+    IncidentKind.PARTIAL_FUNCTIONALITY_LOSS: "SEV-2",
+    IncidentKind.TELEMETRY_STALLED: "SEV-2",
+    # An operations flow (checklist, reconcile, checkpoint) that stops working is a partial loss;
+    # the trading-bot flow failing or crashing is BOT_OFFLINE instead (see flows/hooks.py).
+    IncidentKind.FLOW_FAILED: "SEV-2",
+    IncidentKind.FLOW_CRASHED: "SEV-2",
+    IncidentKind.DEGRADED_PERFORMANCE: "SEV-3",
+}
+
+
+def severity_for(kind: IncidentKind | str) -> Severity:
+    """The runbook's severity for this kind of incident."""
+    return KIND_SEVERITY[IncidentKind(kind)]
+
+
+def first_actions(severity: Severity | str) -> tuple[str, ...]:
+    """The runbook's first actions for this severity, in its words."""
+    return SEVERITY_MATRIX[severity].first_actions  # type: ignore[index]
