@@ -28,7 +28,7 @@ def prefect_env(home: Path, port: int) -> dict[str, str]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(port),
-            "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "1",
         }
     )

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from trader.state.manager import StateManager
 
 
-def build_broker(settings: Settings, *, persist: bool = True) -> Broker:
+def build_broker(settings: Settings, *, persist: bool = True, read_only: bool = False) -> Broker:
     """The broker for this profile; the simulated exchange keeps its paper account in the state folder."""
     if settings.broker_kind == "coinbase":
         from trader.brokers.coinbase import CoinbaseBroker
@@ -29,7 +29,7 @@ def build_broker(settings: Settings, *, persist: bool = True) -> Broker:
     # Paper accounts on replayed and on live prices live in separate files: their market clocks differ.
     name = "paper_exchange_live.json" if settings.market_data == "coinbase" else "paper_exchange.json"
     state_path = settings.state_dir / name if persist else None
-    return SimulatedExchange(build_market_data(settings), state_path=state_path)
+    return SimulatedExchange(build_market_data(settings), state_path=state_path, read_only=read_only)
 
 
 def build_market_data(settings: Settings) -> MarketDataSource:

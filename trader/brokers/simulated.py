@@ -120,6 +120,7 @@ class SimulatedExchange(Broker):
         slippage_bps: Decimal = Decimal("5"),
         spread_bps: Decimal = Decimal("1"),
         state_path: Path | None = None,
+        read_only: bool = False,
     ) -> None:
         self.market = market
         self._products = {p.symbol: p for p in (products if products is not None else DEFAULT_PRODUCTS)}
@@ -128,6 +129,7 @@ class SimulatedExchange(Broker):
         self.slippage_bps = slippage_bps
         self.spread_bps = spread_bps
         self.state_path = Path(state_path) if state_path is not None else None
+        self.read_only = read_only  # load the paper account but never write it (checklists beside the bot)
         self._buy_slippage = 1 + slippage_bps / BPS
         self._sell_slippage = 1 - slippage_bps / BPS
         self._half_spread = spread_bps / 2 / BPS
@@ -631,7 +633,7 @@ class SimulatedExchange(Broker):
     # --- persistence -------------------------------------------------------------------------------------------
 
     def _persist(self) -> None:
-        if self.state_path is None or not self._dirty:
+        if self.state_path is None or not self._dirty or self.read_only:
             return
         _write_atomic(self.state_path, json.dumps(self._state(), separators=(",", ":")))
         self._dirty = False

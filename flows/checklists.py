@@ -1,0 +1,141 @@
+"""daily-checklist: the runbook's morning checklist, one task per item, as a Prefect flow.
+
+Each task returns pass, warn or fail with its evidence. The flow publishes a table artifact (one row per item)
+and a markdown summary, stores the run in checklist_runs, opens an incident per failed item and resolves the
+incidents of items that pass again. A failing item does not fail the flow run: the run completes and says
+what failed (the incident is the alert); only a checklist that cannot run at all fails.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from trader.checklists import daily
+from trader.checklists.daily import CheckResult, guarded, worst
+from trader.ledger import Ledger
+from trader.runtime import build_broker
+from trader.settings import Settings, load_settings
+from trader.state.cold import cold_store_from_settings
+
+RETRIES = 3  # every task that touches the network (broker, database, cold tier)
+BACKOFF = exponential_backoff(backoff_factor=2)
+
+
+@task(name="preflight", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def preflight(settings: Settings) -> CheckResult:
+    broker = build_broker(settings, read_only=True)
+    return guarded("preflight", lambda: daily.preflight(settings, broker))
+
+
+@task(name="telemetry freshness", cache_policy=NO_CACHE)
+def telemetry(settings: Settings, now: datetime) -> CheckResult:
+    return guarded(
+        "telemetry freshness", lambda: daily.telemetry_freshness(Ledger(settings.database_url, migrate=False), now)
+    )
+
+
+@task(name="overnight PnL and positions", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def pnl(settings: Settings, now: datetime) -> CheckResult:
+    broker = build_broker(settings, read_only=True)
+    ledger = Ledger(settings.database_url, migrate=False)
+    return guarded("overnight PnL and positions", lambda: daily.overnight_pnl_and_positions(ledger, broker, now))
+
+
+@task(name="ERROR/CRITICAL scan", cache_policy=NO_CACHE)
+def log_scan(settings: Settings, since: datetime | None) -> CheckResult:
+    return guarded("ERROR/CRITICAL scan", lambda: daily.log_scan(settings.log_file, since))
+
+
+@task(name="heartbeat metrics", cache_policy=NO_CACHE)
+def heartbeat(settings: Settings, now: datetime) -> CheckResult:
+    return guarded("heartbeat metrics", lambda: daily.heartbeat_metrics(settings.state_dir / "heartbeat.json", now))
+
+
+@task(name="risk guard counters", cache_policy=NO_CACHE)
+def guards(settings: Settings) -> CheckResult:
+    return guarded("risk guard counters", lambda: daily.guard_counters(settings.state_dir / "heartbeat.json"))
+
+
+@task(name="disk space", cache_policy=NO_CACHE)
+def disk(settings: Settings) -> CheckResult:
+    return guarded("disk space", lambda: daily.disk_space(settings.state_dir))
+
+
+@task(name="database size and connectivity", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def database(settings: Settings) -> CheckResult:
+    return guarded(
+        "database size and connectivity", lambda: daily.database(Ledger(settings.database_url, migrate=False))
+    )
+
+
+@task(name="backup age", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def backup_age(settings: Settings, now: datetime) -> CheckResult:
+    return guarded("backup age", lambda: daily.backup_age(cold_store_from_settings(settings), now))
+
+
+@flow(name="daily-checklist", log_prints=False, persist_result=False, timeout_seconds=600)
+def daily_checklist(profile: str = "dev") -> dict[str, str]:
+    """The morning checklist; returns {item: status}."""
+    logger = get_run_logger()
+    settings = load_settings(profile=profile)
+    ledger = Ledger(settings.database_url)  # migrates once here; the tasks' ledgers (threads) do not
+    started = datetime.now(UTC)
+    previous = ledger.checklist_runs("daily")
+    since = previous[0].started_at if previous else None
+    futures = [
+        preflight.submit(settings),
+        telemetry.submit(settings, started),
+        pnl.submit(settings, started),
+        log_scan.submit(settings, since),
+        heartbeat.submit(settings, started),
+        guards.submit(settings),
+        disk.submit(settings),
+        database.submit(settings),
+        backup_age.submit(settings, started),
+    ]
+    results: list[CheckResult] = [f.result() for f in futures]
+    status = worst(results)
+    finished = datetime.now(UTC)
+    run_id = str(flow_run.id) if flow_run.id else None
+    ledger.record_checklist_run("daily", status, [r.row() for r in results], started, finished, run_id)
+    for result in results:
+        fingerprint = f"checklist:daily:{result.item}"
+        if result.status == "fail":
+            ledger.open_incident(
+                fingerprint,
+                "SEV-2",
+                f"daily checklist: {result.item} failed",
+                result.evidence,
+                "daily-checklist",
+                finished,
+            )
+        else:
+            ledger.resolve_incident(fingerprint, finished)
+    create_table_artifact(
+        key="daily-checklist",
+        table=[{"item": r.item, "status": r.status.upper(), "evidence": r.evidence} for r in results],
+        description=f"Morning checklist, {started:%Y-%m-%d %H:%M} UTC, profile {profile}: {status.upper()}",
+    )
+    create_markdown_artifact(key="daily-checklist-summary", markdown=_summary(results, status, started, profile))
+    logger.info("daily checklist %s: %s", status.upper(), ", ".join(f"{r.item}={r.status}" for r in results))
+    return {r.item: r.status for r in results}
+
+
+def _summary(results: list[CheckResult], status: str, at: datetime, profile: str) -> str:
+    icon = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
+    lines = [
+        f"# Morning checklist: {status.upper()}",
+        "",
+        f"{at:%Y-%m-%d %H:%M} UTC, profile `{profile}`: "
+        f"{sum(r.status == 'pass' for r in results)} pass, {sum(r.status == 'warn' for r in results)} warn, "
+        f"{sum(r.status == 'fail' for r in results)} fail.",
+        "",
+    ]
+    lines += [f"- {icon[r.status]} **{r.item}**: {r.evidence}" for r in results]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The runbook's checklists as checks with pass/warn/fail and evidence."""

@@ -1,0 +1,276 @@
+"""The runbook's morning checklist as checks: each returns pass, warn or fail with its evidence.
+
+Thresholds are the runbook's where it gives one (daily loss -1% warn / -2% critical) and stated here otherwise.
+Every check is independent and never raises: a check that cannot run is a `fail` saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from sqlalchemy import text
+
+from trader.brokers.base import Broker
+from trader.ledger import Ledger
+from trader.settings import Settings
+from trader.state.base import ObjectStore
+
+Status = Literal["pass", "warn", "fail"]
+RANK = {"pass": 0, "warn": 1, "fail": 2}
+
+HEARTBEAT_WARN = timedelta(minutes=5)
+HEARTBEAT_FAIL = timedelta(minutes=15)
+CLOCK_SKEW_WARN_S = 2.0
+CLOCK_SKEW_FAIL_S = 30.0
+DAILY_LOSS_WARN_PCT = Decimal("-1")
+DAILY_LOSS_FAIL_PCT = Decimal("-2")
+LOG_ERRORS_FAIL = 10
+DISK_FREE_WARN = 0.10
+DISK_FREE_FAIL = 0.05
+BACKUP_WARN = timedelta(hours=26)
+BACKUP_FAIL = timedelta(hours=50)
+LOG_LINE = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ (?P<level>[A-Z]+) ")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    item: str
+    status: Status
+    evidence: str  # a number, a timestamp or a log excerpt
+    detail: str = ""
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def worst(results: list[CheckResult]) -> Status:
+    return max((r.status for r in results), key=RANK.__getitem__, default="pass")
+
+
+def guarded(item: str, check: Callable[[], CheckResult]) -> CheckResult:
+    """Run a check; an exception becomes a fail naming it (one line), never an aborted checklist."""
+    try:
+        return check()
+    except Exception as error:  # noqa: BLE001 - any failure of a check is that check's result
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return CheckResult(item, "fail", f"{type(error).__name__}: {first}"[:300], "the check could not run")
+
+
+# --- preflight ----------------------------------------------------------------------------------------------------
+
+
+def preflight(settings: Settings, broker: Broker) -> CheckResult:
+    """Credentials present and permitted, exchange reachable, clock skew, derivatives gating."""
+    notes: list[str] = []
+    status: Status = "pass"
+    started = time.perf_counter()
+    bid, ask = broker.best_bid_ask(settings.symbols[0])
+    reach_ms = (time.perf_counter() - started) * 1000
+    notes.append(f"{broker.name} reachable: {settings.symbols[0]} {bid}/{ask} in {reach_ms:.0f} ms")
+    if broker.name == "coinbase":
+        permissions = broker.account_snapshot().permissions
+        notes.append(f"key can_view={permissions.can_view} can_trade={permissions.can_trade}")
+        if not permissions.can_trade:
+            status = "fail"
+            notes.append("the key cannot trade")
+        if permissions.can_transfer:
+            status = _max(status, "warn")
+            notes.append("the trading key can also transfer funds")
+        server_time = getattr(broker, "server_time", None)
+        if server_time is not None:
+            skew = abs((server_time() - datetime.now(UTC)).total_seconds())
+            notes.append(f"clock skew {skew:.1f} s")
+            if skew > CLOCK_SKEW_FAIL_S:
+                status = "fail"
+            elif skew > CLOCK_SKEW_WARN_S:
+                status = _max(status, "warn")
+    else:
+        notes.append("paper trading: no key needed")
+    if settings.coinbase_enable_derivatives and settings.profile != "perps":
+        status = _max(status, "warn")
+        notes.append(f"COINBASE_ENABLE_DERIVATIVES=1 on profile {settings.profile}: unset it unless INTX is confirmed")
+    else:
+        notes.append(f"derivatives {'on' if settings.coinbase_enable_derivatives else 'off'}")
+    return CheckResult("preflight", status, "; ".join(notes))
+
+
+# --- telemetry ----------------------------------------------------------------------------------------------------
+
+
+def telemetry_freshness(ledger: Ledger, now: datetime) -> CheckResult:
+    """Age of the newest heartbeat of any trading session (the bot writes one every few seconds)."""
+    beats = [s.last_heartbeat_at for s in ledger.list_sessions() if s.last_heartbeat_at is not None]
+    if not beats:
+        return CheckResult("telemetry freshness", "warn", "no heartbeat recorded yet", "is the bot running?")
+    last = max(beats)
+    age = now - last
+    status: Status = "fail" if age > HEARTBEAT_FAIL else "warn" if age > HEARTBEAT_WARN else "pass"
+    return CheckResult("telemetry freshness", status, f"last heartbeat {last.isoformat()} ({_age(age)} ago)")
+
+
+def heartbeat_metrics(heartbeat_file: Path, now: datetime) -> CheckResult:
+    """The bot's heartbeat file: cycles, market time, wall time."""
+    if not heartbeat_file.exists():
+        return CheckResult("heartbeat metrics", "warn", f"{heartbeat_file} missing", "the bot has not run here")
+    beat = json.loads(heartbeat_file.read_text())
+    wall = datetime.fromtimestamp(float(beat["wall_time"]), tz=UTC)
+    age = now - wall
+    status: Status = "fail" if age > HEARTBEAT_FAIL else "warn" if age > HEARTBEAT_WARN else "pass"
+    return CheckResult(
+        "heartbeat metrics",
+        status,
+        f"cycles={beat['cycles']} market_time={beat['market_time']} written {_age(age)} ago",
+    )
+
+
+def guard_counters(heartbeat_file: Path) -> CheckResult:
+    """Risk guard trips since the bot started (kill switch, reduce-only, limits, daily loss)."""
+    if not heartbeat_file.exists():
+        return CheckResult("risk guard counters", "warn", "no heartbeat file: counters unknown")
+    counters: dict[str, int] = json.loads(heartbeat_file.read_text()).get("guard_counters", {})
+    trips = {k: v for k, v in counters.items() if v}
+    status: Status = "warn" if trips.get("daily_loss_trip") or trips.get("kill_switch") else "pass"
+    evidence = ", ".join(f"{k}={v}" for k, v in sorted(trips.items())) or "no guard trips"
+    return CheckResult("risk guard counters", status, evidence)
+
+
+# --- PnL and positions --------------------------------------------------------------------------------------------
+
+
+def overnight_pnl_and_positions(ledger: Ledger, broker: Broker, now: datetime) -> CheckResult:
+    """Fills of the last 24 h with pandas (count, notional, fees, realized flow) and the open positions."""
+    since = now - timedelta(hours=24)
+    fills = pd.DataFrame(
+        [
+            {"symbol": f.symbol, "side": f.side, "qty": float(f.quantity), "price": float(f.price), "fee": float(f.fee)}
+            for f in ledger.list_fills()
+            if f.filled_at >= since
+        ],
+        columns=["symbol", "side", "qty", "price", "fee"],
+    )
+    fills["notional"] = fills["qty"] * fills["price"]
+    fills["cash"] = fills["notional"].where(fills["side"] == "sell", -fills["notional"]) - fills["fee"]
+    positions = {p.symbol: p for p in broker.positions()}
+    start_equity = ledger.equity_at_start_of_day(now.date())
+    equity = _equity(broker)
+    pnl_pct = (equity - start_equity) / start_equity * 100 if start_equity else Decimal(0)
+    status: Status = "fail" if pnl_pct <= DAILY_LOSS_FAIL_PCT else "warn" if pnl_pct <= DAILY_LOSS_WARN_PCT else "pass"
+    by_symbol = fills.groupby("symbol").agg(fills=("qty", "size"), fees=("fee", "sum")) if len(fills) else None
+    per_symbol = (
+        "; ".join(f"{s}: {int(r.fills)} fills, fees {r.fees:.2f}" for s, r in by_symbol.iterrows())
+        if by_symbol is not None
+        else "no fills"
+    )
+    held = ", ".join(f"{s} {p.quantity}" for s, p in sorted(positions.items())) or "flat"
+    return CheckResult(
+        "overnight PnL and positions",
+        status,
+        f"day PnL {pnl_pct:.2f}%; 24h {len(fills)} fills, notional {fills['notional'].sum():.2f}, "
+        f"fees {fills['fee'].sum():.2f} ({per_symbol}); positions: {held}",
+    )
+
+
+def _equity(broker: Broker) -> Decimal:
+    total = Decimal(0)
+    for balance in broker.balances():
+        if balance.total == 0:
+            continue
+        if balance.currency in ("USD", "USDC"):
+            total += balance.total
+        else:
+            bid, _ = broker.best_bid_ask(f"{balance.currency}-USD")
+            total += balance.total * bid
+    return total
+
+
+# --- logs, disk, database, backups ---------------------------------------------------------------------------------
+
+
+def log_scan(log_file: Path, since: datetime | None) -> CheckResult:
+    """ERROR/CRITICAL lines in perps_bot.log since the previous run of this checklist."""
+    if not log_file.exists():
+        return CheckResult("ERROR/CRITICAL scan", "warn", f"{log_file} missing")
+    hits: list[str] = []
+    with log_file.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            match = LOG_LINE.match(line)
+            if not match or match["level"] not in ("ERROR", "CRITICAL"):
+                continue
+            at = datetime.strptime(match["ts"], "%Y-%m-%d %H:%M:%S").astimezone(UTC)
+            if since is None or at >= since:
+                hits.append(line.strip())
+    window = f"since {since.isoformat()}" if since else "in the whole log"
+    if not hits:
+        return CheckResult("ERROR/CRITICAL scan", "pass", f"0 lines {window}")
+    status: Status = "fail" if len(hits) >= LOG_ERRORS_FAIL else "warn"
+    return CheckResult("ERROR/CRITICAL scan", status, f"{len(hits)} lines {window}; last: {hits[-1][:200]}")
+
+
+def disk_space(path: Path) -> CheckResult:
+    path.mkdir(parents=True, exist_ok=True)
+    usage = shutil.disk_usage(path)
+    free = usage.free / usage.total
+    status: Status = "fail" if free < DISK_FREE_FAIL else "warn" if free < DISK_FREE_WARN else "pass"
+    return CheckResult(
+        "disk space", status, f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} ({free:.0%})"
+    )
+
+
+def database(ledger: Ledger) -> CheckResult:
+    """Connectivity (SELECT 1 round trip) and size of the ledger database."""
+    started = time.perf_counter()
+    with ledger.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+        if ledger.engine.dialect.name == "postgresql":
+            size = connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+        else:
+            pages = connection.execute(text("PRAGMA page_count")).scalar_one()
+            size = pages * connection.execute(text("PRAGMA page_size")).scalar_one()
+    ms = (time.perf_counter() - started) * 1000
+    counts = ledger.counts()
+    return CheckResult(
+        "database size and connectivity",
+        "pass",
+        f"{ledger.engine.dialect.name} answered in {ms:.1f} ms; {int(size) / 2**20:.1f} MiB; "
+        f"{counts['orders']} orders, {counts['fills']} fills",
+    )
+
+
+def backup_age(cold: ObjectStore, now: datetime) -> CheckResult:
+    """Age of the newest verified backup manifest in the cold tier (backups/<kind>/*.manifest.json)."""
+    manifests = [n for n in cold.list("backups/") if n.endswith(".manifest.json")]
+    newest: datetime | None = None
+    for name in manifests:
+        manifest = json.loads(cold.get(name))
+        if not manifest.get("verified"):
+            continue
+        created = datetime.fromisoformat(str(manifest["created_at"]))
+        newest = created if newest is None or created > newest else newest
+    if newest is None:
+        return CheckResult("backup age", "warn", "no verified backup yet", "run the daily-backup deployment")
+    age = now - newest
+    status: Status = "fail" if age > BACKUP_FAIL else "warn" if age > BACKUP_WARN else "pass"
+    return CheckResult("backup age", status, f"newest verified backup {newest.isoformat()} ({_age(age)} old)")
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(delta.total_seconds(), 0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _max(a: Status, b: Status) -> Status:
+    return a if RANK[a] >= RANK[b] else b
