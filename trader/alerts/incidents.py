@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from trader.alerts.notifier import IncidentNotice, Notifier, encode_source, redact
+from trader.alerts.notifier import IncidentNotice, Notifier, encode_source, notifier_from_settings, redact
 from trader.alerts.severity import IncidentKind, severity_for
 from trader.ledger.ledger import Ledger
 from trader.ledger.models import Incident, Severity
+from trader.settings import Settings
 
 log = logging.getLogger("trader.alerts")
 
@@ -31,6 +32,11 @@ class IncidentDesk:
     def __init__(self, ledger: Ledger, notifier: Notifier) -> None:
         self.ledger = ledger
         self.notifier = notifier
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IncidentDesk:
+        """The ledger at DATABASE_URL and the notifier the settings choose (Slack bot > webhook > log)."""
+        return cls(Ledger(settings.database_url), notifier_from_settings(settings))
 
     def raise_incident(
         self,

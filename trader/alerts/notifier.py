@@ -22,6 +22,7 @@ SLACK_API_URL_ENV = "SLACK_API_URL"  # point the bot at another Slack API (the t
 SLACK_BOT_TOKEN_BLOCK = "slack-bot-token"
 SLACK_WEBHOOK_URL_BLOCK = "slack-webhook-url"
 DEFAULT_TIMEOUT_SECONDS = 5
+MAX_RATE_LIMIT_WAIT_SECONDS = 10  # a longer Retry-After is not waited out: the incident stays pending instead
 MAX_EVIDENCE_CHARS = 2500  # a section's text may hold 3000 characters
 _SLACK_SECRET = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|https?://hooks\.slack\.com/\S+")
 
@@ -204,6 +205,23 @@ def _secret_value(secret: SecretStr | str) -> str:
     return secret.get_secret_value() if isinstance(secret, SecretStr) else secret
 
 
+def _rate_limit_handler(max_retries: int, max_wait: int) -> Any:
+    """slack-sdk's RateLimitErrorRetryHandler (sleeps Retry-After, then retries), refusing waits over max_wait."""
+    from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+    class BoundedRateLimitErrorRetryHandler(RateLimitErrorRetryHandler):
+        def _can_retry(self, *, state: Any, request: Any, response: Any = None, error: Any = None) -> bool:
+            if response is None or response.status_code != 429:
+                return False
+            values = {k.lower(): v for k, v in response.headers.items()}.get("retry-after") or ["1"]
+            try:
+                return int(values[0]) <= max_wait
+            except ValueError:
+                return False
+
+    return BoundedRateLimitErrorRetryHandler(max_retry_count=max_retries)
+
+
 class SlackNotifier:
     """Posts incidents to a channel with a bot token (chat.postMessage); updates and resolves go in its thread."""
 
@@ -215,9 +233,9 @@ class SlackNotifier:
         base_url: str | None = None,
         timeout: int = DEFAULT_TIMEOUT_SECONDS,
         max_rate_limit_retries: int = 1,
+        max_rate_limit_wait: int = MAX_RATE_LIMIT_WAIT_SECONDS,
     ) -> None:
         from slack_sdk import WebClient
-        from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
         self.channel = channel
         self._secret = _secret_value(token)
@@ -226,7 +244,7 @@ class SlackNotifier:
             base_url=base_url or WebClient.BASE_URL,
             timeout=timeout,
             logger=_sdk_logger("web", self._secret),
-            retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=max_rate_limit_retries)],
+            retry_handlers=[_rate_limit_handler(max_rate_limit_retries, max_rate_limit_wait)],
         )
 
     def __repr__(self) -> str:
@@ -295,7 +313,6 @@ class WebhookNotifier:
     """
 
     def __init__(self, url: SecretStr | str, *, timeout: int = DEFAULT_TIMEOUT_SECONDS) -> None:
-        from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
         from slack_sdk.webhook import WebhookClient
 
         self._secret = _secret_value(url)
@@ -303,7 +320,7 @@ class WebhookNotifier:
             self._secret,
             timeout=timeout,
             logger=_sdk_logger("webhook", self._secret),
-            retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
+            retry_handlers=[_rate_limit_handler(1, MAX_RATE_LIMIT_WAIT_SECONDS)],
         )
 
     def __repr__(self) -> str:
@@ -333,7 +350,7 @@ class WebhookNotifier:
 # --- choosing one ---------------------------------------------------------------------------------------------------
 
 
-def _prefect_secret(block_name: str) -> SecretStr | None:
+def secret_from_prefect_block(block_name: str) -> SecretStr | None:
     """The value of a Prefect Secret block, or None (no Prefect API configured, no such block, any error)."""
     try:
         from prefect.settings import PREFECT_API_URL
@@ -353,12 +370,12 @@ def notifier_from_settings(settings: Settings, environ: Mapping[str, str] | None
     """Slack bot (token + channel) > incoming webhook > log; secrets from the environment or Prefect Secret blocks."""
     environ = os.environ if environ is None else environ
     if settings.slack_channel:
-        token = settings.slack_bot_token or _prefect_secret(SLACK_BOT_TOKEN_BLOCK)
+        token = settings.slack_bot_token or secret_from_prefect_block(SLACK_BOT_TOKEN_BLOCK)
         if token is not None:
             return SlackNotifier(token, settings.slack_channel, base_url=environ.get(SLACK_API_URL_ENV) or None)
     elif settings.slack_bot_token:
         log.warning("SLACK_BOT_TOKEN is set but SLACK_CHANNEL is not: the bot cannot post; set SLACK_CHANNEL")
-    webhook = settings.slack_webhook_url or _prefect_secret(SLACK_WEBHOOK_URL_BLOCK)
+    webhook = settings.slack_webhook_url or secret_from_prefect_block(SLACK_WEBHOOK_URL_BLOCK)
     if webhook is not None:
         return WebhookNotifier(webhook)
     return LogNotifier()
