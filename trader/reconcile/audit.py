@@ -1,0 +1,644 @@
+"""The periodic audit: every difference between the ledger and the broker, classified, and repaired from the
+broker's truth without ever placing or cancelling an order.
+
+What is compared, with `at` the audit time and `since = at - lookback`:
+- orders: every ledger order still open, every ledger order the broker acknowledged that changed since `since`, and
+  every order the broker reports open; status, size, filled size, limit price and average fill price.
+- fills: the broker's fills after `since` against the ledger's, by trade id.
+- positions: quantity per symbol (average entry prices differ by method between brokers and are not compared).
+- balances: the total (available + hold) per currency against the expected balance derived from the ledger:
+
+      expected = baseline snapshot total + the effect of every fill after the snapshot
+      (buy: base + quantity, quote - quantity x price - fee; sell: base - quantity, quote + quantity x price - fee)
+
+  The baseline is the newest balance snapshot taken at or before `since` (or, when there is none, the oldest one
+  after it), so a deposit, withdrawal, untracked fee or manual trade shows as drift for one whole `lookback`
+  window instead of vanishing at the bot's next snapshot. A snapshot that shares its timestamp with a fill is
+  skipped: the paper exchange stamps a bar's fills with the same time as the bot's snapshot, so which side of it
+  they fell on is unknown. Fills the broker has and the ledger is missing count as ledger fills (they are exchange
+  truth being imported), so a missed fill is reported once, as missing_locally, not again as drift. Fees are
+  charged in the quote currency (Coinbase spot and the paper exchange). Drift is valued in `quote_currency` at the
+  snapshot's price (or the broker's mid when the snapshot has none); drift that cannot be valued counts as beyond
+  tolerance.
+
+An audit racing the bot (a fill between the broker's balance and fill reads) can show a transient difference;
+the next run clears it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+from sqlmodel import Session, col, or_, select
+
+from trader.brokers.base import Broker
+from trader.domain import Fill, Liquidity, Order, OrderStatus, OrderType, Position, Side, TimeInForce
+from trader.errors import OrderNotFound, TraderError
+from trader.ledger import FillRecord, Ledger, OrderRecord
+from trader.ledger.ledger import OPEN_STATUSES
+from trader.ledger.models import BalanceSnapshot, Severity
+from trader.ledger.types import canonical_decimal
+
+log = logging.getLogger("perps_bot.reconcile")
+
+DRIFT_INCIDENT = "reconcile:balance_drift"
+# Runbook severity matrix: the ledger no longer explains the account, like "account telemetry stalled" (SEV-2);
+# nothing is offline or halted (SEV-1), and it is not free of financial impact (SEV-3).
+DRIFT_SEVERITY: Severity = "SEV-2"
+# A pending_submit order this young may be on its way to the broker from the running bot: left alone.
+IN_FLIGHT_GRACE = timedelta(minutes=2)
+BASELINE_CANDIDATES = 50
+ZERO = Decimal(0)
+
+
+class DifferenceKind(StrEnum):
+    MISSING_LOCALLY = "missing_locally"  # the broker has an order or fill the ledger does not
+    UNKNOWN_ON_EXCHANGE = "unknown_on_exchange"  # the ledger has an open order (or a fill) the broker does not know
+    STATUS_MISMATCH = "status_mismatch"
+    QUANTITY_MISMATCH = "quantity_mismatch"
+    PRICE_MISMATCH = "price_mismatch"
+    POSITION_MISMATCH = "position_mismatch"
+    BALANCE_DRIFT = "balance_drift"
+
+
+Entity = Literal["order", "fill", "position", "balance"]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the ledger disagrees with the broker, and what the audit did about it."""
+
+    kind: DifferenceKind
+    entity: Entity
+    entity_id: str  # client_order_id, trade_id, symbol or currency
+    symbol: str | None
+    field: str
+    ledger_value: str | None
+    broker_value: str | None
+    action: str
+
+    def row(self) -> dict[str, str]:
+        """The difference as one row of a table (artifact, log)."""
+        return {
+            "kind": str(self.kind),
+            "entity": self.entity,
+            "id": self.entity_id,
+            "symbol": self.symbol or "",
+            "field": self.field,
+            "ledger": self.ledger_value or "",
+            "broker": self.broker_value or "",
+            "action": self.action,
+        }
+
+
+@dataclass
+class AuditReport:
+    at: datetime
+    repair: bool
+    balance_tolerance_quote: Decimal
+    differences: list[Difference] = field(default_factory=list)
+    orders_checked: int = 0
+    orders_in_flight: int = 0
+    fills_checked: int = 0
+    positions_checked: int = 0
+    balances_checked: int = 0
+    balance_baseline: datetime | None = None  # taken_at of the snapshot balances were derived from
+
+    @property
+    def drift_beyond_tolerance(self) -> bool:
+        """True when some balance drifted beyond tolerance: an incident is needed."""
+        return any(d.kind == DifferenceKind.BALANCE_DRIFT for d in self.differences)
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+    def counts(self) -> dict[str, int]:
+        """Differences per kind (every kind listed, zeros included)."""
+        counts = dict.fromkeys((str(k) for k in DifferenceKind), 0)
+        for difference in self.differences:
+            counts[str(difference.kind)] += 1
+        return counts
+
+    def rows(self) -> list[dict[str, str]]:
+        """One table row per difference, or a single "no differences" row."""
+        if not self.differences:
+            empty = dict.fromkeys(("entity", "id", "symbol", "field", "ledger", "broker"), "")
+            return [{"kind": "none", **empty, "action": "no differences"}]
+        return [d.row() for d in self.differences]
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in self.counts().items() if n) or "no differences"
+        baseline = self.balance_baseline.isoformat() if self.balance_baseline else "none (no balance snapshot)"
+        return (
+            f"reconciliation audit at {self.at.isoformat()}: {kinds}; {self.orders_checked} orders, "
+            f"{self.fills_checked} fills, {self.positions_checked} positions, {self.balances_checked} balances "
+            f"checked; balance baseline {baseline}; "
+            f"{'drift beyond tolerance' if self.drift_beyond_tolerance else 'balances within tolerance'}"
+        )
+
+    def markdown(self) -> str:
+        """A short operator summary: counts per kind, then what the audit did."""
+        lines = [
+            "# Reconciliation audit",
+            "",
+            f"- at: {self.at.isoformat()}",
+            f"- repair: {'on' if self.repair else 'off (report only)'}",
+            f"- balance tolerance: {self.balance_tolerance_quote} (quote currency)",
+            f"- balance baseline: {self.balance_baseline.isoformat() if self.balance_baseline else 'none'}",
+            f"- checked: {self.orders_checked} orders ({self.orders_in_flight} in flight, skipped), "
+            f"{self.fills_checked} fills, {self.positions_checked} positions, {self.balances_checked} balances",
+            f"- **{'BALANCE DRIFT BEYOND TOLERANCE' if self.drift_beyond_tolerance else 'balances within tolerance'}**",
+            "",
+            "| kind | count |",
+            "|---|---|",
+            *(f"| {k} | {n} |" for k, n in self.counts().items()),
+        ]
+        return "\n".join(lines)
+
+
+def audit(
+    broker: Broker,
+    ledger: Ledger,
+    at: datetime,
+    *,
+    balance_tolerance_quote: Decimal = Decimal("1"),
+    repair: bool = True,
+    lookback: timedelta = timedelta(days=1),
+    quote_currency: str = "USD",
+) -> AuditReport:
+    """Compare the ledger's orders, fills, positions and balances with the broker; repair the ledger from the
+    broker's truth when `repair`. Never places or cancels an order."""
+    since = at - lookback
+    report = AuditReport(at=at, repair=repair, balance_tolerance_quote=balance_tolerance_quote)
+    # Read everything the broker says first, so the repairs below work from one view of it.
+    broker_open = broker.list_open_orders()
+    broker_fills = broker.list_fills(since=since)
+    broker_positions = {p.symbol: p for p in broker.positions()}
+    broker_balances = {b.currency: b.total for b in broker.balances()}
+
+    _audit_orders(broker, ledger, at, since, broker_open, broker_fills, report)
+    missing_fills = _audit_fills(ledger, since, broker_fills, report)
+    _audit_positions(ledger, at, broker_positions, missing_fills, report)
+    _audit_balances(broker, ledger, since, broker_balances, missing_fills, quote_currency, report)
+    for difference in report.differences:
+        log.warning("reconcile %s", difference.row())
+    log.info(report.summary())
+    return report
+
+
+# --- orders ----------------------------------------------------------------------------------------------------
+
+
+def _audit_orders(
+    broker: Broker,
+    ledger: Ledger,
+    at: datetime,
+    since: datetime,
+    broker_open: list[Order],
+    broker_fills: list[Fill],
+    report: AuditReport,
+) -> None:
+    checked: set[str] = set()
+    for record in _orders_in_scope(ledger, since):
+        checked.add(record.client_order_id)
+        if record.status == OrderStatus.PENDING_SUBMIT and record.created_at > at - IN_FLIGHT_GRACE:
+            report.orders_in_flight += 1
+            continue
+        report.orders_checked += 1
+        order = _broker_order(broker, record)
+        if order is None:
+            if record.status in OPEN_STATUSES:
+                _vanished(ledger, record, at, report)
+            continue  # a closed order the broker no longer returns: nothing left to compare
+        _compare_order(ledger, record, order, report)
+
+    # Orders the broker knows that the ledger never saw: resting ones, and those behind fills it is missing.
+    known = {o.client_order_id: o for o in broker_open if o.client_order_id not in checked}
+    filled = {f.client_order_id: f.order_id for f in broker_fills if f.client_order_id not in checked}
+    records = _ledger_orders(ledger, list(set(known) | set(filled)))
+    for client_order_id, order_id in filled.items():
+        if client_order_id not in known and client_order_id not in records:
+            known[client_order_id] = broker.get_order(order_id)
+    for client_order_id, order in known.items():
+        ours = records.get(client_order_id)
+        report.orders_checked += 1
+        if ours is None:
+            report.differences.append(
+                Difference(
+                    DifferenceKind.MISSING_LOCALLY,
+                    "order",
+                    client_order_id,
+                    order.symbol,
+                    "order",
+                    None,
+                    _describe_order(order),
+                    _act(report, "imported from the broker"),
+                )
+            )
+            if report.repair:
+                ledger.apply_order(order)
+        else:
+            _compare_order(ledger, ours, order, report)
+
+
+def _orders_in_scope(ledger: Ledger, since: datetime) -> list[OrderRecord]:
+    """Ledger orders still open, and those the broker acknowledged that changed since `since`."""
+    query = (
+        select(OrderRecord)
+        .where(
+            or_(
+                col(OrderRecord.status).in_(OPEN_STATUSES),
+                col(OrderRecord.exchange_order_id).is_not(None) & (col(OrderRecord.updated_at) >= since),
+            )
+        )
+        .order_by(col(OrderRecord.id))
+    )
+    with Session(ledger.engine) as session:
+        return list(session.exec(query).all())
+
+
+def _ledger_orders(ledger: Ledger, client_order_ids: list[str]) -> dict[str, OrderRecord]:
+    if not client_order_ids:
+        return {}
+    query = select(OrderRecord).where(col(OrderRecord.client_order_id).in_(client_order_ids))
+    with Session(ledger.engine) as session:
+        return {row.client_order_id: row for row in session.exec(query).all()}
+
+
+def _broker_order(broker: Broker, record: OrderRecord) -> Order | None:
+    """The broker's order: by exchange id when the ledger has it, else by client_order_id."""
+    if record.exchange_order_id:
+        try:
+            return broker.get_order(record.exchange_order_id)
+        except OrderNotFound:
+            return None
+    return broker.find_order(record.client_order_id)
+
+
+def _vanished(ledger: Ledger, record: OrderRecord, at: datetime, report: AuditReport) -> None:
+    never_sent = record.status == OrderStatus.PENDING_SUBMIT
+    if never_sent:
+        action = _act(report, "marked failed: never reached the broker")
+    else:
+        action = _act(report, "marked cancelled: vanished from the broker")
+    report.differences.append(
+        Difference(
+            DifferenceKind.UNKNOWN_ON_EXCHANGE,
+            "order",
+            record.client_order_id,
+            record.symbol,
+            "order",
+            record.status,
+            None,
+            action,
+        )
+    )
+    if not report.repair:
+        return
+    if never_sent:
+        ledger.mark_failed(record.client_order_id, "never reached the broker (reconciliation audit)", at)
+        return
+    ledger.apply_order(
+        Order(
+            order_id=record.exchange_order_id or "",
+            client_order_id=record.client_order_id,
+            symbol=record.symbol,
+            side=Side(record.side),
+            order_type=OrderType(record.order_type),
+            quantity=record.quantity,
+            status=OrderStatus.CANCELLED,
+            created_at=record.created_at,
+            limit_price=record.limit_price,
+            stop_price=record.stop_price,
+            time_in_force=TimeInForce(record.time_in_force),
+            filled_quantity=record.filled_quantity,
+            average_fill_price=record.average_fill_price,
+            fees=record.fees,
+            reject_reason="vanished from the broker (reconciliation audit)",
+            updated_at=at,
+        )
+    )
+
+
+def _compare_order(ledger: Ledger, record: OrderRecord, order: Order, report: AuditReport) -> None:
+    """Classify every field the broker and the ledger disagree on; take the broker's order when any differ."""
+    fields: list[tuple[DifferenceKind, str, object, object]] = [
+        (DifferenceKind.STATUS_MISMATCH, "status", record.status, str(order.status)),
+        (DifferenceKind.QUANTITY_MISMATCH, "quantity", record.quantity, order.quantity),
+        (DifferenceKind.QUANTITY_MISMATCH, "filled_quantity", record.filled_quantity, order.filled_quantity),
+        (DifferenceKind.PRICE_MISMATCH, "limit_price", record.limit_price, order.limit_price),
+        (DifferenceKind.PRICE_MISMATCH, "average_fill_price", record.average_fill_price, order.average_fill_price),
+    ]
+    found = [
+        Difference(
+            kind,
+            "order",
+            record.client_order_id,
+            record.symbol,
+            name,
+            _text(mine),
+            _text(theirs),
+            _act(report, "ledger set to the broker's order"),
+        )
+        for kind, name, mine, theirs in fields
+        if not _same(mine, theirs)
+    ]
+    if not found:
+        return
+    report.differences.extend(found)
+    if report.repair:
+        ledger.apply_order(order)
+        if not (_same(record.quantity, order.quantity) and _same(record.limit_price, order.limit_price)):
+            _set_order_terms(ledger, record.client_order_id, order)
+
+
+def _set_order_terms(ledger: Ledger, client_order_id: str, order: Order) -> None:
+    """Size and limit price after an edit on the exchange (Ledger.apply_order keeps the requested ones)."""
+    with Session(ledger.engine) as session, session.begin():
+        row = session.exec(select(OrderRecord).where(OrderRecord.client_order_id == client_order_id)).one()
+        row.quantity = order.quantity
+        row.limit_price = order.limit_price
+        row.stop_price = order.stop_price
+
+
+# --- fills -----------------------------------------------------------------------------------------------------
+
+
+def _audit_fills(ledger: Ledger, since: datetime, broker_fills: list[Fill], report: AuditReport) -> list[Fill]:
+    """Classify fill differences; import the fills the ledger is missing. Returns those missing fills."""
+    theirs = {f.trade_id: f for f in broker_fills}
+    query = select(FillRecord).where(
+        or_(col(FillRecord.filled_at) > since, col(FillRecord.trade_id).in_(list(theirs) or [""]))
+    )
+    with Session(ledger.engine) as session:
+        mine = {row.trade_id: row for row in session.exec(query).all()}
+    report.fills_checked = len(set(theirs) | set(mine))
+    missing = [f for trade_id, f in theirs.items() if trade_id not in mine]
+    for fill in missing:
+        report.differences.append(
+            Difference(
+                DifferenceKind.MISSING_LOCALLY,
+                "fill",
+                fill.trade_id,
+                fill.symbol,
+                "fill",
+                None,
+                f"{fill.side} {fill.quantity} @ {fill.price} fee {fill.fee} ({fill.client_order_id})",
+                _act(report, "imported from the broker"),
+            )
+        )
+    for trade_id, fill in theirs.items():
+        row = mine.get(trade_id)
+        if row is None:
+            continue
+        for kind, name, a, b in (
+            (DifferenceKind.QUANTITY_MISMATCH, "quantity", row.quantity, fill.quantity),
+            (DifferenceKind.PRICE_MISMATCH, "price", row.price, fill.price),
+            (DifferenceKind.PRICE_MISMATCH, "fee", row.fee, fill.fee),
+        ):
+            if not _same(a, b):
+                report.differences.append(
+                    Difference(
+                        kind, "fill", trade_id, fill.symbol, name, _text(a), _text(b), "none: fills are append-only"
+                    )
+                )
+    for trade_id, row in mine.items():
+        if trade_id not in theirs and row.filled_at > since:
+            report.differences.append(
+                Difference(
+                    DifferenceKind.UNKNOWN_ON_EXCHANGE,
+                    "fill",
+                    trade_id,
+                    row.symbol,
+                    "fill",
+                    f"{row.side} {row.quantity} @ {row.price} fee {row.fee} ({row.client_order_id})",
+                    None,
+                    "none: fills are append-only",
+                )
+            )
+    if report.repair and missing:
+        ledger.record_fills(missing)
+    return missing
+
+
+# --- positions -------------------------------------------------------------------------------------------------
+
+
+def _audit_positions(
+    ledger: Ledger, at: datetime, broker_positions: dict[str, Position], missing_fills: list[Fill], report: AuditReport
+) -> None:
+    """Compare quantities after the missing fills (imported, or about to be): a missed fill is no position error."""
+    expected = {symbol: p.quantity for symbol, p in ledger.positions().items()}
+    if not report.repair:  # repaired: record_fills has already moved the ledger's positions
+        for fill in missing_fills:
+            expected[fill.symbol] = expected.get(fill.symbol, ZERO) + _signed(fill)
+    symbols = sorted(set(expected) | set(broker_positions))
+    report.positions_checked = len(symbols)
+    for symbol in symbols:
+        mine = expected.get(symbol, ZERO)
+        position = broker_positions.get(symbol)
+        theirs = position.quantity if position is not None else ZERO
+        if _same(mine, theirs):
+            continue
+        report.differences.append(
+            Difference(
+                DifferenceKind.POSITION_MISMATCH,
+                "position",
+                symbol,
+                symbol,
+                "quantity",
+                _text(mine),
+                _text(theirs),
+                _act(report, "ledger set to the broker's position"),
+            )
+        )
+        if report.repair:
+            entry = position.average_entry_price if position is not None else ZERO
+            ledger.set_position(symbol, theirs, entry, at)
+
+
+# --- balances --------------------------------------------------------------------------------------------------
+
+
+def _audit_balances(
+    broker: Broker,
+    ledger: Ledger,
+    since: datetime,
+    broker_balances: dict[str, Decimal],
+    missing_fills: list[Fill],
+    quote_currency: str,
+    report: AuditReport,
+) -> None:
+    """Broker totals against the baseline snapshot plus every fill after it (see the module docstring)."""
+    with Session(ledger.engine) as session:
+        baseline = _baseline(session, since, missing_fills)
+        if baseline is None:
+            return
+        taken_at, rows = baseline
+        recorded = session.exec(select(FillRecord).where(col(FillRecord.filled_at) > taken_at)).all()
+    fills = {row.trade_id: _fill_of(row) for row in recorded}
+    fills.update({f.trade_id: f for f in missing_fills if f.filled_at > taken_at})
+    report.balance_baseline = taken_at
+
+    expected = {row.currency: row.available + row.hold for row in rows}
+    prices = {row.currency: row.price_quote for row in rows if row.price_quote > 0}
+    currencies: dict[str, tuple[str, str]] = {}
+    for fill in fills.values():
+        if fill.symbol not in currencies:
+            currencies[fill.symbol] = _currencies(broker, fill.symbol)
+        base, quote = currencies[fill.symbol]
+        notional = fill.quantity * fill.price
+        sign = 1 if fill.side == Side.BUY else -1
+        expected[base] = expected.get(base, ZERO) + sign * fill.quantity
+        expected[quote] = expected.get(quote, ZERO) - sign * notional - fill.fee
+
+    names = sorted(set(expected) | set(broker_balances))
+    report.balances_checked = len(names)
+    for currency in names:
+        mine, theirs = expected.get(currency, ZERO), broker_balances.get(currency, ZERO)
+        drift = theirs - mine
+        if drift == 0:
+            continue
+        price = (
+            Decimal(1) if currency == quote_currency else prices.get(currency) or _mid(broker, currency, quote_currency)
+        )
+        value = abs(drift) * price if price is not None else None
+        if value is not None and value <= report.balance_tolerance_quote:
+            continue
+        valued = f"{value:.2f} {quote_currency}" if value is not None else f"unvalued (no {currency} price)"
+        report.differences.append(
+            Difference(
+                DifferenceKind.BALANCE_DRIFT,
+                "balance",
+                currency,
+                None,
+                "total",
+                _text(canonical_decimal(mine)),
+                _text(theirs),
+                f"none: drift {_text(canonical_decimal(drift))} {currency} ({valued}) beyond tolerance "
+                f"{report.balance_tolerance_quote} {quote_currency}; investigate deposits, withdrawals, fees, "
+                "manual trades",
+            )
+        )
+
+
+def _baseline(
+    session: Session, since: datetime, missing_fills: list[Fill]
+) -> tuple[datetime, list[BalanceSnapshot]] | None:
+    """The newest snapshot at or before `since`, else the oldest after it; skipping those a fill shares a time with."""
+    older = (
+        select(BalanceSnapshot.snapshot_id, BalanceSnapshot.taken_at)
+        .where(col(BalanceSnapshot.taken_at) <= since)
+        .distinct()
+        .order_by(col(BalanceSnapshot.taken_at).desc())
+        .limit(BASELINE_CANDIDATES)
+    )
+    newer = (
+        select(BalanceSnapshot.snapshot_id, BalanceSnapshot.taken_at)
+        .where(col(BalanceSnapshot.taken_at) > since)
+        .distinct()
+        .order_by(col(BalanceSnapshot.taken_at))
+        .limit(BASELINE_CANDIDATES)
+    )
+    candidates = list(session.exec(older).all()) + list(session.exec(newer).all())
+    if not candidates:
+        return None
+    times = {taken_at for _, taken_at in candidates}
+    shared = set(session.exec(select(FillRecord.filled_at).where(col(FillRecord.filled_at).in_(times))).all())
+    shared |= {f.filled_at for f in missing_fills}
+    snapshot_id, taken_at = next(((s, t) for s, t in candidates if t not in shared), candidates[0])
+    rows = session.exec(select(BalanceSnapshot).where(BalanceSnapshot.snapshot_id == snapshot_id)).all()
+    return taken_at, list(rows)
+
+
+def _currencies(broker: Broker, symbol: str) -> tuple[str, str]:
+    """(base, quote) of a product; "BTC-USD" split on its dash when the broker does not list it."""
+    try:
+        product = broker.get_product(symbol)
+        return product.base_currency, product.quote_currency
+    except TraderError:
+        base, _, quote = symbol.partition("-")
+        return base, quote
+
+
+def _mid(broker: Broker, currency: str, quote_currency: str) -> Decimal | None:
+    try:
+        bid, ask = broker.best_bid_ask(f"{currency}-{quote_currency}")
+    except TraderError:
+        return None
+    return (bid + ask) / 2
+
+
+# --- incidents -------------------------------------------------------------------------------------------------
+
+
+def record_drift_incident(ledger: Ledger, report: AuditReport, at: datetime) -> int | None:
+    """Open (or refresh) the balance-drift incident when drift is beyond tolerance, resolve it otherwise;
+    returns the open incident's id, or None when there is none."""
+    if not report.drift_beyond_tolerance:
+        if ledger.resolve_incident(DRIFT_INCIDENT, at):
+            log.info("balance drift incident resolved: balances within tolerance")
+        return None
+    drifts = [d for d in report.differences if d.kind == DifferenceKind.BALANCE_DRIFT]
+    detail = "; ".join(f"{d.entity_id}: ledger {d.ledger_value}, broker {d.broker_value}" for d in drifts)
+    return ledger.open_incident(
+        fingerprint=DRIFT_INCIDENT,
+        severity=DRIFT_SEVERITY,
+        title=f"Balance drift beyond tolerance in {', '.join(d.entity_id for d in drifts)}",
+        detail=f"{detail}. {report.summary()}",
+        source="reconcile",
+        at=at,
+    )
+
+
+# --- small helpers ---------------------------------------------------------------------------------------------
+
+
+def _act(report: AuditReport, action: str) -> str:
+    return action if report.repair else f"none (repair off): would be {action}"
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, Decimal) and isinstance(b, Decimal):
+        return canonical_decimal(a) == canonical_decimal(b)
+    if isinstance(a, Decimal) and b is None or isinstance(b, Decimal) and a is None:
+        return False
+    return a == b
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return format(canonical_decimal(value), "f")
+    return str(value)
+
+
+def _signed(fill: Fill) -> Decimal:
+    return fill.quantity if fill.side == Side.BUY else -fill.quantity
+
+
+def _describe_order(order: Order) -> str:
+    price = f" @ {order.limit_price}" if order.limit_price is not None else ""
+    return f"{order.side} {order.order_type} {order.quantity}{price} {order.status} ({order.order_id})"
+
+
+def _fill_of(row: FillRecord) -> Fill:
+    return Fill(
+        trade_id=row.trade_id,
+        order_id=row.exchange_order_id,
+        client_order_id=row.client_order_id,
+        symbol=row.symbol,
+        side=Side(row.side),
+        quantity=row.quantity,
+        price=row.price,
+        fee=row.fee,
+        liquidity=Liquidity(row.liquidity),
+        filled_at=row.filled_at,
+    )
