@@ -17,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import pandas as pd
 from sqlalchemy import text
 
 from trader.brokers.base import Broker
@@ -149,6 +148,8 @@ def guard_counters(heartbeat_file: Path) -> CheckResult:
 
 def overnight_pnl_and_positions(ledger: Ledger, broker: Broker, now: datetime) -> CheckResult:
     """Fills of the last 24 h with pandas (count, notional, fees, realized flow) and the open positions."""
+    import pandas as pd  # lazily: the checklist process should not pay pandas' import before it is needed
+
     since = now - timedelta(hours=24)
     fills = pd.DataFrame(
         [

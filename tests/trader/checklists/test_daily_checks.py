@@ -1,0 +1,135 @@
+"""The morning checklist's checks: thresholds, evidence, and that a broken check is a fail, not a crash."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from trader.brokers.coinbase import CoinbaseBroker
+from trader.brokers.simulated import SimulatedExchange
+from trader.checklists import daily
+from trader.domain import OrderRequest, OrderType, Side
+from trader.ledger import Ledger
+from trader.market import ReplayMarketData
+from trader.settings import load_settings
+from trader.state.cold import LocalFolderStore
+from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey
+
+NOW = datetime(2026, 11, 21, 7, 0, tzinfo=UTC)
+
+
+def test_log_scan_counts_only_errors_since_the_last_run(tmp_path: Path) -> None:
+    log = tmp_path / "perps_bot.log"
+    lines = [
+        "2026-11-21 05:00:00,001 ERROR perps_bot.bot old error",
+        "2026-11-21 06:30:00,001 INFO perps_bot.bot fine",
+        "2026-11-21 06:31:00,001 ERROR perps_bot.bot order rejected: INSUFFICIENT_FUND",
+        "2026-11-21 06:32:00,001 CRITICAL perps_bot.bot kill switch",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    since = datetime.strptime("2026-11-21 06:00:00", "%Y-%m-%d %H:%M:%S").astimezone(UTC)  # local, like the log
+
+    result = daily.log_scan(log, since)
+
+    assert result.status == "warn" and result.evidence.startswith("2 lines since")
+    assert "kill switch" in result.evidence
+    assert daily.log_scan(log, None).evidence.startswith("3 lines")
+    many = "\n".join(["2026-11-21 06:40:00,000 ERROR x boom"] * daily.LOG_ERRORS_FAIL)
+    log.write_text(many + "\n")
+    assert daily.log_scan(log, since).status == "fail"
+
+
+@pytest.mark.parametrize(
+    ("age", "status"),
+    [(timedelta(seconds=30), "pass"), (timedelta(minutes=6), "warn"), (timedelta(minutes=20), "fail")],
+)
+def test_heartbeat_age_thresholds(tmp_path: Path, sqlite_url: str, age: timedelta, status: str) -> None:
+    ledger = Ledger(sqlite_url)
+    session = ledger.start_session("dev", "simulated", "paper", at=NOW - timedelta(hours=1))
+    ledger.heartbeat(session, 10, NOW - age)
+    beat = tmp_path / "heartbeat.json"
+    beat.write_text(
+        json.dumps(
+            {
+                "cycles": 10,
+                "market_time": "x",
+                "wall_time": (NOW - age).timestamp(),
+                "guard_counters": {"kill_switch": 2, "max_position": 0},
+            }
+        )
+    )
+
+    assert daily.telemetry_freshness(ledger, NOW).status == status
+    assert daily.heartbeat_metrics(beat, NOW).status == status
+    counters = daily.guard_counters(beat)
+    assert counters.status == "warn" and counters.evidence == "kill_switch=2"
+
+
+def test_backup_age_reads_only_verified_manifests(tmp_path: Path) -> None:
+    cold = LocalFolderStore(tmp_path / "cold")
+    assert daily.backup_age(cold, NOW).status == "warn"
+    cold.put("backups/daily/a.manifest.json", json.dumps({"verified": False, "created_at": NOW.isoformat()}).encode())
+    assert daily.backup_age(cold, NOW).status == "warn"  # an unverified backup does not count
+    old = (NOW - timedelta(hours=30)).isoformat()
+    cold.put("backups/daily/b.manifest.json", json.dumps({"verified": True, "created_at": old}).encode())
+    assert daily.backup_age(cold, NOW).status == "warn"
+    fresh = (NOW - timedelta(hours=2)).isoformat()
+    cold.put("backups/daily/c.manifest.json", json.dumps({"verified": True, "created_at": fresh}).encode())
+    result = daily.backup_age(cold, NOW)
+    assert result.status == "pass" and fresh in result.evidence
+
+
+def test_pnl_and_positions_with_pandas(sqlite_url: str) -> None:
+    exchange = SimulatedExchange(ReplayMarketData())
+    ledger = Ledger(sqlite_url)
+    exchange.place_order(OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.1"), "c-1"))
+    ledger.record_fills(exchange.list_fills())
+    now = exchange.now()
+
+    result = daily.overnight_pnl_and_positions(ledger, exchange, now)
+
+    assert result.status == "pass"
+    assert "1 fills" in result.evidence and "positions: BTC-USD 0.1" in result.evidence
+
+
+def test_database_and_disk(sqlite_url: str, tmp_path: Path) -> None:
+    assert daily.database(Ledger(sqlite_url)).status == "pass"
+    assert daily.disk_space(tmp_path).status in ("pass", "warn", "fail")
+    assert "GiB free" in daily.disk_space(tmp_path).evidence
+
+
+def test_a_check_that_cannot_run_is_a_fail_naming_why() -> None:
+    def broken() -> daily.CheckResult:
+        raise ConnectionError("connection refused\nsecond line")
+
+    result = daily.guarded("preflight", broken)
+
+    assert (result.status, result.evidence) == ("fail", "ConnectionError: connection refused")
+
+
+def test_preflight_on_coinbase_warns_when_the_trading_key_can_transfer(
+    tmp_path: Path, cdp_key: CdpKey, start_exchange: object
+) -> None:
+    assert callable(start_exchange)
+    server: AdvancedTradeServer = start_exchange(
+        permissions={"can_view": True, "can_trade": True, "can_transfer": True, "portfolio_type": "DEFAULT"}
+    )
+    key_file = tmp_path / "key.json"
+    cdp_key.write_key_file(key_file)
+    settings = load_settings(
+        profile="spot", coinbase_key_file=key_file, coinbase_api_base=server.base_url, coinbase_ca_file=server.ca_file
+    )
+    started = time.monotonic()
+
+    result = daily.preflight(settings, CoinbaseBroker.from_settings(settings))
+
+    assert result.status == "warn" and "can also transfer" in result.evidence
+    assert "clock skew" in result.evidence and "coinbase reachable" in result.evidence
+    assert time.monotonic() - started < 30
+    paper = daily.preflight(load_settings(profile="dev"), SimulatedExchange(ReplayMarketData()))
+    assert paper.status == "pass" and "paper trading" in paper.evidence
