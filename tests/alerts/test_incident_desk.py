@@ -62,7 +62,7 @@ def test_resolve_posts_in_the_thread_and_closes_the_ledger_incident(desk: Incide
 
     resolve = slack.posts()[-1]
     assert resolve.body["thread_ts"] == ts
-    assert resolve.body["text"].startswith("resolved: account telemetry stalled passes again")
+    assert resolve.body["text"].startswith("resolved: account telemetry stalled (passes again")
     assert slack.calls("chat.update")[0].body["ts"] == ts
     assert desk.ledger.open_incidents() == []
     assert desk.resolve("telemetry") is False

@@ -159,7 +159,7 @@ def update_text(incident: IncidentNotice) -> str:
 
 def resolve_text(incident: IncidentNotice) -> str:
     """The message when the check passes again."""
-    return f"resolved: {_escape(incident.title)} passes again ({incident.severity} incident #{incident.id})"
+    return f"resolved: {_escape(incident.title)} (passes again; {incident.severity} incident #{incident.id})"
 
 
 # --- implementations ------------------------------------------------------------------------------------------------

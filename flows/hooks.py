@@ -1,0 +1,96 @@
+"""Prefect flow-state hooks that open and resolve incidents; attach them to any flow:
+
+    @flow(on_failure=[incident_on_failure], on_crashed=[incident_on_crashed], on_completion=[resolve_on_completion])
+
+Settings (DATABASE_URL, SLACK_*) come from the environment. A hook never raises and never waits long: the ledger
+write comes first, Slack calls have short timeouts, and an announcement that fails is delivered by the next hook.
+A run whose process dies (OOM, SIGKILL) runs no hook at all: deployments/automations.py covers that case.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trader.alerts import IncidentDesk, IncidentKind, redact
+from trader.settings import load_settings
+
+log = logging.getLogger("trader.alerts")
+
+BOT_FLOW = "trading-bot"
+
+
+def flow_run_url(flow_run_id: object) -> str | None:
+    """The flow run's page in the Prefect UI (PREFECT_UI_URL/runs/flow-run/<id>), or None without a UI URL."""
+    try:
+        from prefect.settings import PREFECT_UI_URL
+
+        ui = PREFECT_UI_URL.value()
+    except Exception:
+        return None
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+def flow_fingerprint(flow_name: str) -> str:
+    """One incident per flow: a second failure is an update in the same thread, a completion resolves it."""
+    return f"flow:{flow_name}"
+
+
+def incident_kind(flow_name: str, crashed: bool) -> IncidentKind:
+    """The trading-bot flow down is "bot offline" (SEV-1); any other flow down is a partial loss (SEV-2)."""
+    if flow_name == BOT_FLOW:
+        return IncidentKind.BOT_OFFLINE
+    return IncidentKind.FLOW_CRASHED if crashed else IncidentKind.FLOW_FAILED
+
+
+def _run_logger(flow: Any, flow_run: Any) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        from prefect.logging.loggers import flow_run_logger
+
+        return flow_run_logger(flow_run, flow)
+    except Exception:
+        return log
+
+
+def _open(flow: Any, flow_run: Any, state: Any, *, crashed: bool) -> None:
+    try:
+        name = str(getattr(flow, "name", "unknown-flow"))
+        what = "crashed" if crashed else "failed"
+        evidence = (
+            f"{getattr(state, 'message', None) or f'the flow run {what} without a message'}\n"
+            f"flow run {getattr(flow_run, 'name', '?')} ({flow_run.id}), state {getattr(state, 'name', what)}"
+        )
+        desk = IncidentDesk.from_settings(load_settings())
+        desk.deliver_pending()
+        incident_id = desk.raise_incident(
+            incident_kind(name, crashed),
+            f"flow {name} {what}",
+            evidence,
+            fingerprint=flow_fingerprint(name),
+            flow_run_url=flow_run_url(flow_run.id),
+        )
+        _run_logger(flow, flow_run).info("incident #%s opened for flow %s (%s)", incident_id, name, what)
+    except Exception as error:  # a hook that raises would bury the flow's own failure
+        log.error("incident hook for a %s flow run failed: %s", "crashed" if crashed else "failed", redact(str(error)))
+
+
+def incident_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_failure hook: open (or update) the flow's incident with the state message as evidence."""
+    _open(flow, flow_run, state, crashed=False)
+
+
+def incident_on_crashed(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_crashed hook: open (or update) the flow's incident with the state message as evidence."""
+    _open(flow, flow_run, state, crashed=True)
+
+
+def resolve_on_completion(flow: Any, flow_run: Any, state: Any) -> None:
+    """on_completion hook: the flow passes again, so resolve its incident (a message in the incident's thread)."""
+    try:
+        name = str(getattr(flow, "name", "unknown-flow"))
+        desk = IncidentDesk.from_settings(load_settings())
+        desk.deliver_pending()
+        if desk.resolve(flow_fingerprint(name)):
+            _run_logger(flow, flow_run).info("incident for flow %s resolved", name)
+    except Exception as error:
+        log.error("resolve hook failed: %s", redact(str(error)))
