@@ -47,3 +47,12 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
     built = Ledger(url)
     yield built
     built.dispose()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect API (SQLite) for the session, so the reconcile flow runs in-process and keeps artifacts."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

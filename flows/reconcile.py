@@ -1,0 +1,39 @@
+"""reconcile: the runbook's regular balance reconciliation as a flow (audit, repair, publish, incident)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from tasks.reconcile import audit_ledger, open_audit_broker, publish_report, update_drift_incident
+from trader.ledger import Ledger
+from trader.settings import load_settings
+
+
+@flow(name="reconcile", log_prints=False, persist_result=False)
+def reconcile(
+    profile: str = "dev", balance_tolerance_quote: Decimal = Decimal("1"), repair: bool = True
+) -> dict[str, Any]:
+    """Audit the ledger against the broker, repair it from the broker's truth, publish every difference, and open
+    (drift beyond tolerance) or resolve (clean) the balance-drift incident. Never places or cancels an order."""
+    logger = get_run_logger()
+    settings = load_settings(profile=profile)
+    broker = open_audit_broker(settings)
+    ledger = Ledger(settings.database_url)
+    try:
+        report = audit_ledger(broker, ledger, balance_tolerance_quote, repair)
+        publish_report(report, profile)
+        incident_id = update_drift_incident(ledger, report)
+    finally:
+        ledger.dispose()
+    logger.info(report.summary())
+    return {
+        "at": report.at.isoformat(),
+        "differences": len(report.differences),
+        "by_kind": {kind: n for kind, n in report.counts().items() if n},
+        "drift_beyond_tolerance": report.drift_beyond_tolerance,
+        "incident_id": incident_id,
+        "repair": repair,
+    }
