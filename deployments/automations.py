@@ -1,0 +1,141 @@
+"""A Prefect automation that tells Slack when any flow run crashes, even one whose process died before its hooks ran.
+
+    python -m deployments.automations        # against PREFECT_API_URL; safe to run again (idempotent)
+
+Trigger: the event `prefect.flow-run.Crashed` on any flow run (reactive, threshold 1).
+Action: `CallWebhook` on a Prefect `Webhook` block named `gpt-trader-slack-crash-alert` (no Prefect Cloud needed),
+which posts a plain-text message with the run's severity (trading-bot: SEV-1, any other flow: SEV-2), the state
+message, the runbook's first actions and the run's UI link (its id when the server has no UI URL):
+  * with SLACK_BOT_TOKEN + SLACK_CHANNEL: `chat.postMessage` with the token in the block's (secret) headers;
+  * else with SLACK_WEBHOOK_URL: the incoming webhook.
+The secrets come from the environment or the Prefect Secret blocks `slack-bot-token` / `slack-webhook-url`; they
+live only in the Webhook block (stored as secret fields), never in the automation or this command's output.
+Without any Slack setting nothing is created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+from uuid import UUID
+
+from trader.alerts.notifier import (
+    SLACK_API_URL_ENV,
+    SLACK_BOT_TOKEN_BLOCK,
+    SLACK_WEBHOOK_URL_BLOCK,
+    redact,
+    secret_from_prefect_block,
+)
+from trader.alerts.severity import SEVERITY_MATRIX, IncidentKind, severity_for
+from trader.settings import Settings, load_settings
+
+log = logging.getLogger("trader.alerts")
+
+AUTOMATION_NAME = "gpt-trader: notify on crashed runs"
+WEBHOOK_BLOCK_NAME = "gpt-trader-slack-crash-alert"
+CRASHED_EVENT = "prefect.flow-run.Crashed"
+SLACK_API = "https://slack.com/api/"
+
+
+def _message_template() -> str:
+    """Jinja (rendered by the Prefect server) for the message text: severity and first actions per the matrix."""
+    bot = SEVERITY_MATRIX[severity_for(IncidentKind.BOT_OFFLINE)]
+    other = SEVERITY_MATRIX[severity_for(IncidentKind.FLOW_CRASHED)]
+
+    def line(level: Any) -> str:
+        return (
+            f"{level.severity} flow run crashed: ' ~ flow.name ~ '/' ~ flow_run.name ~ ' - ' ~ "
+            f"(flow_run.state.message or 'no state message') ~ '. First actions: {'; '.join(level.first_actions)}. "
+            f"Flow run: ' ~ ((flow_run|ui_url) or ('id ' ~ flow_run.id))"
+        )
+
+    return (
+        f"{{% if flow.name == 'trading-bot' %}}{{{{ ('{line(bot)}) | tojson }}}}"
+        f"{{% else %}}{{{{ ('{line(other)}) | tojson }}}}{{% endif %}}"
+    )
+
+
+def _webhook_target(settings: Settings, slack_api_url: str) -> tuple[str, dict[str, str], str] | None:
+    """URL, headers and payload template for the Webhook block; None when no Slack is configured."""
+    text = _message_template()
+    if settings.slack_channel:
+        token = settings.slack_bot_token or secret_from_prefect_block(SLACK_BOT_TOKEN_BLOCK)
+        if token is not None:
+            headers = {
+                "Authorization": f"Bearer {token.get_secret_value()}",
+                "Content-Type": "application/json; charset=utf-8",
+            }
+            payload = f'{{"channel": {json.dumps(settings.slack_channel)}, "text": {text}}}'
+            return f"{slack_api_url.rstrip('/')}/chat.postMessage", headers, payload
+    webhook = settings.slack_webhook_url or secret_from_prefect_block(SLACK_WEBHOOK_URL_BLOCK)
+    if webhook is not None:
+        return webhook.get_secret_value(), {"Content-Type": "application/json"}, f'{{"text": {text}}}'
+    return None
+
+
+def ensure_crash_automation(settings: Settings | None = None, *, slack_api_url: str | None = None) -> UUID | None:
+    """Create or refresh the crash automation and its Webhook block; its id, or None when Slack is not configured."""
+    import os
+
+    from prefect.automations import Automation, CallWebhook, EventTrigger, Posture
+    from prefect.blocks.webhook import Webhook
+    from prefect.types import SecretDict
+
+    settings = settings or load_settings()
+    api = slack_api_url or os.environ.get(SLACK_API_URL_ENV) or SLACK_API
+    target = _webhook_target(settings, api)
+    if target is None:
+        log.warning("no SLACK_BOT_TOKEN + SLACK_CHANNEL or SLACK_WEBHOOK_URL: the crash automation was not created")
+        return None
+    url, headers, payload = target
+    block = Webhook(method="POST", url=url, headers=SecretDict(headers))  # type: ignore[arg-type]
+    block_id: UUID = block.save(WEBHOOK_BLOCK_NAME, overwrite=True, _sync=True)  # type: ignore[call-arg,assignment]
+    wanted = Automation(
+        name=AUTOMATION_NAME,
+        description="Slack message for every crashed flow run (deployments/automations.py)",
+        trigger=EventTrigger(
+            expect={CRASHED_EVENT},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[CallWebhook(block_document_id=block_id, payload=payload)],
+    )
+    existing = _find_automation(AUTOMATION_NAME)
+    if existing is None:
+        return wanted.create(_sync=True).id  # type: ignore[call-arg,union-attr]
+    wanted.id = existing
+    wanted.update(_sync=True)  # type: ignore[call-arg]
+    return existing
+
+
+def _find_automation(name: str) -> UUID | None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        found = [a for a in client.read_automations_by_name(name=name) if a.name == name]
+        extra = found[1:]
+        for duplicate in extra:  # an older non-idempotent run left copies: keep one
+            client.delete_automation(duplicate.id)
+    return found[0].id if found else None
+
+
+def main() -> int:
+    """`python -m deployments.automations`: ensure the crash automation exists; prints its id."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        automation_id = ensure_crash_automation()
+    except Exception as error:
+        print(f"could not create the crash automation: {redact(f'{type(error).__name__}: {error}')}", file=sys.stderr)
+        return 1
+    if automation_id is None:
+        print("no Slack configured (SLACK_BOT_TOKEN + SLACK_CHANNEL, or SLACK_WEBHOOK_URL): nothing created")
+        return 0
+    print(f"automation {AUTOMATION_NAME!r} ({automation_id}): {CRASHED_EVENT} -> Webhook block {WEBHOOK_BLOCK_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
