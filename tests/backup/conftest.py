@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -70,3 +70,37 @@ def pg_ledger(fresh_pg_url: str) -> Iterator[tuple[str, dict[str, int]]]:
 def sqlite_ledger(sqlite_url: str) -> tuple[str, dict[str, int]]:
     """A SQLite ledger file with rows, and its row counts."""
     return sqlite_url, fill_ledger(sqlite_url)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect API (SQLite) for the whole session, so flows run in-process and record artifacts."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def backup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., Path]:
+    """Point the flows' settings at a ledger and a cold tier; returns the state folder."""
+
+    def configure(database_url: str, cold_storage_url: str, endpoint_url: str | None = None) -> Path:
+        for name in (
+            "PERPS_PROFILE",
+            "COINBASE_API_KEY",
+            "COINBASE_API_SECRET",
+            "COINBASE_KEY_FILE",
+            "SLACK_BOT_TOKEN",
+        ):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        monkeypatch.setenv("COLD_STORAGE_URL", cold_storage_url)
+        if endpoint_url:
+            monkeypatch.setenv("COLD_STORAGE_ENDPOINT_URL", endpoint_url)
+        monkeypatch.setenv("STATE_DIR", str(tmp_path / "state"))
+        monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
+        return tmp_path / "state"
+
+    return configure
