@@ -12,7 +12,7 @@ from trader.ledger import Ledger
 from trader.settings import load_settings
 
 
-@flow(name="reconcile", log_prints=False, persist_result=False)
+@flow(name="reconcile", log_prints=False, persist_result=False, timeout_seconds=900)
 def reconcile(
     profile: str = "dev", balance_tolerance_quote: Decimal = Decimal("1"), repair: bool = True
 ) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import OperationalError
 
 from trader.brokers.base import Broker
-from trader.brokers.simulated import SimulatedExchange
 from trader.errors import BrokerUnavailable
 from trader.ledger import Ledger
 from trader.reconcile.audit import AuditReport, audit, record_drift_incident
@@ -28,10 +27,7 @@ SUMMARY_ARTIFACT = "reconcile-summary"
 
 def open_audit_broker(settings: Settings) -> Broker:
     """The profile's broker for reading: the paper account is loaded but never written (the running bot owns it)."""
-    broker = build_broker(settings)
-    if isinstance(broker, SimulatedExchange):
-        broker.state_path = None
-    return broker
+    return build_broker(settings, read_only=True)
 
 
 def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
