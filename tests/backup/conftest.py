@@ -19,7 +19,7 @@ from trader.state.warm import SqlWarmStore
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
 
 
-def fill_ledger(url: str, fills: int = 50) -> dict[str, int]:
+def fill_ledger(url: str, fills: int = 50, *, first: int = 0) -> dict[str, int]:
     """Migrate the ledger at url and give it a session, fills (with positions) and a state entry; its counts."""
     ledger = Ledger(url)
     try:
@@ -38,7 +38,7 @@ def fill_ledger(url: str, fills: int = 50) -> dict[str, int]:
                     liquidity=Liquidity.TAKER,
                     filled_at=T0 + timedelta(seconds=i),
                 )
-                for i in range(fills)
+                for i in range(first, first + fills)
             ],
             session_id,
         )

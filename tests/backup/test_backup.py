@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.backup.conftest import MotoS3
+from tests.backup.conftest import MotoS3, fill_ledger
 from trader.backup import BackupManager, BackupVerificationFailed, NoVerifiedBackup
 from trader.backup.backup import find_pg_tool
 from trader.state.base import ObjectStore
@@ -314,3 +314,26 @@ def test_restore_test_without_any_backup_says_to_run_one(sqlite_url: str, tmp_pa
 
     with pytest.raises(NoVerifiedBackup, match="run daily-backup"):
         backups.restore_test()
+
+
+def test_counts_and_dump_share_one_snapshot_while_the_bot_keeps_writing(
+    pg_ledger: tuple[str, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, counts = pg_ledger
+    from trader.backup import backup as module
+
+    count_tables = module._postgres_stats
+
+    def bot_writes_first(connection: Any, report: Any) -> Any:
+        fill_ledger(url, fills=7, first=1000)  # committed after the snapshot was exported, before the counting starts
+        return count_tables(connection, report)
+
+    monkeypatch.setattr(module, "_postgres_stats", bot_writes_first)
+    backups = manager(url, LocalFolderStore(tmp_path / "cold"), tmp_path)
+
+    info = backups.create("daily", at=AT)
+    report = backups.restore_test()
+
+    assert fill_ledger(url, fills=0)["fills"] == counts["fills"] + 7
+    assert info.row_counts["fills"] == counts["fills"]  # the 7 new fills are after the snapshot
+    assert report.ok, report.mismatches  # and the dump agrees: it is the same snapshot
