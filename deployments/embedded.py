@@ -35,6 +35,16 @@ def prefect_env(home: Path, port: int) -> dict[str, str]:
     return env
 
 
+def _ensure_crash_automation(env: dict[str, str]) -> None:
+    """The automation that reports Crashed runs even when a process worker skips the flow's own hooks
+    (PrefectHQ/prefect#22766); without Slack settings there is nothing to notify and nothing is created."""
+    result = subprocess.run(
+        [sys.executable, "-m", "deployments.automations"], env=env, capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        out.print(f"[yellow]crash automation not created: {(result.stderr or result.stdout).strip()[-300:]}[/]")
+
+
 def wait_for_api(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
     """Block until the server's /api/health answers; raise with the log's tail if it never does."""
     url = f"http://127.0.0.1:{port}/api/health"
@@ -104,6 +114,7 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
         with out.status("registering and serving the deployments of prefect.yaml"):
             runner = spawn(["deployments.serve_all"], logs / "serve.log", env, root)
             children.append(runner)
+            _ensure_crash_automation(env)
             if start_bot:
                 run_id = start_bot_run(settings.profile, env)
         if start_bot:

@@ -14,6 +14,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
+from flows.hooks import incident_on_crashed, incident_on_failure
 from tasks.bot import reconcile_before_trading
 from trader.bot import CycleReport
 from trader.logs import configure_logging
@@ -56,7 +57,13 @@ class StopBetweenCycles:
         return self.reason is not None
 
 
-@flow(name="trading-bot", log_prints=False, persist_result=False)
+@flow(
+    name="trading-bot",
+    log_prints=False,
+    persist_result=False,
+    on_failure=[incident_on_failure],
+    on_crashed=[incident_on_crashed],
+)
 def trading_bot(
     profile: str = "dev",
     max_cycles: int | None = None,

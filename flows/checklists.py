@@ -16,6 +16,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from flows.hooks import flow_run_url, incident_on_crashed, incident_on_failure, resolve_on_completion
+from trader.alerts.incidents import IncidentDesk
+from trader.alerts.notifier import notifier_from_settings
+from trader.alerts.severity import IncidentKind
 from trader.checklists import daily
 from trader.checklists.daily import CheckResult, guarded, worst
 from trader.ledger import Ledger
@@ -79,7 +83,15 @@ def backup_age(settings: Settings, now: datetime) -> CheckResult:
     return guarded("backup age", lambda: daily.backup_age(cold_store_from_settings(settings), now))
 
 
-@flow(name="daily-checklist", log_prints=False, persist_result=False, timeout_seconds=600)
+@flow(
+    name="daily-checklist",
+    log_prints=False,
+    persist_result=False,
+    timeout_seconds=600,
+    on_failure=[incident_on_failure],
+    on_crashed=[incident_on_crashed],
+    on_completion=[resolve_on_completion],
+)
 def daily_checklist(profile: str = "dev") -> dict[str, str]:
     """The morning checklist; returns {item: status}."""
     logger = get_run_logger()
@@ -104,19 +116,20 @@ def daily_checklist(profile: str = "dev") -> dict[str, str]:
     finished = datetime.now(UTC)
     run_id = str(flow_run.id) if flow_run.id else None
     ledger.record_checklist_run("daily", status, [r.row() for r in results], started, finished, run_id)
+    desk = IncidentDesk(ledger, notifier_from_settings(settings))
+    url = flow_run_url(flow_run.id) if flow_run.id else None
     for result in results:
         fingerprint = f"checklist:daily:{result.item}"
         if result.status == "fail":
-            ledger.open_incident(
-                fingerprint,
-                "SEV-2",
+            desk.raise_incident(
+                IncidentKind.PARTIAL_FUNCTIONALITY_LOSS,
                 f"daily checklist: {result.item} failed",
                 result.evidence,
-                "daily-checklist",
-                finished,
+                fingerprint=fingerprint,
+                flow_run_url=url,
             )
         else:
-            ledger.resolve_incident(fingerprint, finished)
+            desk.resolve(fingerprint)
     create_table_artifact(
         key="daily-checklist",
         table=[{"item": r.item, "status": r.status.upper(), "evidence": r.evidence} for r in results],

@@ -7,12 +7,21 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.hooks import incident_on_crashed, incident_on_failure, resolve_on_completion
 from tasks.reconcile import audit_ledger, open_audit_broker, publish_report, update_drift_incident
 from trader.ledger import Ledger
 from trader.settings import load_settings
 
 
-@flow(name="reconcile", log_prints=False, persist_result=False, timeout_seconds=900)
+@flow(
+    name="reconcile",
+    log_prints=False,
+    persist_result=False,
+    timeout_seconds=900,
+    on_failure=[incident_on_failure],
+    on_crashed=[incident_on_crashed],
+    on_completion=[resolve_on_completion],
+)
 def reconcile(
     profile: str = "dev", balance_tolerance_quote: Decimal = Decimal("1"), repair: bool = True
 ) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def sqlite_ledger(sqlite_url: str) -> tuple[str, dict[str, int]]:
     return sqlite_url, fill_ledger(sqlite_url)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_harness() -> Iterator[None]:
     """A temporary Prefect API (SQLite) for the whole session, so flows run in-process and record artifacts."""
     from prefect.testing.utilities import prefect_test_harness

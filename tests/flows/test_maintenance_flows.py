@@ -21,7 +21,7 @@ from trader.ledger import Ledger
 from trader.state.cold import LocalFolderStore
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def harness() -> Iterator[None]:
     """One temporary Prefect API (SQLite) for the whole session."""
     with prefect_test_harness(server_startup_timeout=120):

@@ -49,7 +49,7 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
     built.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_harness() -> Iterator[None]:
     """A temporary Prefect API (SQLite) for the session, so the reconcile flow runs in-process and keeps artifacts."""
     from prefect.testing.utilities import prefect_test_harness
