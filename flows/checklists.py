@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.hooks import flow_run_url, incident_on_crashed, incident_on_failure, resolve_on_completion
-from trader.alerts.incidents import IncidentDesk
+from trader.alerts.incidents import IncidentDesk, report_checks
 from trader.alerts.notifier import notifier_from_settings
 from trader.alerts.severity import IncidentKind
 from trader.checklists import daily
@@ -118,18 +118,7 @@ def daily_checklist(profile: str = "dev") -> dict[str, str]:
     ledger.record_checklist_run("daily", status, [r.row() for r in results], started, finished, run_id)
     desk = IncidentDesk(ledger, notifier_from_settings(settings))
     url = flow_run_url(flow_run.id) if flow_run.id else None
-    for result in results:
-        fingerprint = f"checklist:daily:{result.item}"
-        if result.status == "fail":
-            desk.raise_incident(
-                IncidentKind.PARTIAL_FUNCTIONALITY_LOSS,
-                f"daily checklist: {result.item} failed",
-                result.evidence,
-                fingerprint=fingerprint,
-                flow_run_url=url,
-            )
-        else:
-            desk.resolve(fingerprint)
+    report_checks(desk, "daily", results, kind=IncidentKind.PARTIAL_FUNCTIONALITY_LOSS, flow_run_url=url)
     create_table_artifact(
         key="daily-checklist",
         table=[{"item": r.item, "status": r.status.upper(), "evidence": r.evidence} for r in results],

@@ -20,6 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from flows.hooks import flow_run_url, incident_on_crashed, incident_on_failure, resolve_on_completion
+from trader.alerts.incidents import IncidentDesk, report_checks
+from trader.alerts.notifier import notifier_from_settings
+from trader.alerts.severity import IncidentKind
 from trader.checklists import monthly, quarterly, weekly
 from trader.checklists.daily import CheckResult, guarded, worst
 from trader.checklists.quarterly import Section
@@ -48,7 +52,15 @@ def build_daily_report(settings: Settings, day: date) -> DailyReport:
         ledger.dispose()
 
 
-@flow(name="daily-report", log_prints=False, persist_result=False, timeout_seconds=300)
+@flow(
+    name="daily-report",
+    log_prints=False,
+    persist_result=False,
+    timeout_seconds=300,
+    on_failure=[incident_on_failure],
+    on_crashed=[incident_on_crashed],
+    on_completion=[resolve_on_completion],
+)
 def daily_report_flow(profile: str = "dev", day: date | None = None) -> dict[str, Any]:
     """The end-of-day report of one UTC day (default: today); returns its totals."""
     logger = get_run_logger()
@@ -110,7 +122,15 @@ def cache_cleanup(settings: Settings) -> CheckResult:
     return guarded("cache cleanup", check)
 
 
-@flow(name="weekly-maintenance", log_prints=False, persist_result=False, timeout_seconds=1800)
+@flow(
+    name="weekly-maintenance",
+    log_prints=False,
+    persist_result=False,
+    timeout_seconds=1800,
+    on_failure=[incident_on_failure],
+    on_crashed=[incident_on_crashed],
+    on_completion=[resolve_on_completion],
+)
 def weekly_maintenance(profile: str = "dev", days: int = 7) -> dict[str, str]:
     """The weekly tasks: performance, strategy effectiveness, log archive, database maintenance, cache cleanup."""
     settings = load_settings(profile=profile)
@@ -150,7 +170,15 @@ def cost_vs_returns(settings: Settings, now: datetime, days: int) -> CheckResult
     return guarded("cost vs returns", lambda: monthly.cost_vs_returns(ledger, now, days))
 
 
-@flow(name="monthly-maintenance", log_prints=False, persist_result=False, timeout_seconds=600)
+@flow(
+    name="monthly-maintenance",
+    log_prints=False,
+    persist_result=False,
+    timeout_seconds=600,
+    on_failure=[incident_on_failure],
+    on_crashed=[incident_on_crashed],
+    on_completion=[resolve_on_completion],
+)
 def monthly_maintenance(profile: str = "dev", days: int = 30, lock_file: str | None = None) -> dict[str, str]:
     """The monthly tasks: security review, dependency audit against requirements.lock, cost vs returns."""
     settings = load_settings(profile=profile)
@@ -195,7 +223,15 @@ def pass_rates(settings: Settings, now: datetime, days: int) -> Section:
     )
 
 
-@flow(name="quarterly-review", log_prints=False, persist_result=False, timeout_seconds=900)
+@flow(
+    name="quarterly-review",
+    log_prints=False,
+    persist_result=False,
+    timeout_seconds=900,
+    on_failure=[incident_on_failure],
+    on_crashed=[incident_on_crashed],
+    on_completion=[resolve_on_completion],
+)
 def quarterly_review(profile: str = "dev", days: int = 90) -> dict[str, str]:
     """The quarterly review report: performance, capacity planning, incidents, checklist pass rates."""
     settings = load_settings(profile=profile)
@@ -255,14 +291,10 @@ def _finish(
     run_id = str(flow_run.id) if flow_run.id else None
     ledger.record_checklist_run(checklist, status, [r.row() for r in results], started, finished, run_id)
     source = {"weekly": "weekly-maintenance", "monthly": "monthly-maintenance"}.get(checklist, "quarterly-review")
-    for result in results:
-        fingerprint = f"checklist:{checklist}:{result.item}"
-        if result.status == "fail":
-            ledger.open_incident(
-                fingerprint, severity, f"{checklist} checklist: {result.item} failed", result.evidence, source, finished
-            )
-        else:
-            ledger.resolve_incident(fingerprint, finished)
+    desk = IncidentDesk(ledger, notifier_from_settings(load_settings(profile=profile)))
+    kind = IncidentKind.DEGRADED_PERFORMANCE if severity == "SEV-3" else IncidentKind.PARTIAL_FUNCTIONALITY_LOSS
+    url = flow_run_url(flow_run.id) if flow_run.id else None
+    report_checks(desk, checklist, results, kind=kind, severity=severity, flow_run_url=url)
     create_table_artifact(
         key=source,
         table=[{"item": r.item, "status": r.status.upper(), "evidence": r.evidence} for r in results],

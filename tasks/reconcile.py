@@ -14,12 +14,14 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import OperationalError
 
+from trader.alerts.incidents import IncidentDesk
+from trader.alerts.notifier import notifier_from_settings
 from trader.brokers.base import Broker
 from trader.errors import BrokerUnavailable
 from trader.ledger import Ledger
 from trader.reconcile.audit import AuditReport, audit, record_drift_incident
 from trader.runtime import build_broker
-from trader.settings import Settings
+from trader.settings import Settings, load_settings
 
 DIFFERENCES_ARTIFACT = "reconcile-differences"
 SUMMARY_ARTIFACT = "reconcile-summary"
@@ -76,5 +78,7 @@ def publish_report(report: AuditReport, profile: str) -> None:
     cache_policy=NO_CACHE,
 )
 def update_drift_incident(ledger: Ledger, report: AuditReport) -> int | None:
-    """Open the balance-drift incident when drift is beyond tolerance, resolve it on a clean run."""
-    return record_drift_incident(ledger, report, datetime.now(UTC))
+    """Open the balance-drift incident when drift is beyond tolerance (announced through Slack when it is
+    configured), resolve it on a clean run."""
+    desk = IncidentDesk(ledger, notifier_from_settings(load_settings()))
+    return record_drift_incident(ledger, report, datetime.now(UTC), desk=desk)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Protocol
 
 from trader.alerts.notifier import IncidentNotice, Notifier, encode_source, notifier_from_settings, redact
 from trader.alerts.severity import IncidentKind, severity_for
@@ -132,3 +134,41 @@ class IncidentDesk:
             self.notifier.update(notice, ts)
         except Exception as error:
             log.warning("incident #%d: update not delivered: %s", notice.id, _failure(error))
+
+
+class CheckLike(Protocol):
+    """A checklist item's result (trader.checklists.daily.CheckResult)."""
+
+    @property
+    def item(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def evidence(self) -> str: ...
+
+
+def report_checks(
+    desk: IncidentDesk,
+    checklist: str,
+    results: Iterable[CheckLike],
+    *,
+    kind: IncidentKind,
+    severity: Severity | None = None,
+    flow_run_url: str | None = None,
+) -> None:
+    """One incident per failed item (fingerprint checklist:<name>:<item>), resolved once the item passes again."""
+    for result in results:
+        fingerprint = f"checklist:{checklist}:{result.item}"
+        if result.status == "fail":
+            desk.raise_incident(
+                kind,
+                f"{checklist} checklist: {result.item} failed",
+                result.evidence,
+                fingerprint=fingerprint,
+                flow_run_url=flow_run_url,
+                severity=severity,
+            )
+        else:
+            desk.resolve(fingerprint)

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlmodel import Session, col, or_, select
 
+from trader.alerts.severity import IncidentKind
 from trader.brokers.base import Broker
 from trader.domain import Fill, Liquidity, Order, OrderStatus, OrderType, Position, Side, TimeInForce
 from trader.errors import OrderNotFound, TraderError
@@ -43,6 +44,9 @@ from trader.ledger import FillRecord, Ledger, OrderRecord
 from trader.ledger.ledger import OPEN_STATUSES
 from trader.ledger.models import BalanceSnapshot, Severity
 from trader.ledger.types import canonical_decimal
+
+if TYPE_CHECKING:
+    from trader.alerts.incidents import IncidentDesk
 
 log = logging.getLogger("perps_bot.reconcile")
 
@@ -578,15 +582,26 @@ def _mid(broker: Broker, currency: str, quote_currency: str) -> Decimal | None:
 # --- incidents -------------------------------------------------------------------------------------------------
 
 
-def record_drift_incident(ledger: Ledger, report: AuditReport, at: datetime) -> int | None:
+def record_drift_incident(
+    ledger: Ledger, report: AuditReport, at: datetime, *, desk: IncidentDesk | None = None
+) -> int | None:
     """Open (or refresh) the balance-drift incident when drift is beyond tolerance, resolve it otherwise;
-    returns the open incident's id, or None when there is none."""
+    returns the open incident's id, or None when there is none. With a desk the incident is also announced."""
     if not report.drift_beyond_tolerance:
-        if ledger.resolve_incident(DRIFT_INCIDENT, at):
+        resolved = desk.resolve(DRIFT_INCIDENT) if desk else ledger.resolve_incident(DRIFT_INCIDENT, at)
+        if resolved:
             log.info("balance drift incident resolved: balances within tolerance")
         return None
     drifts = [d for d in report.differences if d.kind == DifferenceKind.BALANCE_DRIFT]
     detail = "; ".join(f"{d.entity_id}: ledger {d.ledger_value}, broker {d.broker_value}" for d in drifts)
+    if desk is not None:
+        return desk.raise_incident(
+            IncidentKind.PARTIAL_FUNCTIONALITY_LOSS,
+            f"Balance drift beyond tolerance in {', '.join(d.entity_id for d in drifts)}",
+            f"{detail}. {report.summary()}",
+            fingerprint=DRIFT_INCIDENT,
+            severity=DRIFT_SEVERITY,
+        )
     return ledger.open_incident(
         fingerprint=DRIFT_INCIDENT,
         severity=DRIFT_SEVERITY,
