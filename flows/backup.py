@@ -13,16 +13,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.hooks import incident_on_crashed, incident_on_failure, resolve_on_completion
+from flows.hooks import RUNBOOK_HOOKS
 from tasks.backup import ProgressArtifact, apply_retention, dump_ledger, restore_test, upload_and_verify_backup
 from trader.backup import BackupError, BackupInfo, RestoreReport, backup_manager_from_settings
 from trader.settings import load_settings
-
-HOOKS: dict[str, Any] = {
-    "on_failure": [incident_on_failure],
-    "on_crashed": [incident_on_crashed],
-    "on_completion": [resolve_on_completion],
-}
 
 
 def _size(size_bytes: int) -> str:
@@ -72,13 +66,13 @@ def _backup(kind: str, profile: str, flow_name: str) -> dict[str, Any]:
     }
 
 
-@flow(name="daily-backup", log_prints=False, persist_result=False, timeout_seconds=4 * 3600, **HOOKS)
+@flow(name="daily-backup", log_prints=False, persist_result=False, timeout_seconds=4 * 3600, **RUNBOOK_HOOKS)
 def daily_backup(profile: str = "dev") -> dict[str, Any]:
     """Back the ledger up as a daily backup (30 kept) and apply retention."""
     return _backup("daily", profile, "daily-backup")
 
 
-@flow(name="full-backup", log_prints=False, persist_result=False, timeout_seconds=4 * 3600, **HOOKS)
+@flow(name="full-backup", log_prints=False, persist_result=False, timeout_seconds=4 * 3600, **RUNBOOK_HOOKS)
 def full_backup(profile: str = "dev") -> dict[str, Any]:
     """Back the ledger up as a full backup (kept with the monthly ones, 12 kept) and apply retention."""
     return _backup("full", profile, "full-backup")
@@ -104,7 +98,7 @@ def _restore_markdown(report: RestoreReport) -> str:
     return "\n".join(lines)
 
 
-@flow(name="backup-restore-test", log_prints=False, persist_result=False, timeout_seconds=4 * 3600, **HOOKS)
+@flow(name="backup-restore-test", log_prints=False, persist_result=False, timeout_seconds=4 * 3600, **RUNBOOK_HOOKS)
 def backup_restore_test(profile: str = "dev", target_admin_url: str | None = None) -> dict[str, Any]:
     """Restore the latest verified backup into a scratch database (dropped afterwards) and compare its row counts
     and per-table checksums with the manifest; the run fails when anything differs.

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from flows.hooks import flow_run_url, incident_on_crashed, incident_on_failure, resolve_on_completion
+from flows.hooks import RUNBOOK_HOOKS, flow_run_url
 from trader.alerts.incidents import IncidentDesk, report_checks
 from trader.alerts.notifier import notifier_from_settings
 from trader.alerts.severity import IncidentKind
@@ -88,9 +88,7 @@ def backup_age(settings: Settings, now: datetime) -> CheckResult:
     log_prints=False,
     persist_result=False,
     timeout_seconds=600,
-    on_failure=[incident_on_failure],
-    on_crashed=[incident_on_crashed],
-    on_completion=[resolve_on_completion],
+    **RUNBOOK_HOOKS,
 )
 def daily_checklist(profile: str = "dev") -> dict[str, str]:
     """The morning checklist; returns {item: status}."""

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flows.hooks import incident_on_crashed, incident_on_failure, resolve_on_completion
+from flows.hooks import RUNBOOK_HOOKS
 from trader.ledger import Ledger
 from trader.runtime import build_broker
 from trader.settings import load_settings
@@ -39,9 +39,7 @@ def create_checkpoint(profile: str, reason: str, with_broker: bool) -> Checkpoin
     log_prints=False,
     persist_result=False,
     timeout_seconds=300,
-    on_failure=[incident_on_failure],
-    on_crashed=[incident_on_crashed],
-    on_completion=[resolve_on_completion],
+    **RUNBOOK_HOOKS,
 )
 def checkpoint(profile: str = "dev", reason: str = "scheduled", with_broker: bool = True) -> str:
     """Create a checkpoint (ledger positions and open orders, broker balances); returns its id."""

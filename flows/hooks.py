@@ -94,3 +94,11 @@ def resolve_on_completion(flow: Any, flow_run: Any, state: Any) -> None:
             _run_logger(flow, flow_run).info("incident for flow %s resolved", name)
     except Exception as error:
         log.error("resolve hook failed: %s", redact(str(error)))
+
+
+# The state hooks every runbook flow carries: an incident on failure or crash, resolved on the next success.
+RUNBOOK_HOOKS: dict[str, Any] = {
+    "on_failure": [incident_on_failure],
+    "on_crashed": [incident_on_crashed],
+    "on_completion": [resolve_on_completion],
+}

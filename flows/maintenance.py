@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from flows.hooks import flow_run_url, incident_on_crashed, incident_on_failure, resolve_on_completion
+from flows.hooks import RUNBOOK_HOOKS, flow_run_url
 from trader.alerts.incidents import IncidentDesk, report_checks
 from trader.alerts.notifier import notifier_from_settings
 from trader.alerts.severity import IncidentKind
@@ -57,9 +57,7 @@ def build_daily_report(settings: Settings, day: date) -> DailyReport:
     log_prints=False,
     persist_result=False,
     timeout_seconds=300,
-    on_failure=[incident_on_failure],
-    on_crashed=[incident_on_crashed],
-    on_completion=[resolve_on_completion],
+    **RUNBOOK_HOOKS,
 )
 def daily_report_flow(profile: str = "dev", day: date | None = None) -> dict[str, Any]:
     """The end-of-day report of one UTC day (default: today); returns its totals."""
@@ -127,9 +125,7 @@ def cache_cleanup(settings: Settings) -> CheckResult:
     log_prints=False,
     persist_result=False,
     timeout_seconds=1800,
-    on_failure=[incident_on_failure],
-    on_crashed=[incident_on_crashed],
-    on_completion=[resolve_on_completion],
+    **RUNBOOK_HOOKS,
 )
 def weekly_maintenance(profile: str = "dev", days: int = 7) -> dict[str, str]:
     """The weekly tasks: performance, strategy effectiveness, log archive, database maintenance, cache cleanup."""
@@ -175,9 +171,7 @@ def cost_vs_returns(settings: Settings, now: datetime, days: int) -> CheckResult
     log_prints=False,
     persist_result=False,
     timeout_seconds=600,
-    on_failure=[incident_on_failure],
-    on_crashed=[incident_on_crashed],
-    on_completion=[resolve_on_completion],
+    **RUNBOOK_HOOKS,
 )
 def monthly_maintenance(profile: str = "dev", days: int = 30, lock_file: str | None = None) -> dict[str, str]:
     """The monthly tasks: security review, dependency audit against requirements.lock, cost vs returns."""
@@ -228,9 +222,7 @@ def pass_rates(settings: Settings, now: datetime, days: int) -> Section:
     log_prints=False,
     persist_result=False,
     timeout_seconds=900,
-    on_failure=[incident_on_failure],
-    on_crashed=[incident_on_crashed],
-    on_completion=[resolve_on_completion],
+    **RUNBOOK_HOOKS,
 )
 def quarterly_review(profile: str = "dev", days: int = 90) -> dict[str, str]:
     """The quarterly review report: performance, capacity planning, incidents, checklist pass rates."""

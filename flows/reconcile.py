@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.hooks import incident_on_crashed, incident_on_failure, resolve_on_completion
+from flows.hooks import RUNBOOK_HOOKS
 from tasks.reconcile import audit_ledger, open_audit_broker, publish_report, update_drift_incident
 from trader.ledger import Ledger
 from trader.settings import load_settings
@@ -18,9 +18,7 @@ from trader.settings import load_settings
     log_prints=False,
     persist_result=False,
     timeout_seconds=900,
-    on_failure=[incident_on_failure],
-    on_crashed=[incident_on_crashed],
-    on_completion=[resolve_on_completion],
+    **RUNBOOK_HOOKS,
 )
 def reconcile(
     profile: str = "dev", balance_tolerance_quote: Decimal = Decimal("1"), repair: bool = True
