@@ -38,12 +38,13 @@ from sqlmodel import Session, col, or_, select
 
 from trader.alerts.severity import IncidentKind
 from trader.brokers.base import Broker
-from trader.domain import Fill, Liquidity, Order, OrderStatus, OrderType, Position, Side, TimeInForce
+from trader.domain import Fill, Liquidity, Order, OrderStatus, Position, Side
 from trader.errors import OrderNotFound, TraderError
 from trader.ledger import FillRecord, Ledger, OrderRecord
 from trader.ledger.ledger import OPEN_STATUSES
 from trader.ledger.models import BalanceSnapshot, Severity
 from trader.ledger.types import canonical_decimal
+from trader.reconcile.startup import vanished_order
 
 if TYPE_CHECKING:
     from trader.alerts.incidents import IncidentDesk
@@ -308,26 +309,7 @@ def _vanished(ledger: Ledger, record: OrderRecord, at: datetime, report: AuditRe
     if never_sent:
         ledger.mark_failed(record.client_order_id, "never reached the broker (reconciliation audit)", at)
         return
-    ledger.apply_order(
-        Order(
-            order_id=record.exchange_order_id or "",
-            client_order_id=record.client_order_id,
-            symbol=record.symbol,
-            side=Side(record.side),
-            order_type=OrderType(record.order_type),
-            quantity=record.quantity,
-            status=OrderStatus.CANCELLED,
-            created_at=record.created_at,
-            limit_price=record.limit_price,
-            stop_price=record.stop_price,
-            time_in_force=TimeInForce(record.time_in_force),
-            filled_quantity=record.filled_quantity,
-            average_fill_price=record.average_fill_price,
-            fees=record.fees,
-            reject_reason="vanished from the broker (reconciliation audit)",
-            updated_at=at,
-        )
-    )
+    ledger.apply_order(vanished_order(record, at, "vanished from the broker (reconciliation audit)"))
 
 
 def _compare_order(ledger: Ledger, record: OrderRecord, order: Order, report: AuditReport) -> None:

@@ -36,8 +36,8 @@ class StartupReconciliation:
         )
 
 
-def _vanished(record: OrderRecord, at: datetime) -> Order:
-    """The ledger's open order, marked cancelled because the broker no longer knows it."""
+def vanished_order(record: OrderRecord, at: datetime, reason: str) -> Order:
+    """The ledger's open order as cancelled because the broker no longer knows it; what it filled is kept."""
     return Order(
         order_id=record.exchange_order_id or "",
         client_order_id=record.client_order_id,
@@ -47,9 +47,13 @@ def _vanished(record: OrderRecord, at: datetime) -> Order:
         quantity=record.quantity,
         status=OrderStatus.CANCELLED,
         created_at=record.created_at,
+        limit_price=record.limit_price,
+        stop_price=record.stop_price,
         time_in_force=TimeInForce(record.time_in_force),
         filled_quantity=record.filled_quantity,
-        reject_reason="vanished from the broker (startup reconciliation)",
+        average_fill_price=record.average_fill_price,
+        fees=record.fees,
+        reject_reason=reason,
         updated_at=at,
     )
 
@@ -64,7 +68,7 @@ def reconcile_on_start(broker: Broker, ledger: Ledger, at: datetime) -> StartupR
             ledger.mark_failed(record.client_order_id, "never reached the broker (startup reconciliation)", at)
             report.orders_never_sent += 1
         elif order is None:
-            ledger.apply_order(_vanished(record, at))
+            ledger.apply_order(vanished_order(record, at, "vanished from the broker (startup reconciliation)"))
             report.orders_vanished += 1
         elif order.status != record.status or order.filled_quantity != record.filled_quantity:
             ledger.apply_order(order)
