@@ -18,11 +18,12 @@ from prefect.tasks import exponential_backoff
 
 from flows.hooks import RUNBOOK_HOOKS, flow_run_url
 from trader.alerts.incidents import IncidentDesk, report_checks
-from trader.alerts.notifier import notifier_from_settings
+from trader.alerts.notifier import Notifier, notifier_from_settings
 from trader.alerts.severity import IncidentKind
 from trader.checklists import daily
 from trader.checklists.daily import CheckResult, guarded, worst
 from trader.ledger import Ledger
+from trader.ledger.models import Severity
 from trader.runtime import build_broker
 from trader.settings import Settings, load_settings
 from trader.state.cold import cold_store_from_settings
@@ -92,7 +93,6 @@ def backup_age(settings: Settings, now: datetime) -> CheckResult:
 )
 def daily_checklist(profile: str = "dev") -> dict[str, str]:
     """The morning checklist; returns {item: status}."""
-    logger = get_run_logger()
     settings = load_settings(profile=profile)
     ledger = Ledger(settings.database_url)  # migrates once here; the tasks' ledgers (threads) do not
     started = datetime.now(UTC)
@@ -110,32 +110,62 @@ def daily_checklist(profile: str = "dev") -> dict[str, str]:
         backup_age.submit(settings, started),
     ]
     results: list[CheckResult] = [f.result() for f in futures]
+    notifier = notifier_from_settings(settings)
+    return finish_checklist(
+        "daily",
+        "daily-checklist",
+        "Morning checklist",
+        results,
+        started,
+        profile,
+        ledger,
+        notifier,
+        kind=IncidentKind.PARTIAL_FUNCTIONALITY_LOSS,
+    )
+
+
+def finish_checklist(
+    checklist: str,
+    key: str,
+    title: str,
+    results: list[CheckResult],
+    started: datetime,
+    profile: str,
+    ledger: Ledger,
+    notifier: Notifier,
+    *,
+    kind: IncidentKind,
+    severity: Severity | None = None,
+) -> dict[str, str]:
+    """What every checklist flow does with its results: store the run in checklist_runs, open or resolve one
+    incident per item, publish the table artifact `key` and the markdown summary `key`-summary."""
     status = worst(results)
     finished = datetime.now(UTC)
     run_id = str(flow_run.id) if flow_run.id else None
-    ledger.record_checklist_run("daily", status, [r.row() for r in results], started, finished, run_id)
-    desk = IncidentDesk(ledger, notifier_from_settings(settings))
+    ledger.record_checklist_run(checklist, status, [r.row() for r in results], started, finished, run_id)
     url = flow_run_url(flow_run.id) if flow_run.id else None
-    report_checks(desk, "daily", results, kind=IncidentKind.PARTIAL_FUNCTIONALITY_LOSS, flow_run_url=url)
+    report_checks(IncidentDesk(ledger, notifier), checklist, results, kind=kind, severity=severity, flow_run_url=url)
     create_table_artifact(
-        key="daily-checklist",
+        key=key,
         table=[{"item": r.item, "status": r.status.upper(), "evidence": r.evidence} for r in results],
-        description=f"Morning checklist, {started:%Y-%m-%d %H:%M} UTC, profile {profile}: {status.upper()}",
+        description=f"{title}, {started:%Y-%m-%d %H:%M} UTC, profile {profile}: {status.upper()}",
     )
-    create_markdown_artifact(key="daily-checklist-summary", markdown=_summary(results, status, started, profile))
-    logger.info("daily checklist %s: %s", status.upper(), ", ".join(f"{r.item}={r.status}" for r in results))
+    create_markdown_artifact(key=f"{key}-summary", markdown=_summary(title, results, status, started, profile))
+    get_run_logger().info("%s %s: %s", title, status.upper(), ", ".join(f"{r.item}={r.status}" for r in results))
     return {r.item: r.status for r in results}
 
 
-def _summary(results: list[CheckResult], status: str, at: datetime, profile: str) -> str:
-    icon = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
+ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
+
+
+def _summary(title: str, results: list[CheckResult], status: str, at: datetime, profile: str) -> str:
     lines = [
-        f"# Morning checklist: {status.upper()}",
+        f"# {title}: {status.upper()}",
         "",
         f"{at:%Y-%m-%d %H:%M} UTC, profile `{profile}`: "
         f"{sum(r.status == 'pass' for r in results)} pass, {sum(r.status == 'warn' for r in results)} warn, "
         f"{sum(r.status == 'fail' for r in results)} fail.",
         "",
     ]
-    lines += [f"- {icon[r.status]} **{r.item}**: {r.evidence}" for r in results]
+    lines += [f"- {ICON[r.status]} **{r.item}**: {r.evidence}" for r in results]
     return "\n".join(lines)

@@ -17,15 +17,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from flows.hooks import RUNBOOK_HOOKS, flow_run_url
-from trader.alerts.incidents import IncidentDesk, report_checks
+from flows.checklists import ICON, finish_checklist
+from flows.hooks import RUNBOOK_HOOKS
 from trader.alerts.notifier import notifier_from_settings
 from trader.alerts.severity import IncidentKind
 from trader.checklists import monthly, quarterly, weekly
-from trader.checklists.daily import CheckResult, guarded, worst
+from trader.checklists.daily import CheckResult, guarded
 from trader.checklists.quarterly import Section
 from trader.checklists.report import DailyReport, daily_report, markdown_table
 from trader.ledger import Ledger
@@ -37,7 +36,6 @@ from trader.state.manager import StateManager
 
 RETRIES = 3  # every task that touches the network (broker, database, cold tier)
 BACKOFF = exponential_backoff(backoff_factor=2)
-ICON = {"pass": "✅", "warn": "⚠️", "fail": "❌"}
 
 
 # --- daily report -------------------------------------------------------------------------------------------------
@@ -276,32 +274,12 @@ def _finish(
     started: datetime,
     profile: str,
 ) -> dict[str, str]:
-    """Store the run, open/resolve one incident per item, publish the table and summary artifacts."""
-    logger = get_run_logger()
-    status = worst(results)
-    finished = datetime.now(UTC)
-    run_id = str(flow_run.id) if flow_run.id else None
-    ledger.record_checklist_run(checklist, status, [r.row() for r in results], started, finished, run_id)
+    """finish_checklist for the maintenance flows: artifacts keyed by the flow's name, SEV-3 as degraded."""
     source = {"weekly": "weekly-maintenance", "monthly": "monthly-maintenance"}.get(checklist, "quarterly-review")
-    desk = IncidentDesk(ledger, notifier_from_settings(load_settings(profile=profile)))
     kind = IncidentKind.DEGRADED_PERFORMANCE if severity == "SEV-3" else IncidentKind.PARTIAL_FUNCTIONALITY_LOSS
-    url = flow_run_url(flow_run.id) if flow_run.id else None
-    report_checks(desk, checklist, results, kind=kind, severity=severity, flow_run_url=url)
-    create_table_artifact(
-        key=source,
-        table=[{"item": r.item, "status": r.status.upper(), "evidence": r.evidence} for r in results],
-        description=f"{title}, {started:%Y-%m-%d %H:%M} UTC, profile {profile}: {status.upper()}",
+    notifier = notifier_from_settings(load_settings(profile=profile))
+    statuses = finish_checklist(
+        checklist, source, title, results, started, profile, ledger, notifier, kind=kind, severity=severity
     )
-    lines = [
-        f"# {title}: {status.upper()}",
-        "",
-        f"{started:%Y-%m-%d %H:%M} UTC, profile `{profile}`: "
-        f"{sum(r.status == 'pass' for r in results)} pass, {sum(r.status == 'warn' for r in results)} warn, "
-        f"{sum(r.status == 'fail' for r in results)} fail.",
-        "",
-    ]
-    lines += [f"- {ICON[r.status]} **{r.item}**: {r.evidence}" for r in results]
-    create_markdown_artifact(key=f"{source}-summary", markdown="\n".join(lines))
-    logger.info("%s %s: %s", title, status.upper(), ", ".join(f"{r.item}={r.status}" for r in results))
     ledger.dispose()
-    return {r.item: r.status for r in results}
+    return statuses
