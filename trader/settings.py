@@ -31,6 +31,17 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 _BOOL_HELP = "one of 1, 0, true, false"
+# (warning, critical) pairs where the warning must come first.
+_THRESHOLD_PAIRS = (
+    ("risk_daily_loss_warn_pct", "risk_daily_loss_limit_pct"),
+    ("risk_error_rate_warn_pct", "risk_error_rate_halt_pct"),
+    ("risk_feed_down_warn_seconds", "risk_feed_down_critical_seconds"),
+    ("risk_position_count_warn", "risk_position_count_critical"),
+    ("risk_exposure_warn_pct", "risk_exposure_critical_pct"),
+    ("risk_drawdown_warn_pct", "risk_drawdown_critical_pct"),
+    ("risk_volatility_warn_pct", "risk_volatility_critical_pct"),
+    ("risk_latency_p95_warn_ms", "risk_latency_p95_critical_ms"),
+)
 
 
 class Settings(BaseSettings):
@@ -56,6 +67,37 @@ class Settings(BaseSettings):
     risk_reduce_only_mode: bool = False
     risk_max_position_usd: Decimal = Field(Decimal("10000"), gt=0)
     risk_daily_loss_limit_pct: Decimal = Field(Decimal("2"), gt=0, le=100)
+    # Alert thresholds: the runbooks' tables (operations runbook "Alert Thresholds", perpetuals runbook
+    # "Key Metrics", AI-bot runbook drawdown) as defaults; warning opens an incident, critical forces the action.
+    risk_daily_loss_warn_pct: Decimal = Field(Decimal("1"), gt=0, le=100)
+    risk_error_rate_warn_pct: float = Field(10.0, gt=0, le=100)
+    risk_error_rate_halt_pct: float = Field(25.0, gt=0, le=100)
+    risk_max_data_age_seconds: float = Field(180.0, gt=0)
+    risk_feed_down_warn_seconds: float = Field(300.0, gt=0)
+    risk_feed_down_critical_seconds: float = Field(900.0, gt=0)
+    risk_position_count_warn: int = Field(10, ge=1)
+    risk_position_count_critical: int = Field(20, ge=1)
+    risk_exposure_warn_pct: float = Field(75.0, gt=0, le=100)
+    risk_exposure_critical_pct: float = Field(90.0, gt=0, le=100)
+    risk_drawdown_warn_pct: float = Field(15.0, gt=0, le=100)
+    risk_drawdown_critical_pct: float = Field(20.0, gt=0, le=100)
+    risk_volatility_warn_pct: float = Field(1.5, gt=0)
+    risk_volatility_critical_pct: float = Field(3.0, gt=0)
+    risk_latency_p95_warn_ms: float = Field(500.0, gt=0)
+    risk_latency_p95_critical_ms: float = Field(1000.0, gt=0)
+    risk_order_success_warn_pct: float = Field(95.0, gt=0, le=100)
+    risk_order_success_critical_pct: float = Field(90.0, gt=0, le=100)
+    risk_guard_window_seconds: float = Field(300.0, gt=0)
+    risk_guard_min_samples: int = Field(20, ge=1)
+
+    # Great Expectations gate on the candles each cycle trades on (blocks new exposure when it fails).
+    data_gate_enabled: bool = True
+
+    # Prometheus exporter and /health (METRICS_PORT=0 picks a free port; METRICS_ENABLED=0 turns it off).
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    metrics_file: Path | None = None
 
     checkpoint_retention_count: int = Field(10, ge=1, le=10_000)
     checkpoint_enable_compression: bool = True
@@ -108,6 +150,11 @@ class Settings(BaseSettings):
         if bool(self.coinbase_api_key) != bool(self.coinbase_api_secret):
             missing = "COINBASE_API_SECRET" if self.coinbase_api_key else "COINBASE_API_KEY"
             raise ValueError(f"{missing} is missing: set both COINBASE_API_KEY and COINBASE_API_SECRET, or neither")
+        for low, high in _THRESHOLD_PAIRS:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low.upper()} must not exceed {high.upper()} (warning comes before critical)")
+        if self.risk_order_success_critical_pct > self.risk_order_success_warn_pct:
+            raise ValueError("RISK_ORDER_SUCCESS_CRITICAL_PCT must be below RISK_ORDER_SUCCESS_WARN_PCT")
         if self.strategy_fast_window >= self.strategy_slow_window:
             raise ValueError("STRATEGY_FAST_WINDOW must be smaller than STRATEGY_SLOW_WINDOW")
         if not self.database_url:
