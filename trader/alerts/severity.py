@@ -50,6 +50,10 @@ class IncidentKind(StrEnum):
     FLOW_FAILED = "flow_failed"
     FLOW_CRASHED = "flow_crashed"
     DEGRADED_PERFORMANCE = "degraded_performance"
+    GUARD_WARNING = "guard_warning"
+    GUARD_CRITICAL = "guard_critical"
+    EMERGENCY_PROCEDURE = "emergency_procedure"
+    DATA_QUALITY = "data_quality"
 
 
 KIND_SEVERITY: dict[IncidentKind, Severity] = {
@@ -62,6 +66,14 @@ KIND_SEVERITY: dict[IncidentKind, Severity] = {
     IncidentKind.FLOW_FAILED: "SEV-2",
     IncidentKind.FLOW_CRASHED: "SEV-2",
     IncidentKind.DEGRADED_PERFORMANCE: "SEV-3",
+    # A guard at its warning level is degraded performance; at critical it forces an action (reduce-only,
+    # halt, restart the feed), which is SEV-1 when it halts with exposure open (GUARD_HALT_WITH_EXPOSURE).
+    IncidentKind.GUARD_WARNING: "SEV-3",
+    IncidentKind.GUARD_CRITICAL: "SEV-2",
+    # Kill switch, reduce-only, cancel-all, flatten: an operator stopped trading by hand.
+    IncidentKind.EMERGENCY_PROCEDURE: "SEV-1",
+    # Market data or reconciliation inputs failed their Great Expectations suite.
+    IncidentKind.DATA_QUALITY: "SEV-2",
 }
 
 
