@@ -1,0 +1,352 @@
+"""The runbooks' emergency procedures as plain functions: kill switch, reduce-only, cancel-all, flatten.
+
+Sources: operations runbook "Emergency Procedures" (emergency stop with RISK_KILL_SWITCH_ENABLED=1, reduce-only with
+RISK_REDUCE_ONLY_MODE=1, "issue market exits to flatten exposure while reduce-only is active") and the perpetuals
+runbook's "Emergency Shutdown" (kill switch, then force-cancel all orders).
+
+The switches are flag files in STATE_DIR (KILL_SWITCH, REDUCE_ONLY) that TradingBot reads every cycle through
+trader.bot.read_controls; the environment variables can only be set where the bot starts, so a running bot is
+stopped by the file (or by the Prefect Variable, see flows/switches.py). Every function is idempotent: a second
+call finds nothing left to do and says so.
+
+Flatten is spot-only: it sells what the broker reports held for the given symbols, reduce-only, at market. A short
+position (perpetuals, COINBASE_ENABLE_DERIVATIVES=1) or a symbol the broker cannot trade is reported as skipped,
+never bought back here: close it on Coinbase (INTX) by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from trader.brokers.base import Broker
+from trader.brokers.rules import fmt
+from trader.domain import Order, OrderRequest, OrderStatus, OrderType, Side, quantize_down
+from trader.errors import BrokerUnavailable, OrderRejected, TraderError
+from trader.ledger import Ledger
+from trader.settings import Settings
+
+log = logging.getLogger("perps_bot.emergency")
+
+Switch = Literal["kill_switch", "reduce_only"]
+SWITCHES: tuple[Switch, ...] = ("kill_switch", "reduce_only")
+FLAG_FILES: dict[Switch, str] = {"kill_switch": "KILL_SWITCH", "reduce_only": "REDUCE_ONLY"}
+ENV_NAMES: dict[Switch, str] = {"kill_switch": "RISK_KILL_SWITCH_ENABLED", "reduce_only": "RISK_REDUCE_ONLY_MODE"}
+CANCEL_BATCH = 100  # Coinbase's batch_cancel limit
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- switches -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SwitchChange:
+    """One switch set (or cleared) in one place, with its value before."""
+
+    switch: Switch
+    where: str  # "flag file /.../KILL_SWITCH", "Prefect Variable kill_switch"
+    before: bool | None  # None: could not be read
+    after: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    def describe(self) -> str:
+        state = "ON" if self.after else "OFF"
+        was = "unknown" if self.before is None else ("ON" if self.before else "OFF")
+        return f"{self.switch} {state} in {self.where} (was {was})"
+
+
+def flag_file(settings: Settings, switch: Switch) -> Path:
+    """STATE_DIR/KILL_SWITCH or STATE_DIR/REDUCE_ONLY: the file read_controls looks for every cycle."""
+    return settings.state_dir / FLAG_FILES[switch]
+
+
+def set_switch(settings: Settings, switch: Switch, enabled: bool, *, reason: str = "") -> SwitchChange:
+    """Create (enabled) or remove the switch's flag file; idempotent, returns the value before."""
+    path = flag_file(settings, switch)
+    before = path.exists()
+    if enabled and not before:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{switch} set at {_now().isoformat()}{f': {reason}' if reason else ''}\n")
+    elif not enabled and before:
+        path.unlink(missing_ok=True)
+    change = SwitchChange(switch, f"flag file {path}", before, enabled)
+    if change.changed:
+        log.warning("%s", change.describe())
+    return change
+
+
+def local_switches(settings: Settings) -> dict[Switch, list[str]]:
+    """Per switch, where it is on in this process: the environment variable and/or the flag file."""
+    on: dict[Switch, list[str]] = {}
+    for switch in SWITCHES:
+        value = settings.risk_kill_switch_enabled if switch == "kill_switch" else settings.risk_reduce_only_mode
+        on[switch] = ([ENV_NAMES[switch]] if value else []) + (
+            [f"flag file {flag_file(settings, switch)}"] if flag_file(settings, switch).exists() else []
+        )
+    return on
+
+
+# --- cancel-all ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CancelledOrder:
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    cancelled: bool  # False: the broker refused (already filled, unknown)
+
+
+@dataclass
+class CancelResult:
+    """What cancel-all found working on the broker and what it cancelled."""
+
+    at: datetime
+    orders: list[CancelledOrder] = field(default_factory=list)
+    batches: int = 0
+
+    @property
+    def cancelled(self) -> int:
+        return sum(o.cancelled for o in self.orders)
+
+    @property
+    def not_cancelled(self) -> int:
+        return len(self.orders) - self.cancelled
+
+    def summary(self) -> str:
+        if not self.orders:
+            return "cancel-all: no working orders on the broker, nothing to cancel"
+        return (
+            f"cancel-all: {self.cancelled} of {len(self.orders)} working order(s) cancelled in {self.batches} "
+            f"batch(es); {self.not_cancelled} not cancelled"
+        )
+
+
+def cancel_all(
+    broker: Broker,
+    ledger: Ledger,
+    *,
+    at: datetime | None = None,
+    batch_size: int = CANCEL_BATCH,
+    reason: str = "cancelled by emergency cancel-all",
+) -> CancelResult:
+    """Cancel every working order on the broker in batches and record the cancels in the ledger; idempotent."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+    at = at or broker.now()
+    result = CancelResult(at)
+    working = broker.list_open_orders()
+    for begin in range(0, len(working), batch_size):
+        chunk = working[begin : begin + batch_size]
+        answers = broker.cancel_orders([o.order_id for o in chunk])
+        result.batches += 1
+        cancelled = [o for o in chunk if answers.get(o.order_id)]
+        done = {o.order_id for o in cancelled}
+        ledger.apply_orders(
+            [replace(o, status=OrderStatus.CANCELLED, updated_at=at, reject_reason=reason) for o in cancelled]
+        )
+        refused = [o for o in chunk if o.order_id not in done]
+        if refused:  # filled or gone in between: take the broker's view so the ledger does not keep them open
+            ledger.apply_orders([_current(broker, o) for o in refused])
+        result.orders += [
+            CancelledOrder(o.order_id, o.client_order_id, o.symbol, str(o.side), o.quantity, o.order_id in done)
+            for o in chunk
+        ]
+    log.warning("%s", result.summary())
+    return result
+
+
+def _current(broker: Broker, order: Order) -> Order:
+    try:
+        return broker.get_order(order.order_id)
+    except TraderError:
+        return order
+
+
+# --- flatten ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExitOrder:
+    """One reduce-only market exit: sent now, or found already sent by an earlier attempt of the same request."""
+
+    symbol: str
+    client_order_id: str
+    quantity: Decimal
+    status: str
+    order_id: str | None
+    note: str
+
+
+@dataclass(frozen=True)
+class SkippedPosition:
+    symbol: str
+    quantity: Decimal
+    reason: str
+
+
+@dataclass
+class FlattenResult:
+    """Reduce-only turned on, working orders cancelled, one market exit per held position."""
+
+    request_id: str
+    reduce_only: SwitchChange
+    cancelled: CancelResult
+    exits: list[ExitOrder] = field(default_factory=list)
+    skipped: list[SkippedPosition] = field(default_factory=list)
+    fills_recorded: int = 0
+
+    @property
+    def sent(self) -> list[ExitOrder]:
+        return [e for e in self.exits if e.note.startswith("sent")]
+
+    def summary(self) -> str:
+        return (
+            f"flatten {self.request_id}: {len(self.sent)} exit(s) sent, "
+            f"{len(self.exits) - len(self.sent)} already sent earlier, {len(self.skipped)} position(s) skipped; "
+            f"{self.cancelled.cancelled} working order(s) cancelled; reduce-only "
+            f"{'turned on' if self.reduce_only.changed else 'already on'}"
+        )
+
+
+def exit_client_order_id(request_id: str, symbol: str) -> str:
+    """The same id for the same (flatten request, symbol), so a retried flatten finds its order instead of selling
+    twice; short enough for Coinbase's client_order_id."""
+    digest = hashlib.sha256(f"{request_id}:{symbol}".encode()).hexdigest()[:20]
+    return f"flatten-{symbol}-{digest}"
+
+
+def flatten(
+    broker: Broker,
+    ledger: Ledger,
+    settings: Settings,
+    *,
+    request_id: str,
+    symbols: list[str],
+    at: datetime | None = None,
+) -> FlattenResult:
+    """Reduce-only on, cancel working orders, then a reduce-only market sell of each spot position in `symbols`.
+
+    Sizes are floored to the product's base_increment and never exceed what the broker reports held; dust below
+    base_min_size is left and reported. Idempotent per request_id: each exit's client_order_id is derived from
+    (request_id, symbol) and looked up on the broker before anything is sent."""
+    if not request_id:
+        raise ValueError("flatten needs a request_id (the same one for a retry of the same flatten)")
+    at = at or broker.now()
+    reduce_only = set_switch(settings, "reduce_only", True, reason=f"flatten {request_id}")
+    result = FlattenResult(request_id, reduce_only, cancel_all(broker, ledger, at=at, reason="cancelled by flatten"))
+    wanted = list(dict.fromkeys(s.upper() for s in symbols))
+    held = {p.symbol: p.quantity for p in broker.positions()}
+    for symbol, quantity in sorted(held.items()):
+        if symbol not in wanted and quantity != 0:
+            result.skipped.append(SkippedPosition(symbol, quantity, "not in the symbols to flatten"))
+    for symbol in wanted:
+        exit_order = _exit(broker, ledger, symbol, held.get(symbol, Decimal(0)), request_id, at, result)
+        if exit_order is not None:
+            result.exits.append(exit_order)
+    result.fills_recorded = _record_exit_fills(broker, ledger, result, at)
+    log.warning("%s", result.summary())
+    return result
+
+
+def _exit(
+    broker: Broker,
+    ledger: Ledger,
+    symbol: str,
+    quantity: Decimal,
+    request_id: str,
+    at: datetime,
+    result: FlattenResult,
+) -> ExitOrder | None:
+    client_order_id = exit_client_order_id(request_id, symbol)
+    existing = broker.find_order(client_order_id)
+    if existing is not None:
+        ledger.apply_order(existing)
+        return ExitOrder(
+            symbol,
+            client_order_id,
+            existing.quantity,
+            str(existing.status),
+            existing.order_id,
+            "already sent by an earlier attempt",
+        )
+    if quantity == 0:
+        return None
+    if quantity < 0:
+        result.skipped.append(
+            SkippedPosition(
+                symbol, quantity, "short position (perpetuals): spot flatten only sells; close it on Coinbase INTX"
+            )
+        )
+        return None
+    try:
+        product = broker.get_product(symbol)
+    except OrderRejected as error:
+        result.skipped.append(SkippedPosition(symbol, quantity, str(error)))
+        return None
+    size = quantize_down(min(quantity, product.base_max_size), product.base_increment)
+    if size < product.base_min_size:
+        result.skipped.append(
+            SkippedPosition(
+                symbol,
+                quantity,
+                f"dust: {fmt(quantity)} {product.base_currency} is below base_min_size "
+                f"{fmt(product.base_min_size)} for {symbol}; left in place",
+            )
+        )
+        return None
+    request = OrderRequest(symbol, Side.SELL, OrderType.MARKET, size, client_order_id, reduce_only=True)
+    try:
+        broker.validate(request)
+    except OrderRejected as error:
+        result.skipped.append(SkippedPosition(symbol, quantity, f"exit refused before sending: {error}"))
+        return None
+    if ledger.get_order(client_order_id) is None:  # a crashed attempt may have recorded it without sending
+        ledger.record_pending(request, None, at)
+    note = "sent" if size == quantity else f"sent; {fmt(quantity - size)} {product.base_currency} left (increments)"
+    # Same discipline as the bot: a refused order is marked failed; an unclear answer is looked up, never resent.
+    try:
+        order = broker.place_order(request)
+    except OrderRejected as error:
+        ledger.mark_failed(client_order_id, str(error), broker.now())
+        return ExitOrder(symbol, client_order_id, size, str(OrderStatus.FAILED), None, f"rejected: {error}")
+    except BrokerUnavailable as error:
+        log.error("flatten: %s: broker unavailable (%s); looking it up", client_order_id, error)
+        found = _lookup(broker, client_order_id)
+        if found is None:
+            status = str(OrderStatus.PENDING_SUBMIT)
+            return ExitOrder(symbol, client_order_id, size, status, None, "broker unreachable; left for reconciliation")
+        order = found
+    ledger.apply_order(order)
+    if order.status in (OrderStatus.REJECTED, OrderStatus.FAILED):
+        note = f"rejected: {order.reject_reason or 'no reason given'}"
+    log.warning("flatten: %s %s %s reduce-only market: %s", client_order_id, fmt(size), symbol, order.status)
+    return ExitOrder(symbol, client_order_id, size, str(order.status), order.order_id, note)
+
+
+def _lookup(broker: Broker, client_order_id: str) -> Order | None:
+    try:
+        return broker.find_order(client_order_id)
+    except BrokerUnavailable:
+        return None
+
+
+def _record_exit_fills(broker: Broker, ledger: Ledger, result: FlattenResult, at: datetime) -> int:
+    ids = {e.order_id for e in result.exits if e.order_id}
+    if not ids:
+        return 0
+    fills = [f for f in broker.list_fills(since=at - timedelta(seconds=1)) if f.order_id in ids]
+    return ledger.record_fills(fills) if fills else 0
