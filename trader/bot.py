@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,22 +17,29 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from trader.brokers.base import Broker
-from trader.domain import Order, OrderRequest, OrderStatus, Product
+from trader.domain import Candle, Order, OrderRequest, OrderStatus, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, OrderRejected, TraderError
 from trader.ledger import Ledger
 from trader.reconcile import StartupReconciliation, reconcile_on_start
 from trader.reconcile.engine_recovery import CheckpointSource, EngineRecovery, crashed_sessions, recover_engine
 from trader.risk import RiskControls, RiskManager
+from trader.risk.incidents import GuardIncidents
+from trader.risk.monitor import GuardEvent, exposure_pct, open_positions, volatility_pct
+from trader.risk.telemetry import MeteredBroker, OperationStats
 from trader.settings import Settings
 from trader.state.base import TierUnavailable
 from trader.state.checkpoints import CheckpointStore, snapshot_from_ledger
 from trader.state.manager import StateManager
 from trader.strategy import OrderIntent, Strategy
+
+if TYPE_CHECKING:
+    from trader.metrics.exporter import BotMetrics
+    from trader.quality.market_data import MarketDataGate
 
 log = logging.getLogger("perps_bot.bot")
 
@@ -56,6 +64,10 @@ class CycleReport:
     refused: list[tuple[OrderIntent, str]] = field(default_factory=list)
     fills: int = 0
     daily_pnl_pct: Decimal = Decimal(0)
+    equity: Decimal = Decimal(0)
+    guard_events: list[GuardEvent] = field(default_factory=list)
+    gate_failures: tuple[str, ...] = ()
+    gate_ms: float = 0.0
     duration_ms: float = 0.0
 
 
@@ -93,9 +105,14 @@ class TradingBot:
         checkpoint_source: CheckpointSource | None = None,
         checkpoints: CheckpointStore | None = None,
         state: StateManager | None = None,
+        gate: MarketDataGate | None = None,
+        incidents: GuardIncidents | None = None,
+        metrics: BotMetrics | None = None,
     ) -> None:
         self.settings = settings
-        self.broker = broker
+        # Every exchange call is timed: error rate, latency p95 and order success feed the guards.
+        self.stats = OperationStats(settings.risk_guard_window_seconds, settings.risk_guard_min_samples)
+        self.broker = cast(Broker, MeteredBroker(broker, self.stats))
         self.ledger = ledger
         self.strategy = strategy
         self.risk = risk
@@ -104,6 +121,11 @@ class TradingBot:
         self.heartbeat_file = heartbeat_file
         self.checkpoints = checkpoints
         self.state = state
+        self.gate = gate
+        self.incidents = incidents
+        self.metrics: BotMetrics | None = None
+        if metrics is not None:
+            self.attach_metrics(metrics)
         self._published: dict[str, Any] = {}
         # After a crash the portfolio state comes from the newest good checkpoint (when there is a store).
         self.checkpoint_source = checkpoint_source or (self._latest_checkpoint if checkpoints else None)
@@ -120,11 +142,24 @@ class TradingBot:
         self._last_heartbeat = 0.0
         self._last_snapshot: datetime | None = None
         self._equity_day: tuple[date, Decimal] | None = None
+        self._peak_equity: Decimal | None = None
+        self._feed_ok_at: dict[str, float] = {}
+        self._last_data: datetime | None = None
+        self._trading_state = "trading"
+        self._gate_failures: tuple[str, ...] = ()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
+    def attach_metrics(self, metrics: BotMetrics) -> None:
+        """Feed the Prometheus exporter: every exchange call, every cycle, guard trips, checkpoints, recoveries."""
+        self.metrics = metrics
+        self.stats.listeners.append(metrics.observe_api_call)
+
     def start(self, flow_run_id: str | None = None) -> StartupReconciliation | None:
         """Load products, reconcile with the broker (unless dry-run), open the trading session."""
+        if self.gate is not None:
+            # Great Expectations takes seconds to import: load it beside start-up, not in the first cycle.
+            threading.Thread(target=self.gate.warm_up, name="data-gate-warm-up", daemon=True).start()
         self.products = {symbol: self.broker.get_product(symbol) for symbol in self.settings.symbols}
         report = None
         if self.mode != "dry_run":
@@ -135,6 +170,8 @@ class TradingBot:
                 )
                 if self.recovery.snapshot:
                     self.risk.counters.update(self.recovery.snapshot.get("guard_counters") or {})
+                if self.metrics is not None:
+                    self.metrics.record_recovery("engine", self.recovery.total_ms / 1000)
             report = reconcile_on_start(self.broker, self.ledger, self.broker.now())
             self.session_id = self.last_session_id = self.ledger.start_session(
                 self.settings.profile, self.broker.name, self.mode, flow_run_id=flow_run_id
@@ -158,6 +195,10 @@ class TradingBot:
         self._heartbeat(force=True)
         self._checkpoint(status, force=True)
         self.ledger.end_session(self.session_id, status, note)
+        if self.incidents is not None:
+            self.incidents.flush()
+        if self.metrics is not None:
+            self.metrics.mark_stopped()
         log.info("session %s %s after %d cycles", self.session_id, status, self.cycles)
         self.session_id = None
 
@@ -194,17 +235,23 @@ class TradingBot:
     # --- one cycle -------------------------------------------------------------------------------------------
 
     def run_cycle(self) -> CycleReport:
-        """market data -> strategy -> risk checks -> orders -> ledger -> heartbeat (run() moves the market)."""
+        """market data -> data gate -> guards -> strategy -> risk checks -> orders -> ledger -> heartbeat."""
         started = time.perf_counter()
         self.cycles += 1
         report = CycleReport(self.cycles, self.broker.now())
         if self.mode != "dry_run":
             report.fills += self._sync_fills()
         controls = self.controls()
-        candles = {s: self.broker.candles(s, self.strategy.warmup) for s in self.products}
+        candles = self._market_data()
+        self._gate(candles, report)
         report.prices = {s: c[-1].close for s, c in candles.items() if c}
-        report.daily_pnl_pct = self._update_daily_loss(report.prices, report.at)
+        report.daily_pnl_pct, report.equity = self._update_daily_loss(report.prices, report.at)
+        self._guards(candles, report)
+        if self.mode != "dry_run":
+            report.orders.extend(self._reduce_exposure(report.prices, controls))
         for symbol, product in self.products.items():
+            if not candles[symbol]:
+                continue  # no market data for this symbol this cycle: nothing to decide on
             position = self.positions.get(symbol, Decimal(0))
             for intent in self.strategy.decide(product, candles[symbol], position):
                 report.intents.append(intent)
@@ -216,9 +263,19 @@ class TradingBot:
         if self.mode != "dry_run" and report.orders:
             report.fills += self._sync_fills()
         report.duration_ms = (time.perf_counter() - started) * 1000
+        self._trading_state = (
+            "halted"
+            if controls.kill_switch or "halt" in self.risk.monitor.forced().values()
+            else (
+                "reduce_only"
+                if controls.reduce_only or self.risk.monitor.forced() or self.risk.gate_blocked
+                else "trading"
+            )
+        )
         self._heartbeat()
         self._publish_state()
         self._checkpoint("periodic")
+        self._record_metrics(report)
         log.debug(
             "cycle %d at %s: %d intents, %d orders, %d fills, %.2f ms",
             report.cycle,
@@ -229,6 +286,106 @@ class TradingBot:
             report.duration_ms,
         )
         return report
+
+    # --- market data, data gate, guards --------------------------------------------------------------------
+
+    def _market_data(self) -> dict[str, list[Candle]]:
+        """Each symbol's candle window; a symbol whose feed fails gets none (and the feed guard counts the time)."""
+        candles: dict[str, list[Candle]] = {}
+        now = time.monotonic()
+        for symbol in self.products:
+            try:
+                candles[symbol] = self.broker.candles(symbol, self.strategy.warmup)
+                self._feed_ok_at[symbol] = now
+            except BrokerUnavailable as error:
+                candles[symbol] = []
+                self._feed_ok_at.setdefault(symbol, now)
+                log.error("market data for %s unavailable: %s", symbol, error)
+        newest = [c[-1].start for c in candles.values() if c]
+        if newest:
+            self._last_data = max(newest)
+        return candles
+
+    def _gate(self, candles: dict[str, list[Candle]], report: CycleReport) -> None:
+        """The Great Expectations suite on this cycle's market data: a failure blocks new exposure this cycle."""
+        if self.gate is None:
+            return
+        result = self.gate.check(candles, report.at)
+        report.gate_ms = result.duration_ms
+        report.gate_failures = result.failures
+        self.risk.gate_blocked = not result.passed
+        if not result.passed:
+            self.risk.counters["data_gate_failed"] += 1
+            log.warning("data gate failed, no new exposure this cycle: %s", "; ".join(result.failures))
+
+    def _readings(self, candles: dict[str, list[Candle]], report: CycleReport) -> dict[str, float | None]:
+        """This cycle's value for every guard."""
+        now = time.monotonic()
+        ages = [(report.at - c[-1].start).total_seconds() for c in candles.values() if c]
+        volatilities = [v for v in (volatility_pct(c) for c in candles.values()) if v is not None]
+        equity = report.equity
+        if equity > 0:
+            self._peak_equity = max(self._peak_equity or equity, equity)
+        peak = self._peak_equity
+        return {
+            "daily_loss": float(-report.daily_pnl_pct),
+            "error_rate": self.stats.error_rate_pct(),
+            "market_data_staleness": max(ages) if ages else None,
+            "market_data_feed": max((now - t for t in self._feed_ok_at.values()), default=0.0),
+            "position_count": float(open_positions(self.positions.values())),
+            "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
+            "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,
+            "volatility": max(volatilities) if volatilities else None,
+            "api_latency": self.stats.latency_p95_ms(),
+            "order_success": self.stats.order_success_pct(),
+        }
+
+    def _guards(self, candles: dict[str, list[Candle]], report: CycleReport) -> None:
+        """Move every guard; each change is counted, logged, sent to the incident desk and to the exporter."""
+        readings = {k: v for k, v in self._readings(candles, report).items() if k in self.risk.monitor.rules}
+        report.guard_events.extend(self.risk.observe(readings))
+        exposure_open = any(q != 0 for q in self.positions.values())
+        for event in report.guard_events:
+            if event.level != "ok" and event.escalated and self.metrics is not None:
+                self.metrics.record_guard_trip(event.guard, event.level)
+            if self.incidents is not None:
+                self.incidents.report(event, open_exposure=exposure_open)
+            if event.guard == "market_data_feed" and event.level == "critical":
+                self.broker.restart_market_data()
+                for symbol in self._feed_ok_at:
+                    self._feed_ok_at[symbol] = time.monotonic()  # a fresh start gets a fresh 15 minutes
+
+    def _reduce_exposure(self, prices: dict[str, Decimal], controls: RiskControls) -> list[SentOrder]:
+        """With the exposure guard critical, sell each position above the warning level down to it."""
+        if self.risk.monitor.levels.get("exposure") != "critical" or controls.kill_switch:
+            return []
+        rule = self.risk.monitor.rules["exposure"]
+        target_usd = self.risk.max_position_usd * Decimal(str(rule.warning or rule.critical)) / 100
+        orders = []
+        for symbol, quantity in self.positions.items():
+            price = prices.get(symbol, Decimal(0))
+            product = self.products.get(symbol)
+            if product is None or price <= 0 or quantity <= 0 or quantity * price <= target_usd:
+                continue
+            excess = quantity - target_usd / price
+            size = (excess / product.base_increment).to_integral_value(
+                rounding="ROUND_CEILING"
+            ) * product.base_increment
+            size = min(size, quantity)
+            if size < product.base_min_size:
+                continue
+            intent = OrderIntent(
+                symbol,
+                Side.SELL,
+                size,
+                f"guard exposure critical: sell down to {rule.warning:g}% of the limit",
+                OrderType.MARKET,
+                reduce_only=True,
+            )
+            decision = self.risk.check(intent, quantity, price, controls)
+            if decision.approved:
+                orders.append(self._submit(intent))
+        return orders
 
     def _submit(self, intent: OrderIntent) -> SentOrder:
         request = OrderRequest(
@@ -260,10 +417,13 @@ class TradingBot:
         self.ledger.record_pending(request, self.session_id, self.broker.now())
         order = self._place(request)
         if order is None:
+            self.stats.record_order(accepted=False)
             return SentOrder(request, OrderStatus.PENDING_SUBMIT, "broker unreachable; left for reconciliation")
         self.ledger.apply_order(order)
         if order.status in (OrderStatus.REJECTED, OrderStatus.FAILED):
+            self.stats.record_order(accepted=False)
             return SentOrder(request, order.status, order.reject_reason or "")
+        self.stats.record_order(accepted=True)
         self.orders_sent += 1
         log.info(
             "order %s %s %s %s %s: %s",
@@ -321,7 +481,8 @@ class TradingBot:
     def _load_positions(self) -> None:
         self.positions = {symbol: p.quantity for symbol, p in self.ledger.positions().items()}
 
-    def _update_daily_loss(self, prices: dict[str, Decimal], at: datetime) -> Decimal:
+    def _update_daily_loss(self, prices: dict[str, Decimal], at: datetime) -> tuple[Decimal, Decimal]:
+        """Today's PnL in percent (the daily-loss guard's reading) and the account's equity."""
         balances = self.broker.balances()
         valuation = self._valuation(prices)
         equity = sum((b.total * valuation.get(b.currency, Decimal(0)) for b in balances), Decimal(0))
@@ -333,7 +494,7 @@ class TradingBot:
         if self.mode != "dry_run" and due:
             self.ledger.record_balance_snapshot(self.session_id, balances, valuation, at)
             self._last_snapshot = at
-        return self.risk.update_daily_loss(equity, self._equity_day[1])
+        return self.risk.daily_pnl_pct(equity, self._equity_day[1]), equity
 
     def _valuation(self, prices: dict[str, Decimal]) -> dict[str, Decimal]:
         valuation = {p.quote_currency: Decimal(1) for p in self.products.values()}
@@ -355,6 +516,8 @@ class TradingBot:
             info = self.checkpoints.create(snapshot, reason=reason, session_id=self.session_id)
             if self.state is not None:
                 self.state.note_checkpoint(info.created_at)
+            if self.metrics is not None:
+                self.metrics.set_last_checkpoint(time.time())
         except (TraderError, SQLAlchemyError, OSError) as error:
             log.warning("checkpoint (%s) failed, trading continues: %s", reason, error)
 
@@ -402,9 +565,47 @@ class TradingBot:
                     "wall_time": time.time(),
                     "positions": {s: str(q) for s, q in self.positions.items()},
                     "guard_counters": dict(self.risk.counters),
+                    "guards": self.risk.monitor.snapshot(),
+                    "trading_state": self._trading_state,
+                    "data_gate": self._gate_summary(),
                 },
             )
         log.info("heartbeat session=%s cycles=%d market_time=%s", self.session_id, self.cycles, at.isoformat())
+
+    def _gate_summary(self) -> dict[str, Any] | None:
+        if self.gate is None:
+            return None
+        return {
+            "checked": self.gate.counters["checked"],
+            "failed": self.gate.counters["failed"],
+            "last_failures": list(self._gate_failures),
+        }
+
+    def _record_metrics(self, report: CycleReport) -> None:
+        if report.gate_failures:
+            self._gate_failures = report.gate_failures
+        if self.metrics is None:
+            return
+        from trader.metrics.telemetry import CycleTelemetry
+
+        ages = report.at - self._last_data if self._last_data is not None else None
+        self.metrics.record_cycle(
+            CycleTelemetry(
+                cycle=report.cycle,
+                duration_ms=report.duration_ms,
+                position_count=open_positions(self.positions.values()),
+                daily_pnl_pct=float(report.daily_pnl_pct),
+                balance=float(report.equity),
+                error_rate_pct=self.stats.error_rate_pct(),
+                order_success_pct=self.stats.order_success_pct(),
+                market_data_age_seconds=ages.total_seconds() if ages is not None else None,
+                last_data_update=self._last_data,
+                guard_levels=dict(self.risk.monitor.levels),
+                trading_state=self._trading_state,
+                gate_checked=int(self.gate is not None),
+                gate_failed=int(bool(report.gate_failures)),
+            )
+        )
 
 
 def _sleep_unless(seconds: float, should_stop: Callable[[], bool], step: float = 0.5) -> None:

@@ -5,15 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trader.alerts.incidents import IncidentDesk
+from trader.alerts.notifier import notifier_from_settings
 from trader.bot import Mode, TradingBot
 from trader.brokers.base import Broker
 from trader.ledger import Ledger
 from trader.market.source import MarketDataSource
 from trader.risk import RiskManager
+from trader.risk.incidents import GuardIncidents
+from trader.risk.monitor import GuardMonitor, rules_from_settings
 from trader.settings import Settings
 from trader.strategy import MovingAverageCrossover, Strategy
 
 if TYPE_CHECKING:
+    from trader.quality.market_data import MarketDataGate
     from trader.state.checkpoints import CheckpointStore
     from trader.state.manager import StateManager
 
@@ -50,7 +55,12 @@ def build_strategy(settings: Settings) -> Strategy:
 
 
 def build_risk(settings: Settings) -> RiskManager:
-    return RiskManager(settings.risk_max_position_usd, settings.risk_daily_loss_limit_pct)
+    """Pre-trade checks plus every runbook guard with the thresholds from the settings."""
+    return RiskManager(
+        settings.risk_max_position_usd,
+        settings.risk_daily_loss_limit_pct,
+        monitor=GuardMonitor(rules_from_settings(settings)),
+    )
 
 
 def build_bot(
@@ -59,20 +69,33 @@ def build_bot(
     """A ready TradingBot: paper on the simulated exchange, live on Coinbase, or dry-run (nothing sent)."""
     broker = broker or build_broker(settings, persist=mode != "dry_run")
     mode = mode or ("paper" if broker.name == "simulated" else "live")
-    checkpoints = state = None
+    checkpoints = state = incidents = None
+    ledger = ledger or Ledger(settings.database_url)
     if mode != "dry_run":
         state, checkpoints = build_state(settings)
+        incidents = GuardIncidents(IncidentDesk(ledger, notifier_from_settings(settings)))
     return TradingBot(
         settings,
         broker,
-        ledger or Ledger(settings.database_url),
+        ledger,
         build_strategy(settings),
         build_risk(settings),
         mode=mode,
         heartbeat_file=None if mode == "dry_run" else Path(settings.state_dir) / "heartbeat.json",
         checkpoints=checkpoints,
         state=state,
+        gate=build_gate(settings),
+        incidents=incidents,
     )
+
+
+def build_gate(settings: Settings) -> MarketDataGate | None:
+    """The Great Expectations gate on each cycle's candles (DATA_GATE_ENABLED); gx itself loads later."""
+    if not settings.data_gate_enabled:
+        return None
+    from trader.quality.market_data import MarketDataGate
+
+    return MarketDataGate(interval_seconds=60.0, max_age_seconds=settings.risk_max_data_age_seconds)
 
 
 def build_state(settings: Settings) -> tuple[StateManager, CheckpointStore]:

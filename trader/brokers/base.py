@@ -38,6 +38,10 @@ class Broker(ABC):
     def candles(self, symbol: str, limit: int) -> list[Candle]:
         """The latest `limit` closed candles, oldest first."""
 
+    def restart_market_data(self) -> None:
+        """Reconnect the market-data feed (the feed guard's critical action); a no-op where nothing reconnects."""
+        return None
+
     @abstractmethod
     def now(self) -> datetime:
         """The broker's clock (the replay time for the simulated exchange)."""

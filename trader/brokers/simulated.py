@@ -180,6 +180,12 @@ class SimulatedExchange(Broker):
     def now(self) -> datetime:
         return self.market.now()
 
+    def restart_market_data(self) -> None:
+        """Refetch the live feed (MARKET_DATA=coinbase); a replay has nothing to reconnect."""
+        refresh = getattr(self.market, "refresh", None)
+        if refresh is not None:
+            refresh()
+
     def advance(self) -> bool:
         """Step the market one bar and match resting orders against it; False when the replay is exhausted."""
         moved = self.market.advance()

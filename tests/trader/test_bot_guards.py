@@ -1,0 +1,195 @@
+"""The guards inside the running bot: real exchange calls (paper exchange, and Coinbase's SDK against the local
+Advanced Trade server with injected 500s), the ledger's incidents, the heartbeat the daily checklist reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from trader.bot import TradingBot
+from trader.brokers.coinbase import CoinbaseBroker
+from trader.brokers.simulated import SimulatedExchange
+from trader.domain import OrderType, Side
+from trader.ledger import Ledger
+from trader.market import ReplayMarketData
+from trader.runtime import build_bot
+from trader.settings import Settings, load_settings
+from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault
+
+CANDLES = "/api/v3/brokerage/products/BTC-USD/candles"
+
+
+def paper_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "profile": "dev",
+        "state_dir": tmp_path / "state",
+        "log_dir": tmp_path / "logs",
+        "broker": "simulated",
+        "strategy_fast_window": 2,
+        "strategy_slow_window": 4,
+        "heartbeat_interval_seconds": 0,
+        "data_gate_enabled": False,
+        **overrides,
+    }
+    return load_settings(**values)
+
+
+def paper_bot(settings: Settings, market: ReplayMarketData | None = None) -> TradingBot:
+    bot = build_bot(
+        settings, broker=SimulatedExchange(market or ReplayMarketData()), ledger=Ledger(settings.database_url)
+    )
+    bot.start()
+    return bot
+
+
+def open_incidents(bot: TradingBot) -> dict[str, str]:
+    assert bot.incidents is not None
+    bot.incidents.flush()
+    return {row.fingerprint: row.severity for row in bot.ledger.open_incidents()}
+
+
+def test_stale_market_data_forces_reduce_only_opens_an_incident_and_clears(tmp_path: Path) -> None:
+    bot = paper_bot(paper_settings(tmp_path, risk_max_data_age_seconds=30))  # replay bars are 60 s old
+
+    summary = bot.run(60, interval_seconds=0)
+
+    assert summary.orders == 0 and bot.risk.counters["market_data_staleness"] > 0
+    assert bot.risk.counters["market_data_staleness_trip"] == 1
+    assert open_incidents(bot) == {"guard:market_data_staleness:critical": "SEV-2"}
+    beat = json.loads((tmp_path / "state" / "heartbeat.json").read_text())
+    assert beat["guards"]["market_data_staleness"]["level"] == "critical" and beat["trading_state"] == "reduce_only"
+
+    rule = bot.risk.monitor.rules["market_data_staleness"]
+    bot.risk.monitor.rules["market_data_staleness"] = replace(rule, critical=120.0)  # the operator raises the limit
+    summary = bot.run(60, interval_seconds=0)
+
+    assert summary.orders > 0 and bot.risk.monitor.levels["market_data_staleness"] == "ok"
+    assert open_incidents(bot) == {}
+    bot.stop()
+
+
+def test_critical_exposure_sells_the_position_down_to_the_warning_level(tmp_path: Path) -> None:
+    bot = paper_bot(paper_settings(tmp_path))
+    while not any(bot.positions.values()):
+        bot.run(1, interval_seconds=0)
+    [(symbol, quantity)] = [(s, q) for s, q in bot.positions.items() if q]
+    price = bot.broker.candles(symbol, 1)[-1].close
+    bot.risk.max_position_usd = (quantity * price / Decimal("0.95")).quantize(Decimal("0.01"))
+
+    report = bot.run_cycle()
+
+    [exit_order] = [o for o in report.orders if "guard exposure" in o.reason]
+    assert exit_order.request.side is Side.SELL and exit_order.request.order_type is OrderType.MARKET
+    assert exit_order.request.reduce_only and exit_order.request.quantity < quantity
+    left = bot.positions[symbol] * report.prices[symbol]
+    assert left <= bot.risk.max_position_usd * Decimal("0.75") + bot.products[symbol].base_increment * price
+    assert bot.risk.counters["exposure_trip"] == 1
+    bot.stop()
+
+
+@pytest.mark.parametrize(("limit", "level"), [("50", "warning"), ("0.002", "critical")])
+def test_daily_loss_trips_from_real_paper_trading(tmp_path: Path, limit: str, level: str) -> None:
+    # Thresholds small enough that the replay's own fees and moves cross them.
+    settings = paper_settings(tmp_path, risk_daily_loss_warn_pct="0.001", risk_daily_loss_limit_pct=limit)
+    bot = paper_bot(settings)
+
+    bot.run(400, interval_seconds=0)
+
+    counters = bot.risk.counters
+    if level == "warning":  # an alert only: nothing refused
+        assert counters["daily_loss_warning"] >= 1 and counters["daily_loss_trip"] == 0 and counters["daily_loss"] == 0
+    else:  # reduce-only: buys refused while it lasts
+        assert counters["daily_loss_trip"] >= 1 and counters["daily_loss"] > 0
+    now = bot.risk.monitor.levels["daily_loss"]
+    expected = {} if now == "ok" else {f"guard:daily_loss:{now}": "SEV-3" if now == "warning" else "SEV-2"}
+    assert open_incidents(bot) == expected
+    bot.stop()
+
+
+def gapped_replay(gap_at: int) -> ReplayMarketData:
+    """The bundled replay with the bars after `gap_at` shifted five minutes later: a hole in the data."""
+    full = ReplayMarketData()
+    rows = full._candles["BTC-USD"][:400]
+    shifted = [c if i < gap_at else replace(c, start=c.start + timedelta(minutes=5)) for i, c in enumerate(rows)]
+    return ReplayMarketData.from_candles({"BTC-USD": shifted})
+
+
+def test_a_gap_in_market_data_fails_the_gate_and_blocks_new_exposure_until_it_leaves_the_window(
+    tmp_path: Path,
+) -> None:
+    settings = paper_settings(tmp_path, data_gate_enabled=True, risk_max_data_age_seconds=600)
+    bot = paper_bot(settings, gapped_replay(gap_at=150))  # the replay starts trading at bar 100
+    reports = []
+
+    bot.run(120, interval_seconds=0, on_cycle=reports.append)
+
+    failed = [r.cycle for r in reports if r.gate_failures]
+    assert failed and len(failed) == bot.strategy.warmup - 1  # every window holding the hole, and no other
+    assert all("BTC-USD" in line for r in reports for line in r.gate_failures)
+    assert bot.risk.counters["data_gate_failed"] == len(failed) and not bot.risk.gate_blocked
+    beat = json.loads((tmp_path / "state" / "heartbeat.json").read_text())
+    assert beat["data_gate"]["failed"] == len(failed) and beat["data_gate"]["last_failures"]
+    bot.stop()
+
+
+def coinbase_settings(server: AdvancedTradeServer, key: CdpKey, tmp_path: Path, **overrides: object) -> Settings:
+    key_file = tmp_path / "cdp_api_key.json"
+    key.write_key_file(key_file)
+    return load_settings(
+        profile="dev",
+        broker="coinbase",
+        coinbase_key_file=key_file,
+        coinbase_api_base=server.base_url,
+        coinbase_ca_file=server.ca_file,
+        coinbase_timeout_seconds=1.0,
+        coinbase_max_retries=0,
+        state_dir=tmp_path / "state",
+        log_dir=tmp_path / "logs",
+        heartbeat_interval_seconds=0,
+        data_gate_enabled=False,
+        **overrides,
+    )
+
+
+class ShiftedClock:
+    """time.monotonic() plus an offset the test moves forward: the guard window passes without waiting."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@pytest.mark.parametrize("fault", ["500", "timeout"])
+def test_exchange_errors_halt_trading_then_clear_when_the_exchange_recovers(
+    exchange: AdvancedTradeServer, cdp_key: CdpKey, tmp_path: Path, fault: str
+) -> None:
+    settings = coinbase_settings(exchange, cdp_key, tmp_path, risk_guard_window_seconds=60, risk_guard_min_samples=6)
+    bot = build_bot(settings, broker=CoinbaseBroker.from_settings(settings))
+    bot.stats.clock = clock = ShiftedClock()
+    bot.start()
+    exchange.inject(Fault(kind=fault, method="GET", path=CANDLES, times=4, delay=1.5))  # type: ignore[arg-type]
+
+    for _ in range(4):
+        bot.run_cycle()
+
+    assert bot.risk.monitor.levels["error_rate"] == "critical" and bot.risk.counters["error_rate_trip"] == 1
+    assert bot.risk.monitor.forced()["error_rate"] == "halt" and bot._trading_state == "halted"
+    assert open_incidents(bot)["guard:error_rate:critical"] == "SEV-2"  # no exposure open: not SEV-1
+    if fault == "timeout":
+        assert bot.risk.monitor.levels["api_latency"] == "critical" and bot.risk.counters["api_latency_trip"] == 1
+
+    clock.offset += 61  # the failures age out of the window
+    for _ in range(8):
+        bot.run_cycle()
+
+    assert bot.risk.monitor.levels["error_rate"] == "ok" and bot.risk.monitor.levels["api_latency"] == "ok"
+    assert not any(fp.startswith(("guard:error_rate", "guard:api_latency")) for fp in open_incidents(bot))
+    bot.stop()
