@@ -16,6 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, generate_cdp_key
 
+# Tests that want the exporter start it on a free port; nothing else may bind the operator's 9102.
+os.environ["METRICS_ENABLED"] = "0"
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 POSTGRES_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 

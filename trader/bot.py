@@ -606,6 +606,11 @@ class TradingBot:
                 gate_failed=int(bool(report.gate_failures)),
             )
         )
+        if self.settings.metrics_file is not None:
+            try:
+                self.metrics.write_metrics_file(self.settings.metrics_file)
+            except OSError as error:
+                log.warning("metrics file %s not written: %s", self.settings.metrics_file, error)
 
 
 def _sleep_unless(seconds: float, should_stop: Callable[[], bool], step: float = 0.5) -> None:

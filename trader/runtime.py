@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from trader.settings import Settings
 from trader.strategy import MovingAverageCrossover, Strategy
 
 if TYPE_CHECKING:
+    from trader.metrics.exporter import MetricsServer
     from trader.quality.market_data import MarketDataGate
     from trader.state.checkpoints import CheckpointStore
     from trader.state.manager import StateManager
@@ -111,3 +113,24 @@ def build_state(settings: Settings) -> tuple[StateManager, CheckpointStore]:
     cold = cold_store_from_settings(settings, on_availability=s3_available)
     state = StateManager.from_settings(settings, cold=cold)
     return state, checkpoint_store_from_settings(settings, cold=cold)
+
+
+def start_metrics(settings: Settings, bot: TradingBot) -> MetricsServer | None:
+    """The Prometheus exporter and /health for this bot on METRICS_HOST:METRICS_PORT (METRICS_ENABLED), and the
+    --metrics-file the bot rewrites every cycle (METRICS_FILE). A taken port is logged; trading goes on."""
+    if not (settings.metrics_enabled or settings.metrics_file):
+        return None
+    from trader.errors import ConfigError
+    from trader.metrics.exporter import BotMetrics, MetricsServer
+
+    bot.attach_metrics(BotMetrics(stale_after_seconds=max(180.0, 3 * settings.cycle_interval_seconds)))
+    if not settings.metrics_enabled:
+        return None
+    assert bot.metrics is not None
+    try:
+        server = MetricsServer(bot.metrics, settings.metrics_host, settings.metrics_port).start()
+    except ConfigError as error:
+        logging.getLogger("perps_bot.metrics").error("metrics exporter not started: %s", error)
+        return None
+    logging.getLogger("perps_bot.metrics").info("metrics on %s/metrics, health on %s/health", server.url, server.url)
+    return server
