@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from flows.hooks import incident_on_crashed, incident_on_failure
+from flows.switches import bot_controls
 from tasks.bot import reconcile_before_trading
 from trader.bot import CycleReport
 from trader.logs import configure_logging
@@ -76,6 +77,7 @@ def trading_bot(
     settings = load_settings(profile=profile, risk_reduce_only_mode=True if reduce_only else None)
     configure_logging(settings.log_file, stderr=False)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
+    bot.controls = bot_controls(settings, logger)  # env and flag files OR the Prefect Variables, every cycle
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     logger.info(reconcile_before_trading(bot, run_id))
     stop = StopBetweenCycles(run_id)
