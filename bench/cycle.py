@@ -1,7 +1,9 @@
-"""Benchmark: 10,000 paper cycles of the bot core (simulated exchange in memory, ledger on SQLite).
+"""Benchmark: 10,000 paper cycles of the bot core (simulated exchange in memory, ledger on SQLite), guards on.
 
 Prints cycles per second, p50/p99 cycle time, peak RSS after 1,000 and 10,000 cycles (memory must stay
-flat), and as its last line one JSON object. Run: .venv/bin/python bench/cycle.py [--cycles N]
+flat); then the same bot on a 300-candle window with the Great Expectations data gate off and on, in the same
+run (target: the gate adds at most 50 ms per cycle); as its last line one JSON object.
+Run: .venv/bin/python bench/cycle.py [--cycles N] [--gate-cycles N] [--window 300]
 """
 
 from __future__ import annotations
@@ -37,9 +39,49 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def gate_run(window: int, cycles: int, *, gate: bool, symbols: str) -> tuple[list[float], list[float]]:
+    """Cycle times and the gate's own times (ms) of one bot whose strategy reads `window` candles per symbol."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(
+            profile="dev",
+            state_dir=Path(tmp),
+            log_dir=Path(tmp) / "logs",
+            broker="simulated",
+            cycle_interval_seconds=0,
+            trading_symbols=symbols,
+            strategy_fast_window=20,
+            strategy_slow_window=window - 1,  # the crossover reads slow_window + 1 candles
+            data_gate_enabled=gate,
+            risk_max_data_age_seconds=600,
+        )
+        exchange = SimulatedExchange(ReplayMarketData(start=window + 1, wrap=True))
+        bot = build_bot(settings, broker=exchange, ledger=Ledger(settings.database_url))
+        if bot.gate is not None:
+            bot.gate.warm_up()  # the import happens beside start-up (see TradingBot.start), not in a cycle
+        bot.start()
+        assert bot.strategy.warmup == window, bot.strategy.warmup
+        cycle_ms: list[float] = []
+        gate_ms: list[float] = []
+
+        def record(report: CycleReport) -> None:
+            cycle_ms.append(report.duration_ms)
+            gate_ms.append(report.gate_ms)
+
+        bot.run(cycles, interval_seconds=0, on_cycle=record)
+        bot.stop()
+    return cycle_ms, gate_ms
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cycles", type=int, default=10_000)
+    parser.add_argument("--gate-cycles", type=int, default=300)
+    parser.add_argument("--window", type=int, default=300)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = load_settings(
@@ -48,6 +90,7 @@ def main() -> None:
             log_dir=Path(tmp) / "logs",
             broker="simulated",
             cycle_interval_seconds=0,
+            data_gate_enabled=False,
         )
         exchange = SimulatedExchange(ReplayMarketData(wrap=True))
         bot = build_bot(settings, broker=exchange, ledger=Ledger(settings.database_url))
@@ -80,17 +123,28 @@ def main() -> None:
         f"peak RSS after {summary.cycles:,} cycles: {rss_end[0]:.1f} MB (current {rss_end[1]:.1f} MB); "
         f"growth {rss_end[0] - rss_1k[0]:+.1f} MB over {summary.cycles - 1_000:,} cycles"
     )
-    print(
-        json.dumps(
-            {
-                "cycles_per_s": round(summary.cycles / elapsed, 1),
-                "p50_ms": round(p50, 3),
-                "p99_ms": round(p99, 3),
-                "rss_mb_1k": round(rss_1k[0], 1),
-                "rss_mb_10k": round(rss_end[0], 1),
-            }
+    figures: dict[str, float] = {
+        "cycles_per_s": round(summary.cycles / elapsed, 1),
+        "p50_ms": round(p50, 3),
+        "p99_ms": round(p99, 3),
+        "rss_mb_1k": round(rss_1k[0], 1),
+        "rss_mb_10k": round(rss_end[0], 1),
+    }
+    for symbols in ("BTC-USD", "BTC-USD,ETH-USD"):
+        count = len(symbols.split(","))
+        off, _ = gate_run(args.window, args.gate_cycles, gate=False, symbols=symbols)
+        on, gate_only = gate_run(args.window, args.gate_cycles, gate=True, symbols=symbols)
+        added = statistics.median(on) - statistics.median(off)
+        print(
+            f"data gate, {args.gate_cycles} cycles on a {args.window}-candle window x {count} symbol(s): "
+            f"cycle p50 {statistics.median(off):.2f} ms gate off vs {statistics.median(on):.2f} ms gate on "
+            f"(+{added:.2f} ms; the gate itself p50 {statistics.median(gate_only):.2f} ms, "
+            f"p95 {pct(gate_only, 0.95):.2f} ms); target <= 50 ms added: {'met' if added <= 50 else 'MISSED'}"
         )
-    )
+        figures[f"gate_off_p50_ms_{count}sym"] = round(statistics.median(off), 2)
+        figures[f"gate_on_p50_ms_{count}sym"] = round(statistics.median(on), 2)
+        figures[f"gate_added_ms_{count}sym"] = round(added, 2)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
