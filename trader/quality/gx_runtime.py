@@ -1,0 +1,151 @@
+"""Great Expectations, imported lazily: one ephemeral context per process, and suites validated on DataFrames.
+
+`import great_expectations` takes seconds, so nothing in `trader/` imports it at module level: the first call to
+gx() pays the import (the bot calls MarketDataGate.warm_up() off its hot path). The context is ephemeral (nothing
+written to disk), analytics are off (GX_ANALYTICS_ENABLED=False is set before the import unless the environment
+already says otherwise) and progress bars are off, so a validation neither phones home nor prints
+"Calculating Metrics" to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DATA_SOURCE = "trader"
+# "Calculating Metrics" bars and per-validation analytics events are what this module turns off.
+_ANALYTICS_ENV = "GX_ANALYTICS_ENABLED"
+
+_lock = threading.RLock()  # the context, its data source and every validation: one thread at a time
+_context: Any = None
+_batch_definitions: dict[str, Any] = {}
+
+
+def gx() -> ModuleType:
+    """The great_expectations module, imported on first use with analytics off."""
+    os.environ.setdefault(_ANALYTICS_ENV, "False")
+    import great_expectations
+
+    return great_expectations
+
+
+def context() -> Any:
+    """The process's ephemeral data context (created once, progress bars off)."""
+    global _context
+    with _lock:
+        if _context is None:
+            module = gx()
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            built = module.get_context(mode="ephemeral")
+            built.variables.progress_bars = ProgressBarsConfig(globally=False)
+            built.data_sources.add_pandas(DATA_SOURCE)
+            _context = built
+        return _context
+
+
+def _batch_definition(asset: str) -> Any:
+    """The whole-DataFrame batch definition of one named asset of the process's pandas data source."""
+    with _lock:
+        if asset not in _batch_definitions:
+            source = context().data_sources.get(DATA_SOURCE)
+            _batch_definitions[asset] = source.add_dataframe_asset(asset).add_batch_definition_whole_dataframe(asset)
+        return _batch_definitions[asset]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation of a suite, with the operator's name for it and how to word a failure."""
+
+    name: str  # short and stable: the counter is "failed:<name>"
+    problem: str  # what a failure means, e.g. "gap/out-of-order bars (step_seconds != 60)"
+    build: Callable[[ModuleType], Any]  # gx.expectations -> the Expectation
+
+
+def suite(name: str, checks: Iterable[Check]) -> Any:
+    """An ExpectationSuite of these checks; each expectation's meta carries its check name."""
+    module = gx()
+    context()  # a suite resolves the current context as soon as an expectation is added
+    built = module.ExpectationSuite(name=name)
+    for check in checks:
+        expectation = check.build(module.expectations)
+        expectation.meta = {"check": check.name}
+        built.add_expectation(expectation)
+    return built
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one expectation found on one batch."""
+
+    check: str
+    success: bool
+    element_count: int
+    unexpected_count: int
+    unexpected_percent: float
+    observed_value: str
+    unexpected_rows: tuple[Mapping[str, Any], ...]  # index columns and the offending values (richer formats only)
+    error: str | None = None  # the expectation raised instead of deciding
+
+
+def validate(
+    asset: str,
+    frame: pd.DataFrame,
+    expectation_suite: Any,
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    detail: bool = False,
+    index_columns: tuple[str, ...] = (),
+) -> list[Outcome]:
+    """Validate a DataFrame against a suite: BOOLEAN_ONLY (cheapest), or with counts and every offending row
+    (named by `index_columns`) when `detail`. One Outcome per expectation, in suite order."""
+    if detail:
+        result_format: Any = {
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": list(index_columns),
+            "return_unexpected_index_query": False,
+        }
+    else:
+        result_format = "BOOLEAN_ONLY"
+    with _lock:
+        batch = _batch_definition(asset).get_batch(batch_parameters={"dataframe": frame})
+        validation = batch.validate(
+            expectation_suite, result_format=result_format, expectation_parameters=dict(parameters or {})
+        )
+    return [_outcome(result) for result in validation.results]
+
+
+def _outcome(result: Any) -> Outcome:
+    details: Mapping[str, Any] = result.result or {}
+    raised = result.exception_info.get("raised_exception") if isinstance(result.exception_info, dict) else False
+    error = str(result.exception_info.get("exception_message")) if raised else None
+    observed = details.get("observed_value")
+    return Outcome(
+        check=str((result.expectation_config.meta or {}).get("check", result.expectation_config.type)),
+        success=bool(result.success),
+        element_count=int(details.get("element_count") or 0),
+        unexpected_count=int(details.get("unexpected_count") or 0),
+        unexpected_percent=float(details.get("unexpected_percent") or 0.0),
+        observed_value="" if observed is None else str(observed),
+        unexpected_rows=tuple(details.get("unexpected_index_list") or ()),
+        error=error,
+    )
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What a data gate decided for one cycle (or one reconciliation run)."""
+
+    passed: bool
+    failures: tuple[str, ...]  # one short line each: "BTC-USD: gap/out-of-order bars (step_seconds != 60) ..."
+    checked_rows: int
+    duration_ms: float
+    outcomes: tuple[Outcome, ...] = ()  # every expectation's result, filled when the check ran with detail=True
+    failed_checks: tuple[str, ...] = ()  # names of the expectations that failed ("freshness", "no_candles", ...)

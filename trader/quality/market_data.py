@@ -1,0 +1,274 @@
+"""The market data gate: a Great Expectations suite on the candles a cycle is about to trade on.
+
+One DataFrame per cycle holds every symbol's window, with derived columns computed in pandas so each expectation
+is one cheap column check:
+
+- step_seconds: the time from the previous bar of the same symbol (the first bar: the interval). step == interval
+  is monotonic timestamps, no gaps and no duplicates in one expectation.
+- min_price, body_high = max(open, close), body_low = min(open, close): positive prices and OHLC consistency.
+- complete: every bar has open, high, low, close and volume (gx ignores NaN in its range checks).
+- last_bar_age_seconds: now - the newest bar's start, on that bar's row only (NaN elsewhere, which gx skips), so a
+  stale symbol is one unexpected row named by its symbol.
+
+The hot path validates BOOLEAN_ONLY (~4 ms per expectation on 300 rows); only when something fails are the failed
+expectations validated again with every offending row, to name the symbols and bars in the failure lines. Great
+Expectations decides; pandas only shapes the data. Nothing here imports great_expectations or pandas at import
+time: the bot pays gx's import in warm_up(), off its hot path.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from trader.domain import Candle
+from trader.quality import gx_runtime
+from trader.quality.gx_runtime import Check, GateResult, Outcome
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ASSET = "market_data"
+INDEX_COLUMNS = ("symbol", "start")
+MAX_LINES_PER_CHECK = 5  # failure lines per expectation (one per symbol); the rest is counted, not listed
+MAX_BARS_PER_LINE = 3
+
+
+def market_data_checks(interval_seconds: float, max_age_seconds: float) -> list[Check]:
+    """The suite's expectations, in the order they are reported."""
+    interval = f"{interval_seconds:g}"
+    return [
+        Check(
+            "bar_spacing",
+            f"gap/out-of-order bars (step_seconds != {interval})",
+            lambda e: e.ExpectColumnValuesToBeBetween(
+                column="step_seconds",
+                min_value={"$PARAMETER": "interval_seconds"},
+                max_value={"$PARAMETER": "interval_seconds"},
+            ),
+        ),
+        Check(
+            "positive_prices",
+            "non-positive price (min(open, high, low, close) <= 0)",
+            lambda e: e.ExpectColumnValuesToBeBetween(column="min_price", min_value=0, strict_min=True),
+        ),
+        Check(
+            "volume_non_negative",
+            "negative volume",
+            lambda e: e.ExpectColumnValuesToBeBetween(column="volume", min_value=0),
+        ),
+        Check(
+            "high_consistent",
+            "high below open/close",
+            lambda e: e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B="body_high", or_equal=True),
+        ),
+        Check(
+            "low_consistent",
+            "low above open/close",
+            lambda e: e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="body_low", column_B="low", or_equal=True),
+        ),
+        Check(
+            "complete_bars",
+            "bar missing a value (NaN open/high/low/close/volume)",
+            lambda e: e.ExpectColumnValuesToBeInSet(column="complete", value_set=[True]),
+        ),
+        Check(
+            "freshness",
+            f"stale data (newest bar older than {max_age_seconds:g} s, or in the future)",
+            lambda e: e.ExpectColumnValuesToBeBetween(
+                column="last_bar_age_seconds", min_value=0, max_value={"$PARAMETER": "max_age_seconds"}
+            ),
+        ),
+    ]
+
+
+class MarketDataGate:
+    """Validates each cycle's candles before they are traded on; a failed check means reduce-only for the cycle.
+
+    Construction is cheap and imports nothing heavy; warm_up() (or the first check()) imports Great Expectations
+    and builds the suite. `counters` counts cycles ("checked", "failed") and failures per expectation
+    ("failed:freshness", "failed:no_candles", ...).
+    """
+
+    def __init__(self, *, interval_seconds: float = 60.0, max_age_seconds: float = 180.0) -> None:
+        self.interval_seconds = float(interval_seconds)
+        self.max_age_seconds = float(max_age_seconds)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.checks = market_data_checks(self.interval_seconds, self.max_age_seconds)
+        self._by_name = {c.name: c for c in self.checks}
+        self._suite: Any = None
+        self._single: dict[str, Any] = {}  # one-expectation suites, to re-validate only what failed
+        self._lock = threading.Lock()
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        return {"interval_seconds": self.interval_seconds, "max_age_seconds": self.max_age_seconds}
+
+    def warm_up(self) -> None:
+        """Import Great Expectations, build its context and this gate's suites (seconds, once per process)."""
+        with self._lock:
+            if self._suite is not None:
+                return
+            gx_runtime.context()
+            self._single = {c.name: gx_runtime.suite(f"market_data.{c.name}", [c]) for c in self.checks}
+            self._suite = gx_runtime.suite("market_data", self.checks)
+
+    def check(self, candles: Mapping[str, Sequence[Candle]], now: datetime, *, detail: bool = False) -> GateResult:
+        """Validate every symbol's window; `detail` validates every expectation with counts and offending rows
+        (the daily checklist), otherwise BOOLEAN_ONLY with detail only for what failed (the bot's cycle)."""
+        started = time.perf_counter()
+        self.warm_up()
+        failures: list[str] = []
+        failed: list[str] = []
+        empty = sorted(symbol for symbol, window in candles.items() if not window)
+        if empty:
+            failures += [f"{symbol}: no candles" for symbol in empty]
+            failed.append("no_candles")
+        frame = market_data_frame({s: w for s, w in candles.items() if w}, now, self.interval_seconds)
+        outcomes: list[Outcome] = []
+        if len(frame):
+            parameters = self.parameters
+            if detail:
+                outcomes = gx_runtime.validate(
+                    ASSET, frame, self._suite, parameters=parameters, detail=True, index_columns=INDEX_COLUMNS
+                )
+                bad = [o for o in outcomes if not o.success]
+            else:
+                quick = gx_runtime.validate(ASSET, frame, self._suite, parameters=parameters)
+                bad = [
+                    outcome
+                    for o in quick
+                    if not o.success
+                    for outcome in gx_runtime.validate(
+                        ASSET,
+                        frame,
+                        self._single[o.check],
+                        parameters=parameters,
+                        detail=True,
+                        index_columns=INDEX_COLUMNS,
+                    )
+                ]
+            for outcome in bad:
+                failed.append(outcome.check)
+                failures += self._lines(outcome)
+        passed = not failed
+        self.counters["checked"] += 1
+        if not passed:
+            self.counters["failed"] += 1
+            self.counters.update(f"failed:{name}" for name in failed)
+        return GateResult(
+            passed=passed,
+            failures=tuple(failures),
+            checked_rows=len(frame),
+            duration_ms=(time.perf_counter() - started) * 1000,
+            outcomes=tuple(outcomes),
+            failed_checks=tuple(failed),
+        )
+
+    def _lines(self, outcome: Outcome) -> list[str]:
+        """One line per symbol with offending bars (the first few named), for the log and the artifact."""
+        check = self._by_name.get(outcome.check)
+        problem = check.problem if check else outcome.check
+        if outcome.error is not None:
+            return [f"market data: {problem}: the expectation could not run: {outcome.error}"]
+        by_symbol: dict[str, list[Mapping[str, Any]]] = {}
+        for row in outcome.unexpected_rows:
+            by_symbol.setdefault(str(row.get("symbol")), []).append(row)
+        if not by_symbol:
+            return [f"market data: {problem} ({outcome.unexpected_count} bars)"]
+        lines = []
+        for symbol, rows in sorted(by_symbol.items())[:MAX_LINES_PER_CHECK]:
+            shown = "; ".join(self._describe(outcome.check, row) for row in rows[:MAX_BARS_PER_LINE])
+            more = f" (+{len(rows) - MAX_BARS_PER_LINE} more)" if len(rows) > MAX_BARS_PER_LINE else ""
+            lines.append(f"{symbol}: {problem}: {shown}{more}")
+        if len(by_symbol) > MAX_LINES_PER_CHECK:
+            lines.append(f"market data: {problem} in {len(by_symbol) - MAX_LINES_PER_CHECK} more symbols")
+        return lines
+
+    def _describe(self, check: str, row: Mapping[str, Any]) -> str:
+        at = f"at {row.get('start')}"
+        if check == "bar_spacing":
+            step = float(row["step_seconds"])
+            if step == 0:
+                return f"duplicate timestamp {at}"
+            if step < 0:
+                return f"out of order (step {step:g} s) {at}"
+            if step > self.interval_seconds:
+                return f"gap (step {step:g} s) {at}"
+            return f"misaligned (step {step:g} s) {at}"
+        if check == "positive_prices":
+            return f"price {_number(row['min_price'])} {at}"
+        if check == "volume_non_negative":
+            return f"volume {_number(row['volume'])} {at}"
+        if check == "high_consistent":
+            return f"high {_number(row['high'])} < max(open, close) {_number(row['body_high'])} {at}"
+        if check == "low_consistent":
+            return f"low {_number(row['low'])} > min(open, close) {_number(row['body_low'])} {at}"
+        if check == "freshness":
+            age = float(row["last_bar_age_seconds"])
+            if age < 0:
+                return f"newest bar starts {-age:g} s in the future ({at})"
+            return f"newest bar {age:g} s old (max {self.max_age_seconds:g} s) {at}"
+        return at
+
+
+def market_data_frame(candles: Mapping[str, Sequence[Candle]], now: datetime, interval_seconds: float) -> pd.DataFrame:
+    """Every symbol's bars in one DataFrame, with the derived columns the suite checks (see the module docstring)."""
+    import pandas as pd
+
+    symbols: list[str] = []
+    starts: list[str] = []
+    steps: list[float] = []
+    ages: list[float] = []
+    opens: list[float] = []
+    highs: list[float] = []
+    lows: list[float] = []
+    closes: list[float] = []
+    volumes: list[float] = []
+    reference = now.timestamp()
+    for symbol, window in candles.items():
+        stamps = [c.start.timestamp() for c in window]
+        newest = max(range(len(stamps)), key=stamps.__getitem__)
+        previous = stamps[0] - interval_seconds
+        for i, (candle, stamp) in enumerate(zip(window, stamps, strict=True)):
+            symbols.append(symbol)
+            starts.append(candle.start.isoformat())
+            steps.append(stamp - previous)
+            previous = stamp
+            ages.append(reference - stamp if i == newest else math.nan)
+            opens.append(float(candle.open))
+            highs.append(float(candle.high))
+            lows.append(float(candle.low))
+            closes.append(float(candle.close))
+            volumes.append(float(candle.volume))
+    frame = pd.DataFrame(
+        {
+            "symbol": symbols,
+            "start": starts,
+            "step_seconds": steps,
+            "open": opens,
+            "high": highs,
+            "low": lows,
+            "close": closes,
+            "volume": volumes,
+            "last_bar_age_seconds": ages,
+        }
+    )
+    prices = frame[["open", "high", "low", "close"]]
+    frame["min_price"] = prices.min(axis=1)
+    frame["body_high"] = frame[["open", "close"]].max(axis=1)
+    frame["body_low"] = frame[["open", "close"]].min(axis=1)
+    frame["complete"] = frame[["open", "high", "low", "close", "volume"]].notna().all(axis=1)
+    return frame
+
+
+def _number(value: Any) -> str:
+    return f"{float(value):g}"
+
+
+__all__ = ["GateResult", "MarketDataGate", "Outcome", "market_data_checks", "market_data_frame"]
