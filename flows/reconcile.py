@@ -8,7 +8,13 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.hooks import RUNBOOK_HOOKS
-from tasks.reconcile import audit_ledger, open_audit_broker, publish_report, update_drift_incident
+from tasks.reconcile import (
+    audit_ledger,
+    open_audit_broker,
+    publish_report,
+    update_data_quality_incident,
+    update_drift_incident,
+)
 from trader.ledger import Ledger
 from trader.settings import load_settings
 
@@ -24,7 +30,8 @@ def reconcile(
     profile: str = "dev", balance_tolerance_quote: Decimal = Decimal("1"), repair: bool = True
 ) -> dict[str, Any]:
     """Audit the ledger against the broker, repair it from the broker's truth, publish every difference, and open
-    (drift beyond tolerance) or resolve (clean) the balance-drift incident. Never places or cancels an order."""
+    (drift beyond tolerance) or resolve (clean) the balance-drift incident; broker answers that fail their
+    data-quality checks repair nothing and open the data-quality incident. Never places or cancels an order."""
     logger = get_run_logger()
     settings = load_settings(profile=profile)
     broker = open_audit_broker(settings)
@@ -33,6 +40,7 @@ def reconcile(
         report = audit_ledger(broker, ledger, balance_tolerance_quote, repair)
         publish_report(report, profile)
         incident_id = update_drift_incident(ledger, report)
+        data_quality_incident_id = update_data_quality_incident(ledger, report)
     finally:
         ledger.dispose()
     logger.info(report.summary())
@@ -43,4 +51,7 @@ def reconcile(
         "drift_beyond_tolerance": report.drift_beyond_tolerance,
         "incident_id": incident_id,
         "repair": repair,
+        "repair_blocked": report.repair_blocked,
+        "input_failures": list(report.inputs.failures) if report.inputs else [],
+        "data_quality_incident_id": data_quality_incident_id,
     }

@@ -1,4 +1,5 @@
-"""Tasks of the reconcile flow: the audit (broker reads, retried with backoff), its artifacts, the drift incident."""
+"""Tasks of the reconcile flow: the audit (broker reads, retried with backoff), its artifacts, the drift and
+data-quality incidents."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from trader.alerts.notifier import notifier_from_settings
 from trader.brokers.base import Broker
 from trader.errors import BrokerUnavailable
 from trader.ledger import Ledger
-from trader.reconcile.audit import AuditReport, audit, record_drift_incident
+from trader.reconcile.audit import AuditReport, audit, record_data_quality_incident, record_drift_incident
 from trader.runtime import build_broker
 from trader.settings import Settings, load_settings
 
@@ -82,3 +83,18 @@ def update_drift_incident(ledger: Ledger, report: AuditReport) -> int | None:
     configured), resolve it on a clean run."""
     desk = IncidentDesk(ledger, notifier_from_settings(load_settings()))
     return record_drift_incident(ledger, report, datetime.now(UTC), desk=desk)
+
+
+@task(
+    name="update-data-quality-incident",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=is_transient,
+    tags=["ledger"],
+    cache_policy=NO_CACHE,
+)
+def update_data_quality_incident(ledger: Ledger, report: AuditReport) -> int | None:
+    """Open the DATA_QUALITY incident when the broker's answers failed their suite (the run repaired nothing),
+    resolve it when they pass."""
+    desk = IncidentDesk(ledger, notifier_from_settings(load_settings()))
+    return record_data_quality_incident(ledger, report, datetime.now(UTC), desk=desk)

@@ -21,6 +21,10 @@ What is compared, with `at` the audit time and `since = at - lookback`:
   snapshot's price (or the broker's mid when the snapshot has none); drift that cannot be valued counts as beyond
   tolerance.
 
+Before any comparison the broker's answers go through the reconciliation inputs' data-quality suite
+(trader/quality/reconciliation.py): when they fail it, the run repairs nothing (it reports what it would do), its
+artifact says why, and record_data_quality_incident() opens a DATA_QUALITY incident that a clean run resolves.
+
 An audit racing the bot (a fill between the broker's balance and fill reads) can show a transient difference;
 the next run clears it.
 """
@@ -36,14 +40,16 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlmodel import Session, col, or_, select
 
-from trader.alerts.severity import IncidentKind
+from trader.alerts.severity import IncidentKind, severity_for
 from trader.brokers.base import Broker
 from trader.domain import Fill, Liquidity, Order, OrderStatus, Position, Side
-from trader.errors import OrderNotFound, TraderError
+from trader.errors import OrderNotFound, TraderError, UnknownSymbol
 from trader.ledger import FillRecord, Ledger, OrderRecord
 from trader.ledger.ledger import OPEN_STATUSES
 from trader.ledger.models import BalanceSnapshot, Severity
 from trader.ledger.types import canonical_decimal
+from trader.quality.gx_runtime import GateResult
+from trader.quality.reconciliation import check_reconciliation_inputs
 from trader.reconcile.startup import vanished_order
 
 if TYPE_CHECKING:
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("perps_bot.reconcile")
 
 DRIFT_INCIDENT = "reconcile:balance_drift"
+DATA_QUALITY_INCIDENT = "reconcile:data_quality"
 # Runbook severity matrix: the ledger no longer explains the account, like "account telemetry stalled" (SEV-2);
 # nothing is offline or halted (SEV-1), and it is not free of financial impact (SEV-3).
 DRIFT_SEVERITY: Severity = "SEV-2"
@@ -113,6 +120,12 @@ class AuditReport:
     positions_checked: int = 0
     balances_checked: int = 0
     balance_baseline: datetime | None = None  # taken_at of the snapshot balances were derived from
+    inputs: GateResult | None = None  # the data-quality suite on the broker's answers
+
+    @property
+    def repair_blocked(self) -> bool:
+        """True when the broker's answers failed their data-quality suite, so nothing was repaired."""
+        return self.inputs is not None and not self.inputs.passed
 
     @property
     def drift_beyond_tolerance(self) -> bool:
@@ -131,11 +144,15 @@ class AuditReport:
         return counts
 
     def rows(self) -> list[dict[str, str]]:
-        """One table row per difference, or a single "no differences" row."""
-        if not self.differences:
-            empty = dict.fromkeys(("entity", "id", "symbol", "field", "ledger", "broker"), "")
+        """One table row per failed input check and per difference, or a single "no differences" row."""
+        empty = dict.fromkeys(("entity", "id", "symbol", "field", "ledger", "broker"), "")
+        blocked = [
+            {"kind": "data_quality", **empty, "entity": "input", "broker": line, "action": "repair skipped"}
+            for line in (self.inputs.failures if self.inputs is not None and self.repair_blocked else ())
+        ]
+        if not self.differences and not blocked:
             return [{"kind": "none", **empty, "action": "no differences"}]
-        return [d.row() for d in self.differences]
+        return blocked + [d.row() for d in self.differences]
 
     def summary(self) -> str:
         kinds = ", ".join(f"{n} {k}" for k, n in self.counts().items() if n) or "no differences"
@@ -145,6 +162,7 @@ class AuditReport:
             f"{self.fills_checked} fills, {self.positions_checked} positions, {self.balances_checked} balances "
             f"checked; balance baseline {baseline}; "
             f"{'drift beyond tolerance' if self.drift_beyond_tolerance else 'balances within tolerance'}"
+            + ("; broker answers failed their data-quality checks: repair skipped" if self.repair_blocked else "")
         )
 
     def markdown(self) -> str:
@@ -153,7 +171,7 @@ class AuditReport:
             "# Reconciliation audit",
             "",
             f"- at: {self.at.isoformat()}",
-            f"- repair: {'on' if self.repair else 'off (report only)'}",
+            f"- repair: {self._repair_mode()}",
             f"- balance tolerance: {self.balance_tolerance_quote} (quote currency)",
             f"- balance baseline: {self.balance_baseline.isoformat() if self.balance_baseline else 'none'}",
             f"- checked: {self.orders_checked} orders ({self.orders_in_flight} in flight, skipped), "
@@ -164,7 +182,15 @@ class AuditReport:
             "|---|---|",
             *(f"| {k} | {n} |" for k, n in self.counts().items()),
         ]
+        if self.inputs is not None and self.repair_blocked:
+            lines += ["", "## Broker answers that failed their data-quality checks", ""]
+            lines += [f"- {line}" for line in self.inputs.failures]
         return "\n".join(lines)
+
+    def _repair_mode(self) -> str:
+        if self.repair_blocked:
+            return "**off: the broker's answers failed their data-quality checks (nothing repaired, see below)**"
+        return "on" if self.repair else "off (report only)"
 
 
 def audit(
@@ -184,8 +210,17 @@ def audit(
     # Read everything the broker says first, so the repairs below work from one view of it.
     broker_open = broker.list_open_orders()
     broker_fills = broker.list_fills(since=since)
-    broker_positions = {p.symbol: p for p in broker.positions()}
-    broker_balances = {b.currency: b.total for b in broker.balances()}
+    positions = broker.positions()
+    balances = broker.balances()
+    broker_positions = {p.symbol: p for p in positions}
+    broker_balances = {b.currency: b.total for b in balances}
+    symbols = _listed_symbols(broker, {o.symbol for o in broker_open} | {f.symbol for f in broker_fills})
+    report.inputs = check_reconciliation_inputs(broker_open, broker_fills, balances, positions, known_symbols=symbols)
+    if report.repair_blocked:
+        # Bad broker answers must not be written into the ledger: compare and report only, for this run.
+        report.repair = False
+        for line in report.inputs.failures:
+            log.error("reconcile input failed its data-quality check: %s", line)
 
     _audit_orders(broker, ledger, at, since, broker_open, broker_fills, report)
     missing_fills = _audit_fills(ledger, since, broker_fills, report)
@@ -561,7 +596,43 @@ def _mid(broker: Broker, currency: str, quote_currency: str) -> Decimal | None:
     return (bid + ask) / 2
 
 
+def _listed_symbols(broker: Broker, symbols: set[str]) -> set[str]:
+    """The symbols among these that the broker lists as products."""
+    listed = set()
+    for symbol in symbols:
+        try:
+            broker.get_product(symbol)
+        except UnknownSymbol:
+            continue
+        listed.add(symbol)
+    return listed
+
+
 # --- incidents -------------------------------------------------------------------------------------------------
+
+
+def record_data_quality_incident(
+    ledger: Ledger, report: AuditReport, at: datetime, *, desk: IncidentDesk | None = None
+) -> int | None:
+    """Open (or refresh) the DATA_QUALITY incident when the broker's answers failed their suite (nothing was
+    repaired), resolve it otherwise; returns the open incident's id, or None when there is none."""
+    if not report.repair_blocked or report.inputs is None:
+        resolved = desk.resolve(DATA_QUALITY_INCIDENT) if desk else ledger.resolve_incident(DATA_QUALITY_INCIDENT, at)
+        if resolved:
+            log.info("reconciliation data-quality incident resolved: the broker's answers pass their checks")
+        return None
+    title = "Reconciliation skipped its repairs: the broker's answers failed their data-quality checks"
+    detail = "; ".join(report.inputs.failures) + f". {report.summary()}"
+    if desk is not None:
+        return desk.raise_incident(IncidentKind.DATA_QUALITY, title, detail, fingerprint=DATA_QUALITY_INCIDENT)
+    return ledger.open_incident(
+        fingerprint=DATA_QUALITY_INCIDENT,
+        severity=severity_for(IncidentKind.DATA_QUALITY),
+        title=title,
+        detail=detail,
+        source=IncidentKind.DATA_QUALITY.value,
+        at=at,
+    )
 
 
 def record_drift_incident(
