@@ -133,14 +133,21 @@ def heartbeat_metrics(heartbeat_file: Path, now: datetime) -> CheckResult:
 
 
 def guard_counters(heartbeat_file: Path) -> CheckResult:
-    """Risk guard trips since the bot started (kill switch, reduce-only, limits, daily loss)."""
+    """Risk guard trips and refusals since the bot started, and each guard's level now (the runbook's lookback)."""
     if not heartbeat_file.exists():
         return CheckResult("risk guard counters", "warn", "no heartbeat file: counters unknown")
-    counters: dict[str, int] = json.loads(heartbeat_file.read_text()).get("guard_counters", {})
+    beat = json.loads(heartbeat_file.read_text())
+    counters: dict[str, int] = beat.get("guard_counters", {})
+    guards: dict[str, dict] = beat.get("guards", {})
     trips = {k: v for k, v in counters.items() if v}
-    status: Status = "warn" if trips.get("daily_loss_trip") or trips.get("kill_switch") else "pass"
-    evidence = ", ".join(f"{k}={v}" for k, v in sorted(trips.items())) or "no guard trips"
-    return CheckResult("risk guard counters", status, evidence)
+    critical = sorted(name for name, guard in guards.items() if guard.get("level") == "critical")
+    warning = sorted(name for name, guard in guards.items() if guard.get("level") == "warning")
+    tripped = any(k.endswith(("_trip", "_warning")) for k in trips) or "kill_switch" in trips
+    status: Status = "fail" if critical else "warn" if warning or tripped else "pass"
+    parts = [f"critical now: {', '.join(critical)}"] if critical else []
+    parts += [f"warning now: {', '.join(warning)}"] if warning else []
+    parts.append(", ".join(f"{k}={v}" for k, v in sorted(trips.items())) or "no guard trips")
+    return CheckResult("risk guard counters", status, "; ".join(parts))
 
 
 # --- PnL and positions --------------------------------------------------------------------------------------------

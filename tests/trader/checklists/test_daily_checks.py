@@ -70,6 +70,27 @@ def test_heartbeat_age_thresholds(tmp_path: Path, sqlite_url: str, age: timedelt
     assert counters.status == "warn" and counters.evidence == "kill_switch=2"
 
 
+@pytest.mark.parametrize(
+    ("levels", "counters", "status", "evidence"),
+    [
+        ({"error_rate": "ok"}, {"max_position": 0}, "pass", "no guard trips"),
+        ({"error_rate": "ok"}, {"volatility_warning": 1}, "warn", "volatility_warning=1"),
+        ({"drawdown": "warning"}, {"drawdown_warning": 1}, "warn", "warning now: drawdown; drawdown_warning=1"),
+        ({"error_rate": "critical", "exposure": "ok"}, {"error_rate_trip": 1}, "fail", "critical now: error_rate"),
+    ],
+)
+def test_guard_counters_report_trips_and_each_guards_level_now(
+    tmp_path: Path, levels: dict[str, str], counters: dict[str, int], status: str, evidence: str
+) -> None:
+    beat = tmp_path / "heartbeat.json"
+    guards = {name: {"level": level, "value": 1.0, "action": "halt"} for name, level in levels.items()}
+    beat.write_text(json.dumps({"guard_counters": counters, "guards": guards}))
+
+    result = daily.guard_counters(beat)
+
+    assert result.status == status and result.evidence.startswith(evidence)
+
+
 def test_backup_age_reads_only_verified_manifests(tmp_path: Path) -> None:
     cold = LocalFolderStore(tmp_path / "cold")
     assert daily.backup_age(cold, NOW).status == "warn"
