@@ -19,7 +19,7 @@ from flows.switches import bot_controls
 from tasks.bot import reconcile_before_trading
 from trader.bot import CycleReport
 from trader.logs import configure_logging
-from trader.runtime import build_bot
+from trader.runtime import build_bot, start_metrics
 from trader.settings import load_settings
 
 CANCEL_POLL_SECONDS = 2.0
@@ -78,6 +78,9 @@ def trading_bot(
     configure_logging(settings.log_file, stderr=False)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
     bot.controls = bot_controls(settings, logger)  # env and flag files OR the Prefect Variables, every cycle
+    exporter = start_metrics(settings, bot)  # /metrics and /health on METRICS_HOST:METRICS_PORT (9102)
+    if exporter is not None:
+        logger.info("metrics on %s/metrics, health on %s/health", exporter.url, exporter.url)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     logger.info(reconcile_before_trading(bot, run_id))
     stop = StopBetweenCycles(run_id)
@@ -100,6 +103,8 @@ def trading_bot(
     finally:
         bot.stop(status, note=stop.reason)
         stop.restore()
+        if exporter is not None:
+            exporter.stop()
     result = {
         "cycles": summary.cycles,
         "orders": summary.orders,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.request
 from pathlib import Path
 from uuid import UUID
 
@@ -18,6 +20,20 @@ from trader.domain import OrderStatus
 from trader.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def bot_env(bot_env: dict[str, str]) -> dict[str, str]:
+    """The served bot with its exporter on a free port and the data gate on, as `perps-bot up` runs it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return {**bot_env, "METRICS_ENABLED": "1", "METRICS_PORT": str(port), "DATA_GATE_ENABLED": "1"}
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
 
 
 def wait_for_state(run_id: UUID, final: set[StateType], timeout: float = 180) -> StateType:
@@ -71,6 +87,12 @@ def test_cancelling_in_the_ui_stops_the_bot_cleanly_between_cycles(
     while not (session := _session_of(ledger, str(run.id))) or session.cycles < 2:
         assert time.monotonic() < deadline, "bot never reported a heartbeat"
         time.sleep(0.5)
+    base = f"http://127.0.0.1:{served_deployments['METRICS_PORT']}"
+    health = get_json(f"{base}/health")
+    assert health["status"] == "healthy" and health["balance"] > 0 and health["last_data_update"], health
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        scrape = response.read().decode()
+    assert "perps_bot_cycles_total" in scrape and "perps_bot_data_gate_checks_total" in scrape
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(run.id, Cancelling(), force=True)
