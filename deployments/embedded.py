@@ -111,6 +111,9 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
             children.append(server)
             wait_for_api(port, timeout=180, process=server)
         out.print(f"Prefect UI: http://127.0.0.1:{port}  (logs in {logs})")
+        if start_bot and settings.metrics_enabled:
+            exporter = f"http://{settings.metrics_host}:{settings.metrics_port}"
+            out.print(f"bot metrics: {exporter}/metrics, health: {exporter}/health (served by the trading-bot run)")
         with out.status("registering and serving the deployments of prefect.yaml"):
             runner = spawn(["deployments.serve_all"], logs / "serve.log", env, root)
             children.append(runner)
