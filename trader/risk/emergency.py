@@ -61,9 +61,16 @@ class SwitchChange:
         return self.before != self.after
 
     def describe(self) -> str:
-        state = "ON" if self.after else "OFF"
-        was = "unknown" if self.before is None else ("ON" if self.before else "OFF")
-        return f"{self.switch} {state} in {self.where} (was {was})"
+        return f"{self.switch} {_on_off(self.after)} in {self.where} (was {_on_off(self.before)})"
+
+    def row(self) -> dict[str, str]:
+        """One artifact row: step, target, id, before, result."""
+        result = _on_off(self.after) + ("" if self.changed else " (unchanged)")
+        return _row(f"set {self.switch}", self.where, "", _on_off(self.before), result)
+
+
+def _on_off(value: bool | None) -> str:
+    return "unknown" if value is None else "ON" if value else "OFF"
 
 
 def flag_file(settings: Settings, switch: Switch) -> Path:
@@ -126,6 +133,21 @@ class CancelResult:
     def not_cancelled(self) -> int:
         return len(self.orders) - self.cancelled
 
+    def rows(self) -> list[dict[str, str]]:
+        """One artifact row per working order found (cancelled or not), or one "nothing to cancel" row."""
+        if not self.orders:
+            return [_row("cancel", "no working orders on the broker", "", "", "nothing to cancel")]
+        return [
+            _row(
+                "cancel",
+                f"{o.symbol} {o.side} {fmt(o.quantity)}",
+                f"{o.order_id} ({o.client_order_id})",
+                "open",
+                "cancelled" if o.cancelled else "not cancelled (filled or gone)",
+            )
+            for o in self.orders
+        ]
+
     def summary(self) -> str:
         if not self.orders:
             return "cancel-all: no working orders on the broker, nothing to cancel"
@@ -167,6 +189,10 @@ def cancel_all(
         ]
     log.warning("%s", result.summary())
     return result
+
+
+def _row(step: str, target: str, ident: str, before: str, result: str) -> dict[str, str]:
+    return {"step": step, "target": target, "id": ident, "before": before, "result": result}
 
 
 def _current(broker: Broker, order: Order) -> Order:
@@ -212,6 +238,24 @@ class FlattenResult:
     @property
     def sent(self) -> list[ExitOrder]:
         return [e for e in self.exits if e.note.startswith("sent")]
+
+    def rows(self) -> list[dict[str, str]]:
+        """Reduce-only, the cancels, one row per exit and per skipped position."""
+        rows = [self.reduce_only.row(), *self.cancelled.rows()]
+        rows += [
+            _row(
+                "exit",
+                f"{e.symbol} sell {fmt(e.quantity)} reduce-only market",
+                f"{e.order_id or '-'} ({e.client_order_id})",
+                "",
+                f"{e.status}: {e.note}",
+            )
+            for e in self.exits
+        ]
+        rows += [_row("skipped", s.symbol, "", f"held {fmt(s.quantity)}", s.reason) for s in self.skipped]
+        if not self.exits and not self.skipped:
+            rows.append(_row("exit", "no positions held in the symbols to flatten", "", "", "nothing to sell"))
+        return rows
 
     def summary(self) -> str:
         return (

@@ -1,0 +1,125 @@
+"""Tasks of the emergency flows: switches (flag file and Prefect Variable), cancel-all, flatten, the SEV-1 incident."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from flows.switches import VARIABLES, SwitchVariables, VariablesUnavailable, parse_switch
+from tasks.reconcile import is_transient
+from trader.alerts import IncidentDesk, IncidentKind
+from trader.brokers.base import Broker
+from trader.ledger import Ledger
+from trader.risk.emergency import (
+    CancelResult,
+    FlattenResult,
+    Switch,
+    SwitchChange,
+    cancel_all,
+    flatten,
+    set_switch,
+)
+from trader.settings import Settings
+
+
+def incident_fingerprint(procedure: str) -> str:
+    """One incident per procedure (emergency:kill-switch, emergency:flatten, ...)."""
+    return f"emergency:{procedure}"
+
+
+@task(name="set-flag-file", retries=2, retry_delay_seconds=[1, 5], tags=["emergency", "state"], cache_policy=NO_CACHE)
+def set_flag_file(settings: Settings, switch: Switch, enabled: bool, reason: str) -> SwitchChange:
+    """STATE_DIR/KILL_SWITCH or REDUCE_ONLY: the bot on this machine reads it every cycle."""
+    return set_switch(settings, switch, enabled, reason=reason)
+
+
+@task(
+    name="set-prefect-variable",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_condition_fn=lambda task, task_run, state: _raised(state, VariablesUnavailable),
+    tags=["emergency", "prefect"],
+    cache_policy=NO_CACHE,
+)
+def set_prefect_variable(switch: Switch, enabled: bool) -> SwitchChange:
+    """The Prefect Variable every bot reads each cycle, wherever it runs; returns its value before."""
+    variables = SwitchVariables()
+    try:
+        before = variables.write(switch, enabled)
+    finally:
+        variables.close()
+    was = False if before is None else parse_switch(before)
+    return SwitchChange(switch, f"Prefect Variable {VARIABLES[switch]}", was, enabled)
+
+
+@task(
+    name="cancel-all-orders",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+    timeout_seconds=300,
+    tags=["emergency", "broker", "ledger"],
+    cache_policy=NO_CACHE,
+)
+def cancel_all_orders(broker: Broker, ledger: Ledger) -> CancelResult:
+    """Every working order cancelled in batches of 100 (safe to retry: nothing left means nothing to do)."""
+    return cancel_all(broker, ledger)
+
+
+@task(
+    name="flatten-positions",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+    timeout_seconds=300,
+    tags=["emergency", "broker", "ledger"],
+    cache_policy=NO_CACHE,
+)
+def flatten_positions(
+    broker: Broker, ledger: Ledger, settings: Settings, request_id: str, symbols: list[str]
+) -> FlattenResult:
+    """Reduce-only market exits (safe to retry: the same request_id finds its exits instead of selling twice)."""
+    return flatten(broker, ledger, settings, request_id=request_id, symbols=symbols)
+
+
+@task(name="open-emergency-incident", retries=2, retry_delay_seconds=[2, 10], tags=["alerts"], cache_policy=NO_CACHE)
+def open_emergency_incident(
+    settings: Settings, procedure: str, title: str, evidence: str, flow_run_url: str | None
+) -> int | None:
+    """A SEV-1 incident (an operator stopped trading by hand), announced through Slack when configured."""
+    desk = IncidentDesk.from_settings(settings)
+    try:
+        return desk.raise_incident(
+            IncidentKind.EMERGENCY_PROCEDURE,
+            title,
+            evidence,
+            fingerprint=incident_fingerprint(procedure),
+            flow_run_url=flow_run_url,
+        )
+    finally:
+        desk.ledger.dispose()
+
+
+@task(
+    name="resolve-emergency-incidents", retries=2, retry_delay_seconds=[2, 10], tags=["alerts"], cache_policy=NO_CACHE
+)
+def resolve_emergency_incidents(settings: Settings, procedures: list[str]) -> list[str]:
+    """Resolve the procedures' open incidents; returns the fingerprints that were open."""
+    desk = IncidentDesk.from_settings(settings)
+    try:
+        return [f for f in map(incident_fingerprint, procedures) if desk.resolve(f)]
+    finally:
+        desk.ledger.dispose()
+
+
+def _raised(state: object, kind: type[BaseException]) -> bool:
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except kind:
+        return True
+    except Exception:
+        return False
+    return False
