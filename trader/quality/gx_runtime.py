@@ -1,10 +1,10 @@
 """Great Expectations, imported lazily: one ephemeral context per process, and suites validated on DataFrames.
 
 `import great_expectations` takes seconds, so nothing in `trader/` imports it at module level: the first call to
-gx() pays the import (the bot calls MarketDataGate.warm_up() off its hot path). The context is ephemeral (nothing
-written to disk), analytics are off (GX_ANALYTICS_ENABLED=False is set before the import unless the environment
-already says otherwise) and progress bars are off, so a validation neither phones home nor prints
-"Calculating Metrics" to stderr.
+gx() pays the import (the bot calls MarketDataGate.warm_up() off its hot path). The context is ephemeral with
+in-memory stores and no data docs site (nothing written to disk, not even a temporary folder); analytics are off
+(GX_ANALYTICS_ENABLED=False is set before the import unless the environment already says otherwise) and so are
+progress bars, so a validation neither phones home nor prints "Calculating Metrics" to stderr.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DATA_SOURCE = "trader"
-# "Calculating Metrics" bars and per-validation analytics events are what this module turns off.
 _ANALYTICS_ENV = "GX_ANALYTICS_ENABLED"
 
 _lock = threading.RLock()  # the context, its data source and every validation: one thread at a time
@@ -42,9 +41,19 @@ def context() -> Any:
     with _lock:
         if _context is None:
             module = gx()
-            from great_expectations.data_context.types.base import ProgressBarsConfig
+            from great_expectations.data_context.types.base import (
+                DataContextConfig,
+                InMemoryStoreBackendDefaults,
+                ProgressBarsConfig,
+            )
 
-            built = module.get_context(mode="ephemeral")
+            # In-memory stores and no temporary data docs site (the default ephemeral context makes a temp dir).
+            config = DataContextConfig(
+                store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                analytics_enabled=False,
+                progress_bars=ProgressBarsConfig(globally=False),
+            )
+            built = module.get_context(mode="ephemeral", project_config=config)
             built.variables.progress_bars = ProgressBarsConfig(globally=False)
             built.data_sources.add_pandas(DATA_SOURCE)
             _context = built
