@@ -1,7 +1,8 @@
 """daily-checklist: the runbook's morning checklist, one task per item, as a Prefect flow.
 
 Each task returns pass, warn or fail with its evidence. The flow publishes a table artifact (one row per item)
-and a markdown summary, stores the run in checklist_runs, opens an incident per failed item and resolves the
+and a markdown summary (the market data quality item adds its own table, key "data-quality", one row per
+expectation), stores the run in checklist_runs, opens an incident per failed item and resolves the
 incidents of items that pass again. A failing item does not fail the flow run: the run completes and says
 what failed (the incident is the alert); only a checklist that cannot run at all fails.
 """
@@ -30,6 +31,7 @@ from trader.state.cold import cold_store_from_settings
 
 RETRIES = 3  # every task that touches the network (broker, database, cold tier)
 BACKOFF = exponential_backoff(backoff_factor=2)
+DATA_QUALITY_ARTIFACT = "data-quality"  # the market data quality item's table: one row per expectation
 
 
 @task(name="preflight", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
@@ -65,6 +67,28 @@ def heartbeat(settings: Settings, now: datetime) -> CheckResult:
 @task(name="risk guard counters", cache_policy=NO_CACHE)
 def guards(settings: Settings) -> CheckResult:
     return guarded("risk guard counters", lambda: daily.guard_counters(settings.state_dir / "heartbeat.json"))
+
+
+@task(name="market data quality", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def market_data_quality(settings: Settings, previous_gate_failed: int | None) -> CheckResult:
+    """The market-data suite over 24 h of candles and the bot's gate counters; publishes the data-quality table."""
+
+    def check() -> CheckResult:
+        quality = daily.market_data_quality(
+            build_broker(settings, read_only=True),
+            settings.symbols,
+            settings.state_dir / "heartbeat.json",
+            previous_gate_failed=previous_gate_failed,
+            max_age_seconds=settings.risk_max_data_age_seconds,
+        )
+        create_table_artifact(
+            key=DATA_QUALITY_ARTIFACT,
+            table=quality.rows,
+            description=f"market data quality, profile {settings.profile}: {quality.result.evidence}"[:2000],
+        )
+        return quality.result
+
+    return guarded("market data quality", check)
 
 
 @task(name="disk space", cache_policy=NO_CACHE)
@@ -105,6 +129,9 @@ def daily_checklist(profile: str = "dev") -> dict[str, str]:
         log_scan.submit(settings, since),
         heartbeat.submit(settings, started),
         guards.submit(settings),
+        market_data_quality.submit(
+            settings, daily.previous_gate_failed(previous[0].results_json if previous else None)
+        ),
         disk.submit(settings),
         database.submit(settings),
         backup_age.submit(settings, started),

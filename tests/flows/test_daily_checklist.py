@@ -23,6 +23,7 @@ ITEMS = {
     "ERROR/CRITICAL scan",
     "heartbeat metrics",
     "risk guard counters",
+    "market data quality",
     "disk space",
     "database size and connectivity",
     "backup age",

@@ -2,6 +2,8 @@
 
 Thresholds are the runbook's where it gives one (daily loss -1% warn / -2% critical) and stated here otherwise.
 Every check is independent and never raises: a check that cannot run is a `fail` saying why.
+"market data quality" runs the Great Expectations market-data suite (trader/quality/market_data.py) over the last
+24 h of 1-minute candles; it pays gx's import here, never in the bot.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,6 +23,8 @@ from sqlalchemy import text
 
 from trader.brokers.base import Broker
 from trader.ledger import Ledger
+from trader.quality.gx_runtime import GateResult
+from trader.quality.market_data import MarketDataGate
 from trader.settings import Settings
 from trader.state.base import ObjectStore
 
@@ -199,6 +203,123 @@ def _equity(broker: Broker) -> Decimal:
             bid, _ = broker.best_bid_ask(f"{balance.currency}-USD")
             total += balance.total * bid
     return total
+
+
+# --- market data quality ------------------------------------------------------------------------------------------
+
+GATE_COUNTERS = re.compile(r"bot gate: checked=(?P<checked>\d+) failed=(?P<failed>\d+)")
+DAY_OF_BARS = 1440  # 24 h of 1-minute candles
+
+
+@dataclass(frozen=True)
+class DataQualityReport:
+    """The checklist item and its artifact table (one row per expectation, then the bot's live gate)."""
+
+    result: CheckResult
+    rows: list[dict[str, Any]]
+
+
+def market_data_quality(
+    broker: Broker,
+    symbols: Sequence[str],
+    heartbeat_file: Path,
+    *,
+    previous_gate_failed: int | None,
+    max_age_seconds: float,
+    interval_seconds: float = 60.0,
+    bars: int = DAY_OF_BARS,
+) -> DataQualityReport:
+    """The market-data suite over the last 24 h of candles per symbol, and the bot's live gate counters from its
+    heartbeat: fail if the 24 h suite fails, warn if the bot's gate failed a cycle since the previous checklist."""
+    gate = MarketDataGate(interval_seconds=interval_seconds, max_age_seconds=max_age_seconds)
+    candles = {symbol: broker.candles(symbol, bars) for symbol in symbols}
+    suite = gate.check(candles, broker.now(), detail=True)
+    rows = _expectation_rows(gate, suite, sorted(symbols))
+    checked, failed, last_failures = _gate_counters(heartbeat_file)
+    status: Status = "pass" if suite.passed else "fail"
+    if checked is None or failed is None:
+        live = "bot gate: no gate counters yet"
+    else:
+        new = (
+            failed - previous_gate_failed
+            if previous_gate_failed is not None and failed >= previous_gate_failed
+            else failed
+        )
+        window = "since the previous checklist" if previous_gate_failed is not None else "since the bot started"
+        live = f"bot gate: {failed} of {checked} cycles failed, {new} {window}"
+        if new:
+            status = _max(status, "warn")
+            live += f" (last: {'; '.join(last_failures[-3:]) or 'not reported'})"
+        rows.append(
+            {
+                "expectation": "bot gate (live cycles)",
+                "symbols": "",
+                "success": not new,
+                "unexpected_count": new,
+                "unexpected_percent": round(100 * failed / checked, 3) if checked else 0.0,
+                "observed_value": "; ".join(last_failures[-3:]),
+            }
+        )
+    passing = sum(o.success for o in suite.outcomes)
+    expectations = f"{passing}/{len(suite.outcomes)} expectations pass"
+    day = f"24 h suite: {len(symbols)} symbols, {suite.checked_rows} bars, {expectations}"
+    if not suite.passed:
+        day += f" - FAILED: {'; '.join(suite.failures[:3])}"
+    detail = f"bot gate: checked={checked} failed={failed}" if checked is not None else ""
+    return DataQualityReport(CheckResult("market data quality", status, f"{day}; {live}"[:1000], detail), rows)
+
+
+def previous_gate_failed(results_json: str | None) -> int | None:
+    """The bot gate's failed-cycle count the previous checklist saw (kept in its item's detail), or None."""
+    if not results_json:
+        return None
+    for row in json.loads(results_json):
+        if row.get("item") == "market data quality":
+            match = GATE_COUNTERS.search(str(row.get("detail") or ""))
+            return int(match["failed"]) if match else None
+    return None
+
+
+def _expectation_rows(gate: MarketDataGate, suite: GateResult, symbols: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    empty = [line.split(":")[0] for line in suite.failures if line.endswith(": no candles")]
+    if empty:
+        rows.append(
+            {
+                "expectation": "no_candles",
+                "symbols": ", ".join(empty),
+                "success": False,
+                "unexpected_count": len(empty),
+                "unexpected_percent": round(100 * len(empty) / len(symbols), 3),
+                "observed_value": "no candles returned",
+            }
+        )
+    for outcome in suite.outcomes:
+        offending = sorted({str(row.get("symbol")) for row in outcome.unexpected_rows})
+        examples = [
+            f"{row.get('symbol')}: {gate.describe_bar(outcome.check, row)}" for row in outcome.unexpected_rows[:2]
+        ]
+        rows.append(
+            {
+                "expectation": outcome.check,
+                "symbols": ", ".join(offending if not outcome.success else symbols),
+                "success": outcome.success,
+                "unexpected_count": outcome.unexpected_count,
+                "unexpected_percent": round(outcome.unexpected_percent, 3),
+                "observed_value": outcome.error or outcome.observed_value or "; ".join(examples),
+            }
+        )
+    return rows
+
+
+def _gate_counters(heartbeat_file: Path) -> tuple[int | None, int | None, list[str]]:
+    """The bot's live data gate counters ("data_gate" in its heartbeat), or Nones when it has published none."""
+    if not heartbeat_file.exists():
+        return None, None, []
+    gate = json.loads(heartbeat_file.read_text()).get("data_gate")
+    if not isinstance(gate, dict):
+        return None, None, []
+    return int(gate.get("checked", 0)), int(gate.get("failed", 0)), [str(x) for x in gate.get("last_failures", [])]
 
 
 # --- logs, disk, database, backups ---------------------------------------------------------------------------------

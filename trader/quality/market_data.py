@@ -183,14 +183,15 @@ class MarketDataGate:
             return [f"market data: {problem} ({outcome.unexpected_count} bars)"]
         lines = []
         for symbol, rows in sorted(by_symbol.items())[:MAX_LINES_PER_CHECK]:
-            shown = "; ".join(self._describe(outcome.check, row) for row in rows[:MAX_BARS_PER_LINE])
+            shown = "; ".join(self.describe_bar(outcome.check, row) for row in rows[:MAX_BARS_PER_LINE])
             more = f" (+{len(rows) - MAX_BARS_PER_LINE} more)" if len(rows) > MAX_BARS_PER_LINE else ""
             lines.append(f"{symbol}: {problem}: {shown}{more}")
         if len(by_symbol) > MAX_LINES_PER_CHECK:
             lines.append(f"market data: {problem} in {len(by_symbol) - MAX_LINES_PER_CHECK} more symbols")
         return lines
 
-    def _describe(self, check: str, row: Mapping[str, Any]) -> str:
+    def describe_bar(self, check: str, row: Mapping[str, Any]) -> str:
+        """One offending bar in words: "gap (step 120 s) at 2026-11-21T10:03:00+00:00"."""
         at = f"at {row.get('start')}"
         if check == "bar_spacing":
             step = float(row["step_seconds"])
