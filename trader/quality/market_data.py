@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from trader.domain import Candle
@@ -192,7 +192,7 @@ class MarketDataGate:
 
     def describe_bar(self, check: str, row: Mapping[str, Any]) -> str:
         """One offending bar in words: "gap (step 120 s) at 2026-11-21T10:03:00+00:00"."""
-        at = f"at {row.get('start')}"
+        at = f"at {bar_time(row)}"
         if check == "bar_spacing":
             step = float(row["step_seconds"])
             if step == 0:
@@ -219,53 +219,52 @@ class MarketDataGate:
 
 
 def market_data_frame(candles: Mapping[str, Sequence[Candle]], now: datetime, interval_seconds: float) -> pd.DataFrame:
-    """Every symbol's bars in one DataFrame, with the derived columns the suite checks (see the module docstring)."""
+    """Every symbol's bars in one DataFrame, with the derived columns the suite checks (see the module docstring).
+    `start` is the bar's start in epoch seconds (bar_time() words it); numpy keeps this to ~1 ms for 600 bars."""
+    import numpy as np
     import pandas as pd
 
     symbols: list[str] = []
-    starts: list[str] = []
+    stamps: list[float] = []
     steps: list[float] = []
     ages: list[float] = []
-    opens: list[float] = []
-    highs: list[float] = []
-    lows: list[float] = []
-    closes: list[float] = []
-    volumes: list[float] = []
+    values: list[tuple[float, float, float, float, float]] = []
     reference = now.timestamp()
     for symbol, window in candles.items():
-        stamps = [c.start.timestamp() for c in window]
-        newest = max(range(len(stamps)), key=stamps.__getitem__)
-        previous = stamps[0] - interval_seconds
-        for i, (candle, stamp) in enumerate(zip(window, stamps, strict=True)):
-            symbols.append(symbol)
-            starts.append(candle.start.isoformat())
+        times = [c.start.timestamp() for c in window]
+        newest = max(range(len(times)), key=times.__getitem__)
+        previous = times[0] - interval_seconds
+        for stamp in times:
             steps.append(stamp - previous)
             previous = stamp
-            ages.append(reference - stamp if i == newest else math.nan)
-            opens.append(float(candle.open))
-            highs.append(float(candle.high))
-            lows.append(float(candle.low))
-            closes.append(float(candle.close))
-            volumes.append(float(candle.volume))
-    frame = pd.DataFrame(
+        symbols += [symbol] * len(window)
+        stamps += times
+        ages += [reference - times[newest] if i == newest else math.nan for i in range(len(times))]
+        values += [(float(c.open), float(c.high), float(c.low), float(c.close), float(c.volume)) for c in window]
+    ohlcv = np.array(values, dtype=float).reshape(-1, 5)
+    open_, high, low, close, volume = ohlcv.T
+    return pd.DataFrame(
         {
             "symbol": symbols,
-            "start": starts,
+            "start": stamps,
             "step_seconds": steps,
-            "open": opens,
-            "high": highs,
-            "low": lows,
-            "close": closes,
-            "volume": volumes,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
             "last_bar_age_seconds": ages,
+            "min_price": np.fmin.reduce(ohlcv[:, :4], axis=1),  # NaN-skipping, like gx: NaN is complete_bars' job
+            "body_high": np.fmax(open_, close),
+            "body_low": np.fmin(open_, close),
+            "complete": ~np.isnan(ohlcv).any(axis=1),
         }
     )
-    prices = frame[["open", "high", "low", "close"]]
-    frame["min_price"] = prices.min(axis=1)
-    frame["body_high"] = frame[["open", "close"]].max(axis=1)
-    frame["body_low"] = frame[["open", "close"]].min(axis=1)
-    frame["complete"] = frame[["open", "high", "low", "close", "volume"]].notna().all(axis=1)
-    return frame
+
+
+def bar_time(row: Mapping[str, Any]) -> str:
+    """An offending row's bar start (epoch seconds in the frame) as ISO-8601 UTC."""
+    return datetime.fromtimestamp(float(row["start"]), tz=UTC).isoformat()
 
 
 def _number(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -204,13 +205,19 @@ def test_detail_reports_every_expectation_with_counts(gate: MarketDataGate) -> N
     assert volume.unexpected_rows[0]["symbol"] == "BTC-USD"
 
 
-def test_a_warm_check_of_300_candles_takes_at_most_50_ms(gate: MarketDataGate) -> None:
+def test_a_warm_check_of_300_candles_costs_at_most_50_ms_of_cpu(gate: MarketDataGate) -> None:
+    """The bench's budget for the gate, as CPU time of this thread: other processes on a busy test machine stretch
+    wall time (GateResult.duration_ms) but not this."""
     candles = {"BTC-USD": window(), "ETH-USD": window(base="3000")}
     gate.check(candles, NOW)
+    costs = []
 
-    durations = sorted(gate.check(candles, NOW).duration_ms for _ in range(9))
+    for _ in range(9):
+        started = time.thread_time()
+        gate.check(candles, NOW)
+        costs.append((time.thread_time() - started) * 1000)
 
-    assert durations[4] <= 50, durations
+    assert sorted(costs)[4] <= 50, costs
 
 
 def test_importing_the_gate_does_not_import_great_expectations_and_a_check_prints_no_progress() -> None:
