@@ -54,6 +54,7 @@ class IncidentKind(StrEnum):
     GUARD_CRITICAL = "guard_critical"
     EMERGENCY_PROCEDURE = "emergency_procedure"
     DATA_QUALITY = "data_quality"
+    DRILL_FAILED = "drill_failed"
 
 
 KIND_SEVERITY: dict[IncidentKind, Severity] = {
@@ -74,6 +75,8 @@ KIND_SEVERITY: dict[IncidentKind, Severity] = {
     IncidentKind.EMERGENCY_PROCEDURE: "SEV-1",
     # Market data or reconciliation inputs failed their Great Expectations suite.
     IncidentKind.DATA_QUALITY: "SEV-2",
+    # A failover drill missed the runbook's timings or found the cache incoherent: a recovery path is degraded.
+    IncidentKind.DRILL_FAILED: "SEV-2",
 }
 
 
