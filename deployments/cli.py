@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import uuid
@@ -18,10 +19,13 @@ from trader.errors import ConfigError, OrderRejected, TraderError
 from trader.settings import PROFILES, Settings, load_settings
 
 if TYPE_CHECKING:
+    from trader.risk.emergency import CancelResult, Switch, SwitchChange
     from trader.state.checkpoints import CheckpointStore
 
 out = Console(highlight=False)
 EXIT_BAD_INPUT = 2
+EMERGENCY_COMMANDS = ("kill-switch", "reduce-only", "cancel-all", "flatten")
+SWITCH_ACTIONS = ("on", "off", "status")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,11 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "up", "checkpoint"],
+        choices=["run", "up", "checkpoint", *EMERGENCY_COMMANDS],
         default="run",
-        help="run (default): the bot or the order tooling; up: the embedded stack; checkpoint: list|create|restore",
+        help="run (default): the bot or the order tooling; up: the embedded stack; checkpoint: list|create|restore; "
+        "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]",
     )
-    parser.add_argument("action", nargs="?", help="with checkpoint: list, create, or restore ID")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        help="with checkpoint: list, create, or restore ID; with kill-switch/reduce-only: on|off|status",
+    )
     parser.add_argument("checkpoint_id", nargs="?", metavar="ID", help="with checkpoint restore: the checkpoint id")
     parser.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: PERPS_PROFILE or dev)")
     mode = parser.add_argument_group("bot")
@@ -87,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoints.add_argument(
         "--no-broker", action="store_true", help="with checkpoint create: ledger only, no balances from the broker"
     )
+    emergency = parser.add_argument_group("emergency procedures (kill-switch, reduce-only, cancel-all, flatten)")
+    emergency.add_argument("--yes", action="store_true", help="with flatten: sell without asking for confirmation")
+    emergency.add_argument(
+        "--request-id", help="with flatten: reuse the id of an earlier flatten so a retry never sells twice"
+    )
+    emergency.add_argument("--symbols", help="with flatten: comma-separated symbols (default TRADING_SYMBOLS)")
+    emergency.add_argument("--note", default="", help="with an emergency command: why (goes into the incident)")
     up = parser.add_argument_group("embedded stack (perps-bot up)")
     up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
@@ -103,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.command == "checkpoint":
             return checkpoint_command(settings, args)
+        if args.command in EMERGENCY_COMMANDS:
+            return emergency_command(settings, args)
         if args.action is not None:
             raise ConfigError(f"unexpected argument {args.action!r}: only perps-bot checkpoint takes an action")
         if args.command == "up":
@@ -330,6 +348,229 @@ def checkpoint_restore(settings: Settings, store: CheckpointStore, checkpoint_id
             soft_wrap=True,
         )
     return 0
+
+
+# --- emergency procedures ------------------------------------------------------------------------------------------
+
+
+def emergency_command(settings: Settings, args: argparse.Namespace) -> int:
+    """The runbooks' emergency procedures without Prefect: the flag files, the broker, the ledger, the incident; the
+    Prefect Variable too when PREFECT_API_URL is set and answers."""
+    from trader.logs import configure_logging
+
+    if args.command in ("kill-switch", "reduce-only"):
+        if args.action not in SWITCH_ACTIONS:
+            got = f" (got {args.action!r})" if args.action else ""
+            raise ConfigError(f"{args.command}: expected one of {', '.join(SWITCH_ACTIONS)}{got}")
+    elif args.action is not None:
+        raise ConfigError(f"{args.command}: takes no action (got {args.action!r})")
+    if args.checkpoint_id is not None:
+        raise ConfigError(f"{args.command}: unexpected argument {args.checkpoint_id!r}")
+    configure_logging(settings.log_file, stderr=False)
+    if args.command == "kill-switch":
+        return switch_command(settings, "kill_switch", args.action, args.note)
+    if args.command == "reduce-only":
+        return switch_command(settings, "reduce_only", args.action, args.note)
+    if args.command == "cancel-all":
+        return cancel_all_command(settings, args.note)
+    return flatten_command(settings, args)
+
+
+def switch_command(settings: Settings, switch: Switch, action: str, note: str) -> int:
+    """on: flag file + Prefect Variable (+ cancel-all for the kill switch), SEV-1 incident; off: cleared, resolved."""
+    from trader.risk.emergency import PROCEDURES, RESOLVED_BY, TITLES, set_switch
+
+    if action == "status":
+        return switch_status(settings, switch)
+    enabled = action == "on"
+    changes = [set_switch(settings, switch, enabled, reason=note or "perps-bot")]
+    variable, problem = _set_variable(switch, enabled)
+    if variable is not None:
+        changes.append(variable)
+    rows = [c.row() for c in changes]
+    cancelled = None
+    if enabled and switch == "kill_switch":
+        cancelled = _cancel_all(settings)
+        rows += cancelled.rows()
+    procedure = PROCEDURES[switch]
+    _print_rows(f"Emergency {procedure} {action}", rows)
+    for change in changes:
+        _say(change.describe())
+    if problem:
+        done = "set" if enabled else "cleared"
+        _say(f"[yellow]the flag file was {done}; the Prefect Variable {switch} was not: {problem}[/]")
+    if cancelled is not None:
+        _say(cancelled.summary())
+    if enabled:
+        evidence = "\n".join([f"reason: {note or 'not given'}", *(_row_line(r) for r in rows[:40])])
+        _incident(settings, procedure, TITLES[switch], evidence)
+    else:
+        resolved = _resolve(settings, RESOLVED_BY[switch])
+        _say(f"incidents resolved: {', '.join(resolved) or 'none were open'}")
+        env_on = settings.risk_kill_switch_enabled if switch == "kill_switch" else settings.risk_reduce_only_mode
+        if env_on:
+            from trader.risk.emergency import ENV_NAMES
+
+            _say(f"[yellow]{ENV_NAMES[switch]} is set in this environment: the switch stays ON where it is set[/]")
+    return 0
+
+
+def switch_status(settings: Settings, switch: Switch) -> int:
+    """Where the switch is on: this environment, the flag file, the Prefect Variable."""
+    from trader.risk.emergency import ENV_NAMES, flag_file
+
+    env_on = settings.risk_kill_switch_enabled if switch == "kill_switch" else settings.risk_reduce_only_mode
+    path = flag_file(settings, switch)
+    variable = _read_variable(switch)
+    table = Table(title=f"{switch} status")
+    table.add_column("source")
+    table.add_column("value")
+    table.add_row(f"{ENV_NAMES[switch]} (this environment)", "ON" if env_on else "OFF")
+    table.add_row(f"flag file {path}", "ON" if path.exists() else "OFF")
+    table.add_row(f"Prefect Variable {switch}", variable)
+    _wide().print(table)
+    effective = env_on or path.exists() or variable.startswith("ON")
+    _say(f"{switch}: {'ON' if effective else 'OFF'}")
+    return 0
+
+
+def cancel_all_command(settings: Settings, note: str) -> int:
+    """Every working order on the broker cancelled in batches of 100 and recorded in the ledger; SEV-1 incident."""
+    result = _cancel_all(settings)
+    rows = result.rows()
+    _print_rows("Emergency cancel-all", rows)
+    _say(result.summary())
+    evidence = "\n".join([f"reason: {note or 'not given'}", *(_row_line(r) for r in rows[:40])])
+    _incident(settings, "cancel-all", f"cancel-all: {result.cancelled} working order(s) cancelled", evidence)
+    return 0
+
+
+def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Reduce-only on, cancel working orders, reduce-only market exits; asks first unless --yes."""
+    from trader.ledger import Ledger
+    from trader.risk.emergency import flatten
+    from trader.runtime import build_broker
+
+    symbols = [s.strip().upper() for s in (args.symbols or "").split(",") if s.strip()] or settings.symbols
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("flatten: sells every position at market; pass --yes to confirm (not interactive)")
+        answer = input(f"Flatten {', '.join(symbols)}: cancel all orders and sell every position at market? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            _say("flatten: not confirmed, nothing done")
+            return 1
+    request_id = args.request_id or f"cli-{uuid.uuid4().hex[:16]}"
+    variable, problem = _set_variable("reduce_only", True)
+    broker, ledger = build_broker(settings), Ledger(settings.database_url)
+    try:
+        result = flatten(broker, ledger, settings, request_id=request_id, symbols=symbols)
+    finally:
+        ledger.dispose()
+    rows = ([variable.row()] if variable is not None else []) + result.rows()
+    _print_rows(f"Emergency flatten {request_id}", rows)
+    _say(result.summary())
+    if problem:
+        _say(f"[yellow]the flag file was set; the Prefect Variable reduce_only was not: {problem}[/]")
+    _say(f"retry with --request-id {request_id} to never sell twice")
+    title = f"flatten: {len(result.exits)} reduce-only market exit(s), {len(result.skipped)} position(s) skipped"
+    evidence = "\n".join([f"reason: {args.note or 'not given'}", *(_row_line(r) for r in rows[:40])])
+    _incident(settings, "flatten", title, evidence)
+    return 0
+
+
+def _cancel_all(settings: Settings) -> CancelResult:
+    from trader.ledger import Ledger
+    from trader.risk.emergency import cancel_all
+    from trader.runtime import build_broker
+
+    broker, ledger = build_broker(settings), Ledger(settings.database_url)
+    try:
+        return cancel_all(broker, ledger)
+    finally:
+        ledger.dispose()
+
+
+def _set_variable(switch: Switch, enabled: bool) -> tuple[SwitchChange | None, str | None]:
+    """The Prefect Variable when PREFECT_API_URL is set and answers; else (None, why not)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return None, "PREFECT_API_URL is not set (only a bot reading this STATE_DIR sees the flag file)"
+    from flows.switches import VARIABLES, SwitchVariables, VariablesUnavailable, parse_switch
+    from trader.risk.emergency import SwitchChange
+
+    variables = SwitchVariables()
+    try:
+        before = variables.write(switch, enabled)
+    except VariablesUnavailable as error:
+        return None, f"unreachable ({error})"
+    finally:
+        variables.close()
+    was = False if before is None else parse_switch(before)
+    return SwitchChange(switch, f"Prefect Variable {VARIABLES[switch]}", was, enabled), None
+
+
+def _read_variable(switch: Switch) -> str:
+    if not os.environ.get("PREFECT_API_URL"):
+        return "not read: PREFECT_API_URL is not set"
+    from flows.switches import SwitchVariables, VariablesUnavailable, parse_switch
+
+    variables = SwitchVariables()
+    try:
+        value = variables.read()[switch]
+    except VariablesUnavailable as error:
+        return f"unreadable: {error}"
+    finally:
+        variables.close()
+    if value is None:
+        return "OFF (not set)"
+    parsed = parse_switch(value)
+    return f"ON ({value!r} is not true/false)" if parsed is None else "ON" if parsed else "OFF"
+
+
+def _incident(settings: Settings, procedure: str, title: str, evidence: str) -> None:
+    from trader.alerts import IncidentDesk, IncidentKind
+    from trader.risk.emergency import incident_fingerprint
+
+    desk = IncidentDesk.from_settings(settings)
+    try:
+        incident_id = desk.raise_incident(
+            IncidentKind.EMERGENCY_PROCEDURE, title, evidence, fingerprint=incident_fingerprint(procedure)
+        )
+    finally:
+        desk.ledger.dispose()
+    _say(f"SEV-1 incident #{incident_id} ({incident_fingerprint(procedure)})")
+
+
+def _resolve(settings: Settings, procedures: list[str]) -> list[str]:
+    from trader.alerts import IncidentDesk
+    from trader.risk.emergency import incident_fingerprint
+
+    desk = IncidentDesk.from_settings(settings)
+    try:
+        return [f for f in map(incident_fingerprint, procedures) if desk.resolve(f)]
+    finally:
+        desk.ledger.dispose()
+
+
+def _print_rows(title: str, rows: list[dict[str, str]]) -> None:
+    table = Table(title=title)
+    for column in ("step", "target", "id", "before", "result"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["step"], row["target"], row["id"], row["before"], row["result"])
+    _wide().print(table)
+
+
+def _wide() -> Console:
+    """Piped output gets rich's 80 columns, which would cut ids and paths."""
+    return out if out.is_terminal else Console(highlight=False, width=200)
+
+
+def _say(text: str) -> None:
+    out.print(text, soft_wrap=True)
+
+
+def _row_line(row: dict[str, str]) -> str:
+    return f"{row['step']}: {row['target']} {row['id']} {row['before']} -> {row['result']}"
 
 
 # --- account snapshot ------------------------------------------------------------------------------------------------

@@ -33,19 +33,9 @@ from tasks.emergency import (
     set_prefect_variable,
 )
 from trader.ledger import Ledger
-from trader.risk.emergency import ENV_NAMES, CancelResult, Switch, SwitchChange
+from trader.risk.emergency import ENV_NAMES, RESOLVED_BY, TITLES, CancelResult, Switch, SwitchChange
 from trader.runtime import build_broker
 from trader.settings import Settings, load_settings
-
-# Which incidents a switch turned off resolves: the procedures whose state it ends.
-RESOLVED_BY: dict[Switch, list[str]] = {
-    "kill_switch": ["kill-switch", "cancel-all"],
-    "reduce_only": ["reduce-only", "flatten"],
-}
-TITLES: dict[Switch, str] = {
-    "kill_switch": "kill switch ON: the bot sends no new orders",
-    "reduce_only": "reduce-only ON: the bot only shrinks positions",
-}
 
 
 @flow(name="emergency-kill-switch", log_prints=False, persist_result=False, timeout_seconds=900, **RUNBOOK_HOOKS)

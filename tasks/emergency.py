@@ -18,14 +18,10 @@ from trader.risk.emergency import (
     SwitchChange,
     cancel_all,
     flatten,
+    incident_fingerprint,
     set_switch,
 )
 from trader.settings import Settings
-
-
-def incident_fingerprint(procedure: str) -> str:
-    """One incident per procedure (emergency:kill-switch, emergency:flatten, ...)."""
-    return f"emergency:{procedure}"
 
 
 @task(name="set-flag-file", retries=2, retry_delay_seconds=[1, 5], tags=["emergency", "state"], cache_policy=NO_CACHE)

@@ -38,6 +38,21 @@ SWITCHES: tuple[Switch, ...] = ("kill_switch", "reduce_only")
 FLAG_FILES: dict[Switch, str] = {"kill_switch": "KILL_SWITCH", "reduce_only": "REDUCE_ONLY"}
 ENV_NAMES: dict[Switch, str] = {"kill_switch": "RISK_KILL_SWITCH_ENABLED", "reduce_only": "RISK_REDUCE_ONLY_MODE"}
 CANCEL_BATCH = 100  # Coinbase's batch_cancel limit
+PROCEDURES: dict[Switch, str] = {"kill_switch": "kill-switch", "reduce_only": "reduce-only"}
+# Which incidents a switch turned off resolves: the procedures whose state it ends.
+RESOLVED_BY: dict[Switch, list[str]] = {
+    "kill_switch": ["kill-switch", "cancel-all"],
+    "reduce_only": ["reduce-only", "flatten"],
+}
+TITLES: dict[Switch, str] = {
+    "kill_switch": "kill switch ON: the bot sends no new orders",
+    "reduce_only": "reduce-only ON: the bot only shrinks positions",
+}
+
+
+def incident_fingerprint(procedure: str) -> str:
+    """One SEV-1 incident per procedure: emergency:kill-switch, emergency:reduce-only, ...:cancel-all, ...:flatten."""
+    return f"emergency:{procedure}"
 
 
 def _now() -> datetime:
