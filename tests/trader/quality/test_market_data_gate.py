@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -203,21 +202,6 @@ def test_detail_reports_every_expectation_with_counts(gate: MarketDataGate) -> N
     assert (volume.element_count, volume.unexpected_count) == (2 * BARS, 1)
     assert volume.unexpected_percent == pytest.approx(100 / 600)
     assert volume.unexpected_rows[0]["symbol"] == "BTC-USD"
-
-
-def test_a_warm_check_of_300_candles_costs_at_most_50_ms_of_cpu(gate: MarketDataGate) -> None:
-    """The bench's budget for the gate, as CPU time of this thread: other processes on a busy test machine stretch
-    wall time (GateResult.duration_ms) but not this."""
-    candles = {"BTC-USD": window(), "ETH-USD": window(base="3000")}
-    gate.check(candles, NOW)
-    costs = []
-
-    for _ in range(9):
-        started = time.thread_time()
-        gate.check(candles, NOW)
-        costs.append((time.thread_time() - started) * 1000)
-
-    assert sorted(costs)[4] <= 50, costs
 
 
 def test_importing_the_gate_does_not_import_great_expectations_and_a_check_prints_no_progress() -> None:
