@@ -1,0 +1,51 @@
+"""Tasks of the failover-drill flow: run one scenario, and open or resolve its incident.
+
+A drill is not retried by Prefect: each attempt would be a new namespace and a new outage, and a drill that could
+not run (a service it needs is down) should say so in the run, not hide behind a retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from trader.alerts import IncidentDesk
+from trader.drills.base import DrillResult
+from trader.drills.report import report_incident
+from trader.drills.runner import run_drill
+from trader.settings import Settings
+
+DRILL_TIMEOUT_SECONDS = 900  # the slowest drill (s3-outage) takes ~10 s; a hung service must not hold the run
+
+
+@task(
+    name="run-failover-drill",
+    timeout_seconds=DRILL_TIMEOUT_SECONDS,
+    tags=["drill", "state"],
+    cache_policy=NO_CACHE,
+)
+def run_failover_drill(
+    settings: Settings,
+    scenario: str,
+    keys: int,
+    options: dict[str, Any] | None,
+    progress: Callable[[float, str], None],
+) -> DrillResult:
+    """Inject the scenario's fault on a drill namespace of its own and measure the automatic recovery."""
+    return run_drill(settings, scenario, keys=keys, progress=progress, options=options)
+
+
+@task(
+    name="report-drill-incident",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    timeout_seconds=120,
+    tags=["drill", "alerts"],
+    cache_policy=NO_CACHE,
+)
+def report_drill_incident(settings: Settings, result: DrillResult, flow_run_url: str | None) -> int | None:
+    """Open (or refresh) incident drill:<scenario> for a failed drill; resolve it when the drill passed."""
+    return report_incident(IncidentDesk.from_settings(settings), result, flow_run_url)
