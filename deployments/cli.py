@@ -9,6 +9,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from rich.console import Console
@@ -53,15 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "up", "checkpoint", *EMERGENCY_COMMANDS],
+        choices=["run", "up", "checkpoint", "drill", "metrics", *EMERGENCY_COMMANDS],
         default="run",
         help="run (default): the bot or the order tooling; up: the embedded stack; checkpoint: list|create|restore; "
-        "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]",
+        "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]; "
+        "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file",
     )
     parser.add_argument(
         "action",
         nargs="?",
-        help="with checkpoint: list, create, or restore ID; with kill-switch/reduce-only: on|off|status",
+        help="with checkpoint: list, create, or restore ID; with kill-switch/reduce-only: on|off|status; "
+        "with drill: the scenario (redis-outage, engine-crash, postgres-outage, s3-outage, exchange-degradation, all)",
     )
     parser.add_argument("checkpoint_id", nargs="?", metavar="ID", help="with checkpoint restore: the checkpoint id")
     parser.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: PERPS_PROFILE or dev)")
@@ -75,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--reduce-only", action="store_true", help="only orders that shrink positions")
     mode.add_argument("--cycles", type=int, help="stop after this many cycles")
     mode.add_argument("--interval", type=float, help="seconds between cycles (default from the profile)")
+    mode.add_argument(
+        "--metrics-file",
+        type=Path,
+        help="rewrite this file (Prometheus text) and PATH.health.json every cycle; with metrics: the file to serve",
+    )
+    drills = parser.add_argument_group("failover drills (perps-bot drill SCENARIO)")
+    drills.add_argument("--keys", type=int, default=1000, help="with drill: keys seeded when there is no checkpoint")
     tools = parser.add_argument_group("account and order tooling")
     tools.add_argument("--account-snapshot", action="store_true", help="balances, permissions and fee tier")
     tools.add_argument("--preview-order", action="store_true", help="preview an order (or an edit with --order-id)")
@@ -116,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(
             profile=args.profile,
             risk_reduce_only_mode=True if args.reduce_only else None,
+            metrics_file=args.metrics_file,
         )
+        if args.command == "drill":
+            from deployments.drill_cli import drill_command
+
+            if not args.action:
+                raise ConfigError("drill: name a scenario, e.g. perps-bot drill redis-outage (or all)")
+            return drill_command(settings, args.action, args.keys)
+        if args.command == "metrics":
+            return serve_metrics_file(settings, args)
         if args.command == "checkpoint":
             return checkpoint_command(settings, args)
         if args.command in EMERGENCY_COMMANDS:
@@ -148,13 +167,18 @@ def main(argv: list[str] | None = None) -> int:
 def run_bot(settings: Settings, args: argparse.Namespace) -> int:
     """--dev-fast: one cycle; --dry-run: one cycle, nothing sent; otherwise cycle until Ctrl-C or --cycles."""
     from trader.logs import configure_logging
-    from trader.runtime import build_bot
+    from trader.runtime import build_bot, start_metrics
 
     if args.cycles is not None and args.cycles < 1:
         raise ConfigError(f"--cycles: must be at least 1 (got {args.cycles})")
     configure_logging(settings.log_file)
     bot = build_bot(settings, mode="dry_run" if args.dry_run else None)
     cycles = 1 if (args.dev_fast or args.dry_run) else args.cycles
+    one_shot = args.dev_fast or args.dry_run
+    # A one-cycle smoke run writes --metrics-file but does not take the exporter's port from a running bot.
+    exporter = start_metrics(settings.model_copy(update={"metrics_enabled": False}) if one_shot else settings, bot)
+    if exporter is not None:
+        out.print(f"metrics on {exporter.url}/metrics, health on {exporter.url}/health")
     stop = _StopFlag()
     bot.start()
     status = "crashed"
@@ -163,11 +187,31 @@ def run_bot(settings: Settings, args: argparse.Namespace) -> int:
         status = "stopped"
     finally:
         bot.stop(status)
+        if exporter is not None:
+            exporter.stop()
     out.print(
         f"{summary.cycles} cycle(s), {summary.orders} order(s) sent, {summary.fills} fill(s); "
         f"stopped: {summary.stopped_by}"
     )
     return 0
+
+
+def serve_metrics_file(settings: Settings, args: argparse.Namespace) -> int:
+    """perps-bot metrics --metrics-file PATH: the standalone exporter for a bot that writes its metrics file."""
+    from trader.metrics.__main__ import main as exporter_main
+
+    if args.metrics_file is None:
+        raise ConfigError("metrics: --metrics-file PATH is required (the file the bot writes with --metrics-file)")
+    return exporter_main(
+        [
+            "--metrics-file",
+            str(args.metrics_file),
+            "--host",
+            settings.metrics_host,
+            "--port",
+            str(settings.metrics_port),
+        ]
+    )
 
 
 class _StopFlag:
