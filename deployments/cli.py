@@ -571,28 +571,16 @@ def _read_variable(switch: Switch) -> str:
 
 
 def _incident(settings: Settings, procedure: str, title: str, evidence: str) -> None:
-    from trader.alerts import IncidentDesk, IncidentKind
-    from trader.risk.emergency import incident_fingerprint
+    from trader.risk.emergency import incident_fingerprint, open_incident
 
-    desk = IncidentDesk.from_settings(settings)
-    try:
-        incident_id = desk.raise_incident(
-            IncidentKind.EMERGENCY_PROCEDURE, title, evidence, fingerprint=incident_fingerprint(procedure)
-        )
-    finally:
-        desk.ledger.dispose()
+    incident_id = open_incident(settings, procedure, title, evidence)
     _say(f"SEV-1 incident #{incident_id} ({incident_fingerprint(procedure)})")
 
 
 def _resolve(settings: Settings, procedures: list[str]) -> list[str]:
-    from trader.alerts import IncidentDesk
-    from trader.risk.emergency import incident_fingerprint
+    from trader.risk.emergency import resolve_incidents
 
-    desk = IncidentDesk.from_settings(settings)
-    try:
-        return [f for f in map(incident_fingerprint, procedures) if desk.resolve(f)]
-    finally:
-        desk.ledger.dispose()
+    return resolve_incidents(settings, procedures)
 
 
 def _print_rows(title: str, rows: list[dict[str, str]]) -> None:

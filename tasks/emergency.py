@@ -8,7 +8,6 @@ from prefect.tasks import exponential_backoff
 
 from flows.switches import VARIABLES, SwitchVariables, VariablesUnavailable, parse_switch
 from tasks.reconcile import is_transient
-from trader.alerts import IncidentDesk, IncidentKind
 from trader.brokers.base import Broker
 from trader.ledger import Ledger
 from trader.risk.emergency import (
@@ -18,7 +17,8 @@ from trader.risk.emergency import (
     SwitchChange,
     cancel_all,
     flatten,
-    incident_fingerprint,
+    open_incident,
+    resolve_incidents,
     set_switch,
 )
 from trader.settings import Settings
@@ -86,17 +86,7 @@ def open_emergency_incident(
     settings: Settings, procedure: str, title: str, evidence: str, flow_run_url: str | None
 ) -> int | None:
     """A SEV-1 incident (an operator stopped trading by hand), announced through Slack when configured."""
-    desk = IncidentDesk.from_settings(settings)
-    try:
-        return desk.raise_incident(
-            IncidentKind.EMERGENCY_PROCEDURE,
-            title,
-            evidence,
-            fingerprint=incident_fingerprint(procedure),
-            flow_run_url=flow_run_url,
-        )
-    finally:
-        desk.ledger.dispose()
+    return open_incident(settings, procedure, title, evidence, flow_run_url)
 
 
 @task(
@@ -104,11 +94,7 @@ def open_emergency_incident(
 )
 def resolve_emergency_incidents(settings: Settings, procedures: list[str]) -> list[str]:
     """Resolve the procedures' open incidents; returns the fingerprints that were open."""
-    desk = IncidentDesk.from_settings(settings)
-    try:
-        return [f for f in map(incident_fingerprint, procedures) if desk.resolve(f)]
-    finally:
-        desk.ledger.dispose()
+    return resolve_incidents(settings, procedures)
 
 
 def _raised(state: object, kind: type[BaseException]) -> bool:

@@ -55,6 +55,37 @@ def incident_fingerprint(procedure: str) -> str:
     return f"emergency:{procedure}"
 
 
+def open_incident(
+    settings: Settings, procedure: str, title: str, evidence: str, flow_run_url: str | None = None
+) -> int | None:
+    """The procedure's SEV-1 incident (an operator stopped trading by hand), announced through Slack when set up."""
+    from trader.alerts.incidents import IncidentDesk
+    from trader.alerts.severity import IncidentKind
+
+    desk = IncidentDesk.from_settings(settings)
+    try:
+        return desk.raise_incident(
+            IncidentKind.EMERGENCY_PROCEDURE,
+            title,
+            evidence,
+            fingerprint=incident_fingerprint(procedure),
+            flow_run_url=flow_run_url,
+        )
+    finally:
+        desk.ledger.dispose()
+
+
+def resolve_incidents(settings: Settings, procedures: list[str]) -> list[str]:
+    """Resolve the procedures' open incidents; returns the fingerprints that were open."""
+    from trader.alerts.incidents import IncidentDesk
+
+    desk = IncidentDesk.from_settings(settings)
+    try:
+        return [f for f in map(incident_fingerprint, procedures) if desk.resolve(f)]
+    finally:
+        desk.ledger.dispose()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
