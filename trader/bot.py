@@ -154,6 +154,11 @@ class TradingBot:
         """Feed the Prometheus exporter: every exchange call, every cycle, guard trips, checkpoints, recoveries."""
         self.metrics = metrics
         self.stats.listeners.append(metrics.observe_api_call)
+        if self.state is not None:  # Redis and PostgreSQL recoveries, and the S3 fallback's sync
+            self.state.recovery_listeners.append(metrics.record_recovery)
+            listeners = getattr(getattr(self.state.cold, "cold", None), "recovery_listeners", None)
+            if listeners is not None:
+                listeners.append(metrics.record_recovery)
 
     def start(self, flow_run_id: str | None = None) -> StartupReconciliation | None:
         """Load products, reconcile with the broker (unless dry-run), open the trading session."""

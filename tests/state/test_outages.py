@@ -80,6 +80,8 @@ def test_redis_outage_restores_all_keys_from_warm_tier(
     redis_pg_manager: StateManager, redis_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     manager = redis_pg_manager
+    recoveries: list[tuple[str, float]] = []
+    manager.recovery_listeners.append(lambda tier, seconds: recoveries.append((tier, seconds)))
     manager.batch_set({f"order:{i}": {"i": i} for i in range(400)})
     caplog.set_level(logging.INFO, logger="trader.state")
 
@@ -101,6 +103,8 @@ def test_redis_outage_restores_all_keys_from_warm_tier(
     assert "Match: True" in caplog.text
     assert_cache_equals_storage(manager)
     assert manager.status().last_hot_recovery_ms is not None
+    assert [tier for tier, _ in recoveries] == ["redis"]  # what the metrics exporter's recovery histogram gets
+    assert recoveries[0][1] == pytest.approx(manager.status().last_hot_recovery_ms / 1000)
 
 
 def test_a_paused_redis_times_out_and_recovery_replaces_its_stale_records(
@@ -133,6 +137,8 @@ def test_postgresql_outage_journals_writes_and_replays_them_exactly_once(
     redis_pg_manager: StateManager, postgres_cluster: Any, fsyncs: CountingFsync, caplog: pytest.LogCaptureFixture
 ) -> None:
     manager = redis_pg_manager
+    recoveries: list[str] = []
+    manager.recovery_listeners.append(lambda tier, _seconds: recoveries.append(tier))
     manager.batch_set({f"pos:{i}": {"qty": i} for i in range(200)})
     caplog.set_level(logging.INFO, logger="trader.state")
 
@@ -157,7 +163,7 @@ def test_postgresql_outage_journals_writes_and_replays_them_exactly_once(
     postgres_cluster.start()
     wait_until(manager, "warm")
 
-    assert "PostgreSQL recovery" in caplog.text
+    assert "PostgreSQL recovery" in caplog.text and recoveries == ["postgres"]
     assert manager.status().journal_depth == 0
     stored = manager.warm.get_many(manager.warm.keys("*"))
     assert len(stored) == 200 - 10 + 1 + 30

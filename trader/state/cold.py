@@ -273,6 +273,7 @@ class FallbackObjectStore:
         self.fallback_dir = Path(local_fallback_dir)
         self.local = LocalFolderStore(self.fallback_dir / "objects")
         self.on_availability = on_availability
+        self.recovery_listeners: list[Callable[[str, float], None]] = []  # ("s3", seconds) after a sync recovers
         self.retry_interval = retry_interval
         self._clock = clock
         self._lock = threading.RLock()
@@ -346,6 +347,7 @@ class FallbackObjectStore:
         synced. Stops at the first TierUnavailable and keeps the rest queued."""
         with self._lock:
             self._last_attempt = self._clock()
+            started = time.perf_counter()
             queued = list(self._queue.items())
             if queued:
                 log.info("S3 answers again: uploading %d queued object(s) from the local fallback", len(queued))
@@ -373,6 +375,8 @@ class FallbackObjectStore:
                 log.info("S3 recovery: Synced %d objects to S3 from the local storage fallback", synced)
             if not was_available:
                 self._notify(True)
+                for listener in self.recovery_listeners:
+                    listener("s3", time.perf_counter() - started)
             return synced
 
     # --- ObjectStore

@@ -125,6 +125,8 @@ class StateManager:
         self.clock = clock
         self.probe_interval = probe_interval
         self._lock = threading.RLock()
+        # Called with (tier, seconds) after each automatic recovery: "redis" or "postgres" (metrics exporter).
+        self.recovery_listeners: list[Callable[[str, float], None]] = []
         self._trusted: set[str] = set()
         self._hot_complete = False  # the cache holds every stored key, so a miss means absent (see _degraded_get)
         self._evictions_mark = 0
@@ -334,6 +336,7 @@ class StateManager:
             self._last_hot_recovery_ms = elapsed
             self._last_hot_recovered_keys = restored
             log.info("Recovered %d keys to Redis in %.1f ms (hot tier %s)", restored, elapsed, self.hot.name)
+            self._announce_recovery("redis", elapsed)
             self._verify_after_recovery()
             return restored
 
@@ -375,9 +378,17 @@ class StateManager:
                 replayed.last_seq,
                 elapsed,
             )
+            self._announce_recovery("postgres", elapsed)
             if self._hot_up:
                 self._verify_after_recovery()
             return replayed
+
+    def _announce_recovery(self, tier: str, elapsed_ms: float) -> None:
+        for listener in self.recovery_listeners:
+            try:
+                listener(tier, elapsed_ms / 1000)
+            except Exception as error:  # a metrics hook never breaks a recovery
+                log.warning("recovery listener failed: %s", error)
 
     def verify_coherence(self, keys: Sequence[str] | None = None) -> CoherenceReport:
         """Compare cached records with storage in batches; trust exactly the keys found identical."""

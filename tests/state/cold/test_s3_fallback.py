@@ -54,6 +54,8 @@ def test_outage_mid_run_queues_locally_then_syncs_everything_byte_identical(
 ) -> None:
     caplog.set_level(logging.INFO, logger="perps_bot.state")
     store = fallback_store(s3_outage, tmp_path / "fallback", state, clock)
+    recoveries: list[str] = []
+    store.recovery_listeners.append(lambda tier, _seconds: recoveries.append(tier))
     before = {f"checkpoints/before-{i}.json": f"before {i}".encode() for i in range(3)}
     during = {f"checkpoints/during-{i}.json.gz": bytes([i]) * (1000 + i) for i in range(5)}
     for name, data in before.items():
@@ -76,6 +78,7 @@ def test_outage_mid_run_queues_locally_then_syncs_everything_byte_identical(
     assert state["system:s3_available"] is True
     assert store.pending == []
     assert "S3 recovery" in caplog.text and "Synced 5 objects to S3" in caplog.text
+    assert recoveries == ["s3"]
     everything = {**before, **during, "checkpoints/after.json": b"after"}
     assert s3_outage.keys(PREFIX) == sorted(f"{PREFIX}/{name}" for name in everything)
     for name, data in everything.items():
