@@ -40,10 +40,10 @@ def drill_command(
     try:
         names = scenario_names(scenario)
     except DrillError as error:
-        out.print(f"perps-bot drill: error: {error}", markup=False)
+        out.print(f"perps-bot drill: error: {error}", markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     if keys < 1:
-        out.print(f"perps-bot drill: error: --keys must be at least 1 (got {keys})", markup=False)
+        out.print(f"perps-bot drill: error: --keys must be at least 1 (got {keys})", markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     run = DrillRun()
     columns = (TextColumn("{task.fields[scenario]:<20}"), BarColumn(), TextColumn("{task.description}"))
@@ -58,12 +58,12 @@ def drill_command(
                 result = run_drill(settings, name, keys=keys, progress=step, options=options)
             except DrillRefused as error:
                 bar.stop()
-                out.print(f"perps-bot drill: error: {error}", markup=False)
+                out.print(f"perps-bot drill: error: {error}", markup=False, soft_wrap=True)
                 return EXIT_BAD_INPUT
             except DrillUnavailable as error:
                 if scenario != "all":
                     bar.stop()
-                    out.print(f"perps-bot drill: error: {error}", markup=False)
+                    out.print(f"perps-bot drill: error: {error}", markup=False, soft_wrap=True)
                     return EXIT_BAD_INPUT
                 run.skipped[name] = str(error)
                 bar.update(task, completed=1.0, description="skipped: does not apply")
@@ -76,7 +76,7 @@ def drill_command(
             bar.update(task, completed=1.0, description="passed" if result.passed else "FAILED")
     _print_table(out, run)
     _report_incidents(settings, run, out)
-    out.print(f"Match: {run.match}", markup=False)
+    out.print(f"Match: {run.match}", markup=False, soft_wrap=True)
     return EXIT_PASSED if run.passed else EXIT_FAILED
 
 
@@ -89,11 +89,11 @@ def _print_table(out: Console, run: DrillRun) -> None:
     out.print(table)
     for result in run.results:
         for note in result.notes:
-            out.print(f"{result.scenario}: {note}", markup=False)
+            out.print(f"{result.scenario}: {note}", markup=False, soft_wrap=True)
         for miss in result.misses():
-            out.print(f"{result.scenario}: MISS {miss}", markup=False)
+            out.print(f"{result.scenario}: MISS {miss}", markup=False, soft_wrap=True)
     for name, why in run.errors.items():
-        out.print(f"{name}: could not run: {why}", markup=False)
+        out.print(f"{name}: could not run: {why}", markup=False, soft_wrap=True)
 
 
 def _report_incidents(settings: Settings, run: DrillRun, out: Console) -> None:
@@ -103,9 +103,10 @@ def _report_incidents(settings: Settings, run: DrillRun, out: Console) -> None:
     try:
         desk = IncidentDesk.from_settings(settings)
     except Exception as error:  # the drill's verdict stands without the incident desk
-        out.print(f"incidents not recorded: {error}", markup=False)
+        out.print(f"incidents not recorded: {error}", markup=False, soft_wrap=True)
         return
     for result in run.results:
         incident = report_incident(desk, result)
         if incident is not None:
-            out.print(f"{result.scenario}: incident #{incident} opened (drill:{result.scenario})", markup=False)
+            opened = f"{result.scenario}: incident #{incident} opened (drill:{result.scenario})"
+            out.print(opened, markup=False, soft_wrap=True)
