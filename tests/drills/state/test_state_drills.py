@@ -153,3 +153,13 @@ def test_namespace_names_its_own_targets(live: LiveProfile, tmp_path: Path) -> N
     assert ns.id.startswith("drill-") and ns.redis_prefix == f"drill:{ns.id}:"
     assert ns.database_name == ns.id.replace("-", "_")
     ns.assert_not_live(live.settings)
+
+
+def test_anything_left_in_the_namespace_is_a_miss() -> None:
+    from datetime import UTC, datetime
+
+    result = StateDrillResult("redis-outage", "drill-x", datetime.now(UTC), coherence_match=True)
+    result.details["left_behind"] = ["3 Redis keys under drill:drill-x:"]
+
+    assert not result.passed
+    assert result.misses() == ["left behind in the drill namespace: 3 Redis keys under drill:drill-x:"]
