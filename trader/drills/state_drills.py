@@ -7,7 +7,8 @@ for real (the fault proxy resets every connection and refuses new ones; `fault="
 redis-server instead; `fault="blackhole"` leaves connections unanswered so clients time out), holds the outage for
 `outage_seconds`, restores it, and lets the StateManager's automatic recovery bring the tier back. It measures:
 
-* detection: from the cut to the manager (or the cold store) marking the tier down;
+* detection: from the cut to the manager (or the cold store) marking the tier down, the workload touching the
+  tier right after the cut (s3-outage writes a checkpoint on the first tick after it);
 * recovery: the manager's own figure ("Recovered N keys to Redis in X ms", "PostgreSQL recovery completed ... in
   X ms") or the S3 sync of the queued objects ("Synced N objects to S3");
 * total downtime: from the cut to the tier reported up again (includes the outage the drill holds);
@@ -62,7 +63,7 @@ DEFAULT_OUTAGE_SECONDS = 1.0
 TICK_SECONDS = 0.05
 DETECTION_TIMEOUT_SECONDS = 10.0
 RECOVERY_TIMEOUT_SECONDS = 20.0
-CHECKPOINT_EVERY_TICKS = 10  # s3-outage: a checkpoint (2 cold objects) every 0.5 s of the workload
+CHECKPOINT_INTERVAL_SECONDS = 0.5  # s3-outage: a checkpoint (2 cold objects) every 0.5 s of the workload
 S3_RETRY_INTERVAL_SECONDS = 5.0  # FallbackObjectStore's default, which the live profile uses
 
 Fault = Literal["proxy", "blackhole", "stop"]
@@ -612,17 +613,18 @@ def s3_outage(ctx: DrillContext) -> DrillResult:
             keys = sorted(seed.entries)
             sample = keys[:100]
 
-            ticks = 0
+            due = {"at": 0.0}
 
             def checkpoint() -> None:
-                nonlocal ticks
-                if ticks % CHECKPOINT_EVERY_TICKS == 0:
+                now = time.perf_counter()
+                if now >= due["at"]:
                     checkpoints.create({"state": manager.batch_get(sample)}, reason="failover-drill")
-                ticks += 1
+                    due["at"] = now + CHECKPOINT_INTERVAL_SECONDS
 
             checkpoint()  # one checkpoint in S3 before the fault
             workload = Workload(manager, keys, extra=checkpoint)
             ctx.progress(0.2, f"s3-outage: cutting S3 ({inputs.fault})")
+            due["at"] = 0.0  # the first tick after the cut writes a checkpoint: detection is how fast a write fails
             cut_at = time.perf_counter()
             tiers.cut(_cut_mode(inputs.fault))
             _detect(workload, lambda: not cold.available, cut_at, result, "S3")
