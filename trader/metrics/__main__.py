@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):  # both end the loop between waits, never inside a request
+        signal.signal(signum, lambda *_: stop.set())
     print(f"serving {args.metrics_file} on {server.url}/metrics and {server.url}/health; Ctrl-C stops", flush=True)
     try:
         while not stop.wait(0.5):

@@ -158,7 +158,7 @@ def test_python_m_trader_metrics_serves_the_file_until_interrupted(metrics: BotM
         scrape = get(url + "/metrics")
         health = get(url + "/health")
         process.send_signal(signal.SIGINT)
-        exit_code = process.wait(timeout=10)
+        exit_code = process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
