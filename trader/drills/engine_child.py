@@ -16,9 +16,10 @@ Until the hooks are in TradingBot itself, CrashPointBot calls them around the re
 `run_forked` is the same main() for a child forked by a multiprocessing fork server that preloaded these modules
 (trader.drills.engine_preload): the crash-safety test starts 50+ engines and skips the interpreter start each time.
 
-Protocol on stdout, one line each: `READY {json}` after start (recovery and reconciliation measured), `CYCLE {json}`
-after every cycle, `CRASH <point> <n>` just before a crash point kills, `DONE {json}` after a clean stop. With
---handshake the child waits after READY for `go` (trade) or `stop` (close the session and exit) on stdin.
+Protocol on stdout, one line each: `STANDBY {json}` once imported (--standby: nothing is built until `go`),
+`READY {json}` after start (recovery and reconciliation measured), `CYCLE {json}` after every cycle,
+`CRASH <point> <n>` just before a crash point kills, `DONE {json}` after a clean stop. With --handshake the child
+waits after READY for `go` (trade) or `stop` (close the session and exit) on stdin.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from typing import Any
 from trader.alerts.incidents import IncidentDesk
 from trader.alerts.notifier import LogNotifier
 from trader.bot import CycleReport, SentOrder, TradingBot
+from trader.brokers.base import Broker
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import Candle, Fill, Order, OrderRequest, OrderType, Product, Side, quantize_down
 from trader.drills.crash_points import ENV as CRASH_ENV
 from trader.drills.crash_points import arm, crash_point, parse_plan
-from trader.ledger import Ledger
+from trader.ledger import Ledger, TradingSession
 from trader.market import ReplayMarketData
+from trader.market.source import DEFAULT_REPLAY_FILE, load_candles_csv
 from trader.risk.incidents import GuardIncidents
 from trader.runtime import build_risk
 from trader.settings import Settings, load_settings
@@ -159,7 +162,16 @@ class CrashPointExchange(SimulatedExchange):
 
 
 class CrashPointLedger(Ledger):
-    """The SQLite ledger with the crash points around the fill write."""
+    """The SQLite ledger with the crash points around the fill write; notes when a start first read the sessions
+    (that is when crashed_sessions() looks for a dead engine: the drill's detection moment)."""
+
+    sessions_read_wall: float | None = None
+
+    def list_sessions(self) -> list[TradingSession]:
+        sessions = super().list_sessions()
+        if self.sessions_read_wall is None:
+            self.sessions_read_wall = time.time()
+        return sessions
 
     def record_fills(self, fills: list[Fill], session_id: str | None = None) -> int:
         crash_point("before_record_fills")
@@ -195,11 +207,15 @@ class CrashPointBot(TradingBot):
         return order
 
 
-def build_drill_bot(settings: Settings, *, resting_per_cycle: int = 2, max_resting: int = 150) -> CrashPointBot:
-    """The bot on the drill's settings: paper exchange file, SQLite ledger, checkpoints, in-process hot state."""
+def build_drill_bot(
+    settings: Settings, *, broker: Broker | None = None, resting_per_cycle: int = 2, max_resting: int = 150
+) -> CrashPointBot:
+    """The bot on the drill's settings: the paper exchange file (or `broker`), SQLite ledger, checkpoints,
+    in-process hot state."""
     state_dir = settings.state_dir
-    market = ReplayMarketData(settings.market_data_file, start=settings.market_data_start)
-    broker = CrashPointExchange(market, state_path=state_dir / PAPER_EXCHANGE_FILE)
+    if broker is None:
+        market = ReplayMarketData(settings.market_data_file, start=settings.market_data_start)
+        broker = CrashPointExchange(market, state_path=state_dir / PAPER_EXCHANGE_FILE)
     ledger = CrashPointLedger(settings.database_url)
     cold = CrashPointColdStore(state_dir / "cold")
     checkpoints = CheckpointStore(
@@ -212,7 +228,7 @@ def build_drill_bot(settings: Settings, *, resting_per_cycle: int = 2, max_resti
         ledger,
         DrillStrategy(resting_per_cycle, max_resting),
         build_risk(settings),
-        mode="paper",
+        mode="paper" if broker.name == "simulated" else "live",
         heartbeat_file=state_dir / "heartbeat.json",
         checkpoints=checkpoints,
         state=state,
@@ -256,6 +272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-resting", type=int, default=150, help="working orders this process keeps at most")
     parser.add_argument("--symbols", default="BTC-USD")
     parser.add_argument("--handshake", action="store_true", help="after READY wait for go/stop on stdin")
+    parser.add_argument(
+        "--standby", action="store_true", help="say STANDBY once imported; build and start only on go (warm standby)"
+    )
     parser.add_argument("--kill-at", default=os.environ.get(CRASH_ENV), help="<point>:<n>, as DRILL_KILL_AT")
     parser.add_argument("--log-file", type=Path, help="log here instead of stderr")
     return parser.parse_args(argv)
@@ -277,6 +296,13 @@ def main(argv: list[str] | None = None, channel: Channel | None = None) -> int:
     else:
         logging.basicConfig(level=level, stream=sys.stderr)
     settings = drill_settings(args.state_dir, trading_symbols=args.symbols)
+    if args.standby:
+        # Code and the replay's candles loaded; nothing of the drill's state is read before the takeover.
+        load_candles_csv(settings.market_data_file or DEFAULT_REPLAY_FILE)
+        emit("STANDBY", {"pid": os.getpid()})
+        if channel.receive() != "go":
+            return 0
+        entered = time.perf_counter()
     args.state_dir.mkdir(parents=True, exist_ok=True)
     bot = build_drill_bot(settings, resting_per_cycle=args.resting, max_resting=args.max_resting)
     built = time.perf_counter()
@@ -294,6 +320,7 @@ def main(argv: list[str] | None = None, channel: Channel | None = None) -> int:
             "ready_wall": time.time(),
             "build_ms": (built - entered) * 1000,
             "start_ms": (time.perf_counter() - built) * 1000,
+            "sessions_read_wall": bot.ledger.sessions_read_wall if isinstance(bot.ledger, CrashPointLedger) else None,
             "recovery": recovery,
             "reconciliation": asdict(reconciliation) if reconciliation is not None else None,
         },

@@ -36,7 +36,7 @@ class EngineChildError(TraderError):
 
 @dataclass(frozen=True)
 class Line:
-    tag: str  # READY, CYCLE, CRASH, DONE
+    tag: str  # STANDBY, READY, CYCLE, CRASH, DONE
     payload: dict[str, Any]
     at: float  # time.monotonic() when the parent read it
 
@@ -117,7 +117,7 @@ class EngineProcess:
         if tag == "CRASH":
             point, _, n = rest.partition(" ")
             self.lines.put(Line(tag, {"point": point, "n": int(n or 0)}, time.monotonic()))
-        elif tag in ("READY", "CYCLE", "DONE"):
+        elif tag in ("STANDBY", "READY", "CYCLE", "DONE"):
             self.lines.put(Line(tag, json.loads(rest), time.monotonic()))
 
     def next_line(self, timeout: float) -> Line | None:
