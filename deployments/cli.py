@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.command == "drill":
             from deployments.drill_cli import drill_command
+            from trader.logs import configure_logging
 
-            if not args.action:
-                raise ConfigError("drill: name a scenario, e.g. perps-bot drill redis-outage (or all)")
-            return drill_command(settings, args.action, args.keys)
+            configure_logging(settings.log_file, stderr=False)  # the recovery lines land in perps_bot.log
+            return drill_command(settings, args.action or "", args.keys)
         if args.command == "metrics":
             return serve_metrics_file(settings, args)
         if args.command == "checkpoint":

@@ -205,8 +205,11 @@ class DrillNamespace:
             engine.dispose()
 
     def drop_database(self) -> None:
-        """DROP DATABASE drill_<id> (its connections terminated first)."""
+        """DROP DATABASE drill_<id> (its connections terminated first); on SQLite, delete the drill's file."""
         if not self.is_postgresql:
+            database = Path(make_url(self.database_url).database or "")
+            for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm"), Path(f"{database}-journal")):
+                path.unlink(missing_ok=True)
             return
         engine = create_engine(self.database_server_url, isolation_level="AUTOCOMMIT")
         try:

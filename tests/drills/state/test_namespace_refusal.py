@@ -3,6 +3,9 @@ anything, with one line naming the setting."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +84,24 @@ def test_a_refused_drill_touches_nothing_live(live: LiveProfile, monkeypatch: py
         run_drill(live.settings, "redis-outage", keys=50)
 
     live.assert_untouched(before)
+
+
+def test_perps_bot_drill_on_the_default_sqlite_profile_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The command an operator types first: SQLite ledger, in-process cache, local cold folder."""
+    perps_bot = Path(sys.executable).parent / "perps-bot"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DATABASE_", "COLD_", "DRILL_"))}
+    env.update({"STATE_DIR": str(tmp_path / "state"), "LOG_DIR": str(tmp_path / "logs")})
+
+    ran = subprocess.run(
+        [str(perps_bot), "drill", "redis-outage", "--keys", "400"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.rstrip().endswith("Match: True")
+    assert "left behind" not in ran.stdout and "400" in ran.stdout
+    assert "Recovered 400 keys to Redis" in (tmp_path / "logs" / "perps_bot.log").read_text()
