@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("perps_bot.bot")
 
 Mode = Literal["paper", "live", "dry_run"]
+_T = TypeVar("_T")
 BALANCE_SNAPSHOT_EVERY = timedelta(minutes=15)
 
 
@@ -139,6 +140,7 @@ class TradingBot:
         self.products: dict[str, Product] = {}
         self.positions: dict[str, Decimal] = {}
         self._fill_cursor: datetime | None = None
+        self._orders_to_refresh: set[str] = set()
         self._last_heartbeat = 0.0
         self._last_snapshot: datetime | None = None
         self._equity_day: tuple[date, Decimal] | None = None
@@ -146,6 +148,7 @@ class TradingBot:
         self._feed_ok_at: dict[str, float] = {}
         self._last_data: datetime | None = None
         self._trading_state = "trading"
+        self._last_pnl: tuple[Decimal, Decimal] = (Decimal(0), Decimal(0))
         self._gate_failures: tuple[str, ...] = ()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
@@ -245,12 +248,15 @@ class TradingBot:
         self.cycles += 1
         report = CycleReport(self.cycles, self.broker.now())
         if self.mode != "dry_run":
-            report.fills += self._sync_fills()
+            report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         controls = self.controls()
         candles = self._market_data()
         self._gate(candles, report)
         report.prices = {s: c[-1].close for s, c in candles.items() if c}
-        report.daily_pnl_pct, report.equity = self._update_daily_loss(report.prices, report.at)
+        report.daily_pnl_pct, report.equity = self._unless_unreachable(
+            lambda: self._update_daily_loss(report.prices, report.at), self._last_pnl, "balances"
+        )
+        self._last_pnl = (report.daily_pnl_pct, report.equity)
         self._guards(candles, report)
         if self.mode != "dry_run":
             report.orders.extend(self._reduce_exposure(report.prices, controls))
@@ -266,7 +272,7 @@ class TradingBot:
                     continue
                 report.orders.append(self._submit(intent))
         if self.mode != "dry_run" and report.orders:
-            report.fills += self._sync_fills()
+            report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         report.duration_ms = (time.perf_counter() - started) * 1000
         self._trading_state = (
             "halted"
@@ -291,6 +297,15 @@ class TradingBot:
             report.duration_ms,
         )
         return report
+
+    def _unless_unreachable(self, read: Callable[[], _T], fallback: _T, what: str) -> _T:
+        """A read the cycle can do without: an unreachable exchange is logged (and counted by the error-rate
+        guard through the metered broker) instead of ending the run; the next cycle reads again."""
+        try:
+            return read()
+        except BrokerUnavailable as error:
+            log.error("%s skipped this cycle, exchange unreachable: %s", what, error)
+            return fallback
 
     # --- market data, data gate, guards --------------------------------------------------------------------
 
@@ -467,8 +482,14 @@ class TradingBot:
             self._fill_cursor = max(f.filled_at for f in fills)
         if new:
             self.fills_recorded += new
-            for order_id in dict.fromkeys(f.order_id for f in fills):
-                self.ledger.apply_order(self.broker.get_order(order_id))
+            self._orders_to_refresh.update(f.order_id for f in fills)
+        # Orders whose fills are recorded are refreshed from the broker; one left by an unreachable exchange
+        # is refreshed next cycle (its fills are not new any more, so the set remembers it).
+        refreshed = bool(self._orders_to_refresh)
+        for order_id in list(self._orders_to_refresh):
+            self.ledger.apply_order(self.broker.get_order(order_id))
+            self._orders_to_refresh.discard(order_id)
+        if new or refreshed:
             self._load_positions()
             for fill in fills:
                 if last is None or fill.filled_at > last:

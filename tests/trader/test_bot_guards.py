@@ -193,3 +193,20 @@ def test_exchange_errors_halt_trading_then_clear_when_the_exchange_recovers(
     assert bot.risk.monitor.levels["error_rate"] == "ok" and bot.risk.monitor.levels["api_latency"] == "ok"
     assert not any(fp.startswith(("guard:error_rate", "guard:api_latency")) for fp in open_incidents(bot))
     bot.stop()
+
+
+def test_an_unreachable_fills_and_accounts_api_is_survived_and_counted(
+    exchange: AdvancedTradeServer, cdp_key: CdpKey, tmp_path: Path
+) -> None:
+    settings = coinbase_settings(exchange, cdp_key, tmp_path, risk_guard_min_samples=6)
+    bot = build_bot(settings, broker=CoinbaseBroker.from_settings(settings))
+    bot.start()
+    exchange.inject(Fault(kind="503", method="GET", path="/api/v3/brokerage/orders/historical/fills", times=3))
+    exchange.inject(Fault(kind="503", method="GET", path="/api/v3/brokerage/accounts", times=3))
+
+    reports = [bot.run_cycle() for _ in range(4)]  # none of them raises
+
+    assert [r.cycle for r in reports] == [1, 2, 3, 4]
+    assert bot.risk.monitor.levels["error_rate"] == "critical"  # 2 of 3 calls failing in the first cycles
+    assert bot.stats.error_rate_pct() is not None and bot.stats.error_rate_pct() > 25
+    bot.stop()
