@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trader.brokers.simulated import SimulatedExchange  # noqa: E402
 from trader.domain import OrderRequest, OrderStatus, OrderType, Side  # noqa: E402
+from trader.drills.seed import synthetic_value as value_for  # noqa: E402
 from trader.ledger import Ledger  # noqa: E402
 from trader.market import ReplayMarketData  # noqa: E402
 from trader.reconcile.engine_recovery import recover_engine  # noqa: E402
@@ -46,17 +47,6 @@ from trader.state.manager import StateManager  # noqa: E402
 from trader.state.warm import SqlWarmStore  # noqa: E402
 
 ENGINE_ORDERS = 200
-
-
-def value_for(i: int) -> dict[str, Any]:
-    """About 120 bytes of JSON: what a position or order cache entry looks like."""
-    return {
-        "symbol": "BTC-USD" if i % 2 else "ETH-USD",
-        "quantity": f"{(i % 997) / 1000:.8f}",
-        "average_entry_price": f"{60000 + i % 5000}.{i % 100:02d}",
-        "updated_at": "2026-11-21T05:00:00+00:00",
-        "seq": i,
-    }
 
 
 def timed(run: Callable[[], Any]) -> tuple[float, Any]:

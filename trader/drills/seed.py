@@ -33,7 +33,7 @@ class Seed:
 
 
 def synthetic_value(i: int) -> dict[str, Any]:
-    """About 120 bytes of JSON: what a position or order cache entry looks like (as in bench/state_recovery.py)."""
+    """About 120 bytes of JSON, like a position or order cache entry (the drills and bench/state_recovery.py)."""
     return {
         "symbol": "BTC-USD" if i % 2 else "ETH-USD",
         "quantity": f"{(i % 997) / 1000:.8f}",
