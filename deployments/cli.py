@@ -541,7 +541,7 @@ def _set_variable(switch: Switch, enabled: bool) -> tuple[SwitchChange | None, s
     from flows.switches import VARIABLES, SwitchVariables, VariablesUnavailable, parse_switch
     from trader.risk.emergency import SwitchChange
 
-    variables = SwitchVariables()
+    variables = SwitchVariables(api_url=os.environ["PREFECT_API_URL"])
     try:
         before = variables.write(switch, enabled)
     except VariablesUnavailable as error:
@@ -557,7 +557,7 @@ def _read_variable(switch: Switch) -> str:
         return "not read: PREFECT_API_URL is not set"
     from flows.switches import SwitchVariables, VariablesUnavailable, parse_switch
 
-    variables = SwitchVariables()
+    variables = SwitchVariables(api_url=os.environ["PREFECT_API_URL"])
     try:
         value = variables.read()[switch]
     except VariablesUnavailable as error:

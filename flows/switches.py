@@ -60,12 +60,16 @@ def parse_switch(value: object) -> bool | None:
 class SwitchVariables:
     """Reads and writes the two Variables through one kept-open client: a short timeout, no retries (fail fast)."""
 
-    def __init__(self, timeout_seconds: float = TIMEOUT_SECONDS) -> None:
+    def __init__(self, timeout_seconds: float = TIMEOUT_SECONDS, *, api_url: str | None = None) -> None:
+        """api_url: the API to use (the CLI passes $PREFECT_API_URL); default: the current Prefect settings'."""
         self.timeout_seconds = timeout_seconds
         current = get_settings_context()
-        self.api_url: str | None = PREFECT_API_URL.value()
+        self.api_url: str | None = api_url or PREFECT_API_URL.value()
+        updates: dict[Any, Any] = {PREFECT_CLIENT_MAX_RETRIES: 0}
+        if api_url:
+            updates[PREFECT_API_URL] = api_url
         # A settings context with client retries off, built once: the client reads it at request time.
-        self._context = (current.profile, current.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0}))
+        self._context = (current.profile, current.settings.copy_with_update(updates=updates))
         self._client: SyncPrefectClient | None = None
 
     def read(self) -> dict[Switch, object]:
