@@ -371,9 +371,9 @@ class TradingBot:
             if self.incidents is not None:
                 self.incidents.report(event, open_exposure=exposure_open)
             if event.guard == "market_data_feed" and event.level == "critical":
+                # Once per trip: the guard stays critical (and its incident open) until a fetch succeeds again.
+                log.warning("market-data feed down past its critical threshold: restarting the feed")
                 self.broker.restart_market_data()
-                for symbol in self._feed_ok_at:
-                    self._feed_ok_at[symbol] = time.monotonic()  # a fresh start gets a fresh 15 minutes
 
     def _reduce_exposure(self, prices: dict[str, Decimal], controls: RiskControls) -> list[SentOrder]:
         """With the exposure guard critical, sell each position above the warning level down to it."""

@@ -210,3 +210,28 @@ def test_an_unreachable_fills_and_accounts_api_is_survived_and_counted(
     assert bot.risk.monitor.levels["error_rate"] == "critical"  # 2 of 3 calls failing in the first cycles
     assert bot.stats.error_rate_pct() is not None and bot.stats.error_rate_pct() > 25
     bot.stop()
+
+
+def test_a_feed_down_past_its_critical_threshold_is_restarted_once_and_clears_when_data_returns(
+    exchange: AdvancedTradeServer, cdp_key: CdpKey, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = coinbase_settings(
+        exchange, cdp_key, tmp_path, risk_feed_down_warn_seconds=0.2, risk_feed_down_critical_seconds=0.6
+    )
+    bot = build_bot(settings, broker=CoinbaseBroker.from_settings(settings))
+    bot.start()
+    exchange.inject(Fault(kind="503", method="GET", path=CANDLES, times=6))
+    levels = []
+
+    for _ in range(8):
+        report = bot.run_cycle()
+        levels.append(bot.risk.monitor.levels["market_data_feed"])
+        if report.prices:
+            break
+        time.sleep(0.25)
+
+    assert levels[0] == "ok" and "warning" in levels and "critical" in levels and levels[-1] == "ok"
+    assert caplog.text.count("restarting the feed") == 1
+    assert bot.risk.counters["market_data_feed_trip"] == 1
+    assert not any(fp.startswith("guard:market_data_feed") for fp in open_incidents(bot))
+    bot.stop()
