@@ -6,10 +6,8 @@ from __future__ import annotations
 import glob
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,53 +16,30 @@ import pytest
 import redis
 from sqlalchemy import create_engine
 
+from trader.drills.namespace import DrillUnavailable
+from trader.drills.services import PrivateRedis, free_port
 from trader.ledger.db import migrate
 from trader.state.hot import MemoryCache, RedisCache
 from trader.state.journal import WriteJournal
 from trader.state.manager import StateManager
 from trader.state.warm import SqlWarmStore
 
-REDIS_SERVER = "/usr/bin/redis-server"
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """redis-server without persistence on a fixed free port: stop() is a real outage and start() an empty Redis."""
+class RedisServer(PrivateRedis):
+    """The drills' private redis-server (no persistence, a free port: stop() is a real outage, start() an empty
+    Redis) plus SIGSTOP/SIGCONT, an outage where connections hang instead of being refused."""
 
     def __init__(self) -> None:
-        if not Path(REDIS_SERVER).exists():
-            pytest.fail(f"{REDIS_SERVER} is missing: install redis-server (apt-get install redis-server)", False)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
+        try:
+            super().__init__()
+        except DrillUnavailable as error:
+            pytest.fail(str(error), False)
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self) -> None:
+    def start(self, timeout: float = 10.0) -> None:
         assert not self.running, "already running"
-        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--daemonize", "no"]
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.exceptions.ConnectionError:
-                pass
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server on port {self.port} did not start (exit {self._process.poll()})", False)
-            time.sleep(0.02)
-        client.close()
+        super().start(timeout)
 
     def pause(self) -> None:
         """SIGSTOP: the port stays open but nothing answers, so clients time out (Redis keeps its data)."""
@@ -74,13 +49,6 @@ class RedisServer:
     def resume(self) -> None:
         assert self._process is not None
         self._process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.send_signal(signal.SIGCONT)
-            self._process.terminate()
-            self._process.wait(timeout=10)
-            self._process = None
 
 
 def _pg_binary(name: str) -> str:

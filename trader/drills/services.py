@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -73,10 +74,11 @@ class PrivateRedis:
             client.close()
 
     def stop(self) -> None:
-        """Terminate redis-server (SIGTERM, then SIGKILL after 5 s) and wait for it."""
+        """Terminate redis-server (SIGTERM, then SIGKILL after 5 s; resumed first if paused) and wait for it."""
         if self._process is None:
             return
         if self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)  # a paused (SIGSTOP) server cannot act on SIGTERM
             self._process.terminate()
             try:
                 self._process.wait(timeout=5)
