@@ -66,6 +66,7 @@ class CycleReport:
     fills: int = 0
     daily_pnl_pct: Decimal = Decimal(0)
     equity: Decimal = Decimal(0)
+    readings: dict[str, float | None] = field(default_factory=dict)  # every guard's value this cycle
     guard_events: list[GuardEvent] = field(default_factory=list)
     gate_failures: tuple[str, ...] = ()
     gate_ms: float = 0.0
@@ -362,7 +363,8 @@ class TradingBot:
 
     def _guards(self, candles: dict[str, list[Candle]], report: CycleReport) -> None:
         """Move every guard; each change is counted, logged, sent to the incident desk and to the exporter."""
-        readings = {k: v for k, v in self._readings(candles, report).items() if k in self.risk.monitor.rules}
+        report.readings = self._readings(candles, report)
+        readings = {k: v for k, v in report.readings.items() if k in self.risk.monitor.rules}
         report.guard_events.extend(self.risk.observe(readings))
         exposure_open = any(q != 0 for q in self.positions.values())
         for event in report.guard_events:
@@ -622,8 +624,8 @@ class TradingBot:
                 position_count=open_positions(self.positions.values()),
                 daily_pnl_pct=float(report.daily_pnl_pct),
                 balance=float(report.equity),
-                error_rate_pct=self.stats.error_rate_pct(),
-                order_success_pct=self.stats.order_success_pct(),
+                error_rate_pct=report.readings.get("error_rate"),
+                order_success_pct=report.readings.get("order_success"),
                 market_data_age_seconds=ages.total_seconds() if ages is not None else None,
                 last_data_update=self._last_data,
                 guard_levels=dict(self.risk.monitor.levels),
