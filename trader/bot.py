@@ -275,15 +275,13 @@ class TradingBot:
         if self.mode != "dry_run" and report.orders:
             report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         report.duration_ms = (time.perf_counter() - started) * 1000
-        self._trading_state = (
-            "halted"
-            if controls.kill_switch or "halt" in self.risk.monitor.forced().values()
-            else (
-                "reduce_only"
-                if controls.reduce_only or self.risk.monitor.forced() or self.risk.gate_blocked
-                else "trading"
-            )
-        )
+        forced = self.risk.monitor.forced()
+        if controls.kill_switch or "halt" in forced.values():
+            self._trading_state = "halted"
+        elif controls.reduce_only or forced or self.risk.gate_blocked:
+            self._trading_state = "reduce_only"
+        else:
+            self._trading_state = "trading"
         self._heartbeat()
         self._publish_state()
         self._checkpoint("periodic")
