@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     slack_channel: str | None = None
     slack_webhook_url: SecretStr | None = None
 
+    # One account = one lease = one active bot (DESIGN.md "The bot's contract"); the id keys the lease row.
+    account: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    lease_ttl_seconds: float = Field(30.0, gt=0)
+    restart_max_per_hour: int = Field(5, gt=0)
+
     trading_symbols: str = "BTC-USD"
     cycle_interval_seconds: float = Field(60.0, ge=0)
     heartbeat_interval_seconds: float = Field(5.0, ge=0)
@@ -224,6 +229,21 @@ def load_settings(**overrides: Any) -> Settings:
         defaults = PROFILE_DEFAULTS.get(base.profile, {})
         # model_fields_set holds what came from the environment or the overrides: those beat the profile.
         fill = {k: v for k, v in defaults.items() if k not in base.model_fields_set}
-        return base.model_copy(update=fill) if fill else base
+        settings = base.model_copy(update=fill) if fill else base
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
+    _check_lease_ttl(settings)
+    return settings
+
+
+def _check_lease_ttl(settings: Settings) -> None:
+    """A lease shorter than three cycles would lapse between two renewals of a healthy bot. Unset, the TTL is 30 s
+    or three cycle intervals, whichever is longer (60-second profiles get 180 s)."""
+    floor = 3 * settings.cycle_interval_seconds
+    if "lease_ttl_seconds" not in settings.model_fields_set:
+        settings.lease_ttl_seconds = max(settings.lease_ttl_seconds, floor)
+    elif settings.lease_ttl_seconds < floor:
+        raise ConfigError(
+            f"LEASE_TTL_SECONDS: must be at least 3 cycle intervals ({floor:g} s with CYCLE_INTERVAL_SECONDS "
+            f"{settings.cycle_interval_seconds:g}) (got {settings.lease_ttl_seconds:g})"
+        )
