@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, localcontext
@@ -15,8 +15,10 @@ from sqlmodel import Session, col, func, select
 
 from trader.domain import Balance, Fill, Order, OrderRequest, OrderStatus, Position, Side
 from trader.errors import TraderError
+from trader.ledger import lease
 from trader.ledger.db import make_engine
 from trader.ledger.db import migrate as migrate_database
+from trader.ledger.lease import Fence, Holder, LeaseEvent, LeaseInfo
 from trader.ledger.models import (
     BalanceSnapshot,
     ChecklistRun,
@@ -33,7 +35,7 @@ from trader.ledger.models import (
 from trader.ledger.types import canonical_decimal
 
 OPEN_STATUSES = (OrderStatus.PENDING_SUBMIT.value, OrderStatus.OPEN.value, OrderStatus.PARTIALLY_FILLED.value)
-ENDED_STATUSES = ("stopped", "crashed", "recovered")
+ENDED_STATUSES = ("stopped", "crashed", "recovered", "stood_down")
 TABLES = LedgerModel.metadata.tables
 
 
@@ -111,12 +113,16 @@ class Ledger:
             session.add(row)
         return row.id
 
-    def heartbeat(self, session_id: str, cycles: int, at: datetime) -> None:
-        """Record that the session is alive after this many cycles."""
+    def heartbeat(
+        self, session_id: str, cycles: int, market_time: datetime | None = None, *, at: datetime | None = None
+    ) -> None:
+        """Record that the session is alive after this many cycles: wall-clock `at` (default now), the market time
+        beside it (replay time is years behind the wall clock; freshness checks read last_heartbeat_at)."""
         with self._transaction() as session:
             row = self._session_row(session, session_id)
             row.cycles = cycles
-            row.last_heartbeat_at = at
+            row.last_heartbeat_at = at or _now()
+            row.last_market_time = market_time
 
     def end_session(self, session_id: str, status: str, note: str | None = None, *, at: datetime | None = None) -> None:
         """Close the session as stopped, crashed or recovered."""
@@ -152,14 +158,25 @@ class Ledger:
 
     # --- orders ------------------------------------------------------------------------------------------------
 
-    def record_pending(self, request: OrderRequest, session_id: str | None, at: datetime) -> None:
-        """Record an order before it is sent (pending_submit); refuses a client_order_id already used."""
+    def record_pending(
+        self, request: OrderRequest, session_id: str | None, at: datetime, *, fence: Fence | None = None
+    ) -> None:
+        """Record an order before it is sent (pending_submit); refuses a client_order_id already used, and, with a
+        fence, a writer whose lease token is not the account's current unexpired one (LeaseLost), in the same
+        transaction."""
         row = _new_order_row(
-            request, session_id=session_id, status=OrderStatus.PENDING_SUBMIT.value, created_at=at, updated_at=at
+            request,
+            session_id=session_id,
+            status=OrderStatus.PENDING_SUBMIT.value,
+            created_at=at,
+            updated_at=at,
+            fencing_token=fence.token if fence is not None else None,
         )
         duplicate = DuplicateClientOrderId(f"client_order_id {request.client_order_id} is already in the ledger")
         try:
             with self._transaction() as session:
+                if fence is not None:
+                    lease.check_fence(session, fence, _now())
                 if self._order_row(session, request.client_order_id) is not None:
                     raise duplicate
                 session.add(row)
@@ -418,6 +435,49 @@ class Ledger:
             query = query.where(ChecklistRun.checklist == checklist)
         with self._transaction() as session:
             return list(session.exec(query).all())
+
+    # --- the account lease (one active bot per account; trader/ledger/lease.py) -----------------------------------
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def acquire_lease(
+        self,
+        account: str,
+        holder: Holder,
+        ttl_seconds: float,
+        *,
+        holder_gone: Callable[[LeaseInfo], bool] | None = None,
+    ) -> LeaseInfo:
+        """Take the account's lease (free, expired, or its holder proven gone); LeaseHeld otherwise, nothing written
+        but the refusal in the lease history."""
+        return lease.acquire(self._session, account, holder, ttl_seconds, holder_gone=holder_gone)
+
+    def renew_lease(self, fence: Fence, ttl_seconds: float) -> LeaseInfo:
+        """Extend the lease by its TTL from now; LeaseLost when fence's token is no longer current."""
+        return lease.renew(self._session, fence, ttl_seconds)
+
+    def release_lease(self, fence: Fence, note: str = "") -> bool:
+        """Expire this holder's lease now so a standby or a restart can take it at once; False if not current."""
+        return lease.expire(self._session, fence, "released", "holder", note)
+
+    def break_lease(self, account: str, token: int, reason: str) -> bool:
+        """Expire the lease iff `token` is still current (its holder is known dead); False otherwise."""
+        return lease.expire(self._session, Fence(account, token), "broken", "supervisor", reason)
+
+    def override_lease(
+        self, account: str, holder: Holder, ttl_seconds: float, reason: str
+    ) -> tuple[LeaseInfo, LeaseInfo | None]:
+        """An operator's emergency command takes the lease from whoever holds it (recorded); (new, replaced)."""
+        return lease.override(self._session, account, holder, ttl_seconds, reason)
+
+    def current_lease(self, account: str) -> LeaseInfo | None:
+        """The account's lease row (held, or expired), or None if no bot ever held it."""
+        return lease.current(self._session, account)
+
+    def lease_history(self, account: str, limit: int = 50) -> list[LeaseEvent]:
+        """The newest `limit` lease events of the account, oldest first."""
+        return lease.history(self._session, account, limit)
 
     # --- housekeeping ------------------------------------------------------------------------------------------
 

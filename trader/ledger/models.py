@@ -14,7 +14,7 @@ from sqlmodel import Field, SQLModel
 from trader.ledger.types import DecimalType, UTCDateTime
 
 SessionMode = Literal["paper", "live", "dry_run"]
-SessionStatus = Literal["running", "stopped", "crashed", "recovered"]
+SessionStatus = Literal["running", "stopped", "crashed", "recovered", "stood_down"]
 Severity = Literal["SEV-1", "SEV-2", "SEV-3"]
 IncidentStatus = Literal["open", "resolved"]
 ChecklistStatus = Literal["pass", "warn", "fail", "running"]
@@ -53,7 +53,8 @@ class TradingSession(LedgerModel, table=True):
     status: str
     started_at: datetime = timestamp()
     ended_at: datetime | None = timestamp(nullable=True)
-    last_heartbeat_at: datetime | None = timestamp(nullable=True)
+    last_heartbeat_at: datetime | None = timestamp(nullable=True)  # wall clock
+    last_market_time: datetime | None = timestamp(nullable=True)  # replay or live market time, beside it
     cycles: int = 0
     flow_run_id: str | None = None
     note: str | None = None
@@ -82,6 +83,7 @@ class OrderRecord(LedgerModel, table=True):
     reject_reason: str | None = None
     created_at: datetime = timestamp()
     updated_at: datetime = timestamp()
+    fencing_token: int | None = Field(default=None, sa_type=BigInteger)  # the lease token it was recorded under
 
 
 class FillRecord(LedgerModel, table=True):
@@ -180,3 +182,36 @@ class Checkpoint(LedgerModel, table=True):
     sha256: str = Field(sa_type=String(64))
     payload: bytes = Field(sa_type=LargeBinary)
     cold_key: str | None = None
+
+
+class AccountLease(LedgerModel, table=True):
+    """Who may trade the account: one row per account; the token only ever increases (fencing)."""
+
+    __tablename__ = "account_leases"
+
+    account: str = Field(primary_key=True, sa_type=String(64))
+    token: int = Field(sa_type=BigInteger)
+    holder_kind: str
+    holder_host: str
+    holder_pid: int
+    holder_instance: str
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+    acquired_at: datetime = timestamp()
+    renewed_at: datetime = timestamp()
+    expires_at: datetime = timestamp()
+    ttl_seconds: float
+
+
+class LeaseEventRecord(LedgerModel, table=True):
+    """The lease's history: acquired, broken, override, released, lost, refused."""
+
+    __tablename__ = "lease_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(index=True, sa_type=String(64))
+    token: int = Field(sa_type=BigInteger)
+    event: str
+    holder: str = Field(sa_type=Text)
+    at: datetime = timestamp()
+    note: str | None = Field(default=None, sa_type=Text)

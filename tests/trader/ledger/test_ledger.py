@@ -83,7 +83,9 @@ def a_fill(
 def test_session_records_start_heartbeat_and_end(ledger: Ledger) -> None:
     session_id = ledger.start_session("spot", "simulated", "paper", flow_run_id="flow-1", at=T0)
 
-    ledger.heartbeat(session_id, 42, T0 + timedelta(minutes=5))
+    before = datetime.now(UTC)
+    ledger.heartbeat(session_id, 42, market_time=T0 - timedelta(days=900))
+    after = datetime.now(UTC)
     ledger.end_session(session_id, "stopped", "operator stop", at=T0 + timedelta(minutes=6))
 
     session = ledger.get_session(session_id)
@@ -93,7 +95,9 @@ def test_session_records_start_heartbeat_and_end(ledger: Ledger) -> None:
         "operator stop",
         "flow-1",
     )
-    assert session.last_heartbeat_at == T0 + timedelta(minutes=5)
+    # the heartbeat is wall clock; replay market time (years behind) is kept beside it, never instead of it
+    assert session.last_heartbeat_at is not None and before <= session.last_heartbeat_at <= after
+    assert session.last_market_time == T0 - timedelta(days=900)
     assert session.ended_at == T0 + timedelta(minutes=6)
 
 
@@ -512,4 +516,6 @@ def test_counts_reports_rows_per_table(ledger: Ledger) -> None:
         "checklist_runs": 0,
         "state_entries": 0,
         "checkpoints": 0,
+        "account_leases": 0,
+        "lease_events": 0,
     }

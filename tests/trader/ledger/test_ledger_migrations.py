@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 from trader.ledger.db import alembic_config, make_engine, migrate
 from trader.ledger.models import LedgerModel
 
-HEAD = "0002"  # the newest migration
+HEAD = "0003"  # the newest migration
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LEDGER_TABLES = {
     "trading_sessions",
@@ -26,6 +26,8 @@ LEDGER_TABLES = {
     "checklist_runs",
     "state_entries",
     "checkpoints",
+    "account_leases",
+    "lease_events",
 }
 
 

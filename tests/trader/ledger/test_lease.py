@@ -1,0 +1,151 @@
+"""The account lease on SQLite and PostgreSQL: one holder, a token that only increases, a fence on order writes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from trader.domain import OrderRequest, OrderType, Side
+from trader.ledger import Ledger
+from trader.ledger.lease import Holder, LeaseHeld, LeaseLost
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
+    """A migrated ledger on each backend (a fresh database: the lease row is per database)."""
+    url = str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_pg_url"))
+    ledger = Ledger(url)
+    yield ledger
+    ledger.dispose()
+
+
+def bot(pid: int = 4242, host: str = "host-a") -> Holder:
+    return Holder("bot", host, pid, flow_run_url="http://127.0.0.1:4200/runs/flow-run/abc")
+
+
+def order(client_order_id: str) -> OrderRequest:
+    return OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01"), client_order_id)
+
+
+def test_second_holder_is_refused_with_the_holder_named_and_nothing_but_the_refusal_written(ledger: Ledger) -> None:
+    first = ledger.acquire_lease("default", bot(), 30)
+
+    with pytest.raises(LeaseHeld) as refused:
+        ledger.acquire_lease("default", bot(pid=777, host="host-b"), 30)
+
+    message = str(refused.value)
+    assert "host-a" in message and "pid 4242" in message and "runs/flow-run/abc" in message and "s ago" in message
+    assert "\n" not in message
+    assert ledger.current_lease("default") == first
+    assert [e.event for e in ledger.lease_history("default")] == ["acquired", "refused"]
+
+
+def test_an_expired_lease_is_taken_with_a_higher_token_and_the_old_fence_refuses_orders(ledger: Ledger) -> None:
+    old = ledger.acquire_lease("default", bot(), 0.3)
+    time.sleep(0.35)  # wall-clock expiry is what is under test
+
+    new = ledger.acquire_lease("default", bot(pid=777, host="host-b"), 30)
+
+    assert new.token == old.token + 1
+    with pytest.raises(LeaseLost):
+        ledger.record_pending(order("stale-1"), None, datetime.now(UTC), fence=old.fence)
+    with pytest.raises(LeaseLost):
+        ledger.renew_lease(old.fence, 30)
+    assert ledger.get_order("stale-1") is None
+    ledger.record_pending(order("fresh-1"), None, datetime.now(UTC), fence=new.fence)
+    recorded = ledger.get_order("fresh-1")
+    assert recorded is not None and recorded.fencing_token == new.token
+
+
+def test_renewal_keeps_the_lease_and_release_frees_it_at_once(ledger: Ledger) -> None:
+    lease = ledger.acquire_lease("default", bot(), 0.5)
+    time.sleep(0.3)
+    renewed = ledger.renew_lease(lease.fence, 0.5)
+    time.sleep(0.3)  # past the first expiry, inside the renewed one
+
+    with pytest.raises(LeaseHeld):
+        ledger.acquire_lease("default", bot(pid=1), 30)
+    assert renewed.token == lease.token and renewed.expires_at > lease.expires_at
+    assert ledger.release_lease(renewed.fence)
+    assert ledger.acquire_lease("default", bot(pid=1), 30).token == lease.token + 1
+
+
+def test_a_lapsed_but_untaken_lease_refuses_orders_until_renewed(ledger: Ledger) -> None:
+    lease = ledger.acquire_lease("default", bot(), 0.2)
+    time.sleep(0.25)
+
+    with pytest.raises(LeaseLost):
+        ledger.record_pending(order("lapsed-1"), None, datetime.now(UTC), fence=lease.fence)
+    ledger.renew_lease(lease.fence, 30)
+    ledger.record_pending(order("lapsed-1"), None, datetime.now(UTC), fence=lease.fence)
+
+
+def test_operator_override_takes_a_live_lease_and_is_recorded(ledger: Ledger) -> None:
+    held = ledger.acquire_lease("default", bot(), 30)
+
+    taken, replaced = ledger.override_lease("default", Holder.this_process("operator"), 30, "perps-bot cancel-all")
+
+    assert replaced == held and taken.token == held.token + 1
+    with pytest.raises(LeaseLost):
+        ledger.renew_lease(held.fence, 30)
+    override = ledger.lease_history("default")[-2]
+    assert (
+        override.event == "override" and "cancel-all" in (override.note or "") and "pid 4242" in (override.note or "")
+    )
+
+
+def test_a_holder_proven_gone_is_broken_at_once_and_one_only_suspected_is_waited_for(ledger: Ledger) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = Holder.this_process("bot")
+    gone = Holder("bot", gone.host, dead.pid)
+    held = ledger.acquire_lease("default", gone, 30)
+
+    with pytest.raises(LeaseHeld):  # no proof offered: wait for the TTL
+        ledger.acquire_lease("default", bot(pid=1), 30)
+    taken = ledger.acquire_lease(
+        "default", Holder.this_process("bot"), 30, holder_gone=lambda lease: lease.holder.is_gone_here()
+    )
+
+    assert taken.token == held.token + 1
+    assert ledger.lease_history("default")[-1].event == "broken"
+    alive = Holder.this_process("bot")
+    assert not Holder("bot", alive.host, 1).is_gone_here()  # pid 1 runs: never broken
+    assert not Holder("bot", "another-host", dead.pid).is_gone_here()  # other hosts' pids prove nothing
+
+
+def _contend(url: str, barrier: object, index: int, results: object) -> None:
+    ledger = Ledger(url, migrate=False)
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        lease = ledger.acquire_lease("default", Holder.this_process("bot"), 30)
+        results.put((index, "won", lease.token))  # type: ignore[attr-defined]
+    except LeaseHeld:
+        results.put((index, "refused", None))  # type: ignore[attr-defined]
+    finally:
+        ledger.dispose()
+
+
+@pytest.mark.parametrize("contenders", [8])
+def test_contenders_starting_at_the_same_instant_get_exactly_one_lease(ledger: Ledger, contenders: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(contenders), context.Queue()
+    processes = [
+        context.Process(target=_contend, args=(ledger.database_url, barrier, i, results)) for i in range(contenders)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+
+    assert [o[1] for o in outcomes].count("won") == 1
+    assert [o[1] for o in outcomes].count("refused") == contenders - 1
+    assert ledger.current_lease("default").token == 1  # type: ignore[union-attr]

@@ -1,0 +1,344 @@
+"""One active bot per account: a lease row with a fencing token, in the ledger database.
+
+Invariants:
+- The token of an account only ever increases: every change of holder (acquire after expiry, a broken lease, an
+  operator override) adds one, so an older holder's token is never current again.
+- Every acquire, renew, fence check, break, override and release is one conditional UPDATE (or one INSERT for the
+  first holder) whose WHERE clause carries the condition, so it is atomic on PostgreSQL (row lock) and on SQLite
+  (database write lock) alike; the write comes first in its transaction, so SQLite's WAL never sees a stale read.
+- Times are wall-clock UTC. A pending-order write is refused unless, in the same transaction, the writer's token is
+  the current one and the lease has not expired (`check_fence`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from trader.errors import TraderError
+from trader.ledger.models import AccountLease, LeaseEventRecord
+
+HolderKind = Literal["bot", "manual", "operator"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds (or asks for) a lease: a bot, the manual order tooling, or an operator's emergency command."""
+
+    kind: HolderKind
+    host: str
+    pid: int
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+
+    @classmethod
+    def this_process(cls, kind: HolderKind, flow_run_id: str | None = None, flow_run_url: str | None = None) -> Holder:
+        """A holder for this process (a new instance id each time: two bots in one process are two holders)."""
+        return cls(kind, socket.gethostname(), os.getpid(), flow_run_id=flow_run_id, flow_run_url=flow_run_url)
+
+    def describe(self) -> str:
+        run = f", run {self.flow_run_url or self.flow_run_id}" if (self.flow_run_url or self.flow_run_id) else ""
+        return f"{self.kind} on host {self.host} pid {self.pid}{run}"
+
+    def is_gone_here(self) -> bool:
+        """True only with proof: the holder ran on this host and its process no longer exists (or is a zombie)."""
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        try:  # a SIGKILLed child its parent has not reaped yet still answers kill(0)
+            with open(f"/proc/{self.pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except (OSError, IndexError):
+            return False
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    account: str
+    token: int
+    holder: Holder
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime
+    ttl_seconds: float
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.account, self.token)
+
+    def seconds_since_renewal(self, now: datetime | None = None) -> float:
+        return ((now or _now()) - self.renewed_at).total_seconds()
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or _now()) >= self.expires_at
+
+    def describe(self, now: datetime | None = None) -> str:
+        return (
+            f"account {self.account} is held by {self.holder.describe()}, "
+            f"last renewed {self.seconds_since_renewal(now):.0f} s ago (token {self.token}, TTL {self.ttl_seconds:g} s)"
+        )
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a writer presents: the account and the token it holds."""
+
+    account: str
+    token: int
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    account: str
+    token: int
+    event: str
+    holder: str
+    at: datetime
+    note: str | None
+
+
+class LeaseHeld(TraderError):
+    """Another live holder has the account's lease; nothing was written."""
+
+    def __init__(self, lease: LeaseInfo) -> None:
+        self.lease = lease
+        super().__init__(
+            f"{lease.describe()}; it expires unless renewed within {lease.ttl_seconds:g} s. "
+            "Stop that bot first, or start this one with --standby to take over when it stops"
+        )
+
+
+class LeaseLost(TraderError):
+    """This holder's token is no longer current (another bot or an operator took the account): stand down."""
+
+
+def _info(row: AccountLease) -> LeaseInfo:
+    holder = Holder(
+        row.holder_kind,  # type: ignore[arg-type]  # stored from a HolderKind
+        row.holder_host,
+        row.holder_pid,
+        row.holder_instance,
+        row.flow_run_id,
+        row.flow_run_url,
+    )
+    return LeaseInfo(row.account, row.token, holder, row.acquired_at, row.renewed_at, row.expires_at, row.ttl_seconds)
+
+
+def _holder_values(holder: Holder) -> dict[str, object]:
+    return {
+        "holder_kind": holder.kind,
+        "holder_host": holder.host,
+        "holder_pid": holder.pid,
+        "holder_instance": holder.instance,
+        "flow_run_id": holder.flow_run_id,
+        "flow_run_url": holder.flow_run_url,
+    }
+
+
+def _record(session: Session, account: str, token: int, event: str, holder: str, at: datetime, note: str = "") -> None:
+    session.add(LeaseEventRecord(account=account, token=token, event=event, holder=holder, at=at, note=note or None))
+
+
+def _row(session: Session, account: str) -> AccountLease | None:
+    return session.exec(select(AccountLease).where(AccountLease.account == account)).first()
+
+
+def _take(
+    session: Session, account: str, holder: Holder, ttl: float, now: datetime, condition: object
+) -> LeaseInfo | None:
+    """Give the lease to holder (token + 1) where `condition` holds; the new lease, or None when it did not."""
+    result = session.execute(
+        update(AccountLease)
+        .where(col(AccountLease.account) == account, condition)  # type: ignore[arg-type]
+        .values(
+            token=AccountLease.token + 1,  # type: ignore[operator]
+            acquired_at=now,
+            renewed_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            ttl_seconds=ttl,
+            **_holder_values(holder),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    row = _row(session, account)
+    assert row is not None
+    session.refresh(row)
+    return _info(row)
+
+
+def acquire(
+    session_factory: Callable[[], Session],
+    account: str,
+    holder: Holder,
+    ttl_seconds: float,
+    *,
+    holder_gone: Callable[[LeaseInfo], bool] | None = None,
+    now: datetime | None = None,
+) -> LeaseInfo:
+    """Take the account's lease if it is free, expired, already this holder's, or its holder is proven gone."""
+    now = now or _now()
+    try:
+        with session_factory() as session, session.begin():
+            row = AccountLease(
+                account=account,
+                token=1,
+                acquired_at=now,
+                renewed_at=now,
+                expires_at=now + timedelta(seconds=ttl_seconds),
+                ttl_seconds=ttl_seconds,
+                **_holder_values(holder),  # type: ignore[arg-type]
+            )
+            session.add(row)
+            session.flush()
+            _record(session, account, 1, "acquired", holder.describe(), now, "first holder of this account")
+            return _info(row)
+    except IntegrityError:
+        pass  # the row exists: take it over below if it may be taken
+    with session_factory() as session, session.begin():
+        taken = _take(
+            session,
+            account,
+            holder,
+            ttl_seconds,
+            now,
+            (col(AccountLease.expires_at) <= now) | (col(AccountLease.holder_instance) == holder.instance),
+        )
+        if taken is not None:
+            _record(session, account, taken.token, "acquired", holder.describe(), now)
+            return taken
+    with session_factory() as session:
+        row = _row(session, account)
+        assert row is not None
+        current = _info(row)
+    if holder_gone is not None and holder_gone(current):
+        with session_factory() as session, session.begin():
+            taken = _take(session, account, holder, ttl_seconds, now, col(AccountLease.token) == current.token)
+            if taken is not None:
+                note = f"previous holder {current.holder.describe()} (token {current.token}) is gone: lease broken"
+                _record(session, account, taken.token, "broken", holder.describe(), now, note)
+                return taken
+        return acquire(session_factory, account, holder, ttl_seconds, now=now)  # someone else moved first
+    with session_factory() as session, session.begin():
+        _record(session, account, current.token, "refused", holder.describe(), now, current.describe(now))
+    raise LeaseHeld(current)
+
+
+def renew(session_factory: Callable[[], Session], fence: Fence, ttl_seconds: float) -> LeaseInfo:
+    """Extend this holder's lease by its TTL from now; LeaseLost when the token is no longer current."""
+    now = _now()
+    with session_factory() as session, session.begin():
+        result = session.execute(
+            update(AccountLease)
+            .where(col(AccountLease.account) == fence.account, col(AccountLease.token) == fence.token)
+            .values(renewed_at=now, expires_at=now + timedelta(seconds=ttl_seconds), ttl_seconds=ttl_seconds)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            row = _row(session, fence.account)
+            assert row is not None
+            session.refresh(row)
+            return _info(row)
+        row = _row(session, fence.account)
+        now_held = row.token if row is not None else None
+        taker = _info(row).holder.describe() if row is not None else "nobody"
+        _record(session, fence.account, fence.token, "lost", "renewal", now, f"token is now {now_held} ({taker})")
+    raise LeaseLost(f"lease of account {fence.account} lost: token {fence.token} is stale, now held by {taker}")
+
+
+def check_fence(session: Session, fence: Fence, now: datetime) -> None:
+    """Inside the caller's transaction, first statement: the token is current and the lease unexpired, else
+    LeaseLost. The UPDATE takes the row's lock, so a takeover waits for this transaction or happens before it."""
+    result = session.execute(
+        update(AccountLease)
+        .where(
+            col(AccountLease.account) == fence.account,
+            col(AccountLease.token) == fence.token,
+            col(AccountLease.expires_at) > now,
+        )
+        .values(renewed_at=AccountLease.renewed_at)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseLost(
+            f"fence refused the write: token {fence.token} of account {fence.account} is not the current "
+            "unexpired lease (another holder took the account, or this one let it lapse)"
+        )
+
+
+def expire(session_factory: Callable[[], Session], fence: Fence, event: str, who: str, note: str = "") -> bool:
+    """Expire the lease now if fence's token is still current (release, or break a dead holder's lease)."""
+    now = _now()
+    with session_factory() as session, session.begin():
+        result = session.execute(
+            update(AccountLease)
+            .where(col(AccountLease.account) == fence.account, col(AccountLease.token) == fence.token)
+            .values(expires_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        done = result.rowcount == 1  # type: ignore[attr-defined]
+        if done:
+            _record(session, fence.account, fence.token, event, who, now, note)
+    return done
+
+
+def override(
+    session_factory: Callable[[], Session], account: str, holder: Holder, ttl_seconds: float, reason: str
+) -> tuple[LeaseInfo, LeaseInfo | None]:
+    """An operator's emergency command takes the lease whoever holds it; returns (new lease, the one it replaced)."""
+    now = _now()
+    with session_factory() as session:
+        row = _row(session, account)
+        previous = _info(row) if row is not None else None
+    if previous is None:
+        try:
+            lease = acquire(session_factory, account, holder, ttl_seconds, now=now)
+        except LeaseHeld:
+            return override(session_factory, account, holder, ttl_seconds, reason)
+        return lease, None
+    with session_factory() as session, session.begin():
+        taken = _take(session, account, holder, ttl_seconds, now, col(AccountLease.token) == previous.token)
+        if taken is not None:
+            note = f"{reason}; replaced {previous.holder.describe()} (token {previous.token})"
+            _record(session, account, taken.token, "override", holder.describe(), now, note)
+    if taken is None:  # the holder changed in between: override whoever holds it now
+        return override(session_factory, account, holder, ttl_seconds, reason)
+    return taken, previous
+
+
+def current(session_factory: Callable[[], Session], account: str) -> LeaseInfo | None:
+    with session_factory() as session:
+        row = _row(session, account)
+        return _info(row) if row is not None else None
+
+
+def history(session_factory: Callable[[], Session], account: str, limit: int) -> list[LeaseEvent]:
+    query = (
+        select(LeaseEventRecord)
+        .where(LeaseEventRecord.account == account)
+        .order_by(col(LeaseEventRecord.id).desc())
+        .limit(limit)
+    )
+    with session_factory() as session:
+        rows = session.exec(query).all()
+    return [LeaseEvent(r.account, r.token, r.event, r.holder, r.at, r.note) for r in reversed(rows)]
