@@ -259,9 +259,9 @@ def renew(session_factory: Callable[[], Session], fence: Fence, ttl_seconds: flo
             assert row is not None
             session.refresh(row)
             return _info(row)
-        row = _row(session, fence.account)
-        now_held = row.token if row is not None else None
-        taker = _info(row).holder.describe() if row is not None else "nobody"
+        held = _row(session, fence.account)
+        now_held = held.token if held is not None else None
+        taker = _info(held).holder.describe() if held is not None else "nobody"
         _record(session, fence.account, fence.token, "lost", "renewal", now, f"token is now {now_held} ({taker})")
     raise LeaseLost(f"lease of account {fence.account} lost: token {fence.token} is stale, now held by {taker}")
 
