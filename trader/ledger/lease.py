@@ -228,9 +228,9 @@ def acquire(
             _record(session, account, taken.token, "acquired", holder.describe(), now)
             return taken
     with session_factory() as session:
-        row = _row(session, account)
-        assert row is not None
-        current = _info(row)
+        existing = _row(session, account)
+        assert existing is not None
+        current = _info(existing)
     if holder_gone is not None and holder_gone(current):
         with session_factory() as session, session.begin():
             taken = _take(session, account, holder, ttl_seconds, now, col(AccountLease.token) == current.token)
