@@ -1,12 +1,23 @@
-"""perps-bot up: a local Prefect server (SQLite), every deployment of prefect.yaml served, the bot running."""
+"""perps-bot up: a local Prefect server (SQLite), every deployment of prefect.yaml served, the bot running.
+
+`up` supervises what it starts. A server or runner that dies is started again with backoff (1, 2, 4 ... 30 s) while
+the bot trades on; SIGTERM or SIGINT stops the bot between cycles, then the runner, then the server, and leaves no
+process behind. `up` makes itself the child subreaper of its tree, so a flow-run process orphaned by a dead runner
+is re-parented to `up`, not to init: it is still found (and stopped) as one of `up`'s descendants.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -15,6 +26,10 @@ from trader.settings import Settings
 
 out = Console(highlight=False)
 BOT_DEPLOYMENT = "trading-bot/paper"
+UP_FILE = Path("var") / "prefect" / "up.json"
+BACKOFF_CAP_SECONDS = 30.0
+HEALTHY_AFTER_SECONDS = 60.0  # a part that ran this long before dying restarts after 1 s again
+STOP_BUDGET_SECONDS = 55.0  # SIGTERM of `up` to nothing left: within a supervisor's usual 60 s
 
 
 def prefect_env(home: Path, port: int) -> dict[str, str]:
@@ -45,20 +60,25 @@ def _ensure_crash_automation(env: dict[str, str]) -> None:
         out.print(f"[yellow]crash automation not created: {(result.stderr or result.stdout).strip()[-300:]}[/]")
 
 
+def api_healthy(port: int, timeout: float = 2) -> bool:
+    """True when the server's /api/health answers 200 within the timeout."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_for_api(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
     """Block until the server's /api/health answers; raise with the log's tail if it never does."""
-    url = f"http://127.0.0.1:{port}/api/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"Prefect server exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"Prefect server on 127.0.0.1:{port} did not answer {url} within {timeout:.0f} s")
+        if api_healthy(port):
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"Prefect server on 127.0.0.1:{port} did not answer /api/health within {timeout:.0f} s")
 
 
 def port_in_use(port: int) -> bool:
@@ -84,75 +104,368 @@ def start_bot_run(profile: str, env: dict[str, str], timeout: float = 120) -> st
             time.sleep(1)
 
 
+# --- processes (Linux /proc; no psutil in the venv) -----------------------------------------------------------------
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: orphans of our descendants are re-parented to this process instead of init."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(36, 1, 0, 0, 0)) == 0  # 36 = PR_SET_CHILD_SUBREAPER
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) for every process visible in /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
+        table[int(entry.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int, table: dict[int, tuple[int, str]] | None = None) -> list[int]:
+    """Every live (non-zombie) process below pid, parents before children."""
+    table = _proc_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for child, (parent, _state) in table.items():
+        children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    queue = list(children.get(pid, []))
+    while queue:
+        current = queue.pop(0)
+        if table[current][1] != "Z":
+            found.append(current)
+        queue.extend(children.get(current, []))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] != "Z"
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _wait_gone(pids: list[int], deadline: float, managed: set[int]) -> list[int]:
+    """Poll until every pid is gone or the deadline passes; return the survivors."""
+    while True:
+        reap_adopted(managed)
+        alive = [pid for pid in pids if pid_alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def reap_adopted(managed: set[int]) -> None:
+    """Collect exited orphans re-parented to us (a subreaper must, or they stay zombies holding their pid);
+    the Popen objects in `managed` reap their own."""
+    me = os.getpid()
+    for pid, (parent, state) in _proc_table().items():
+        if parent == me and state == "Z" and pid not in managed:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+class StopRequested(BaseException):
+    """The first SIGTERM or SIGINT to `up`: unwinds whatever `up` is doing into the ordered stop."""
+
+
+@dataclass
+class Part:
+    """A supervised child of `up`: the Prefect server or the runner."""
+
+    name: str
+    module_args: list[str]
+    log_file: Path
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    quick_deaths: int = 0  # deaths in a row that came soon after a start; drives the backoff
+    restart_at: float | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class EmbeddedStack:
+    """The server, the runner and the bot run that one `perps-bot up` owns."""
+
+    settings: Settings
+    port: int
+    start_bot: bool
+    root: Path
+    run_id: str | None = None
+    stopping: str | None = None
+    armed: bool = True
+    parts: list[Part] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.home = (self.root / "var" / "prefect").resolve()
+        self.logs = (self.root / "var" / "logs").resolve()
+        self.env = prefect_env(self.home, self.port)
+        self.api_url = self.env["PREFECT_API_URL"]
+        self.up_file = (self.root / UP_FILE).resolve()
+        self.server = Part(
+            "Prefect server",
+            ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.logs / "prefect-server.log",
+        )
+        self.runner = Part("runner", ["deployments.serve_all"], self.logs / "serve.log")
+        self.parts = [self.server, self.runner]
+
+    # --- the command ------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, supervise until SIGTERM/SIGINT, then stop everything; 0 after a signal."""
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if not become_subreaper():
+            self._log("[yellow]not a child subreaper here: a flow run orphaned by a dead runner may outlive up[/]")
+        code = 0
+        try:
+            self._start()
+            self._supervise()
+        except StopRequested:
+            self.armed = False
+        except Exception as error:  # a start that failed: say why, then stop what did start
+            self.armed = False
+            self._log(f"[red]perps-bot up: {error}[/]")
+            code = 1
+        finally:
+            self.armed = False
+            self._stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return code
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stopping is None:
+            self.stopping = signal.Signals(signum).name
+            if self.armed:
+                raise StopRequested(self.stopping)
+        # A second signal changes nothing: the stop already runs against its own deadline.
+
+    def _start(self) -> None:
+        with out.status(f"starting the Prefect server on 127.0.0.1:{self.port} (first start migrates SQLite, ~20 s)"):
+            self._spawn(self.server)
+            wait_for_api(self.port, timeout=180, process=self.server.process)
+        out.print(f"Prefect UI: http://127.0.0.1:{self.port}  (logs in {self.logs})")
+        if self.start_bot and self.settings.metrics_enabled:
+            exporter = f"http://{self.settings.metrics_host}:{self.settings.metrics_port}"
+            out.print(f"bot metrics: {exporter}/metrics, health: {exporter}/health (served by the trading-bot run)")
+        with out.status("registering and serving the deployments of prefect.yaml"):
+            self._spawn(self.runner)
+            _ensure_crash_automation(self.env)
+            if self.start_bot:
+                self.run_id = start_bot_run(self.settings.profile, self.env)
+        self._write_up_file()
+        if self.run_id is not None:
+            out.print(f"trading-bot running in paper mode: http://127.0.0.1:{self.port}/runs/flow-run/{self.run_id}")
+        out.print(
+            f"bot log: {self.settings.log_file}; state: {self.settings.state_dir}; "
+            "Ctrl-C or SIGTERM stops everything; perps-bot status shows each part"
+        )
+
+    def _supervise(self) -> None:
+        """Restart a dead server or runner with backoff; the bot's flow-run process is left to trade on."""
+        while True:
+            reap_adopted(self._managed())
+            for part in self.parts:
+                if part.process is not None and part.process.poll() is not None:
+                    self._died(part)
+            now = time.monotonic()
+            if self.server.restart_at is not None and now >= self.server.restart_at:
+                self._restart(self.server)
+            elif self.runner.restart_at is not None and now >= self.runner.restart_at and self.server.running():
+                self._restart(self.runner)
+            time.sleep(0.5)
+
+    def _died(self, part: Part) -> None:
+        assert part.process is not None
+        pid, code = part.process.pid, part.process.returncode
+        uptime = time.monotonic() - part.started_at
+        part.quick_deaths = part.quick_deaths + 1 if uptime < HEALTHY_AFTER_SECONDS else 1
+        delay = min(BACKOFF_CAP_SECONDS, 2.0 ** (part.quick_deaths - 1))
+        if part is self.server:
+            _kill_group(pid)  # whatever the dead server left in its group would hold the port
+        # Not the runner's group: the bot's flow-run process is in it and keeps trading while the runner is away.
+        part.process = None
+        part.restart_at = time.monotonic() + delay
+        self._log(
+            f"[yellow]{part.name} (pid {pid}) exited with code {code} after {uptime:.0f} s; "
+            f"restart #{part.restarts + 1} in {delay:g} s[/]"
+        )
+        self._write_up_file()
+
+    def _restart(self, part: Part) -> None:
+        part.restart_at = None
+        part.restarts += 1
+        self._spawn(part)
+        if part is self.server:
+            try:
+                wait_for_api(self.port, timeout=180, process=part.process)
+            except RuntimeError as error:
+                self._log(f"[yellow]{part.name} did not come back: {error}[/]")
+                if part.running():
+                    assert part.pid is not None
+                    _kill_group(part.pid)
+                    part.process.wait()  # type: ignore[union-attr]
+                return  # the next pass sees it dead and backs off further
+        self._log(f"{part.name} restarted (pid {part.pid}, restart #{part.restarts})")
+        self._write_up_file()
+
+    # --- stopping ---------------------------------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        """The bot between cycles, then the runner, then the server, then anything still below `up`."""
+        deadline = time.monotonic() + STOP_BUDGET_SECONDS
+        self._log(f"stopping ({self.stopping or 'exit'}): the bot between cycles, then the runner, then the server")
+        if self.run_id is not None and self.server.running() and api_healthy(self.port):
+            try:
+                state = cancel_and_wait(self.run_id, timeout=20, api_url=self.api_url)
+                self._log(f"trading-bot run {self.run_id}: {state}")
+            except OSError as error:
+                self._log(f"[yellow]could not cancel the trading-bot run through the API: {error}[/]")
+        bots = self._flow_run_pids()
+        if bots:
+            # The bot takes SIGTERM as "stop between cycles" (flows/bot.py StopBetweenCycles).
+            _signal(bots, signal.SIGTERM)
+            left = _wait_gone(bots, min(time.monotonic() + 10, deadline - 20), self._managed())
+            if left:
+                self._log(f"[yellow]flow-run process(es) {left} ignored SIGTERM; killing them[/]")
+                _signal(left, signal.SIGKILL)
+        self._stop_part(self.runner, min(time.monotonic() + 10, deadline - 10))
+        self._stop_part(self.server, min(time.monotonic() + 10, deadline - 3))
+        left = descendants(os.getpid())
+        if left:
+            _signal(left, signal.SIGTERM)
+            left = _wait_gone(left, min(time.monotonic() + 3, deadline), self._managed())
+            _signal(left, signal.SIGKILL)
+            _wait_gone(left, time.monotonic() + 2, self._managed())
+        self.up_file.unlink(missing_ok=True)
+        left = descendants(os.getpid())
+        self._log(f"stopped; left running: {left}" if left else "stopped: nothing this command started is left")
+
+    def _stop_part(self, part: Part, deadline: float) -> None:
+        if not part.running():
+            return
+        assert part.process is not None
+        _kill_group(part.process.pid, signal.SIGTERM)
+        try:
+            part.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._log(f"[yellow]{part.name} (pid {part.process.pid}) outlived its grace; killing it[/]")
+            _kill_group(part.process.pid)
+            part.process.wait()
+
+    def _flow_run_pids(self) -> list[int]:
+        """Everything below `up` except the server's tree and the runner itself: the flow-run processes."""
+        table = _proc_table()
+        everything = descendants(os.getpid(), table)
+        server = set(descendants(self.server.pid, table)) | {self.server.pid} if self.server.pid else set()
+        return [pid for pid in everything if pid not in server and pid != self.runner.pid]
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _spawn(self, part: Part) -> None:
+        part.process = spawn(part.module_args, part.log_file, self.env, self.root)
+        part.started_at = time.monotonic()
+
+    def _managed(self) -> set[int]:
+        return {part.pid for part in self.parts if part.pid is not None}
+
+    def _write_up_file(self) -> None:
+        """var/prefect/up.json: what `perps-bot status` needs to find this stack (port, pids, the bot run)."""
+        record = {
+            "pid": os.getpid(),
+            "port": self.port,
+            "api_url": self.api_url,
+            "ui_url": f"http://127.0.0.1:{self.port}",
+            "server_pid": self.server.pid if self.server.running() else None,
+            "runner_pid": self.runner.pid if self.runner.running() else None,
+            "flow_run_id": self.run_id,
+            "profile": self.settings.profile,
+            "restarts": {"server": self.server.restarts, "runner": self.runner.restarts},
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+        tmp = self.up_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, self.up_file)
+
+    def _log(self, message: str) -> None:
+        """A supervisor event: on the console and in var/logs/up.log."""
+        out.print(message, soft_wrap=True)
+        plain = Console(file=None, highlight=False).render_str(message).plain
+        with (self.logs / "up.log").open("a") as log:
+            log.write(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z {plain}\n")
+
+
 def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool = True) -> int:
-    """Start server, runner and bot; Ctrl-C stops everything this command started."""
+    """Start server, runner and bot and supervise them; SIGTERM or Ctrl-C stops everything this command started."""
     if settings.broker_kind != "simulated":
         out.print("[red]perps-bot up runs the paper stack; unset the Coinbase credentials or set BROKER=simulated[/]")
         return 2
     if port_in_use(port):
         out.print(f"[red]127.0.0.1:{port} is already in use; stop what runs there or pass --port[/]")
         return 2
-    root = Path.cwd()
-    home = (root / "var" / "prefect").resolve()
-    logs = (root / "var" / "logs").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
-    env = prefect_env(home, port)
-    children: list[subprocess.Popen] = []
-    run_id: str | None = None
-    try:
-        with out.status(f"starting the Prefect server on 127.0.0.1:{port} (first start migrates SQLite, ~20 s)"):
-            server = spawn(
-                ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                logs / "prefect-server.log",
-                env,
-                root,
-            )
-            children.append(server)
-            wait_for_api(port, timeout=180, process=server)
-        out.print(f"Prefect UI: http://127.0.0.1:{port}  (logs in {logs})")
-        if start_bot and settings.metrics_enabled:
-            exporter = f"http://{settings.metrics_host}:{settings.metrics_port}"
-            out.print(f"bot metrics: {exporter}/metrics, health: {exporter}/health (served by the trading-bot run)")
-        with out.status("registering and serving the deployments of prefect.yaml"):
-            runner = spawn(["deployments.serve_all"], logs / "serve.log", env, root)
-            children.append(runner)
-            _ensure_crash_automation(env)
-            if start_bot:
-                run_id = start_bot_run(settings.profile, env)
-        if start_bot:
-            out.print(f"trading-bot running in paper mode: http://127.0.0.1:{port}/runs/flow-run/{run_id}")
-        out.print(f"bot log: {settings.log_file}; state: {settings.state_dir}; press Ctrl-C to stop everything")
-        while all(child.poll() is None for child in children):
-            time.sleep(1)
-        failed = next(child for child in children if child.poll() is not None)
-        out.print(f"[red]{failed.args!r} exited with code {failed.returncode}; stopping[/]")
-        return 1
-    except KeyboardInterrupt:
-        out.print("stopping: the bot between cycles, then the runner, then the server")
-        if run_id is not None:
-            cancel_and_wait(run_id)
-        return 0
-    finally:
-        stop_children(children)
+    return EmbeddedStack(settings, port, start_bot, Path.cwd()).run()
 
 
-def cancel_and_wait(run_id: str, timeout: float = 40) -> str:
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def api_json(url: str, body: dict | None = None, timeout: float = 3) -> dict | list:
+    """GET (or POST body as JSON) one Prefect REST endpoint with a short timeout; OSError when it does not answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
+
+
+def cancel_and_wait(run_id: str, timeout: float = 40, api_url: str | None = None) -> str:
     """Cancel the flow run as the UI does and wait until it is final; the bot stops between cycles."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelling
-
+    api = (api_url or os.environ["PREFECT_API_URL"]).rstrip("/")
     deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(UUID(run_id)).state
-        if state is not None and not state.is_final():
-            client.set_flow_run_state(UUID(run_id), Cancelling(), force=True)
-        while state is not None and not state.is_final() and time.monotonic() < deadline:
-            time.sleep(0.5)
-            state = client.read_flow_run(UUID(run_id)).state
-    return state.type.value if state is not None else "unknown"
+    run = api_json(f"{api}/flow_runs/{run_id}")
+    state = (run.get("state") or {}).get("type") if isinstance(run, dict) else None
+    if state is not None and state not in FINAL_STATES:
+        api_json(
+            f"{api}/flow_runs/{run_id}/set_state",
+            {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+        )
+    while state is not None and state not in FINAL_STATES and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run = api_json(f"{api}/flow_runs/{run_id}")
+        state = (run.get("state") or {}).get("type") if isinstance(run, dict) else None
+    return state.lower() if state else "unknown"
+
+
+def _kill_group(pgid: int, signum: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
 
 
 def spawn(module_args: list[str], log_file: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -170,8 +483,6 @@ def spawn(module_args: list[str], log_file: Path, env: dict[str, str], cwd: Path
 
 def stop_children(children: list[subprocess.Popen], grace: float = 40) -> None:
     """SIGTERM in reverse start order, SIGKILL whatever outlives the grace period."""
-    import signal
-
     for child in reversed(children):
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGTERM)
