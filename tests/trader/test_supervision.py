@@ -1,0 +1,124 @@
+"""The restart policy against a real ledger (SQLite, PostgreSQL) and the Slack recorder: backoff, cap, SEV-1 thread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from trader.alerts import IncidentDesk, SlackNotifier
+from trader.ledger.ledger import Ledger
+from trader.supervision import CrashedRun, RestartPolicy, RestartSupervisor, decide, restarts_fingerprint
+from trader.testing.slack_recorder import SlackRecorder
+
+SLACK_TOKEN = "xoxb-000000-test-secret-token"
+T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+QUICK = 3.0  # seconds a crash-looping run lived
+POLICY = RestartPolicy(max_per_hour=3, base_delay_seconds=5, max_delay_seconds=60, stable_after_seconds=60)
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackRecorder]:
+    with SlackRecorder(token=SLACK_TOKEN) as recorder:
+        yield recorder
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "fresh_pg_url")
+    ledger = Ledger(url)
+    yield ledger
+    ledger.dispose()
+
+
+def supervisor(ledger: Ledger, slack: SlackRecorder, policy: RestartPolicy = POLICY) -> RestartSupervisor:
+    """A fresh supervisor each time, as each restarted flow run builds its own: the history is only in the ledger."""
+    desk = IncidentDesk(
+        Ledger(ledger.database_url, migrate=False), SlackNotifier(SLACK_TOKEN, "#ops", base_url=slack.base_url)
+    )
+    return RestartSupervisor(desk, "default", policy)
+
+
+def crash(number: int, ran: float = QUICK) -> CrashedRun:
+    return CrashedRun(f"run-{number}", ("SCHEDULED", "PENDING", "RUNNING", "CRASHED"), ran, "running", "exit -9")
+
+
+def test_crash_loop_backs_off_exponentially_and_a_stable_run_restarts_at_once() -> None:
+    policy = RestartPolicy(max_per_hour=10, base_delay_seconds=5, max_delay_seconds=60, stable_after_seconds=60)
+    history: list[datetime] = []
+    delays = []
+    for number in range(7):
+        decision = decide(policy, crash(number), history)
+        delays.append(decision.delay_seconds)
+        history.append(T0 + timedelta(seconds=number))
+
+    assert delays == [5, 10, 20, 40, 60, 60, 60]
+    assert decide(policy, crash(99, ran=600), history).delay_seconds == 0
+
+
+def test_cap_refuses_and_every_restart_is_an_update_of_one_sev1_thread(ledger: Ledger, slack: SlackRecorder) -> None:
+    decisions = [
+        supervisor(ledger, slack).decide_and_record(crash(n), new_run_id=f"new-{n}", now=T0 + timedelta(minutes=n))
+        for n in range(4)
+    ]
+
+    assert [d.verdict for d in decisions] == ["restart", "restart", "restart", "refuse"]
+    assert [d.attempt for d in decisions[:3]] == [1, 2, 3]
+    assert [d.delay_seconds for d in decisions[:3]] == [5, 10, 20]
+    (incident,) = [row for row in ledger.open_incidents() if row.fingerprint == restarts_fingerprint("default")]
+    assert incident.severity == "SEV-1"
+    assert incident.title.startswith("bot offline")
+    root, *replies = slack.posts()
+    assert "thread_ts" not in root.body
+    assert len(replies) == 3  # restarts 2 and 3, then the refusal
+    assert all(reply.body["thread_ts"] == incident.slack_ts for reply in replies)
+    assert "restart 3/3" in replies[1].body["text"]
+    assert "RESTART_MAX_PER_HOUR=3" in replies[2].body["text"]
+    assert incident.detail.count("\n- ") == 3
+
+
+def test_restarts_older_than_an_hour_no_longer_count(ledger: Ledger, slack: SlackRecorder) -> None:
+    for n in range(3):
+        supervisor(ledger, slack).decide_and_record(crash(n), new_run_id=f"new-{n}", now=T0 + timedelta(minutes=n))
+
+    later = supervisor(ledger, slack).decide_and_record(crash(9), new_run_id="new-9", now=T0 + timedelta(minutes=61))
+
+    assert later.verdict == "restart"
+    assert later.attempt == 2  # only the restart at minute 2 is still within the hour
+    (incident,) = ledger.open_incidents()
+    assert incident.detail.count("\n- ") == 2
+
+
+def test_resolving_the_incident_rearms_restarts(ledger: Ledger, slack: SlackRecorder) -> None:
+    for n in range(4):
+        supervisor(ledger, slack).decide_and_record(crash(n), new_run_id=f"new-{n}", now=T0 + timedelta(minutes=n))
+    supervisor(ledger, slack).desk.resolve(restarts_fingerprint("default"))
+
+    again = supervisor(ledger, slack).decide_and_record(crash(5), new_run_id="new-5", now=T0 + timedelta(minutes=5))
+
+    assert again.verdict == "restart"
+    assert again.attempt == 1
+
+
+@pytest.mark.parametrize(
+    ("history", "session", "expected"),
+    [
+        (("RUNNING", "CANCELLING", "CRASHED"), "running", "operator cancelled"),
+        (("RUNNING", "CANCELLED", "CRASHED"), "running", "operator cancelled"),
+        (("RUNNING", "COMPLETED", "CRASHED"), "stopped", "completed"),  # PrefectHQ/prefect#18653
+        (("RUNNING", "CRASHED"), "stopped", "ended stopped"),
+        (("RUNNING", "CRASHED"), "stood_down", "ended stood_down"),
+    ],
+)
+def test_a_cancelled_or_finished_run_is_never_restarted_and_nothing_is_written(
+    ledger: Ledger, slack: SlackRecorder, history: tuple[str, ...], session: str, expected: str
+) -> None:
+    run = CrashedRun("run-x", history, 600.0, session)
+
+    decision = supervisor(ledger, slack).decide_and_record(run, new_run_id="new-x", now=T0)
+
+    assert decision.verdict == "skip"
+    assert expected.split()[-1] in decision.reason
+    assert ledger.open_incidents() == []
+    assert slack.posts() == []
