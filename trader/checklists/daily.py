@@ -42,6 +42,7 @@ DISK_FREE_WARN = 0.10
 DISK_FREE_FAIL = 0.05
 BACKUP_WARN = timedelta(hours=26)
 BACKUP_FAIL = timedelta(hours=50)
+MARKET_CLOCK_NOTE = timedelta(minutes=5)  # a broker clock this far from the wall clock is a replay: say so
 LOG_LINE = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ (?P<level>[A-Z]+) ")
 
 
@@ -111,14 +112,23 @@ def preflight(settings: Settings, broker: Broker) -> CheckResult:
 
 
 def telemetry_freshness(ledger: Ledger, now: datetime) -> CheckResult:
-    """Age of the newest heartbeat of any trading session (the bot writes one every few seconds)."""
-    beats = [s.last_heartbeat_at for s in ledger.list_sessions() if s.last_heartbeat_at is not None]
-    if not beats:
+    """Wall-clock age of the newest ledger heartbeat of any trading session (the bot writes one every few seconds);
+    the session's market time (replay or live) is shown beside it, never used for the age."""
+    beating = [(_utc(s.last_heartbeat_at), s) for s in ledger.list_sessions() if s.last_heartbeat_at is not None]
+    if not beating:
         return CheckResult("telemetry freshness", "warn", "no heartbeat recorded yet", "is the bot running?")
-    last = max(beats)
+    last, newest = max(beating, key=lambda beat: beat[0])
     age = now - last
     status: Status = "fail" if age > HEARTBEAT_FAIL else "warn" if age > HEARTBEAT_WARN else "pass"
-    return CheckResult("telemetry freshness", status, f"last heartbeat {last.isoformat()} ({_age(age)} ago)")
+    market = newest.last_market_time
+    market_text = f" (market time {_utc(market):%Y-%m-%d %H:%M} UTC)" if market is not None else ""
+    ended = f", session {newest.status}" if newest.ended_at is not None else ""
+    return CheckResult(
+        "telemetry freshness",
+        status,
+        f"heartbeat {_age(age)} ago{market_text}, {newest.cycles} cycles{ended}",
+        f"last heartbeat {last.isoformat()} (wall clock), session {newest.id}",
+    )
 
 
 def heartbeat_metrics(heartbeat_file: Path, now: datetime) -> CheckResult:
@@ -158,22 +168,28 @@ def guard_counters(heartbeat_file: Path) -> CheckResult:
 
 
 def overnight_pnl_and_positions(ledger: Ledger, broker: Broker, now: datetime) -> CheckResult:
-    """Fills of the last 24 h with pandas (count, notional, fees, realized flow) and the open positions."""
+    """Fills of the last 24 h with pandas (count, notional, fees, realized flow) and the open positions.
+
+    The window and the day are on the broker's clock, the one the bot stamps fills and balance snapshots with:
+    the simulated exchange's replay time is years behind `now` (the wall clock), so a wall-clock window would find
+    no fills and no start-of-day equity on the paper bot and always pass.
+    """
     import pandas as pd  # lazily: the checklist process should not pay pandas' import before it is needed
 
-    since = now - timedelta(hours=24)
+    clock = broker.now()
+    since = clock - timedelta(hours=24)
     fills = pd.DataFrame(
         [
             {"symbol": f.symbol, "side": f.side, "qty": float(f.quantity), "price": float(f.price), "fee": float(f.fee)}
             for f in ledger.list_fills()
-            if f.filled_at >= since
+            if since <= _utc(f.filled_at) <= clock
         ],
         columns=["symbol", "side", "qty", "price", "fee"],
     )
     fills["notional"] = fills["qty"] * fills["price"]
     fills["cash"] = fills["notional"].where(fills["side"] == "sell", -fills["notional"]) - fills["fee"]
     positions = {p.symbol: p for p in broker.positions()}
-    start_equity = ledger.equity_at_start_of_day(now.date())
+    start_equity = ledger.equity_at_start_of_day(clock.date())
     equity = _equity(broker)
     pnl_pct = (equity - start_equity) / start_equity * 100 if start_equity else Decimal(0)
     status: Status = "fail" if pnl_pct <= DAILY_LOSS_FAIL_PCT else "warn" if pnl_pct <= DAILY_LOSS_WARN_PCT else "pass"
@@ -184,10 +200,12 @@ def overnight_pnl_and_positions(ledger: Ledger, broker: Broker, now: datetime) -
         else "no fills"
     )
     held = ", ".join(f"{s} {p.quantity}" for s, p in sorted(positions.items())) or "flat"
+    day = "day PnL n/a (no balance snapshot yet today)" if not start_equity else f"day PnL {pnl_pct:.2f}%"
+    market = f" (market time {clock:%Y-%m-%d %H:%M} UTC)" if abs(clock - now) > MARKET_CLOCK_NOTE else ""
     return CheckResult(
         "overnight PnL and positions",
         status,
-        f"day PnL {pnl_pct:.2f}%; 24h {len(fills)} fills, notional {fills['notional'].sum():.2f}, "
+        f"{day}; 24h{market} {len(fills)} fills, notional {fills['notional'].sum():.2f}, "
         f"fees {fills['fee'].sum():.2f} ({per_symbol}); positions: {held}",
     )
 
@@ -390,6 +408,11 @@ def backup_age(cold: ObjectStore, now: datetime) -> CheckResult:
     age = now - newest
     status: Status = "fail" if age > BACKUP_FAIL else "warn" if age > BACKUP_WARN else "pass"
     return CheckResult("backup age", status, f"newest verified backup {newest.isoformat()} ({_age(age)} old)")
+
+
+def _utc(at: datetime) -> datetime:
+    """An aware UTC datetime (a naive one from the ledger or a manifest is UTC already)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _age(delta: timedelta) -> str:

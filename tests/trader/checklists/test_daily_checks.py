@@ -13,7 +13,7 @@ import pytest
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.brokers.simulated import SimulatedExchange
 from trader.checklists import daily
-from trader.domain import OrderRequest, OrderType, Side
+from trader.domain import Balance, OrderRequest, OrderType, Side
 from trader.ledger import Ledger
 from trader.market import ReplayMarketData
 from trader.settings import load_settings
@@ -21,6 +21,7 @@ from trader.state.cold import LocalFolderStore
 from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey
 
 NOW = datetime(2026, 11, 21, 7, 0, tzinfo=UTC)
+MARKET_TIME = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)  # a replay's clock: years behind the wall clock
 
 
 def test_log_scan_counts_only_errors_since_the_last_run(tmp_path: Path) -> None:
@@ -44,6 +45,33 @@ def test_log_scan_counts_only_errors_since_the_last_run(tmp_path: Path) -> None:
     assert daily.log_scan(log, since).status == "fail"
 
 
+def test_telemetry_freshness_ages_the_wall_clock_heartbeat_and_shows_market_time_as_evidence(sqlite_url: str) -> None:
+    ledger = Ledger(sqlite_url)
+    old = ledger.start_session("dev", "simulated", "paper", at=NOW - timedelta(days=2))
+    ledger.heartbeat(old, 99, MARKET_TIME, at=NOW - timedelta(days=1))
+    ledger.end_session(old, "stopped", at=NOW - timedelta(days=1))
+    live = ledger.start_session("dev", "simulated", "paper", at=NOW - timedelta(hours=1))
+    ledger.heartbeat(live, 1234, MARKET_TIME, at=NOW - timedelta(seconds=4))
+
+    result = daily.telemetry_freshness(ledger, NOW)
+
+    assert result.status == "pass"
+    assert result.evidence == "heartbeat 4 s ago (market time 2024-03-01 12:00 UTC), 1234 cycles"
+    assert live in result.detail
+
+
+def test_telemetry_freshness_of_a_stopped_bot_fails_and_names_the_session_state(sqlite_url: str) -> None:
+    ledger = Ledger(sqlite_url)
+    session = ledger.start_session("dev", "simulated", "paper", at=NOW - timedelta(hours=5))
+    ledger.heartbeat(session, 7, MARKET_TIME, at=NOW - timedelta(hours=3))
+    ledger.end_session(session, "stopped", at=NOW - timedelta(hours=3))
+
+    result = daily.telemetry_freshness(ledger, NOW)
+
+    assert result.status == "fail"
+    assert result.evidence == "heartbeat 3.0 h ago (market time 2024-03-01 12:00 UTC), 7 cycles, session stopped"
+
+
 @pytest.mark.parametrize(
     ("age", "status"),
     [(timedelta(seconds=30), "pass"), (timedelta(minutes=6), "warn"), (timedelta(minutes=20), "fail")],
@@ -51,7 +79,7 @@ def test_log_scan_counts_only_errors_since_the_last_run(tmp_path: Path) -> None:
 def test_heartbeat_age_thresholds(tmp_path: Path, sqlite_url: str, age: timedelta, status: str) -> None:
     ledger = Ledger(sqlite_url)
     session = ledger.start_session("dev", "simulated", "paper", at=NOW - timedelta(hours=1))
-    ledger.heartbeat(session, 10, NOW - age)
+    ledger.heartbeat(session, 10, MARKET_TIME, at=NOW - age)
     beat = tmp_path / "heartbeat.json"
     beat.write_text(
         json.dumps(
@@ -116,6 +144,28 @@ def test_pnl_and_positions_with_pandas(sqlite_url: str) -> None:
 
     assert result.status == "pass"
     assert "1 fills" in result.evidence and "positions: BTC-USD 0.1" in result.evidence
+
+
+def test_pnl_window_and_day_follow_the_brokers_replay_clock_not_the_wall_clock(sqlite_url: str) -> None:
+    exchange = SimulatedExchange(ReplayMarketData())
+    ledger = Ledger(sqlite_url)
+    exchange.place_order(OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.1"), "c-1"))
+    ledger.record_fills(exchange.list_fills())
+    replay_now = exchange.now()
+    equity = sum((b.total for b in exchange.balances() if b.currency == "USD"), Decimal(0))
+    equity += sum(p.quantity for p in exchange.positions()) * exchange.best_bid_ask("BTC-USD")[0]
+    # The replay day began 3 % richer than now: the runbook's daily loss beyond -2 % is a fail.
+    start = replay_now.replace(hour=0, minute=0, second=0, microsecond=0)
+    usd = Balance("USD", (equity * Decimal("1.03")).quantize(Decimal("0.01")), Decimal(0))
+    ledger.record_balance_snapshot(None, [usd], {"USD": Decimal(1)}, start)
+    wall_now = datetime.now(UTC)
+    assert wall_now - replay_now > timedelta(days=30)
+
+    result = daily.overnight_pnl_and_positions(ledger, exchange, wall_now)
+
+    assert result.status == "fail", result.evidence
+    assert result.evidence.startswith("day PnL -2.9")
+    assert f"24h (market time {replay_now:%Y-%m-%d %H:%M} UTC) 1 fills" in result.evidence
 
 
 def test_database_and_disk(sqlite_url: str, tmp_path: Path) -> None:
