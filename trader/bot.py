@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from sqlalchemy.exc import SQLAlchemyError
 
 from trader.brokers.base import Broker
-from trader.domain import Candle, Order, OrderRequest, OrderStatus, OrderType, Product, Side
+from trader.domain import Candle, OrderRequest, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, OrderRejected, TraderError
 from trader.ledger import Ledger
+from trader.ledger.lease import Fence, Holder, LeaseHeld, LeaseInfo, LeaseLost
+from trader.orders.path import OrderPath
 from trader.reconcile import StartupReconciliation, reconcile_on_start
 from trader.reconcile.engine_recovery import CheckpointSource, EngineRecovery, crashed_sessions, recover_engine
 from trader.risk import RiskControls, RiskManager
@@ -93,6 +95,8 @@ def read_controls(settings: Settings) -> RiskControls:
 class TradingBot:
     """One trading session over one broker and one ledger."""
 
+    order_path_class: type[OrderPath] = OrderPath  # the drills' crash-point bot swaps in its own
+
     def __init__(
         self,
         settings: Settings,
@@ -151,6 +155,25 @@ class TradingBot:
         self._trading_state = "trading"
         self._last_pnl: tuple[Decimal, Decimal] = (Decimal(0), Decimal(0))
         self._gate_failures: tuple[str, ...] = ()
+        self.lease: LeaseInfo | None = None  # the account's lease while this bot holds it
+        self.lease_lost: str | None = None  # why the bot stood down, once it lost the lease
+        self._lease_lock = threading.Lock()
+        self._renewer_stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.orders = self.order_path_class(
+            self.broker,
+            ledger,
+            controls=self.controls,
+            fence=lambda: self.fence,
+            session_id=lambda: self.session_id,
+            on_answer=self.stats.record_order,
+        )
+
+    @property
+    def fence(self) -> Fence | None:
+        """What this bot presents with every pending-order write: the account and its lease token."""
+        lease = self.lease
+        return lease.fence if lease is not None else None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -164,8 +187,13 @@ class TradingBot:
             if listeners is not None:
                 listeners.append(metrics.record_recovery)
 
-    def start(self, flow_run_id: str | None = None) -> StartupReconciliation | None:
-        """Load products, reconcile with the broker (unless dry-run), open the trading session."""
+    def start(
+        self, flow_run_id: str | None = None, flow_run_url: str | None = None, *, lease_wait_seconds: float = 0.0
+    ) -> StartupReconciliation | None:
+        """Take the account's lease (unless dry-run), then recover a crashed engine, reconcile with the broker and
+        open the trading session. LeaseHeld, with nothing written, when a live bot holds the account."""
+        if self.mode != "dry_run":
+            self._acquire_lease(Holder.this_process("bot", flow_run_id, flow_run_url), lease_wait_seconds)
         if self.gate is not None:
             # Great Expectations takes seconds to import: load it beside start-up, not in the first cycle.
             threading.Thread(target=self.gate.warm_up, name="data-gate-warm-up", daemon=True).start()
@@ -198,12 +226,18 @@ class TradingBot:
         return report
 
     def stop(self, status: str = "stopped", note: str | None = None) -> None:
-        """Write the last heartbeat and close the session."""
+        """Write the last heartbeat, close the session and release the lease (a standby may take it at once)."""
+        self._stop_renewer()
         if self.session_id is None:
+            self._release_lease()
             return
-        self._heartbeat(force=True)
-        self._checkpoint(status, force=True)
+        if self.lease_lost is not None:  # another holder owns the account now: write nothing of ours over it
+            status, note = "stood_down", self.lease_lost
+        else:
+            self._heartbeat(force=True)
+            self._checkpoint(status, force=True)
         self.ledger.end_session(self.session_id, status, note)
+        self._release_lease()
         if self.incidents is not None:
             self.incidents.flush()
         if self.metrics is not None:
@@ -224,6 +258,9 @@ class TradingBot:
         stopped_by = "max_cycles"
         done = 0
         while max_cycles is None or done < max_cycles:
+            if self.lease_lost is not None:
+                stopped_by = f"lease lost: {self.lease_lost}"
+                break
             if should_stop():
                 stopped_by = "stop requested"
                 break
@@ -234,12 +271,87 @@ class TradingBot:
                 break
             report = self.run_cycle()
             done += 1
+            if self.lease_lost is not None:
+                stopped_by = f"lease lost: {self.lease_lost}"
+                break
             if on_cycle is not None:
                 on_cycle(report)
             remaining = interval - (time.monotonic() - started)
             if remaining > 0 and (max_cycles is None or done < max_cycles):
                 _sleep_unless(remaining, should_stop)
         return RunSummary(done, self.orders_sent, self.fills_recorded, stopped_by)
+
+    # --- the account lease ---------------------------------------------------------------------------------------
+
+    def _acquire_lease(self, holder: Holder, wait_seconds: float) -> None:
+        """Acquire, or wait up to wait_seconds (a standby: forever) for the lease to expire or its holder to die."""
+        deadline = time.monotonic() + wait_seconds
+        ttl = self.settings.lease_ttl_seconds
+        announced = False
+        while True:
+            try:
+                self.lease = self.ledger.acquire_lease(
+                    self.settings.account, holder, ttl, holder_gone=lambda lease: lease.holder.is_gone_here()
+                )
+                break
+            except LeaseHeld as held:
+                if time.monotonic() >= deadline:
+                    raise
+                if not announced:
+                    log.warning("standby: %s; taking over when it expires", held.lease.describe())
+                    announced = True
+                time.sleep(min(1.0, max(0.05, ttl / 20), max(0.0, deadline - time.monotonic())))
+        log.info(
+            "lease of account %s acquired: token %d, TTL %g s (%s)",
+            self.settings.account,
+            self.lease.token,
+            ttl,
+            holder.describe(),
+        )
+        self._renewer_stop.clear()
+        # A long cycle (a slow exchange) must never let a live bot's lease lapse: renew from a thread as well.
+        self._renewer = threading.Thread(target=self._renew_in_background, name="lease-renewer", daemon=True)
+        self._renewer.start()
+
+    def _renew_lease(self) -> None:
+        """Renew now; a lost lease makes the bot stand down before its next order."""
+        with self._lease_lock:
+            fence = self.fence
+            if fence is None or self.lease_lost is not None:
+                return
+            try:
+                self.lease = self.ledger.renew_lease(fence, self.settings.lease_ttl_seconds)
+            except LeaseLost as error:
+                self._stand_down(str(error))
+            except SQLAlchemyError as error:  # the database is down: the fence refuses orders once the TTL passes
+                log.warning("lease renewal failed (%s); retrying", error)
+
+    def _renew_in_background(self) -> None:
+        interval = max(0.05, self.settings.lease_ttl_seconds / 3)
+        while not self._renewer_stop.wait(interval):
+            self._renew_lease()
+            if self.lease_lost is not None:
+                return
+
+    def _stop_renewer(self) -> None:
+        self._renewer_stop.set()
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join(timeout=5)
+
+    def _stand_down(self, reason: str) -> None:
+        if self.lease_lost is None:
+            self.lease_lost = reason
+            log.critical("standing down: %s", reason)
+
+    def _release_lease(self) -> None:
+        fence, self.lease = self.fence, None
+        if fence is None or self.lease_lost is not None:
+            return
+        try:
+            self.ledger.release_lease(fence, "bot stopped")
+        except SQLAlchemyError as error:
+            log.warning("lease not released (%s): it expires after its TTL", error)
 
     # --- one cycle -------------------------------------------------------------------------------------------
 
@@ -248,6 +360,7 @@ class TradingBot:
         started = time.perf_counter()
         self.cycles += 1
         report = CycleReport(self.cycles, self.broker.now())
+        self._renew_lease()
         if self.mode != "dry_run":
             report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         controls = self.controls()
@@ -271,7 +384,9 @@ class TradingBot:
                 if not decision.approved:
                     report.refused.append((intent, decision.reason))
                     continue
-                report.orders.append(self._submit(intent))
+                report.orders.append(self._submit(intent, controls))
+                if self.lease_lost is not None:
+                    break
         if self.mode != "dry_run" and report.orders:
             report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         report.duration_ms = (time.perf_counter() - started) * 1000
@@ -404,10 +519,11 @@ class TradingBot:
             )
             decision = self.risk.check(intent, quantity, price, controls)
             if decision.approved:
-                orders.append(self._submit(intent))
+                orders.append(self._submit(intent, controls))
         return orders
 
-    def _submit(self, intent: OrderIntent) -> SentOrder:
+    def _submit(self, intent: OrderIntent, controls: RiskControls) -> SentOrder:
+        """One intent through the one order path (trader/orders/path.py)."""
         request = OrderRequest(
             symbol=intent.symbol,
             side=intent.side,
@@ -417,12 +533,16 @@ class TradingBot:
             limit_price=intent.limit_price,
             reduce_only=intent.reduce_only,
         )
+        position = self.positions.get(intent.symbol, Decimal(0))
         try:
-            self.broker.validate(request)
-        except OrderRejected as error:
+            outcome = self.orders.send(request, position=position, controls=controls, dry_run=self.mode == "dry_run")
+        except LeaseLost as error:
+            self._stand_down(str(error))
+            return SentOrder(request, "refused", f"not sent: {error}")
+        except OrderRejected as error:  # the controls or the product rules: nothing sent or written
             log.warning("order refused before sending: %s", error)
             return SentOrder(request, "refused", str(error))
-        if self.mode == "dry_run":
+        if outcome.status == "dry_run":
             log.info(
                 "dry-run: would send %s %s %s %s (%s)",
                 request.side,
@@ -432,44 +552,22 @@ class TradingBot:
                 intent.reason,
             )
             return SentOrder(request, "dry_run", intent.reason)
-        # Record first, then send: a crash in between leaves a pending_submit row that startup
-        # reconciliation resolves by client_order_id, so no order is ever sent twice or lost.
-        self.ledger.record_pending(request, self.session_id, self.broker.now())
-        order = self._place(request)
-        if order is None:
-            self.stats.record_order(accepted=False)
-            return SentOrder(request, OrderStatus.PENDING_SUBMIT, "broker unreachable; left for reconciliation")
-        self.ledger.apply_order(order)
-        if order.status in (OrderStatus.REJECTED, OrderStatus.FAILED):
-            self.stats.record_order(accepted=False)
-            return SentOrder(request, order.status, order.reject_reason or "")
-        self.stats.record_order(accepted=True)
+        if not outcome.accepted:
+            return SentOrder(request, outcome.status, outcome.reason)
         self.orders_sent += 1
+        if outcome.fills_recorded:
+            self.fills_recorded += outcome.fills_recorded
+            self._load_positions()
         log.info(
             "order %s %s %s %s %s: %s",
-            order.client_order_id,
+            request.client_order_id,
             request.side,
             request.quantity,
             request.symbol,
-            order.status,
+            outcome.status,
             intent.reason,
         )
-        return SentOrder(request, order.status, intent.reason)
-
-    def _place(self, request: OrderRequest) -> Order | None:
-        try:
-            return self.broker.place_order(request)
-        except OrderRejected as error:
-            self.ledger.mark_failed(request.client_order_id, str(error), self.broker.now())
-            log.error("order %s rejected by broker: %s", request.client_order_id, error)
-            return None
-        except BrokerUnavailable as error:
-            # Never retry a create blindly: look the order up by client_order_id first.
-            log.error("order %s: broker unavailable (%s); looking it up", request.client_order_id, error)
-            try:
-                return self.broker.find_order(request.client_order_id)
-            except BrokerUnavailable:
-                return None
+        return SentOrder(request, outcome.status, intent.reason)
 
     # --- ledger, positions, heartbeat ------------------------------------------------------------------------
 

@@ -55,6 +55,15 @@ def quantize_down(value: Decimal, increment: Decimal) -> Decimal:
     return (value / increment).to_integral_value(rounding=ROUND_DOWN) * increment
 
 
+def shrinks_position(side: Side, quantity: Decimal, position: Decimal) -> bool:
+    """True when the order only makes the position smaller: a sell of at most a long, a buy of at most a short."""
+    if quantity <= 0:
+        return False
+    if side is Side.SELL:
+        return position > 0 and quantity <= position
+    return position < 0 and quantity <= -position
+
+
 @dataclass(frozen=True)
 class Product:
     """A tradable product with Coinbase's increment and minimum rules."""

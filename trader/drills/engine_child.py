@@ -48,6 +48,8 @@ from trader.drills.crash_points import arm, crash_point, parse_plan
 from trader.ledger import Ledger, TradingSession
 from trader.market import ReplayMarketData
 from trader.market.source import DEFAULT_REPLAY_FILE, load_candles_csv
+from trader.orders.path import OrderPath
+from trader.risk import RiskControls
 from trader.risk.incidents import GuardIncidents
 from trader.runtime import build_risk
 from trader.settings import Settings, load_settings
@@ -190,21 +192,27 @@ class CrashPointColdStore(LocalFolderStore):
         return key
 
 
-class CrashPointBot(TradingBot):
-    """TradingBot running its real code paths, with the crash points around the order submission.
-
-    Stand-in until TradingBot calls crash_point() itself at these places."""
-
-    def _submit(self, intent: OrderIntent) -> SentOrder:
-        sent = super()._submit(intent)
-        crash_point("after_apply")
-        return sent
+class CrashPointOrderPath(OrderPath):
+    """The one order path with the crash points on either side of the send."""
 
     def _place(self, request: OrderRequest) -> Order | None:
         crash_point("before_place")
         order = super()._place(request)
         crash_point("after_place_before_apply")
         return order
+
+
+class CrashPointBot(TradingBot):
+    """TradingBot running its real code paths, with the crash points around the order submission.
+
+    Stand-in until TradingBot calls crash_point() itself at these places."""
+
+    order_path_class = CrashPointOrderPath
+
+    def _submit(self, intent: OrderIntent, controls: RiskControls) -> SentOrder:
+        sent = super()._submit(intent, controls)
+        crash_point("after_apply")
+        return sent
 
 
 def build_drill_bot(

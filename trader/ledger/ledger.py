@@ -471,6 +471,11 @@ class Ledger:
         """An operator's emergency command takes the lease from whoever holds it (recorded); (new, replaced)."""
         return lease.override(self._session, account, holder, ttl_seconds, reason)
 
+    def check_lease(self, fence: Fence) -> None:
+        """LeaseLost unless fence's token is the account's current unexpired lease (before an unrecorded write)."""
+        with self._transaction() as session:
+            lease.check_fence(session, fence, _now())
+
     def current_lease(self, account: str) -> LeaseInfo | None:
         """The account's lease row (held, or expired), or None if no bot ever held it."""
         return lease.current(self._session, account)

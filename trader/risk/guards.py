@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
 
-from trader.domain import Side
+from trader.domain import Side, shrinks_position
 from trader.risk.monitor import GuardEvent, GuardMonitor, GuardRule
 from trader.strategy.base import OrderIntent
 
@@ -110,7 +110,7 @@ class RiskManager:
         for guard, action in forced.items():
             if action == "halt":
                 return RiskDecision(False, guard, f"guard {guard} is critical: trading halted")
-        reduces = intent.side is Side.SELL and 0 < intent.quantity <= position
+        reduces = shrinks_position(intent.side, intent.quantity, position)
         if controls.reduce_only and not reduces:
             return RiskDecision(False, "reduce_only", "reduce-only mode: only orders that shrink a position")
         for guard, action in forced.items():

@@ -1,0 +1,1 @@
+"""The one order path (trader/orders/path.py)."""

@@ -1,0 +1,180 @@
+"""The one order path: every order anything in this project sends goes through OrderPath.send.
+
+The bot's cycle, the exposure guard's sell-down, flatten's exits, the emergency flows and the CLI's --place-order
+and --apply-order-edit all call it; nothing else calls Broker.place_order or Broker.apply_edit. In order it
+1. checks the operator's controls: with the kill switch on nothing is sent, except an emergency flatten's
+   reduce-only exits; with reduce-only on only orders that shrink a position are sent,
+2. validates the request against the product's rules,
+3. records the order as pending_submit, in a transaction that also checks the account lease's fencing token
+   (a process that lost its lease is refused here, before anything reaches the exchange),
+4. sends it; an unreachable exchange is never answered with a blind resend: the order is looked up by
+   client_order_id first, and left pending for reconciliation when it cannot be found,
+5. applies the broker's answer and records that order's fills.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Literal
+
+from trader.brokers.base import Broker
+from trader.domain import Order, OrderRequest, OrderStatus, shrinks_position
+from trader.errors import BrokerUnavailable, OrderRejected
+from trader.ledger import Ledger
+from trader.ledger.lease import Fence
+from trader.risk.guards import RiskControls
+
+log = logging.getLogger("perps_bot.orders")
+
+Control = Literal["kill_switch", "reduce_only"]
+CLEAR: dict[Control, str] = {
+    "kill_switch": "clear it with `perps-bot kill-switch off` (and unset RISK_KILL_SWITCH_ENABLED where it is set)",
+    "reduce_only": "clear it with `perps-bot reduce-only off` (and unset RISK_REDUCE_ONLY_MODE where it is set)",
+}
+
+
+class ControlRefused(OrderRejected):
+    """The kill switch or reduce-only refused the order before anything was sent or written."""
+
+    def __init__(self, control: Control, message: str) -> None:
+        self.control = control
+        super().__init__(f"{message}; {CLEAR[control]}")
+
+
+@dataclass(frozen=True)
+class OrderOutcome:
+    """What became of one request: sent (with the broker's order), refused, failed, pending, or a dry run."""
+
+    request: OrderRequest
+    status: str  # an OrderStatus value, "refused" or "dry_run"
+    reason: str
+    order: Order | None = None
+    fills_recorded: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        return self.order is not None and self.order.status not in (OrderStatus.REJECTED, OrderStatus.FAILED)
+
+
+def check_controls(
+    request: OrderRequest, position: Decimal, controls: RiskControls, *, emergency_exit: bool = False
+) -> None:
+    """ControlRefused unless the switches allow this order; an emergency exit must be reduce-only and shrink."""
+    shrinks = shrinks_position(request.side, request.quantity, position)
+    what = f"{request.side} {request.quantity} {request.symbol}"
+    if emergency_exit and not (request.reduce_only and shrinks):
+        raise ControlRefused(
+            "kill_switch", f"emergency exit {what} refused: it must be reduce-only and shrink the position {position}"
+        )
+    if controls.kill_switch and not emergency_exit:
+        raise ControlRefused("kill_switch", f"kill switch is on: no new orders ({what} refused, nothing sent)")
+    if controls.reduce_only and not shrinks:
+        raise ControlRefused(
+            "reduce_only",
+            f"reduce-only is on: {what} would not shrink the position {position} (refused, nothing sent)",
+        )
+
+
+class OrderPath:
+    """Sends orders for one account: controls, product rules, fenced pending record, send, answer, fills."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        ledger: Ledger,
+        *,
+        controls: Callable[[], RiskControls],
+        fence: Callable[[], Fence | None] = lambda: None,
+        session_id: Callable[[], str | None] = lambda: None,
+        on_answer: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.ledger = ledger
+        self.controls = controls
+        self.fence = fence
+        self.session_id = session_id
+        self.on_answer = on_answer  # told True/False for every answered order (the order-success guard)
+
+    def send(
+        self,
+        request: OrderRequest,
+        *,
+        position: Decimal,
+        controls: RiskControls | None = None,
+        emergency_exit: bool = False,
+        dry_run: bool = False,
+    ) -> OrderOutcome:
+        """Send one order through every check; ControlRefused/OrderRejected before anything is written, LeaseLost
+        when the fence refuses the pending record (nothing sent)."""
+        check_controls(request, position, controls or self.controls(), emergency_exit=emergency_exit)
+        self.broker.validate(request)
+        if dry_run:
+            return OrderOutcome(request, "dry_run", "dry run: nothing sent")
+        session_id = self.session_id()
+        # Record first, then send: a crash in between leaves a pending_submit row that startup
+        # reconciliation resolves by client_order_id, so no order is ever sent twice or lost.
+        self.ledger.record_pending(request, session_id, self.broker.now(), fence=self.fence())
+        try:
+            order = self._place(request)
+        except OrderRejected as error:
+            self.ledger.mark_failed(request.client_order_id, str(error), self.broker.now())
+            log.error("order %s rejected by broker: %s", request.client_order_id, error)
+            self._answered(False)
+            return OrderOutcome(request, OrderStatus.FAILED, str(error))
+        if order is None:
+            self._answered(False)
+            return OrderOutcome(request, OrderStatus.PENDING_SUBMIT, "broker unreachable; left for reconciliation")
+        self.ledger.apply_order(order)
+        if order.status in (OrderStatus.REJECTED, OrderStatus.FAILED):
+            self._answered(False)
+            return OrderOutcome(request, order.status, order.reject_reason or "rejected", order)
+        self._answered(True)
+        fills = self._record_fills(order, session_id)
+        return OrderOutcome(request, order.status, "", order, fills)
+
+    def edit(self, order_id: str, preview_id: str) -> Order:
+        """Apply a previewed edit of a resting order under the same controls and fence; the ledger takes the answer."""
+        controls = self.controls()
+        if controls.kill_switch:
+            raise ControlRefused("kill_switch", f"kill switch is on: edit of order {order_id} refused, nothing sent")
+        if controls.reduce_only:
+            raise ControlRefused(
+                "reduce_only", f"reduce-only is on: edit of order {order_id} refused (cancel it instead), nothing sent"
+            )
+        fence = self.fence()
+        if fence is not None:
+            self.ledger.check_lease(fence)
+        order = self.broker.apply_edit(order_id, preview_id)
+        self.ledger.apply_order(order)
+        return order
+
+    def _answered(self, accepted: bool) -> None:
+        if self.on_answer is not None:
+            self.on_answer(accepted)
+
+    def _place(self, request: OrderRequest) -> Order | None:
+        try:
+            return self.broker.place_order(request)
+        except BrokerUnavailable as error:
+            # Never retry a create blindly: look the order up by client_order_id first.
+            log.error("order %s: broker unavailable (%s); looking it up", request.client_order_id, error)
+            try:
+                return self.broker.find_order(request.client_order_id)
+            except BrokerUnavailable:
+                return None
+
+    def _record_fills(self, order: Order, session_id: str | None) -> int:
+        """This order's fills so far (a market order usually fills at once); later ones arrive by fill sync."""
+        if not order.filled_quantity:
+            return 0
+        try:
+            fills = self.broker.list_fills(since=order.created_at - timedelta(seconds=1))
+        except BrokerUnavailable as error:
+            log.warning("fills of order %s not read now (%s): the next fill sync records them", order.order_id, error)
+            return 0
+        mine = [f for f in fills if f.order_id == order.order_id]
+        return self.ledger.record_fills(mine, session_id) if mine else 0
