@@ -1,42 +1,47 @@
-"""trading-bot: the bot core as one long-lived Prefect flow run."""
+"""trading-bot: the bot core as one long-lived Prefect flow run.
+
+Nothing Prefect does sits on the cycle's critical path: the cancel poll, the switch Variables, the run's log lines and
+its artifact go through the orchestrator poller (flows/orchestrator.py), and the cycle reads only last-known values.
+With the Prefect API hung or gone the bot keeps cycling; the env and the STATE_DIR flag files still stop it.
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
-import time
-from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled, Completed, Failed, State
 
-from flows.hooks import incident_on_crashed, incident_on_failure
+from flows.hooks import flow_run_url, incident_on_crashed, incident_on_failure
+from flows.orchestrator import OrchestratorPoller
 from flows.switches import bot_controls
 from tasks.bot import reconcile_before_trading
 from trader.bot import CycleReport
+from trader.ledger.lease import LeaseHeld
 from trader.logs import configure_logging
 from trader.runtime import build_bot, start_metrics
 from trader.settings import load_settings
 
-CANCEL_POLL_SECONDS = 2.0
 PROGRESS_LOG_EVERY = 60
+log = logging.getLogger("perps_bot.flow")
 
 
 class StopBetweenCycles:
-    """True once the run is being cancelled: by the runner's SIGTERM or by CANCELLING seen on the API.
+    """True once the run is being cancelled: by the runner's SIGTERM or by CANCELLING seen by the poller.
 
     Prefect's engine turns SIGTERM into an exception wherever the code is; the bot takes SIGTERM
-    over while it cycles so a cancel in the UI stops it between cycles, never inside one.
+    over while it cycles so a cancel in the UI stops it between cycles, never inside one. Called
+    between cycles and in the sleep between them: it only reads the poller's last-known state.
     """
 
-    def __init__(self, flow_run_id: str | None) -> None:
-        self.flow_run_id = UUID(flow_run_id) if flow_run_id else None
+    def __init__(self, poller: OrchestratorPoller | None) -> None:
+        self.poller = poller
         self.reason: str | None = None
-        self._last_poll = 0.0
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -49,13 +54,23 @@ class StopBetweenCycles:
             signal.signal(signal.SIGTERM, self._previous)
 
     def __call__(self) -> bool:
-        if self.reason is None and self.flow_run_id and time.monotonic() - self._last_poll >= CANCEL_POLL_SECONDS:
-            self._last_poll = time.monotonic()
-            with get_client(sync_client=True) as client:
-                state = client.read_flow_run(self.flow_run_id).state
-            if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
-                self.reason = f"flow run is {state.type.value}"
+        if self.reason is None and self.poller is not None:
+            self.reason = self.poller.cancel_reason()
         return self.reason is not None
+
+
+def session_artifact(run_id: str | None, profile: str, result: dict) -> ArtifactCreate:
+    """The trading-bot-session table artifact of a finished run."""
+    markdown = "\n".join(
+        ["# trading-bot session", "", "| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in result.items()]
+    )
+    return ArtifactCreate(
+        key="trading-bot-session",
+        type="markdown",
+        data=markdown,
+        description=f"profile {profile}",
+        flow_run_id=run_id,  # type: ignore[arg-type]  # pydantic parses the UUID string
+    )
 
 
 @flow(
@@ -77,50 +92,62 @@ def trading_bot(
     settings = load_settings(profile=profile, risk_reduce_only_mode=True if reduce_only else None)
     configure_logging(settings.log_file, stderr=False)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
-    bot.controls = bot_controls(settings, logger)  # env and flag files OR the Prefect Variables, every cycle
+    run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    poller = OrchestratorPoller(run_id, logger)
+    # env and flag files every cycle OR the Variables as the poller last read them: the cycle never calls the API
+    bot.controls = bot_controls(settings, poller.variables, poller.run_log)
     exporter = start_metrics(settings, bot)  # /metrics and /health on METRICS_HOST:METRICS_PORT (9102)
     if exporter is not None:
         logger.info("metrics on %s/metrics, health on %s/health", exporter.url, exporter.url)
-    run_id = str(flow_run.get_id()) if flow_run.get_id() else None
-    logger.info(reconcile_before_trading(bot, run_id))
-    stop = StopBetweenCycles(run_id)
+    try:
+        logger.info(reconcile_before_trading(bot, run_id, flow_run_url(run_id) if run_id else None))
+    except LeaseHeld as held:
+        if exporter is not None:
+            exporter.stop()
+        logger.error("%s", held)
+        return Failed(message=str(held))
+    poller.start()
+    stop = StopBetweenCycles(poller)
 
     def progress(report: CycleReport) -> None:
         if report.orders or report.cycle % PROGRESS_LOG_EVERY == 0:
-            logger.info(
-                "cycle %d: %d orders, %d fills, daily PnL %.2f%%, %.1f ms",
-                report.cycle,
-                len(report.orders),
-                report.fills,
-                report.daily_pnl_pct,
-                report.duration_ms,
-            )
+            line = "cycle %d: %d orders, %d fills, daily PnL %.2f%%, %.1f ms"
+            args = (report.cycle, len(report.orders), report.fills, report.daily_pnl_pct, report.duration_ms)
+            log.info(line, *args)
+            poller.run_log.info(line, *args)  # bounded: an outage drops the oldest lines, never blocks the cycle
 
     status = "crashed"
     try:
         summary = bot.run(max_cycles, interval_seconds=cycle_interval_seconds, should_stop=stop, on_cycle=progress)
-        status = "stopped"
+        status = "stood_down" if bot.lease_lost else "stopped"
     finally:
-        bot.stop(status, note=stop.reason)
-        stop.restore()
-        if exporter is not None:
-            exporter.stop()
+        try:
+            bot.stop(status, note=stop.reason or bot.lease_lost)
+        finally:
+            stop.restore()
+            if exporter is not None:
+                exporter.stop()
+            if status == "crashed":
+                poller.close(flush_seconds=0)
     result = {
         "cycles": summary.cycles,
         "orders": summary.orders,
         "fills": summary.fills,
         "stopped_by": stop.reason or summary.stopped_by,
         "session_id": bot.last_session_id,
+        "run_log_dropped": poller.run_log.dropped,
     }
-    create_markdown_artifact(
-        key="trading-bot-session",
-        markdown="\n".join(
-            ["# trading-bot session", "", "| field | value |", "|---|---|"]
-            + [f"| {k} | {v} |" for k, v in result.items()]
-        ),
-        description=f"profile {profile}",
-    )
-    logger.info("trading-bot finished: %s", result)
+    artifact = session_artifact(run_id, profile, result)
+
+    def create_artifact(client: SyncPrefectClient) -> object:
+        return client.create_artifact(artifact)
+
+    if run_id is not None:
+        poller.submit("trading-bot-session artifact", create_artifact)
+    poller.run_log.info("trading-bot finished: %s", result)
+    poller.close()  # bounded: the run's last lines and the artifact wait at most a few seconds for the API
     if stop.reason:
         return Cancelled(message=f"stopped cleanly between cycles after {summary.cycles} cycles ({stop.reason})")
+    if bot.lease_lost:
+        return Completed(message=f"stood down after {summary.cycles} cycles: {bot.lease_lost}", data=result)
     return result

@@ -1,22 +1,24 @@
-"""The kill switch and reduce-only as Prefect Variables `kill_switch` and `reduce_only`, read every bot cycle.
+"""The kill switch and reduce-only as Prefect Variables `kill_switch` and `reduce_only`, applied every bot cycle.
 
 An operator flips them in the UI (Variables page: true/false; "1"/"0", "on"/"off", "yes"/"no" typed by hand are
 understood too) or through the emergency deployments and `perps-bot kill-switch on`. The bot's controls are
 RISK_KILL_SWITCH_ENABLED / RISK_REDUCE_ONLY_MODE, the STATE_DIR flag files (trader.bot.read_controls) OR the
 Variables: any one of them on turns the switch on.
 
-Fail safe: a cycle never waits long on the Prefect API (short timeout, no client retries) and never crashes on it.
-When the API cannot be read, the last values read are kept (a switch is never turned off by an outage), one warning
-is logged per outage, and the API is tried again every OUTAGE_RETRY_SECONDS rather than every cycle. A value that is
-not a recognisable true/false counts as ON.
+Fail safe: a cycle never calls the Prefect API. The orchestrator poller (flows/orchestrator.py) reads the Variables
+in the background (short timeout, no client retries) and BotControls applies its last reading every cycle. While the
+API cannot be read, the last values read are kept (a switch is never turned off by an outage) and one warning is
+logged per outage; a change made meanwhile applies at the first reading that succeeds. A value that is not a
+recognisable true/false counts as ON. The env and the flag files are read every cycle, whatever the API does.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -34,11 +36,22 @@ log = logging.getLogger("perps_bot.switches")
 VARIABLES: dict[Switch, str] = {"kill_switch": "kill_switch", "reduce_only": "reduce_only"}
 LABELS: dict[Switch, str] = {"kill_switch": "kill switch", "reduce_only": "reduce-only"}
 TIMEOUT_SECONDS = 3.0
-OUTAGE_RETRY_SECONDS = 15.0
 _TRUE = {"1", "true", "on", "yes", "enabled"}
 _FALSE = {"0", "false", "off", "no", "disabled", ""}
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+class Logger(Protocol):
+    """Where BotControls reports a switch change or an outage to the run (a logger, or the poller's bounded RunLog)."""
+
+    def warning(self, msg: str, *args: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class VariableReading:
+    """The Variables as last read in the background: raw values (None: not read yet), why the latest read failed."""
+
+    values: dict[Switch, object] | None
+    error: str | None = None
 
 
 class VariablesUnavailable(Exception):
@@ -74,7 +87,7 @@ class SwitchVariables:
 
     def read(self) -> dict[Switch, object]:
         """The raw value of each Variable (None when it does not exist); raises VariablesUnavailable."""
-        return self._call(lambda client: {s: _value(client, VARIABLES[s]) for s in SWITCHES})
+        return self.call(read_switch_values)
 
     def write(self, switch: Switch, enabled: bool) -> object:
         """Set the Variable to true/false (creating it); returns its raw value before. Raises VariablesUnavailable."""
@@ -88,7 +101,7 @@ class SwitchVariables:
             client.update_variable(VariableUpdate(name=name, value=enabled))
             return before.value
 
-        return self._call(write)
+        return self.call(write)
 
     def close(self) -> None:
         if self._client is not None:
@@ -96,7 +109,8 @@ class SwitchVariables:
             with suppress(Exception):  # closing a broken connection must not hide the error that got us here
                 client.__exit__(None, None, None)
 
-    def _call(self, action: Any) -> Any:
+    def call(self, action: Callable[[SyncPrefectClient], Any]) -> Any:
+        """action(client) with the kept-open fail-fast client; raises VariablesUnavailable on any error."""
         if not self.api_url:
             raise VariablesUnavailable("PREFECT_API_URL is not set")
         profile, settings = self._context
@@ -117,35 +131,34 @@ class SwitchVariables:
             raise VariablesUnavailable(f"Prefect API at {self.api_url}: {type(error).__name__}: {error}") from error
 
 
+def read_switch_values(client: SyncPrefectClient) -> dict[Switch, object]:
+    """The raw value of each switch Variable (None when it does not exist)."""
+    return {s: _value(client, VARIABLES[s]) for s in SWITCHES}
+
+
 def _value(client: SyncPrefectClient, name: str) -> object:
     variable = client.read_variable_by_name(name)
     return None if variable is None else variable.value
 
 
 class BotControls:
-    """The trading bot's controls, called every cycle: environment and flag files OR the Prefect Variables."""
+    """The trading bot's controls, called every cycle: environment and flag files OR the Variables' last reading."""
 
     def __init__(
-        self,
-        settings: Settings,
-        variables: SwitchVariables | None = None,
-        *,
-        logger: Logger | None = None,
-        retry_seconds: float = OUTAGE_RETRY_SECONDS,
+        self, settings: Settings, variables: Callable[[], VariableReading], *, logger: Logger | None = None
     ) -> None:
+        """variables: the orchestrator poller's last reading (OrchestratorPoller.variables); never a network call."""
         self.settings = settings
-        self.variables = variables or SwitchVariables()
+        self.variables = variables
         self.logger: Logger = logger or log
-        self.retry_seconds = retry_seconds
         self.from_variables: dict[Switch, bool] = dict.fromkeys(SWITCHES, False)  # the last values read
         self.api_down = False
-        self._next_try = 0.0
         self._warned_values: dict[Switch, object] = {}
         self._current: dict[Switch, bool] = dict.fromkeys(SWITCHES, False)
 
     def __call__(self) -> RiskControls:
         local = read_controls(self.settings)
-        self._refresh()
+        self._apply(self.variables())
         controls = RiskControls(
             kill_switch=local.kill_switch or self.from_variables["kill_switch"],
             reduce_only=local.reduce_only or self.from_variables["reduce_only"],
@@ -159,28 +172,21 @@ class BotControls:
         if self.logger is not log:
             self.logger.warning(message, *args)
 
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if self.api_down and now < self._next_try:
-            return
-        try:
-            raw = self.variables.read()
-        except VariablesUnavailable as error:
-            self._next_try = now + self.retry_seconds
-            if not self.api_down:
-                self.api_down = True
-                kept = ", ".join(f"{s}={'ON' if v else 'OFF'}" for s, v in self.from_variables.items())
-                self._warn(
-                    "Prefect Variables unreadable (%s): keeping the last values (%s) until the API answers again",
-                    error,
-                    kept,
-                )
-            return
-        if self.api_down:
+    def _apply(self, reading: VariableReading) -> None:
+        if reading.error is not None and not self.api_down:
+            self.api_down = True
+            kept = ", ".join(f"{s}={'ON' if v else 'OFF'}" for s, v in self.from_variables.items())
+            self._warn(
+                "Prefect Variables unreadable (%s): keeping the last values (%s) until the API answers again",
+                reading.error,
+                kept,
+            )
+        elif reading.error is None and self.api_down:
             self.api_down = False
             self._warn("Prefect Variables readable again")
-        for switch, value in raw.items():
-            self.from_variables[switch] = self._parse(switch, value)
+        if reading.values is not None:  # the last successful reading, kept through an outage
+            for switch, value in reading.values.items():
+                self.from_variables[switch] = self._parse(switch, value)
 
     def _parse(self, switch: Switch, value: object) -> bool:
         if value is None:  # not created (or deleted in the UI): off
@@ -218,6 +224,8 @@ class BotControls:
         return found
 
 
-def bot_controls(settings: Settings, logger: Logger | None = None) -> BotControls:
+def bot_controls(
+    settings: Settings, variables: Callable[[], VariableReading], logger: Logger | None = None
+) -> BotControls:
     """The controls callable the trading-bot flow gives its TradingBot (bot.controls)."""
-    return BotControls(settings, logger=logger)
+    return BotControls(settings, variables, logger=logger)

@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from trader.bot import TradingBot
+from trader.ledger.lease import LeaseHeld
 
 
+def retry_unless_lease_held(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry a broker or ledger hiccup; never a held lease (another bot trades the account: a retry changes nothing)."""
+    return not isinstance(state.data, LeaseHeld)
+
+
+# Retries are safe: start() acquires the lease before anything else and refuses (LeaseHeld) with nothing written;
+# a failed attempt gives its lease back (stop), so the retry, a new holder instance, is not refused by its own lease;
+# an unfinished recovery is run again from the ledger by the next attempt.
 @task(
     name="reconcile-before-trading",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_unless_lease_held,
     timeout_seconds=120,
     tags=["broker", "ledger"],
     cache_policy=NO_CACHE,
 )
-def reconcile_before_trading(bot: TradingBot, flow_run_id: str | None) -> str:
-    """Reconcile open orders and positions with the broker, then open the trading session."""
-    report = bot.start(flow_run_id=flow_run_id)
+def reconcile_before_trading(bot: TradingBot, flow_run_id: str | None, flow_run_url: str | None = None) -> str:
+    """Take the account's lease, reconcile open orders and positions with the broker, open the trading session."""
+    try:
+        report = bot.start(flow_run_id=flow_run_id, flow_run_url=flow_run_url)
+    except LeaseHeld:
+        raise
+    except Exception as error:
+        bot.stop("crashed", note=f"start failed: {type(error).__name__}: {error}")
+        raise
     return report.summary() if report else "dry-run: no reconciliation"

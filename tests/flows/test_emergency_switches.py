@@ -1,4 +1,4 @@
-"""The kill switch and reduce-only as Prefect Variables on a real Prefect server, read by the bot every cycle."""
+"""The kill switch and reduce-only as Prefect Variables on a real Prefect server, applied by the bot every cycle."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.embedded import prefect_env, spawn, stop_children, wait_for_api
-from flows.switches import BotControls, SwitchVariables, parse_switch
+from flows.orchestrator import OrchestratorPoller
+from flows.switches import BotControls, parse_switch
 from tests.flows.conftest import ROOT, free_port
 from trader.bot import TradingBot
 from trader.brokers.simulated import SimulatedExchange
@@ -67,6 +68,14 @@ def clean_variables(prefect_server: dict[str, str]) -> Iterator[None]:
 
 
 @pytest.fixture
+def poller(prefect_server: dict[str, str]) -> Iterator[OrchestratorPoller]:
+    """The bot's background reader of the Variables, polling fast so a test waits for one poll, not a timer."""
+    poller = OrchestratorPoller(None, interval_seconds=0.1).start()
+    yield poller
+    poller.close()
+
+
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return load_settings(profile="dev", state_dir=tmp_path / "state", log_dir=tmp_path / "logs", broker="simulated")
 
@@ -85,15 +94,16 @@ def paper_bot(settings: Settings, controls: BotControls) -> TradingBot:
     return bot
 
 
-def test_kill_switch_variable_stops_new_orders_at_the_next_cycle_and_trading_resumes_when_cleared(
-    clean_variables: None, settings: Settings
+def test_kill_switch_variable_stops_new_orders_at_the_next_cycle_after_a_poll_and_trading_resumes_when_cleared(
+    clean_variables: None, settings: Settings, poller: OrchestratorPoller
 ) -> None:
     @flow(name="kill-switch-variable-test")
     def trade_while_the_operator_flips_the_variable() -> list[tuple[int, int]]:
-        bot = paper_bot(settings, BotControls(settings))
+        bot = paper_bot(settings, BotControls(settings, poller.variables))
         sent: list[tuple[int, int]] = []
         for value in (False, True, "1", "off"):
             set_variable("kill_switch", value)
+            assert poller.wait_for_poll(10)
             report = bot.run_cycle()
             sent.append((len(report.orders), bot.risk.counters["kill_switch"]))
         bot.stop()
@@ -105,11 +115,14 @@ def test_kill_switch_variable_stops_new_orders_at_the_next_cycle_and_trading_res
     assert sent == [(1, 0), (0, 1), (0, 2), (1, 2)]
 
 
-def test_reduce_only_variable_typed_by_hand_refuses_buys(clean_variables: None, settings: Settings) -> None:
+def test_reduce_only_variable_typed_by_hand_refuses_buys(
+    clean_variables: None, settings: Settings, poller: OrchestratorPoller
+) -> None:
     @flow(name="reduce-only-variable-test")
     def trade_with_reduce_only_on() -> tuple[int, int]:
-        bot = paper_bot(settings, BotControls(settings))
+        bot = paper_bot(settings, BotControls(settings, poller.variables))
         set_variable("reduce_only", "ON")
+        assert poller.wait_for_poll(10)
         report = bot.run_cycle()
         bot.stop()
         return len(report.orders), bot.risk.counters["reduce_only"]
@@ -118,10 +131,11 @@ def test_reduce_only_variable_typed_by_hand_refuses_buys(clean_variables: None, 
 
 
 def test_a_switch_turned_on_is_logged_once_with_its_source(
-    clean_variables: None, settings: Settings, caplog: pytest.LogCaptureFixture
+    clean_variables: None, settings: Settings, poller: OrchestratorPoller, caplog: pytest.LogCaptureFixture
 ) -> None:
-    controls = BotControls(settings)
+    controls = BotControls(settings, poller.variables)
     set_variable("kill_switch", True)
+    assert poller.wait_for_poll(10)
 
     with caplog.at_level(logging.WARNING, logger="perps_bot.switches"):
         first, second = controls(), controls()
@@ -131,11 +145,14 @@ def test_a_switch_turned_on_is_logged_once_with_its_source(
     assert messages == ["kill switch ON (Prefect Variable kill_switch)"]
 
 
-def test_the_flag_file_and_the_variable_both_count(clean_variables: None, settings: Settings) -> None:
-    controls = BotControls(settings)
+def test_the_flag_file_and_the_variable_both_count(
+    clean_variables: None, settings: Settings, poller: OrchestratorPoller
+) -> None:
+    controls = BotControls(settings, poller.variables)
     settings.state_dir.mkdir(parents=True)
     (settings.state_dir / "REDUCE_ONLY").touch()
     set_variable("kill_switch", False)
+    assert poller.wait_for_poll(10)
 
     assert controls() == RiskControls(kill_switch=False, reduce_only=True)
     assert controls.sources("reduce_only") == [f"flag file {settings.state_dir / 'REDUCE_ONLY'}"]
@@ -166,17 +183,20 @@ def test_prefect_api_going_away_keeps_the_last_values_and_warns_once(
     api_url, server = own_prefect_server
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         set_variable("kill_switch", True)
-        controls = BotControls(settings, SwitchVariables(timeout_seconds=2), retry_seconds=0)
-        assert controls().kill_switch
+        poller = OrchestratorPoller(None, interval_seconds=0.2, timeout_seconds=1, api_url=api_url).start()
+        controls = BotControls(settings, poller.variables)
+        assert poller.wait_for_poll(10) and controls().kill_switch
 
         stop_children([server], grace=20)
+        assert poller.wait_for_poll(10) and poller.api_down
         with caplog.at_level(logging.WARNING, logger="perps_bot.switches"):
             started = time.monotonic()
             during = [controls() for _ in range(3)]
             elapsed = time.monotonic() - started
+        poller.close()
 
     assert all(c.kill_switch for c in during), "an outage turned the kill switch off"
-    assert elapsed < 10, f"three cycles took {elapsed:.1f} s while the API was down"
+    assert elapsed < 0.1, f"three cycles' controls took {elapsed:.2f} s while the API was down"
     outage = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(outage) == 1 and "keeping the last values (kill_switch=ON, reduce_only=OFF)" in outage[0]
 
@@ -204,7 +224,10 @@ def test_parse_switch_understands_values_typed_in_the_ui(value: object, expected
     assert parse_switch(value) is expected
 
 
-def test_an_unrecognised_variable_value_counts_as_on(clean_variables: None, settings: Settings) -> None:
+def test_an_unrecognised_variable_value_counts_as_on(
+    clean_variables: None, settings: Settings, poller: OrchestratorPoller
+) -> None:
     set_variable("kill_switch", "maybe")
+    assert poller.wait_for_poll(10)
 
-    assert BotControls(settings)().kill_switch
+    assert BotControls(settings, poller.variables)().kill_switch
