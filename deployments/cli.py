@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "up", "checkpoint", "drill", "metrics", *EMERGENCY_COMMANDS],
+        choices=["run", "up", "status", "checkpoint", "drill", "metrics", *EMERGENCY_COMMANDS],
         default="run",
         help="run (default): the bot or the order tooling; up: the embedded stack; checkpoint: list|create|restore; "
         "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]; "
@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
             configure_logging(settings.log_file, stderr=False)  # the recovery lines land in perps_bot.log
             return drill_command(settings, args.action or "", args.keys)
+        if args.command == "status":
+            from deployments.status import status_command
+
+            return status_command(settings, args)
         if args.command == "metrics":
             return serve_metrics_file(settings, args)
         if args.command == "checkpoint":

@@ -183,6 +183,37 @@ def reap_adopted(managed: set[int]) -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
+LOGGING_MARK = "# written by perps-bot up: console logging that survives a dead runner (delete to customise)"
+
+
+def write_logging_config(home: Path) -> None:
+    """PREFECT_HOME/logging.yml for every process of the stack: Prefect's own, with a plain console handler.
+
+    A flow run's stderr is a pipe to the runner. When the runner dies, Prefect's rich console handler meets
+    BrokenPipeError and rich answers with SystemExit(1): the bot would crash with its runner. logging.StreamHandler
+    swallows the error instead, and the bot trades on until a new runner is up. A file without our mark is kept.
+    """
+    import importlib.util
+
+    import yaml
+
+    # Found without importing prefect: an import here would freeze Prefect's settings before PREFECT_API_URL is set.
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.submodule_search_locations
+    default = Path(next(iter(spec.submodule_search_locations))) / "logging" / "logging.yml"
+    path = home / "logging.yml"
+    if path.exists() and not path.read_text().startswith(LOGGING_MARK):
+        return
+    config = yaml.safe_load(default.read_text())
+    config["handlers"]["console"] = {
+        "level": 0,
+        "class": "logging.StreamHandler",
+        "formatter": "standard",
+        "stream": "ext://sys.stderr",
+    }
+    path.write_text(f"{LOGGING_MARK}\n{yaml.safe_dump(config, sort_keys=False)}")
+
+
 class StopRequested(BaseException):
     """The first SIGTERM or SIGINT to `up`: unwinds whatever `up` is doing into the ordered stop."""
 
@@ -242,6 +273,9 @@ class EmbeddedStack:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
         self.home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        # This process's own Prefect client (start_bot_run) reads its settings once, at the first prefect import.
+        os.environ.update({name: self.env[name] for name in ("PREFECT_API_URL", "PREFECT_HOME")})
+        write_logging_config(self.home)
         if not become_subreaper():
             self._log("[yellow]not a child subreaper here: a flow run orphaned by a dead runner may outlive up[/]")
         code = 0

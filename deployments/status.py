@@ -1,0 +1,273 @@
+"""perps-bot status: one line per part of the stack; exit 0 all healthy, 1 degraded, 2 nothing reachable.
+
+Every probe has a timeout of a few seconds, so a stopped or paused Prefect server never hangs the command. The
+server is the one named by PREFECT_API_URL, else the embedded stack's (var/prefect/up.json, written by
+`perps-bot up`), else 127.0.0.1:4200. The bot is judged from what it writes itself (heartbeat file, ledger lease),
+so status still tells a trading bot from a dead one while the orchestrator is away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from rich.console import Console
+from rich.text import Text
+
+from deployments.embedded import BOT_DEPLOYMENT, FINAL_STATES, UP_FILE, api_json, pid_alive
+from trader.settings import Settings
+
+out = Console(highlight=False)
+Level = Literal["OK", "WARN", "DOWN", "--"]
+STYLES: dict[Level, str] = {"OK": "green", "WARN": "yellow", "DOWN": "red", "--": "dim"}
+TIMEOUT_SECONDS = 2.5
+RUNNER_POLL_STALE_SECONDS = 60.0
+EXIT_HEALTHY, EXIT_DEGRADED, EXIT_NOTHING = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Line:
+    """One part's verdict: OK, WARN (degraded), DOWN, or -- (not applicable here)."""
+
+    part: str
+    level: Level
+    text: str
+
+
+@dataclass
+class Probe:
+    """What the probes found, for the exit code: is anything of the stack reachable or alive?"""
+
+    server_up: bool = False
+    bot_alive: bool = False
+
+
+def status_command(settings: Settings, args: argparse.Namespace | None = None) -> int:
+    """Print one line per part and return 0 healthy, 1 degraded, 2 nothing reachable."""
+    lines, probe = collect(settings, Path.cwd(), os.environ.get("PREFECT_API_URL"))
+    for line in lines:
+        out.print(
+            Text.assemble(f"{line.part:<10}", (f"{line.level:<5}", STYLES[line.level]), " ", line.text),
+            soft_wrap=True,
+        )
+    return exit_code(lines, probe)
+
+
+def exit_code(lines: list[Line], probe: Probe) -> int:
+    """2 when neither the server nor a live bot answers, 0 when every part is OK (or not applicable), else 1."""
+    if not probe.server_up and not probe.bot_alive:
+        return EXIT_NOTHING
+    return EXIT_HEALTHY if all(line.level in ("OK", "--") for line in lines) else EXIT_DEGRADED
+
+
+def collect(settings: Settings, root: Path, env_api_url: str | None) -> tuple[list[Line], Probe]:
+    """Probe the server, runner, bot run, lease, last cycle, guards and incidents."""
+    up = read_up_file(root)
+    up_alive = up is not None and isinstance(up.get("pid"), int) and pid_alive(up["pid"])
+    api_url = (env_api_url or (up or {}).get("api_url") or "http://127.0.0.1:4200/api").rstrip("/")
+    probe = Probe()
+    lines = [server_line(api_url, up if up_alive else None, probe)]
+    deployment = _get(f"{api_url}/deployments/name/{quote(BOT_DEPLOYMENT)}") if probe.server_up else None
+    lines.append(runner_line(deployment, up if up_alive else None, probe))
+    lines.append(bot_run_line(api_url, deployment, up if up_alive else None, probe))
+    heartbeat = read_heartbeat(_under(root, settings.state_dir) / "heartbeat.json")
+    lines.extend(ledger_lines(settings, root, probe))
+    lines.append(cycle_line(settings, heartbeat, probe))
+    lines.append(guards_line(heartbeat))
+    # The incidents line came from ledger_lines; keep it last, as an operator reads top-down to "what is open".
+    lines.sort(key=lambda line: line.part == "incidents")
+    return lines, probe
+
+
+# --- Prefect ----------------------------------------------------------------------------------------------------
+
+
+def server_line(api_url: str, up: dict[str, Any] | None, probe: Probe) -> Line:
+    try:
+        api_json(f"{api_url}/health", timeout=TIMEOUT_SECONDS)
+        version = api_json(f"{api_url}/admin/version", timeout=TIMEOUT_SECONDS)
+    except (OSError, ValueError) as error:
+        return Line("server", "DOWN", f"{api_url}: {_reason(error)}")
+    probe.server_up = True
+    restarts = (up or {}).get("restarts", {}).get("server", 0)
+    again = f", restarted {restarts}x by perps-bot up" if restarts else ""
+    return Line("server", "OK", f"{api_url} (Prefect {version}){again}")
+
+
+def runner_line(deployment: dict[str, Any] | None, up: dict[str, Any] | None, probe: Probe) -> Line:
+    pid = (up or {}).get("runner_pid")
+    process = f"pid {pid}" if pid else None
+    if up is not None and not (isinstance(pid, int) and pid_alive(pid)):
+        return Line("runner", "DOWN", "not running (perps-bot up restarts it)")
+    if not probe.server_up:
+        return Line("runner", "--" if process else "DOWN", f"{process or 'unknown'}; deployments unknown (no server)")
+    if deployment is None:
+        return Line("runner", "WARN", f"{BOT_DEPLOYMENT} is not registered (is deployments.serve_all running?)")
+    polled = _age(deployment.get("last_polled"))
+    state = str(deployment.get("status") or "unknown").lower()
+    seen = f"polled {polled:.0f} s ago" if polled is not None else "never polled"
+    text = ", ".join(p for p in (process, f"{BOT_DEPLOYMENT} {state}", seen) if p)
+    fresh = polled is not None and polled <= RUNNER_POLL_STALE_SECONDS
+    return Line("runner", "OK" if fresh else "WARN", text)
+
+
+def bot_run_line(api_url: str, deployment: dict[str, Any] | None, up: dict[str, Any] | None, probe: Probe) -> Line:
+    if not probe.server_up:
+        return Line("bot run", "--", "unknown (no server)")
+    run = None
+    if up is not None and up.get("flow_run_id"):
+        run = _get(f"{api_url}/flow_runs/{up['flow_run_id']}")
+    if run is None and deployment is not None:
+        found = _post(
+            f"{api_url}/flow_runs/filter",
+            {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "sort": "START_TIME_DESC", "limit": 1},
+        )
+        run = found[0] if isinstance(found, list) and found else None
+    if run is None:
+        return Line("bot run", "WARN", f"no {BOT_DEPLOYMENT} run")
+    state = run.get("state") or {}
+    kind = str(state.get("type") or "UNKNOWN")
+    url = f"{_ui_url(api_url)}/runs/flow-run/{run['id']}"
+    level: Level = "OK" if kind == "RUNNING" else "WARN"
+    done = " (final)" if kind in FINAL_STATES else ""
+    return Line("bot run", level, f"{state.get('name') or kind.title()}{done} {url}")
+
+
+def _ui_url(api_url: str) -> str:
+    ui = os.environ.get("PREFECT_UI_URL")
+    return ui.rstrip("/") if ui else api_url.removesuffix("/api")
+
+
+# --- the bot's own records ------------------------------------------------------------------------------------
+
+
+def ledger_lines(settings: Settings, root: Path, probe: Probe) -> list[Line]:
+    """The lease line and the incidents line, from one read-only look at the ledger."""
+    url = settings.database_url
+    if url.startswith("sqlite:///") and not _under(root, Path(url.removeprefix("sqlite:///"))).exists():
+        where = url.removeprefix("sqlite:///")
+        return [Line("lease", "--", f"no ledger at {where}"), Line("incidents", "--", f"no ledger at {where}")]
+    from trader.ledger import Ledger
+
+    try:
+        ledger = Ledger(url, migrate=False)
+    except Exception as error:  # any driver error: the ledger is the part that is down
+        return [Line("lease", "DOWN", f"ledger: {_reason(error)}"), Line("incidents", "DOWN", "ledger unreachable")]
+    try:
+        return [lease_line(ledger, settings.account, probe), incidents_line(ledger)]
+    except Exception as error:
+        return [Line("lease", "DOWN", f"ledger: {_reason(error)}"), Line("incidents", "DOWN", "ledger unreachable")]
+    finally:
+        ledger.dispose()
+
+
+def lease_line(ledger: Any, account: str, probe: Probe) -> Line:
+    if not hasattr(ledger, "current_lease"):
+        return Line("lease", "--", "this ledger has no account leases")
+    lease = ledger.current_lease(account)
+    if lease is None:
+        return Line("lease", "WARN", f"account {account}: no bot has held the lease")
+    age = lease.seconds_since_renewal()
+    text = f"account {account}: {lease.holder.describe()}, renewed {age:.1f} s ago (TTL {lease.ttl_seconds:g} s)"
+    if lease.expired():
+        return Line("lease", "WARN", f"expired: {text}")
+    probe.bot_alive = True
+    return Line("lease", "OK", text)
+
+
+def incidents_line(ledger: Any) -> Line:
+    incidents = ledger.open_incidents()
+    if not incidents:
+        return Line("incidents", "OK", "none open")
+    shown = "; ".join(f"#{i.id} {i.severity} {i.title}" for i in incidents[-3:])
+    more = f" (newest 3 of {len(incidents)})" if len(incidents) > 3 else ""
+    return Line("incidents", "WARN", f"{len(incidents)} open{more}: {shown}")
+
+
+def read_heartbeat(path: Path) -> dict[str, Any] | None:
+    """The bot's heartbeat file, or None when there is none (or it is being replaced right now)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stale_after(settings: Settings) -> float:
+    """A heartbeat older than three of the bot's heartbeat periods (plus slack) means it stopped cycling."""
+    return 3 * max(settings.cycle_interval_seconds, settings.heartbeat_interval_seconds) + 5
+
+
+def cycle_line(settings: Settings, heartbeat: dict[str, Any] | None, probe: Probe) -> Line:
+    if heartbeat is None or not isinstance(heartbeat.get("wall_time"), int | float):
+        return Line("cycle", "DOWN", f"no heartbeat file in {settings.state_dir}")
+    age = time.time() - float(heartbeat["wall_time"])
+    detail = f"cycle {heartbeat.get('cycles')}, market time {heartbeat.get('market_time')}"
+    if age > stale_after(settings):
+        return Line("cycle", "DOWN", f"last cycle {age:.0f} s ago ({detail}); the bot is not cycling")
+    probe.bot_alive = True
+    return Line("cycle", "OK", f"last cycle {age:.1f} s ago ({detail})")
+
+
+def guards_line(heartbeat: dict[str, Any] | None) -> Line:
+    if heartbeat is None:
+        return Line("guards", "--", "no heartbeat file")
+    trading = str(heartbeat.get("trading_state") or "unknown")
+    guards = heartbeat.get("guards") or {}
+    raised = [f"{name} {g.get('level')}" for name, g in sorted(guards.items()) if g.get("level") not in (None, "ok")]
+    text = f"{trading}; {len(guards)} guard(s), " + (", ".join(raised) if raised else "all ok")
+    return Line("guards", "OK" if trading == "trading" and not raised else "WARN", text)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def read_up_file(root: Path) -> dict[str, Any] | None:
+    """var/prefect/up.json of a `perps-bot up` started in root, or None."""
+    try:
+        data = json.loads((root / UP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _get(url: str) -> dict[str, Any] | None:
+    try:
+        data = api_json(url, timeout=TIMEOUT_SECONDS)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _post(url: str, body: dict[str, Any]) -> list[Any] | None:
+    try:
+        data = api_json(url, body, timeout=TIMEOUT_SECONDS)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, list) else None
+
+
+def _age(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (datetime.now(UTC) - (at if at.tzinfo else at.replace(tzinfo=UTC))).total_seconds()
+
+
+def _under(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
+
+
+def _reason(error: BaseException) -> str:
+    reason = getattr(error, "reason", None)  # urllib wraps the socket error
+    return str(reason or error).splitlines()[0][:200] or type(error).__name__
