@@ -122,7 +122,9 @@ def telemetry_freshness(ledger: Ledger, now: datetime) -> CheckResult:
     status: Status = "fail" if age > HEARTBEAT_FAIL else "warn" if age > HEARTBEAT_WARN else "pass"
     market = newest.last_market_time
     market_text = f" (market time {_utc(market):%Y-%m-%d %H:%M} UTC)" if market is not None else ""
-    ended = f", session {newest.status}" if newest.ended_at is not None else ""
+    ended = ""
+    if newest.ended_at is not None:  # nothing is trading: say why the last session ended
+        ended = f", session {newest.status}" + (f" ({newest.note})" if newest.note else "")
     return CheckResult(
         "telemetry freshness",
         status,

@@ -64,12 +64,14 @@ def test_telemetry_freshness_of_a_stopped_bot_fails_and_names_the_session_state(
     ledger = Ledger(sqlite_url)
     session = ledger.start_session("dev", "simulated", "paper", at=NOW - timedelta(hours=5))
     ledger.heartbeat(session, 7, MARKET_TIME, at=NOW - timedelta(hours=3))
-    ledger.end_session(session, "stopped", at=NOW - timedelta(hours=3))
+    ledger.end_session(session, "stopped", "SIGTERM from the runner", at=NOW - timedelta(hours=3))
 
     result = daily.telemetry_freshness(ledger, NOW)
 
     assert result.status == "fail"
-    assert result.evidence == "heartbeat 3.0 h ago (market time 2024-03-01 12:00 UTC), 7 cycles, session stopped"
+    assert result.evidence == (
+        "heartbeat 3.0 h ago (market time 2024-03-01 12:00 UTC), 7 cycles, session stopped (SIGTERM from the runner)"
+    )
 
 
 @pytest.mark.parametrize(
