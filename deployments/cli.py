@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -17,9 +19,11 @@ from rich.table import Table
 
 from trader.domain import OrderRequest, OrderType, Side, TimeInForce
 from trader.errors import ConfigError, OrderRejected, TraderError
+from trader.ledger.lease import LeaseHeld
 from trader.settings import PROFILES, Settings, load_settings
 
 if TYPE_CHECKING:
+    from trader.orders.path import OrderPath
     from trader.risk.emergency import CancelResult, Switch, SwitchChange
     from trader.state.checkpoints import CheckpointStore
 
@@ -76,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a full cycle, send nothing, print what would be sent; with checkpoint restore: write nothing",
     )
     mode.add_argument("--reduce-only", action="store_true", help="only orders that shrink positions")
+    mode.add_argument(
+        "--standby",
+        action="store_true",
+        help="warm standby: wait for the account's lease and take over when the running bot stops or dies",
+    )
     mode.add_argument("--cycles", type=int, help="stop after this many cycles")
     mode.add_argument("--interval", type=float, help="seconds between cycles (default from the profile)")
     mode.add_argument(
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.preview_order or args.place_order:
             return preview_order(settings, args)
         return run_bot(settings, args)
-    except (ConfigError, OrderRejected) as error:
+    except (ConfigError, OrderRejected, LeaseHeld) as error:
         print(f"perps-bot: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TraderError as error:
@@ -175,10 +184,15 @@ def run_bot(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.cycles is not None and args.cycles < 1:
         raise ConfigError(f"--cycles: must be at least 1 (got {args.cycles})")
+    if args.standby and (args.dev_fast or args.dry_run):
+        flag = "--dev-fast" if args.dev_fast else "--dry-run"
+        raise ConfigError(f"--standby: not with {flag} (a standby waits to take over a running bot; drop one of them)")
     configure_logging(settings.log_file)
     bot = build_bot(settings, mode="dry_run" if args.dry_run else None)
     cycles = 1 if (args.dev_fast or args.dry_run) else args.cycles
     one_shot = args.dev_fast or args.dry_run
+    # The lease first: a second bot on a held account stops here, before the exporter or any recovery.
+    bot.take_lease(lease_wait_seconds=float("inf") if args.standby else 0.0)
     # A one-cycle smoke run writes --metrics-file but does not take the exporter's port from a running bot.
     exporter = start_metrics(settings.model_copy(update={"metrics_enabled": False}) if one_shot else settings, bot)
     if exporter is not None:
@@ -528,12 +542,13 @@ def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cancel_all(settings: Settings) -> CancelResult:
     from trader.ledger import Ledger
-    from trader.risk.emergency import cancel_all
+    from trader.risk.emergency import cancel_all, operator_override
     from trader.runtime import build_broker
 
     broker, ledger = build_broker(settings), Ledger(settings.database_url)
     try:
-        return cancel_all(broker, ledger)
+        with operator_override(ledger, settings, "cancel-all"):
+            return cancel_all(broker, ledger)
     finally:
         ledger.dispose()
 
@@ -688,21 +703,61 @@ def preview_order(settings: Settings, args: argparse.Namespace) -> int:
     request = _order_request(args)
     broker = build_broker(settings)
     broker.validate(request)  # bad input stops here: nothing previewed, sent or written
+    position = Decimal(0)
+    if args.place_order:  # then the controls: a refused order is never previewed, sent or written
+        from trader.bot import read_controls
+        from trader.orders.path import check_controls
+
+        controls = read_controls(settings)
+        position = _position(broker, request.symbol) if controls.reduce_only and not controls.kill_switch else position
+        check_controls(request, position, controls)
+        position = _position(broker, request.symbol)
     preview = broker.preview_order(request)
     _print_preview(preview)
     if not args.place_order:
         return 0 if not preview.errors else 1
     if preview.errors:
         raise OrderRejected(f"not placed: {'; '.join(preview.errors)}")
+    with _manual_order_path(settings, broker, "--place-order") as path:
+        outcome = path.send(request, position=position)
+    order = outcome.order
+    if order is None:
+        out.print(f"not placed: {outcome.status}: {outcome.reason} (client_order_id={request.client_order_id})")
+        return 1
+    out.print(f"placed: order_id={order.order_id} client_order_id={order.client_order_id} status={order.status}")
+    return 0 if outcome.accepted else 1
+
+
+def _position(broker, symbol: str) -> Decimal:
+    """The broker's position in symbol (the truth the reduce-only check needs)."""
+    return next((p.quantity for p in broker.positions() if p.symbol == symbol), Decimal(0))
+
+
+@contextmanager
+def _manual_order_path(settings: Settings, broker, command: str) -> Iterator[OrderPath]:
+    """The one order path for manual tooling, under the account's lease: refused in one line while a bot holds
+    it (the emergency commands are the operator's override), released when the command is done."""
+    from trader.bot import read_controls
     from trader.ledger import Ledger
+    from trader.ledger.lease import Holder
+    from trader.orders.path import OrderPath
 
     ledger = Ledger(settings.database_url)
-    ledger.record_pending(request, None, broker.now())
-    order = broker.place_order(request)
-    ledger.apply_order(order)
-    ledger.record_fills(broker.list_fills())
-    out.print(f"placed: order_id={order.order_id} client_order_id={order.client_order_id} status={order.status}")
-    return 0
+    try:
+        try:
+            lease = ledger.acquire_lease(settings.account, Holder.this_process("manual"), settings.lease_ttl_seconds)
+        except LeaseHeld as held:
+            hint = (
+                f"{command} refused while a bot trades this account (nothing sent or written); stop the bot first, "
+                "or use the emergency commands (kill-switch, reduce-only, cancel-all, flatten), which override it"
+            )
+            raise LeaseHeld(held.lease, hint) from None
+        try:
+            yield OrderPath(broker, ledger, controls=lambda: read_controls(settings), fence=lambda: lease.fence)
+        finally:
+            ledger.release_lease(lease.fence, f"{command} done")
+    finally:
+        ledger.dispose()
 
 
 def apply_order_edit(settings: Settings, spec: str) -> int:
@@ -712,7 +767,8 @@ def apply_order_edit(settings: Settings, spec: str) -> int:
     order_id, sep, preview_id = spec.partition(":")
     if not sep or not order_id or not preview_id:
         raise ConfigError(f"--apply-order-edit: expected ORDER_ID:PREVIEW_ID (got {spec!r})")
-    order = build_broker(settings).apply_edit(order_id, preview_id)
+    with _manual_order_path(settings, build_broker(settings), "--apply-order-edit") as path:
+        order = path.edit(order_id, preview_id)
     out.print(
         f"edited: order_id={order.order_id} quantity={order.quantity} limit_price={order.limit_price} "
         f"status={order.status}"

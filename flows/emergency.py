@@ -111,7 +111,7 @@ def _set_switch(settings: Settings, switch: Switch, enabled: bool, reason: str) 
 def _cancel_all(settings: Settings) -> CancelResult:
     broker, ledger = build_broker(settings), Ledger(settings.database_url)
     try:
-        result = cancel_all_orders(broker, ledger)
+        result = cancel_all_orders(broker, ledger, settings)
     finally:
         ledger.dispose()
     get_run_logger().warning(result.summary())

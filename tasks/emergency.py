@@ -18,6 +18,7 @@ from trader.risk.emergency import (
     cancel_all,
     flatten,
     open_incident,
+    operator_override,
     resolve_incidents,
     set_switch,
 )
@@ -59,9 +60,11 @@ def set_prefect_variable(switch: Switch, enabled: bool) -> SwitchChange:
     tags=["emergency", "broker", "ledger"],
     cache_policy=NO_CACHE,
 )
-def cancel_all_orders(broker: Broker, ledger: Ledger) -> CancelResult:
-    """Every working order cancelled in batches of 100 (safe to retry: nothing left means nothing to do)."""
-    return cancel_all(broker, ledger)
+def cancel_all_orders(broker: Broker, ledger: Ledger, settings: Settings) -> CancelResult:
+    """Every working order cancelled in batches of 100, under the operator's override of the account's lease so a
+    running bot stands down before its next order (safe to retry: nothing left means nothing to do)."""
+    with operator_override(ledger, settings, "cancel-all"):
+        return cancel_all(broker, ledger)
 
 
 @task(

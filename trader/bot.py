@@ -192,8 +192,7 @@ class TradingBot:
     ) -> StartupReconciliation | None:
         """Take the account's lease (unless dry-run), then recover a crashed engine, reconcile with the broker and
         open the trading session. LeaseHeld, with nothing written, when a live bot holds the account."""
-        if self.mode != "dry_run":
-            self._acquire_lease(Holder.this_process("bot", flow_run_id, flow_run_url), lease_wait_seconds)
+        self.take_lease(flow_run_id, flow_run_url, lease_wait_seconds=lease_wait_seconds)
         if self.gate is not None:
             # Great Expectations takes seconds to import: load it beside start-up, not in the first cycle.
             threading.Thread(target=self.gate.warm_up, name="data-gate-warm-up", daemon=True).start()
@@ -282,6 +281,15 @@ class TradingBot:
         return RunSummary(done, self.orders_sent, self.fills_recorded, stopped_by)
 
     # --- the account lease ---------------------------------------------------------------------------------------
+
+    def take_lease(
+        self, flow_run_id: str | None = None, flow_run_url: str | None = None, *, lease_wait_seconds: float = 0.0
+    ) -> None:
+        """Hold the account's lease (not for a dry run, which sends nothing); LeaseHeld if a live bot has it after
+        lease_wait_seconds (inf: a warm standby). start() takes it when it is not held yet."""
+        if self.mode == "dry_run" or self.lease is not None:
+            return
+        self._acquire_lease(Holder.this_process("bot", flow_run_id, flow_run_url), lease_wait_seconds)
 
     def _acquire_lease(self, holder: Holder, wait_seconds: float) -> None:
         """Acquire, or wait up to wait_seconds (a standby: forever) for the lease to expire or its holder to die."""

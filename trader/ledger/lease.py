@@ -119,11 +119,11 @@ class LeaseEvent:
 class LeaseHeld(TraderError):
     """Another live holder has the account's lease; nothing was written."""
 
-    def __init__(self, lease: LeaseInfo) -> None:
+    def __init__(self, lease: LeaseInfo, hint: str | None = None) -> None:
         self.lease = lease
         super().__init__(
-            f"{lease.describe()}; it expires unless renewed within {lease.ttl_seconds:g} s. "
-            "Stop that bot first, or start this one with --standby to take over when it stops"
+            f"{lease.describe()}; "
+            + (hint or "stop that bot first, or start this one with --standby to take over when it stops or dies")
         )
 
 
@@ -239,9 +239,7 @@ def acquire(
                 _record(session, account, taken.token, "broken", holder.describe(), now, note)
                 return taken
         return acquire(session_factory, account, holder, ttl_seconds, now=now)  # someone else moved first
-    with session_factory() as session, session.begin():
-        _record(session, account, current.token, "refused", holder.describe(), now, current.describe(now))
-    raise LeaseHeld(current)
+    raise LeaseHeld(current)  # nothing written: the refused process prints one line and exits
 
 
 def renew(session_factory: Callable[[], Session], fence: Fence, ttl_seconds: float) -> LeaseInfo:

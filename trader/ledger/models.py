@@ -204,7 +204,7 @@ class AccountLease(LedgerModel, table=True):
 
 
 class LeaseEventRecord(LedgerModel, table=True):
-    """The lease's history: acquired, broken, override, released, lost, refused."""
+    """The lease's history: acquired, broken, override, released, lost."""
 
     __tablename__ = "lease_events"
 

@@ -107,17 +107,25 @@ class OrderPath:
         controls: RiskControls | None = None,
         emergency_exit: bool = False,
         dry_run: bool = False,
+        resume_pending: bool = False,
     ) -> OrderOutcome:
         """Send one order through every check; ControlRefused/OrderRejected before anything is written, LeaseLost
-        when the fence refuses the pending record (nothing sent)."""
+        when the fence refuses the pending record (nothing sent). resume_pending: a pending_submit row with this
+        client_order_id (recorded by an attempt that died before sending, and not on the broker) is sent as is."""
         check_controls(request, position, controls or self.controls(), emergency_exit=emergency_exit)
         self.broker.validate(request)
         if dry_run:
             return OrderOutcome(request, "dry_run", "dry run: nothing sent")
         session_id = self.session_id()
-        # Record first, then send: a crash in between leaves a pending_submit row that startup
-        # reconciliation resolves by client_order_id, so no order is ever sent twice or lost.
-        self.ledger.record_pending(request, session_id, self.broker.now(), fence=self.fence())
+        fence = self.fence()
+        recorded = self.ledger.get_order(request.client_order_id) if resume_pending else None
+        if recorded is not None and recorded.status == OrderStatus.PENDING_SUBMIT:
+            if fence is not None:
+                self.ledger.check_lease(fence)
+        else:
+            # Record first, then send: a crash in between leaves a pending_submit row that startup
+            # reconciliation resolves by client_order_id, so no order is ever sent twice or lost.
+            self.ledger.record_pending(request, session_id, self.broker.now(), fence=fence)
         try:
             order = self._place(request)
         except OrderRejected as error:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,8 +29,11 @@ from typing import Literal
 from trader.brokers.base import Broker
 from trader.brokers.rules import fmt
 from trader.domain import Order, OrderRequest, OrderStatus, OrderType, Side, quantize_down
-from trader.errors import BrokerUnavailable, OrderRejected, TraderError
+from trader.errors import OrderRejected, TraderError
 from trader.ledger import Ledger
+from trader.ledger.lease import Holder, LeaseInfo
+from trader.orders.path import OrderPath
+from trader.risk.guards import RiskControls
 from trader.settings import Settings
 
 log = logging.getLogger("perps_bot.emergency")
@@ -88,6 +93,27 @@ def resolve_incidents(settings: Settings, procedures: list[str]) -> list[str]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@contextmanager
+def operator_override(ledger: Ledger, settings: Settings, procedure: str) -> Iterator[LeaseInfo]:
+    """An emergency procedure takes the account's lease from whoever holds it, recorded in the lease history, so a
+    running bot stands down before its next order (its renewal or its next pending write finds a newer token);
+    released when the procedure ends, so a restarted or standby bot can take the account again."""
+    lease, replaced = ledger.override_lease(
+        settings.account, Holder.this_process("operator"), settings.lease_ttl_seconds, f"emergency {procedure}"
+    )
+    if replaced is not None and not replaced.expired() and replaced.holder.kind == "bot":
+        log.warning(
+            "emergency %s: operator override of account %s; the running %s stands down before its next order",
+            procedure,
+            settings.account,
+            replaced.holder.describe(),
+        )
+    try:
+        yield lease
+    finally:
+        ledger.release_lease(lease.fence, f"emergency {procedure} done")
 
 
 # --- switches -----------------------------------------------------------------------------------------------------
@@ -337,28 +363,38 @@ def flatten(
         raise ValueError("flatten needs a request_id (the same one for a retry of the same flatten)")
     at = at or broker.now()
     reduce_only = set_switch(settings, "reduce_only", True, reason=f"flatten {request_id}")
-    result = FlattenResult(request_id, reduce_only, cancel_all(broker, ledger, at=at, reason="cancelled by flatten"))
-    wanted = list(dict.fromkeys(s.upper() for s in symbols))
-    held = {p.symbol: p.quantity for p in broker.positions()}
-    for symbol, quantity in sorted(held.items()):
-        if symbol not in wanted and quantity != 0:
-            result.skipped.append(SkippedPosition(symbol, quantity, "not in the symbols to flatten"))
-    for symbol in wanted:
-        exit_order = _exit(broker, ledger, symbol, held.get(symbol, Decimal(0)), request_id, at, result)
-        if exit_order is not None:
-            result.exits.append(exit_order)
-    result.fills_recorded = _record_exit_fills(broker, ledger, result, at)
+    with operator_override(ledger, settings, "flatten") as lease:
+        cancelled = cancel_all(broker, ledger, at=at, reason="cancelled by flatten")
+        result = FlattenResult(request_id, reduce_only, cancelled)
+        wanted = list(dict.fromkeys(s.upper() for s in symbols))
+        held = {p.symbol: p.quantity for p in broker.positions()}
+        for symbol, quantity in sorted(held.items()):
+            if symbol not in wanted and quantity != 0:
+                result.skipped.append(SkippedPosition(symbol, quantity, "not in the symbols to flatten"))
+        # The one order path; the exits are the only orders it lets through with the kill switch on.
+        path = OrderPath(broker, ledger, controls=lambda: _switches_now(settings), fence=lambda: lease.fence)
+        for symbol in wanted:
+            exit_order = _exit(broker, ledger, path, symbol, held.get(symbol, Decimal(0)), request_id, result)
+            if exit_order is not None:
+                result.exits.append(exit_order)
+    result.fills_recorded += _record_exit_fills(broker, ledger, result, at)
     log.warning("%s", result.summary())
     return result
+
+
+def _switches_now(settings: Settings) -> RiskControls:
+    from trader.bot import read_controls
+
+    return read_controls(settings)
 
 
 def _exit(
     broker: Broker,
     ledger: Ledger,
+    path: OrderPath,
     symbol: str,
     quantity: Decimal,
     request_id: str,
-    at: datetime,
     result: FlattenResult,
 ) -> ExitOrder | None:
     client_order_id = exit_client_order_id(request_id, symbol)
@@ -399,39 +435,23 @@ def _exit(
         )
         return None
     request = OrderRequest(symbol, Side.SELL, OrderType.MARKET, size, client_order_id, reduce_only=True)
-    try:
-        broker.validate(request)
+    try:  # a crashed attempt may have recorded it without sending: resume that pending row
+        outcome = path.send(request, position=quantity, emergency_exit=True, resume_pending=True)
     except OrderRejected as error:
         result.skipped.append(SkippedPosition(symbol, quantity, f"exit refused before sending: {error}"))
         return None
-    if ledger.get_order(client_order_id) is None:  # a crashed attempt may have recorded it without sending
-        ledger.record_pending(request, None, at)
+    result.fills_recorded += outcome.fills_recorded
     note = "sent" if size == quantity else f"sent; {fmt(quantity - size)} {product.base_currency} left (increments)"
-    # Same discipline as the bot: a refused order is marked failed; an unclear answer is looked up, never resent.
-    try:
-        order = broker.place_order(request)
-    except OrderRejected as error:
-        ledger.mark_failed(client_order_id, str(error), broker.now())
-        return ExitOrder(symbol, client_order_id, size, str(OrderStatus.FAILED), None, f"rejected: {error}")
-    except BrokerUnavailable as error:
-        log.error("flatten: %s: broker unavailable (%s); looking it up", client_order_id, error)
-        found = _lookup(broker, client_order_id)
-        if found is None:
-            status = str(OrderStatus.PENDING_SUBMIT)
-            return ExitOrder(symbol, client_order_id, size, status, None, "broker unreachable; left for reconciliation")
-        order = found
-    ledger.apply_order(order)
-    if order.status in (OrderStatus.REJECTED, OrderStatus.FAILED):
-        note = f"rejected: {order.reject_reason or 'no reason given'}"
-    log.warning("flatten: %s %s %s reduce-only market: %s", client_order_id, fmt(size), symbol, order.status)
-    return ExitOrder(symbol, client_order_id, size, str(order.status), order.order_id, note)
-
-
-def _lookup(broker: Broker, client_order_id: str) -> Order | None:
-    try:
-        return broker.find_order(client_order_id)
-    except BrokerUnavailable:
-        return None
+    if outcome.order is None:
+        if outcome.status == OrderStatus.PENDING_SUBMIT:
+            note = "broker unreachable; left for reconciliation"
+        else:
+            note = f"rejected: {outcome.reason}"
+        return ExitOrder(symbol, client_order_id, size, str(outcome.status), None, note)
+    if not outcome.accepted:
+        note = f"rejected: {outcome.order.reject_reason or 'no reason given'}"
+    log.warning("flatten: %s %s %s reduce-only market: %s", client_order_id, fmt(size), symbol, outcome.status)
+    return ExitOrder(symbol, client_order_id, size, str(outcome.status), outcome.order.order_id, note)
 
 
 def _record_exit_fills(broker: Broker, ledger: Ledger, result: FlattenResult, at: datetime) -> int:
