@@ -12,13 +12,16 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -82,8 +85,6 @@ def wait_for_api(port: int, timeout: float, process: subprocess.Popen | None = N
 
 
 def port_in_use(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
@@ -248,6 +249,7 @@ class EmbeddedStack:
     start_bot: bool
     root: Path
     run_id: str | None = None
+    adopted_pid: int | None = None
     stopping: str | None = None
     armed: bool = True
     parts: list[Part] = field(default_factory=list)
@@ -314,7 +316,7 @@ class EmbeddedStack:
             self._spawn(self.runner)
             _ensure_crash_automation(self.env)
             if self.start_bot:
-                self.run_id = start_bot_run(self.settings.profile, self.env)
+                self.run_id = self._live_bot_run() or start_bot_run(self.settings.profile, self.env)
         self._write_up_file()
         if self.run_id is not None:
             out.print(f"trading-bot running in paper mode: http://127.0.0.1:{self.port}/runs/flow-run/{self.run_id}")
@@ -377,13 +379,17 @@ class EmbeddedStack:
         """The bot between cycles, then the runner, then the server, then anything still below `up`."""
         deadline = time.monotonic() + STOP_BUDGET_SECONDS
         self._log(f"stopping ({self.stopping or 'exit'}): the bot between cycles, then the runner, then the server")
-        if self.run_id is not None and self.server.running() and api_healthy(self.port):
+        if self.server.running() and api_healthy(self.port):
+            # Every live bot run, not only the first: a crashed run may have been followed by a restart.
             try:
-                state = cancel_and_wait(self.run_id, timeout=20, api_url=self.api_url)
-                self._log(f"trading-bot run {self.run_id}: {state}")
-            except OSError as error:
+                for run_id in bot_runs(self.api_url, LIVE_STATES) or ([self.run_id] if self.run_id else []):
+                    state = cancel_and_wait(run_id, timeout=20, api_url=self.api_url)
+                    self._log(f"trading-bot run {run_id}: {state}")
+            except (OSError, ValueError) as error:
                 self._log(f"[yellow]could not cancel the trading-bot run through the API: {error}[/]")
         bots = self._flow_run_pids()
+        if self.adopted_pid is not None and pid_alive(self.adopted_pid):
+            bots.append(self.adopted_pid)
         if bots:
             # The bot takes SIGTERM as "stop between cycles" (flows/bot.py StopBetweenCycles).
             _signal(bots, signal.SIGTERM)
@@ -423,6 +429,40 @@ class EmbeddedStack:
         return [pid for pid in everything if pid not in server and pid != self.runner.pid]
 
     # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _live_bot_run(self) -> str | None:
+        """The trading-bot run still trading from an earlier `up` (its lease fresh, its run Running), if any.
+
+        Starting another would only be refused by the lease; the stack adopts the live one instead.
+        """
+        url = self.settings.database_url
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+            return None
+        from trader.ledger import Ledger
+
+        ledger = Ledger(url, migrate=False)
+        try:
+            lease = ledger.current_lease(self.settings.account)
+        except Exception:  # an old or empty ledger: nothing to adopt
+            return None
+        finally:
+            ledger.dispose()
+        if lease is None or lease.expired() or not lease.holder.flow_run_id:
+            return None
+        try:
+            run = api_json(f"{self.api_url}/flow_runs/{lease.holder.flow_run_id}")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(run, dict) or (run.get("state") or {}).get("type") != "RUNNING":
+            return None
+        self._log(
+            f"trading-bot run {run['id']} is still trading ({lease.holder.describe()}, renewed "
+            f"{lease.seconds_since_renewal():.0f} s ago): adopted, no second run started"
+        )
+        if lease.holder.host == socket.gethostname() and pid_alive(lease.holder.pid):
+            # Not below this `up`, but the bot of this folder's ledger and Prefect database: stopped with the stack.
+            self.adopted_pid = lease.holder.pid
+        return str(run["id"])
 
     def _spawn(self, part: Part) -> None:
         part.process = spawn(part.module_args, part.log_file, self.env, self.root)
@@ -469,6 +509,7 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+LIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED")
 
 
 def api_json(url: str, body: dict | None = None, timeout: float = 3) -> dict | list:
@@ -479,6 +520,25 @@ def api_json(url: str, body: dict | None = None, timeout: float = 3) -> dict | l
         return json.loads(response.read() or b"null")
 
 
+def bot_runs(api_url: str, states: tuple[str, ...] | None = None, limit: int = 20) -> list[str]:
+    """Ids of trading-bot/paper runs (in these states), newest first; [] when the deployment is not registered."""
+    api = api_url.rstrip("/")
+    try:
+        deployment = api_json(f"{api}/deployments/name/{BOT_DEPLOYMENT}")
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return []
+        raise
+    assert isinstance(deployment, dict)
+    flow_runs: dict[str, Any] = {"deployment_id": {"any_": [deployment["id"]]}}
+    if states:
+        flow_runs["state"] = {"type": {"any_": list(states)}}
+    runs = api_json(
+        f"{api}/flow_runs/filter", {"flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_DESC", "limit": limit}
+    )
+    return [str(run["id"]) for run in runs] if isinstance(runs, list) else []
+
+
 def cancel_and_wait(run_id: str, timeout: float = 40, api_url: str | None = None) -> str:
     """Cancel the flow run as the UI does and wait until it is final; the bot stops between cycles."""
     api = (api_url or os.environ["PREFECT_API_URL"]).rstrip("/")
@@ -486,9 +546,11 @@ def cancel_and_wait(run_id: str, timeout: float = 40, api_url: str | None = None
     run = api_json(f"{api}/flow_runs/{run_id}")
     state = (run.get("state") or {}).get("type") if isinstance(run, dict) else None
     if state is not None and state not in FINAL_STATES:
+        # Only a running process can act on Cancelling; a run that never started goes straight to Cancelled.
+        target = "CANCELLING" if state in ("RUNNING", "CANCELLING") else "CANCELLED"
         api_json(
             f"{api}/flow_runs/{run_id}/set_state",
-            {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+            {"state": {"type": target, "name": target.title()}, "force": True},
         )
     while state is not None and state not in FINAL_STATES and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -21,7 +21,7 @@ from urllib.parse import quote
 from rich.console import Console
 from rich.text import Text
 
-from deployments.embedded import BOT_DEPLOYMENT, FINAL_STATES, UP_FILE, api_json, pid_alive
+from deployments.embedded import BOT_DEPLOYMENT, FINAL_STATES, LIVE_STATES, UP_FILE, api_json, pid_alive
 from trader.settings import Settings
 
 out = Console(highlight=False)
@@ -122,14 +122,20 @@ def bot_run_line(api_url: str, deployment: dict[str, Any] | None, up: dict[str, 
     if not probe.server_up:
         return Line("bot run", "--", "unknown (no server)")
     run = None
-    if up is not None and up.get("flow_run_id"):
+    if deployment is not None:  # the newest live run (a restart follows a crash), else the newest of all
+        for states in (LIVE_STATES, None):
+            flow_runs: dict[str, Any] = {"deployment_id": {"any_": [deployment["id"]]}}
+            if states:
+                flow_runs["state"] = {"type": {"any_": list(states)}}
+            found = _post(
+                f"{api_url}/flow_runs/filter",
+                {"flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_DESC", "limit": 1},
+            )
+            if found:
+                run = found[0]
+                break
+    if run is None and up is not None and up.get("flow_run_id"):
         run = _get(f"{api_url}/flow_runs/{up['flow_run_id']}")
-    if run is None and deployment is not None:
-        found = _post(
-            f"{api_url}/flow_runs/filter",
-            {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "sort": "START_TIME_DESC", "limit": 1},
-        )
-        run = found[0] if isinstance(found, list) and found else None
     if run is None:
         return Line("bot run", "WARN", f"no {BOT_DEPLOYMENT} run")
     state = run.get("state") or {}

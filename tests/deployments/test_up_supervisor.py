@@ -101,6 +101,14 @@ class Stack:
     env: dict[str, str]
     process: subprocess.Popen
     output: Path
+    remembered: dict[int, int | None] = field(default_factory=dict)
+
+    def remember(self) -> None:
+        """Note every process of the stack (by pid and start time) for the teardown of a test that failed."""
+        pids = [self.process.pid, *descendants(self.process.pid)]
+        with contextlib.suppress(Exception):  # no lease yet
+            pids.append(self.bot_pid())
+        self.remembered.update({pid: start_time(pid) for pid in pids})
 
     @property
     def api_url(self) -> str:
@@ -163,19 +171,19 @@ def start_stack(cwd: Path, *args: str) -> Stack:
 
 
 def stop_stack(stack: Stack) -> None:
-    """Teardown for a test that failed before stopping it: kill what is left, by pid, below our own `up`."""
+    """Teardown for a test that failed before stopping it: SIGTERM `up`, then SIGKILL any process of it we noted."""
     if stack.process.poll() is None:
-        left = {pid: start_time(pid) for pid in descendants(stack.process.pid)}
+        stack.remember()
         stack.process.send_signal(signal.SIGTERM)
         try:
             stack.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             stack.process.kill()
             stack.process.wait()
-        for pid, ticks in left.items():
-            if ticks is not None and start_time(pid) == ticks:  # the same process, not a reused pid
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+    for pid, ticks in stack.remembered.items():
+        if ticks is not None and start_time(pid) == ticks:  # the same process, not a reused pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -219,6 +227,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             what="the bot under perps-bot up cycles",
         )
         assert running.process.poll() is None, running.log()
+        running.remember()
         yield running
     finally:
         stop_stack(running)
@@ -315,10 +324,52 @@ def test_a_killed_runner_is_restarted_and_the_bot_trades_on_in_its_one_run(stack
     assert stack.bot_pid() == bot_pid and start_time(bot_pid) == bot_started  # the same bot process, not a new one
 
 
+def test_a_new_up_adopts_the_bot_run_that_still_trades_instead_of_starting_another(stack: Stack) -> None:
+    """`up` itself SIGKILLed (no cleanup possible), its server and runner gone: the bot trades on; the next `up`
+    in the folder adopts its run."""
+    record = stack.up_file()
+    bot_pid, run_id = stack.bot_pid(), record["flow_run_id"]
+    stack.remember()
+    stack.process.kill()
+    stack.process.wait()
+    for pid in (record["server_pid"], record["runner_pid"]):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: port_free(stack.port), timeout=30, what="the killed server's port is free")
+    cycles = stack.heartbeat()["cycles"]
+
+    with HeartbeatWatch(stack) as watch:
+        with (stack.cwd / "up.out").open("ab") as sink:
+            stack.process = subprocess.Popen(
+                [str(PERPS_BOT), "up", "--port", str(stack.port)],
+                cwd=stack.cwd,
+                env=stack.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: stack.up_file().get("pid") == stack.process.pid or stack.process.poll() is not None,
+            timeout=240,
+            what="the second perps-bot up starts",
+        )
+        wait_for(lambda: stack.heartbeat()["cycles"] >= cycles + 5, timeout=60, what="the bot cycles on")
+        gap = watch.max_gap()
+
+    assert stack.process.poll() is None, stack.log()
+    assert stack.up_file()["flow_run_id"] == run_id
+    assert stack.bot_pid() == bot_pid
+    assert f"trading-bot run {run_id} is still trading" in (stack.cwd / "var" / "logs" / "up.log").read_text()
+    deployment = api_json(f"{stack.api_url}/deployments/name/trading-bot/paper")
+    assert isinstance(deployment, dict)
+    runs = api_json(f"{stack.api_url}/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}})
+    assert isinstance(runs, list) and [r["id"] for r in runs] == [run_id]
+    assert gap <= MAX_CYCLE_GAP, f"longest gap between heartbeats {gap:.1f} s"
+
+
 def test_sigterm_stops_the_bot_then_runner_then_server_and_leaves_nothing(stack: Stack) -> None:
     """Runs last: consumes the shared stack (restarted server and runner, the bot orphaned by the first runner)."""
     up = stack.process.pid
-    started = {pid: start_time(pid) for pid in [up, *descendants(up)]}
+    started = {pid: start_time(pid) for pid in [up, *descendants(up), stack.bot_pid()]}
     assert len(started) >= 4, f"server, runner, bot and up expected, found {started}"
     ledger_url = f"sqlite:///{stack.cwd / 'var' / 'state' / 'ledger.db'}"
 
