@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from deployments.embedded import BOT_DEPLOYMENT, FINAL_STATES, LIVE_STATES, UP_FILE, api_json, pid_alive
+from trader.errors import ConfigError
 from trader.settings import Settings
 
 out = Console(highlight=False)
@@ -51,6 +52,8 @@ class Probe:
 
 def status_command(settings: Settings, args: argparse.Namespace | None = None) -> int:
     """Print one line per part and return 0 healthy, 1 degraded, 2 nothing reachable."""
+    if args is not None and getattr(args, "action", None) is not None:
+        raise ConfigError(f"status: takes no argument (got {args.action!r})")
     lines, probe = collect(settings, Path.cwd(), os.environ.get("PREFECT_API_URL"))
     for line in lines:
         out.print(

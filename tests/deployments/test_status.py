@@ -125,3 +125,16 @@ def test_status_in_an_empty_folder_with_no_server_exits_2_and_writes_nothing(tmp
     assert len(lines) == 7
     assert time.monotonic() - started < 30
     assert list(tmp_path.iterdir()) == []
+
+
+def test_status_with_an_argument_is_refused_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_API_URL"] = dead_api_url()
+
+    result = subprocess.run(
+        [str(PERPS_BOT), "status", "server"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["perps-bot: error: status: takes no argument (got 'server')"]
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
