@@ -17,7 +17,7 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from flows.hooks import flow_run_url, incident_on_crashed, incident_on_failure
+from flows.hooks import LEASE_HELD_STATE, flow_run_url, incident_on_crashed, incident_on_failure
 from flows.orchestrator import OrchestratorPoller
 from flows.switches import bot_controls
 from tasks.bot import reconcile_before_trading
@@ -105,7 +105,7 @@ def trading_bot(
         if exporter is not None:
             exporter.stop()
         logger.error("%s", held)
-        return Failed(message=str(held))
+        return Failed(message=str(held), name=LEASE_HELD_STATE)
     poller.start()
     stop = StopBetweenCycles(poller)
 

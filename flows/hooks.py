@@ -18,6 +18,8 @@ from trader.settings import load_settings
 log = logging.getLogger("trader.alerts")
 
 BOT_FLOW = "trading-bot"
+# The state name of a bot run refused because another live bot holds the account: that bot trades, nothing is down.
+LEASE_HELD_STATE = "LeaseHeld"
 
 
 def flow_run_url(flow_run_id: object) -> str | None:
@@ -75,7 +77,11 @@ def _open(flow: Any, flow_run: Any, state: Any, *, crashed: bool) -> None:
 
 
 def incident_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """on_failure hook: open (or update) the flow's incident with the state message as evidence."""
+    """on_failure hook: open (or update) the flow's incident with the state message as evidence; a bot run refused
+    because another bot holds the account opens none (that bot is trading: not "bot offline")."""
+    if getattr(state, "name", None) == LEASE_HELD_STATE:
+        _run_logger(flow, flow_run).warning("refused, no incident: %s", getattr(state, "message", ""))
+        return
     _open(flow, flow_run, state, crashed=False)
 
 

@@ -54,6 +54,7 @@ def test_a_held_lease_fails_the_run_with_one_line_naming_the_holder_and_is_not_r
         )
     assert [(t.name.split("-")[0:3], t.run_count) for t in tasks] == [(["reconcile", "before", "trading"], 1)]
     assert ledger.list_orders() == [] and ledger.find_session_by_flow_run(str(state.state_details.flow_run_id)) is None
+    assert state.name == "LeaseHeld" and ledger.open_incidents() == []  # the holder trades: no "bot offline"
 
 
 def test_a_bot_whose_lease_an_operator_took_stands_down_and_the_run_completes_saying_who_holds_it(
