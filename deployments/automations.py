@@ -1,7 +1,20 @@
-"""A Prefect automation that tells Slack when any flow run crashes, even one whose process died before its hooks ran.
+"""The Prefect automations that supervise the bot, and the one that tells Slack when any flow run crashes.
 
-    python -m deployments.automations        # against PREFECT_API_URL; safe to run again (idempotent)
+    python -m deployments.automations        # against PREFECT_API_URL; safe to run again (idempotent, by name)
 
+Always created (`perps-bot up` runs this module too):
+  * "gpt-trader: crash zombie bot runs": Prefect's documented zombie automation ("Detect zombie flows"), narrowed to
+    trading-bot runs: a proactive trigger that expects, for each flow run, another heartbeat (or a final state)
+    within ZOMBIE_AFTER_SECONDS of its last `prefect.flow-run.heartbeat`; if none comes, ChangeFlowRunState ->
+    Crashed. The bot runs with PREFECT_FLOWS_HEARTBEAT_FREQUENCY=BOT_HEARTBEAT_SECONDS (serve_all.py, prefect.yaml),
+    so a run whose machine died is Crashed after three missed heartbeats. Only trading-bot runs: other flows keep
+    Prefect's default 180 s heartbeat on workers, and a 90 s window would crash them while they are healthy.
+  * "gpt-trader: restart crashed bot runs": on `prefect.flow-run.Crashed` of a trading-bot run, RunDeployment with
+    source "inferred" (the crashed run's own deployment) and the crashed run's parameters (a server-side Jinja
+    template) plus restart_of=<crashed run id>. The new run applies the restart policy before it trades
+    (trader/supervision.py: backoff, RESTART_MAX_PER_HOUR, never after an operator's cancel, SEV-1 thread).
+
+With Slack configured, also: "gpt-trader: notify on crashed runs".
 Trigger: the event `prefect.flow-run.Crashed` on any flow run (reactive, threshold 1).
 Action: `CallWebhook` on a Prefect `Webhook` block named `gpt-trader-slack-crash-alert` (no Prefect Cloud needed),
 which posts a plain-text message with the run's severity (trading-bot: SEV-1, any other flow: SEV-2), the state
@@ -37,6 +50,16 @@ AUTOMATION_NAME = "gpt-trader: notify on crashed runs"
 WEBHOOK_BLOCK_NAME = "gpt-trader-slack-crash-alert"
 CRASHED_EVENT = "prefect.flow-run.Crashed"
 SLACK_API = "https://slack.com/api/"
+
+BOT_FLOW = "trading-bot"
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+# Prefect refuses a heartbeat frequency below 30 s; three missed heartbeats make a zombie.
+BOT_HEARTBEAT_SECONDS = 30
+ZOMBIE_AFTER_SECONDS = 3 * BOT_HEARTBEAT_SECONDS
+ZOMBIE_AUTOMATION_NAME = "gpt-trader: crash zombie bot runs"
+RESTART_AUTOMATION_NAME = "gpt-trader: restart crashed bot runs"
+# The crashed run's parameters as they were, plus restart_of: rendered by the server when the automation fires.
+RESTART_PARAMETERS_TEMPLATE = "{{ dict(flow_run.parameters, restart_of=(flow_run.id | string)) | tojson }}"
 
 
 def _message_template() -> str:
@@ -111,6 +134,99 @@ def ensure_crash_automation(settings: Settings | None = None, *, slack_api_url: 
     return existing
 
 
+def _bot_runs() -> dict[str, str]:
+    """Related-resource filter: events of runs of the trading-bot flow (any deployment, any account)."""
+    return {"prefect.resource.role": "flow", "prefect.resource.name": BOT_FLOW}
+
+
+def zombie_automation() -> Any:
+    """Prefect's documented zombie automation for trading-bot runs: no heartbeat in ZOMBIE_AFTER_SECONDS -> Crashed."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation, EventTrigger, Posture
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+
+    return Automation(
+        name=ZOMBIE_AUTOMATION_NAME,
+        description=(
+            f"trading-bot runs send {HEARTBEAT_EVENT} every {BOT_HEARTBEAT_SECONDS} s; one that stops for "
+            f"{ZOMBIE_AFTER_SECONDS} s without a final state is marked Crashed (deployments/automations.py)"
+        ),
+        trigger=EventTrigger(
+            after={HEARTBEAT_EVENT},
+            expect={
+                HEARTBEAT_EVENT,
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match={"prefect.resource.id": ["prefect.flow-run.*"]},
+            match_related=_bot_runs(),  # type: ignore[arg-type]
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                name=None,
+                force=False,  # the documented automation: the server's orchestration rules still apply
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {ZOMBIE_AFTER_SECONDS} s: the bot's process or machine is gone (zombie)",
+            )
+        ],
+    )
+
+
+def restart_automation() -> Any:
+    """A crashed trading-bot run -> a new run of the same deployment with the same parameters and restart_of."""
+    from prefect.automations import Automation, EventTrigger, Posture
+    from prefect.events.actions import RunDeployment
+
+    return Automation(
+        name=RESTART_AUTOMATION_NAME,
+        description=(
+            "Starts a crashed trading-bot run again (same deployment, same parameters); the new run applies the "
+            "restart policy before trading: backoff, RESTART_MAX_PER_HOUR, never after a cancel (trader/supervision.py)"
+        ),
+        trigger=EventTrigger(
+            expect={CRASHED_EVENT},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=_bot_runs(),  # type: ignore[arg-type]
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            RunDeployment(
+                source="inferred",
+                deployment_id=None,
+                job_variables=None,
+                parameters={
+                    "__prefect_kind": "json",
+                    "value": {"__prefect_kind": "jinja", "template": RESTART_PARAMETERS_TEMPLATE},
+                },
+            )
+        ],
+    )
+
+
+def ensure_automation(wanted: Any) -> UUID:
+    """Create the automation, or update the one with its name (and delete copies): safe to run again."""
+    existing = _find_automation(wanted.name)
+    if existing is None:
+        return wanted.create(_sync=True).id  # type: ignore[no-any-return]
+    wanted.id = existing
+    wanted.update(_sync=True)
+    return existing
+
+
+def ensure_supervision_automations() -> dict[str, UUID]:
+    """The zombie and restart automations (no Slack needed); their ids by name."""
+    return {a.name: ensure_automation(a) for a in (zombie_automation(), restart_automation())}
+
+
 def _find_automation(name: str) -> UUID | None:
     from prefect.client.orchestration import get_client
 
@@ -123,8 +239,14 @@ def _find_automation(name: str) -> UUID | None:
 
 
 def main() -> int:
-    """`python -m deployments.automations`: ensure the crash automation exists; prints its id."""
+    """`python -m deployments.automations`: ensure the supervision automations and the crash automation; print ids."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        for name, supervision_id in ensure_supervision_automations().items():
+            print(f"automation {name!r} ({supervision_id})")
+    except Exception as error:
+        print(f"could not create the supervision automations: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     try:
         automation_id = ensure_crash_automation()
     except Exception as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import yaml
 from prefect import Flow, serve
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
+
+from deployments.automations import BOT_HEARTBEAT_SECONDS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
@@ -50,6 +53,8 @@ def runner_deployments(prefect_yaml: Path = PREFECT_YAML) -> list[RunnerDeployme
 def main() -> None:
     """Register and serve every deployment; stops on SIGTERM/Ctrl-C (runs it started are cancelled)."""
     sys.path.insert(0, str(PROJECT_ROOT))
+    # Flow runs inherit it: the bot's heartbeats drive the zombie automation (deployments/automations.py).
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(BOT_HEARTBEAT_SECONDS))
     serve(*runner_deployments(), print_starting_message=True, limit=None)
 
 

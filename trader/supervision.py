@@ -15,6 +15,7 @@ restarts already made within the hour), capped at `max_delay_seconds`.
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -46,8 +47,8 @@ class RestartPolicy:
     """How many restarts an hour and how long to wait before each."""
 
     max_per_hour: int = 5
-    base_delay_seconds: float = 5.0
-    max_delay_seconds: float = 60.0
+    base_delay_seconds: float = 2.0
+    max_delay_seconds: float = 30.0
     stable_after_seconds: float = 60.0
 
     @classmethod
@@ -71,6 +72,7 @@ class CrashedRun:
     ran_seconds: float = 0.0  # from its start to its crash
     session_status: str | None = None  # its trading session's status in the ledger, None if it never opened one
     state_message: str | None = None
+    holder_alive: bool = False  # its process still holds the account's lease: Prefect's Crashed is false
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,11 @@ class RestartDecision:
     def restart(self) -> bool:
         """True when the new run should trade."""
         return self.verdict == "restart"
+
+
+def lease_wait_seconds(settings: Settings) -> float:
+    """How long a restarted bot waits for the dead holder's lease (bot.start breaks it at once if its pid is gone)."""
+    return settings.lease_ttl_seconds + 10
 
 
 def restart_history(detail: str | None, now: datetime) -> list[datetime]:
@@ -111,6 +118,12 @@ def decide(policy: RestartPolicy, crashed: CrashedRun, history: list[datetime]) 
     if stopped_by is not None:
         why = "an operator cancelled it" if stopped_by.upper() != "COMPLETED" else "it had completed"
         return RestartDecision("skip", f"run {crashed.flow_run_id} is not restarted: {why} ({stopped_by})")
+    if crashed.holder_alive:
+        return RestartDecision(
+            "skip",
+            f"run {crashed.flow_run_id} is marked Crashed but its process still holds the lease and renews it "
+            "(a zombie verdict during an orchestrator outage?): not restarted, it trades on",
+        )
     if crashed.session_status in CLEAN_SESSION_ENDS:
         return RestartDecision(
             "skip",
@@ -140,6 +153,11 @@ def decide(policy: RestartPolicy, crashed: CrashedRun, history: list[datetime]) 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _entry_lines(detail: str | None, now: datetime) -> list[str]:
@@ -192,6 +210,15 @@ class RestartSupervisor:
         session = self.ledger.find_session_by_flow_run(flow_run_id)
         return session.status if session is not None else None
 
+    def holder_alive(self, flow_run_id: str, crashed_at: datetime) -> bool:
+        """True when the crashed run's process provably lives: it holds the lease and is alive on this host, or
+        renewed it after Prefect marked it Crashed (PrefectHQ/prefect: a run can be falsely marked Crashed)."""
+        lease = self.ledger.current_lease(self.account)
+        if lease is None or lease.holder.flow_run_id != flow_run_id or lease.expired():
+            return False
+        alive_here = lease.holder.host == socket.gethostname() and not lease.holder.is_gone_here()
+        return alive_here or lease.renewed_at > crashed_at
+
     def decide_and_record(
         self,
         crashed: CrashedRun,
@@ -209,7 +236,7 @@ class RestartSupervisor:
         lines = _entry_lines(detail, now)
         where = new_run_url or (f"run {new_run_id}" if new_run_id else "a new run")
         if decision.restart:
-            cause = crashed.state_message or "no state message"
+            cause = _clip(crashed.state_message or "no state message", 80)
             lines.append(
                 f"- {now.isoformat()} restart {decision.attempt}/{self.policy.max_per_hour}: run {crashed.flow_run_id}"
                 f" crashed after {crashed.ran_seconds:.0f} s ({cause}); {where} starts after"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from trader.alerts import IncidentDesk, SlackNotifier
+from trader.ledger.lease import Holder
 from trader.ledger.ledger import Ledger
 from trader.supervision import CrashedRun, RestartPolicy, RestartSupervisor, decide, restarts_fingerprint
 from trader.testing.slack_recorder import SlackRecorder
@@ -122,3 +126,26 @@ def test_a_cancelled_or_finished_run_is_never_restarted_and_nothing_is_written(
     assert expected.split()[-1] in decision.reason
     assert ledger.open_incidents() == []
     assert slack.posts() == []
+
+
+def test_a_run_whose_process_still_holds_the_lease_is_not_restarted(ledger: Ledger, slack: SlackRecorder) -> None:
+    """A false Crashed (the zombie automation after an API outage): the holder renews, so no second bot starts."""
+    ledger.acquire_lease("default", Holder.this_process("bot", flow_run_id="run-alive"), 30)
+    watcher = supervisor(ledger, slack)
+
+    alive = watcher.holder_alive("run-alive", datetime.now(UTC) - timedelta(seconds=5))
+    decision = decide(POLICY, CrashedRun("run-alive", ("RUNNING", "CRASHED"), 600.0, "running", holder_alive=alive), [])
+
+    assert alive is True
+    assert decision.verdict == "skip" and "still holds the lease" in decision.reason
+
+
+def test_a_dead_holder_whose_last_renewal_predates_the_crash_is_restarted(ledger: Ledger, slack: SlackRecorder) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer exists on this host, as after a SIGKILL
+    dead = Holder(kind="bot", host=socket.gethostname(), pid=child.pid, flow_run_id="run-dead")
+    ledger.acquire_lease("default", dead, 30)
+    watcher = supervisor(ledger, slack)
+
+    assert watcher.holder_alive("run-dead", datetime.now(UTC) + timedelta(seconds=1)) is False
+    assert watcher.holder_alive("run-other", datetime.now(UTC) - timedelta(seconds=5)) is False

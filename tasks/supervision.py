@@ -1,0 +1,63 @@
+"""The restart policy as a task: what Prefect knows about the crashed run, handed to trader/supervision.py.
+
+No retries: deciding writes the restart (or the refusal) into the SEV-1 incident's thread, and a second attempt
+would count the same restart twice.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+
+from trader.settings import Settings
+from trader.supervision import CrashedRun, RestartDecision, RestartPolicy, RestartSupervisor
+
+
+def _ui_url(flow_run_id: str) -> str | None:
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+def crashed_run_facts(flow_run_id: str, supervisor: RestartSupervisor) -> CrashedRun:
+    """The crashed run's state history, how long it ran and its trading session's status."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+        states = sorted(client.read_flow_run_states(UUID(flow_run_id)), key=lambda state: state.timestamp)
+    crashed_at = run.state.timestamp if run.state is not None else None
+    ended = run.end_time or crashed_at or datetime.now(UTC)
+    ran = (ended - run.start_time).total_seconds() if run.start_time is not None else 0.0
+    return CrashedRun(
+        flow_run_id=flow_run_id,
+        state_history=tuple(state.type.value for state in states),
+        ran_seconds=max(ran, 0.0),
+        session_status=supervisor.session_status(flow_run_id),
+        state_message=run.state.message if run.state is not None else None,
+        holder_alive=supervisor.holder_alive(flow_run_id, crashed_at or datetime.now(UTC)),
+    )
+
+
+@task(name="restart-policy", retries=0, timeout_seconds=RestartPolicy.max_delay_seconds + 120, cache_policy=NO_CACHE)
+def apply_restart_policy(settings: Settings, restart_of: str) -> RestartDecision:
+    """Decide whether this run (started by the restart automation) trades; wait out the backoff if it does."""
+    logger = get_run_logger()
+    supervisor = RestartSupervisor.from_settings(settings)
+    try:
+        crashed = crashed_run_facts(restart_of, supervisor)
+        new_run = str(flow_run.get_id()) if flow_run.get_id() else None
+        decision = supervisor.decide_and_record(
+            crashed, new_run_id=new_run, new_run_url=_ui_url(new_run) if new_run else None
+        )
+    finally:
+        supervisor.ledger.dispose()
+    logger.info("restart policy: %s", decision.reason)
+    if decision.restart and decision.delay_seconds > 0:
+        time.sleep(decision.delay_seconds)  # the backoff itself: nothing to poll for
+    return decision
