@@ -21,11 +21,13 @@ from flows.hooks import LEASE_HELD_STATE, flow_run_url, incident_on_crashed, inc
 from flows.orchestrator import OrchestratorPoller
 from flows.switches import bot_controls
 from tasks.bot import reconcile_before_trading
+from tasks.supervision import apply_restart_policy
 from trader.bot import CycleReport
 from trader.ledger.lease import LeaseHeld
 from trader.logs import configure_logging
 from trader.runtime import build_bot, start_metrics
 from trader.settings import load_settings
+from trader.supervision import lease_wait_seconds
 
 PROGRESS_LOG_EVERY = 60
 log = logging.getLogger("perps_bot.flow")
@@ -86,11 +88,16 @@ def trading_bot(
     cycle_interval_seconds: float | None = None,
     reduce_only: bool = False,
     dry_run: bool = False,
+    restart_of: str | None = None,
 ) -> dict | State:
     """Run the bot until cancelled (or max_cycles): reconcile first, then cycle in plain Python."""
     logger = get_run_logger()
     settings = load_settings(profile=profile, risk_reduce_only_mode=True if reduce_only else None)
     configure_logging(settings.log_file, stderr=False)
+    # Started by the restart automation (deployments/automations.py): the restart policy decides before anything.
+    restart = apply_restart_policy(settings, restart_of) if restart_of else None
+    if restart is not None and not restart.restart:
+        return Completed(message=restart.reason)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     poller = OrchestratorPoller(run_id, logger)
@@ -100,7 +107,8 @@ def trading_bot(
     if exporter is not None:
         logger.info("metrics on %s/metrics, health on %s/health", exporter.url, exporter.url)
     try:
-        logger.info(reconcile_before_trading(bot, run_id, flow_run_url(run_id) if run_id else None))
+        wait = lease_wait_seconds(settings) if restart else 0.0  # the dead holder's lease: expired or broken
+        logger.info(reconcile_before_trading(bot, run_id, flow_run_url(run_id) if run_id else None, wait))
     except LeaseHeld as held:
         if exporter is not None:
             exporter.stop()
