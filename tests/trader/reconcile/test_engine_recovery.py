@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from trader.bot import TradingBot
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import OrderRequest, OrderStatus, OrderType, Side
 from trader.ledger import Ledger
+from trader.ledger.lease import LeaseHeld
 from trader.market import ReplayMarketData
 from trader.runtime import build_bot
 from trader.settings import Settings, load_settings
@@ -38,7 +40,35 @@ def crashed_engine(settings: Settings, resting: int) -> tuple[SimulatedExchange,
         ledger.record_pending(request, bot.session_id, exchange.now())
         ledger.apply_order(exchange.place_order(request))
     assert bot.session_id is not None
+    die(bot)
     return exchange, ledger, bot.session_id  # no bot.stop(): the engine is gone
+
+
+def die(bot: TradingBot) -> None:
+    """What a SIGKILL leaves behind: no more renewals, and the lease lapses (expired at once here, not after its
+    TTL); the session stays 'running' and its orders stay working."""
+    bot._stop_renewer()  # the process is gone, and its renewal thread with it
+    assert bot.lease is not None
+    bot.ledger.break_lease(bot.settings.account, bot.lease.token, "test: the engine died")
+
+
+def test_a_live_engine_is_never_recovered_a_second_start_is_refused_and_cancels_nothing(settings: Settings) -> None:
+    exchange = SimulatedExchange(ReplayMarketData())
+    ledger = Ledger(settings.database_url)
+    live = build_bot(settings, broker=exchange, ledger=ledger)
+    live.start()
+    bid, _ = exchange.best_bid_ask("BTC-USD")
+    price = (bid * Decimal("0.9")).quantize(Decimal("0.01"))
+    request = OrderRequest("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.001"), "live-1", limit_price=price)
+    live.orders.send(request, position=Decimal(0))
+
+    second = build_bot(settings, broker=exchange, ledger=ledger)
+    with pytest.raises(LeaseHeld):
+        second.start()
+
+    assert second.recovery is None and len(exchange.list_open_orders()) == 1
+    assert [(s.id, s.status) for s in ledger.list_sessions()] == [(live.session_id, "running")]
+    live.stop()
 
 
 def test_a_new_engine_cancels_the_dead_ones_orders_in_a_batch_and_marks_it_recovered(
@@ -123,7 +153,8 @@ def test_the_bot_checkpoints_as_it_runs_and_a_recovery_restores_its_guard_counte
     assert newest.reason == "periodic"
     caplog.set_level(logging.INFO)
 
-    second = build_bot(fast, broker=exchange, ledger=ledger)  # the first engine died without stop()
+    die(first)  # the first engine died without stop()
+    second = build_bot(fast, broker=exchange, ledger=ledger)
     second.start()
 
     assert second.recovery is not None and second.recovery.checkpoint_id == newest.id
