@@ -47,7 +47,7 @@ def build_market_data(settings: Settings) -> MarketDataSource:
         return CoinbaseLiveMarketData.from_settings(settings)
     from trader.market import ReplayMarketData
 
-    return ReplayMarketData(settings.market_data_file, start=settings.market_data_start)
+    return ReplayMarketData(settings.market_data_file, start=settings.market_data_start, wrap=settings.market_data_loop)
 
 
 def build_strategy(settings: Settings) -> Strategy:

@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     market_data: MarketDataChoice = "replay"
     market_data_file: Path | None = None
     market_data_start: int | None = Field(None, ge=0)
+    # The replay plays forwards, backwards, forwards... so a paper bot left alone never runs out of bars.
+    market_data_loop: bool = True
 
     @field_validator("database_url", "cold_storage_url", mode="after")
     @classmethod

@@ -135,7 +135,8 @@ def _load_cached(path: str, _mtime_ns: int, _size: int) -> dict[str, list[Candle
 
 
 class ReplayMarketData:
-    """Replays recorded candles bar by bar; every symbol shares one cursor and one clock."""
+    """Replays recorded candles bar by bar; every symbol shares one cursor and one clock. With wrap the replay
+    never ends: it plays forwards, then backwards, then forwards again, and its clock keeps moving forward."""
 
     def __init__(self, path: Path | None = None, start: int | None = None, wrap: bool = False) -> None:
         file = Path(path) if path is not None else DEFAULT_REPLAY_FILE
@@ -235,13 +236,24 @@ class ReplayMarketData:
             raise UnknownSymbol(f"unknown symbol {symbol}; available: {', '.join(self._symbols)}")
 
     def _lap(self, lap: int) -> dict[str, list[Candle]]:
-        """Candles of one pass shifted to lap `lap`; only the current and previous laps stay cached."""
+        """Candles of one pass shifted to lap `lap`, played backwards on odd laps (open and close swapped) so the
+        price runs on from where the last lap ended instead of jumping back to the first bar's; only the current
+        and previous laps stay cached."""
         cached = self._laps.get(lap)
         if cached is None:
             shift = self.lap_length * lap
-            cached = {s: [replace(c, start=c.start + shift) for c in rows] for s, rows in self._candles.items()}
+            cached = {s: _lap_rows(rows, shift, backwards=lap % 2 == 1) for s, rows in self._candles.items()}
             self._laps[lap] = cached
             current = self._cursor // self._bars
             for old in [k for k in self._laps if k not in (0, current, current - 1, lap)]:
                 del self._laps[old]
         return cached
+
+
+def _lap_rows(rows: list[Candle], shift: timedelta, *, backwards: bool) -> list[Candle]:
+    if not backwards:
+        return [replace(c, start=c.start + shift) for c in rows]
+    starts = [c.start + shift for c in rows]
+    return [
+        replace(c, start=start, open=c.close, close=c.open) for start, c in zip(starts, reversed(rows), strict=True)
+    ]

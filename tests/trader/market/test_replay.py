@@ -35,6 +35,14 @@ def flat(count: int, price: str = "100.00") -> list[Candle]:
     return [Candle(T0 + MINUTE * i, p, p, p, Decimal(i), Decimal("1")) for i in range(count)]
 
 
+def climbing(count: int) -> list[Candle]:
+    """`count` one-minute candles from T0, bar i opening at i and closing at i + 1: one unbroken price path."""
+    return [
+        Candle(T0 + MINUTE * i, Decimal(i), Decimal(i + 1), Decimal(i), Decimal(i + 1), Decimal("1"))
+        for i in range(count)
+    ]
+
+
 def generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("generate_candles", ROOT / "scripts" / "generate_candles.py")
     assert spec is not None and spec.loader is not None
@@ -107,7 +115,7 @@ def test_history_of_an_unknown_symbol_is_refused() -> None:
 
 
 def test_wrap_mode_loops_forever_and_time_keeps_moving_forward() -> None:
-    market = ReplayMarketData.from_candles({"BTC-USD": flat(4)}, start=0, wrap=True)
+    market = ReplayMarketData.from_candles({"BTC-USD": climbing(4)}, start=0, wrap=True)
     times = [market.now()]
 
     for _ in range(10):
@@ -115,16 +123,19 @@ def test_wrap_mode_loops_forever_and_time_keeps_moving_forward() -> None:
         times.append(market.now())
 
     assert times == [T0 + MINUTE * (i + 1) for i in range(11)]
-    assert market.latest("BTC-USD").close == 10 % 4
+    closes = [1, 2, 3, 4, 3, 2, 1, 0, 1, 2, 3]  # forwards, then backwards: no jump back to the first bar's price
+    assert market.latest("BTC-USD").close == closes[10]
+    assert [c.close for c in market.history("BTC-USD", 11)] == closes[:11]
 
 
 def test_wrap_mode_history_across_a_lap_is_one_minute_apart() -> None:
-    market = ReplayMarketData.from_candles({"BTC-USD": flat(4)}, start=5, wrap=True)
+    market = ReplayMarketData.from_candles({"BTC-USD": climbing(4)}, start=5, wrap=True)
 
     history = market.history("BTC-USD", 4)
 
     assert [c.start for c in history] == [T0 + MINUTE * i for i in range(2, 6)]
-    assert [c.close for c in history] == [2, 3, 0, 1]
+    assert [c.close for c in history] == [3, 4, 3, 2]
+    assert [c.open for c in history] == [2, 3, 4, 3]  # each bar opens where the one before it closed
 
 
 def test_wrap_mode_over_the_shipped_file_stays_monotonic_past_the_end() -> None:
@@ -138,6 +149,18 @@ def test_wrap_mode_over_the_shipped_file_stays_monotonic_past_the_end() -> None:
         before = market.now()
 
     assert market.history("BTC-USD", 5)[-1].start == market.now() - timedelta(minutes=1)
+
+
+def test_wrap_mode_over_the_shipped_file_continues_the_price_across_every_lap_end() -> None:
+    market = ReplayMarketData(wrap=True)
+
+    for lap_end in (market.bars, 2 * market.bars):
+        market.seek(lap_end - 1)
+        last = market.latest("BTC-USD")
+        market.advance()
+        first = market.latest("BTC-USD")
+        assert first.open == last.close  # the lap turns where the price is, not at the replay's first bar
+        assert first.low <= min(first.open, first.close) and first.high >= max(first.open, first.close)
 
 
 def test_symbols_of_different_lengths_are_refused() -> None:
