@@ -382,8 +382,10 @@ class EmbeddedStack:
         if self.server.running() and api_healthy(self.port):
             # Every live bot run, not only the first: a crashed run may have been followed by a restart.
             try:
-                for run_id in bot_runs(self.api_url, LIVE_STATES) or ([self.run_id] if self.run_id else []):
-                    state = cancel_and_wait(run_id, timeout=20, api_url=self.api_url)
+                runs = bot_runs(self.api_url, LIVE_STATES) or ([self.run_id] if self.run_id else [])
+                for run_id in runs:
+                    budget = max(1.0, deadline - 35 - time.monotonic())
+                    state = cancel_and_wait(run_id, timeout=budget, api_url=self.api_url)
                     self._log(f"trading-bot run {run_id}: {state}")
             except (OSError, ValueError) as error:
                 self._log(f"[yellow]could not cancel the trading-bot run through the API: {error}[/]")
@@ -509,6 +511,7 @@ def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool 
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+REQUEST_TIMEOUT_SECONDS = 5.0
 LIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED")
 
 
@@ -524,7 +527,7 @@ def bot_runs(api_url: str, states: tuple[str, ...] | None = None, limit: int = 2
     """Ids of trading-bot/paper runs (in these states), newest first; [] when the deployment is not registered."""
     api = api_url.rstrip("/")
     try:
-        deployment = api_json(f"{api}/deployments/name/{BOT_DEPLOYMENT}")
+        deployment = api_json(f"{api}/deployments/name/{BOT_DEPLOYMENT}", timeout=REQUEST_TIMEOUT_SECONDS)
     except urllib.error.HTTPError as error:
         if error.code == 404:
             return []
@@ -534,28 +537,46 @@ def bot_runs(api_url: str, states: tuple[str, ...] | None = None, limit: int = 2
     if states:
         flow_runs["state"] = {"type": {"any_": list(states)}}
     runs = api_json(
-        f"{api}/flow_runs/filter", {"flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_DESC", "limit": limit}
+        f"{api}/flow_runs/filter",
+        {"flow_runs": flow_runs, "sort": "EXPECTED_START_TIME_DESC", "limit": limit},
+        timeout=REQUEST_TIMEOUT_SECONDS,
     )
     return [str(run["id"]) for run in runs] if isinstance(runs, list) else []
 
 
 def cancel_and_wait(run_id: str, timeout: float = 40, api_url: str | None = None) -> str:
-    """Cancel the flow run as the UI does and wait until it is final; the bot stops between cycles."""
+    """Cancel the flow run as the UI does and wait until it is final; the bot stops between cycles.
+
+    A slow answer is retried until the deadline (a server under load, or just restarted, may take seconds);
+    OSError only when the API never answered at all.
+    """
     api = (api_url or os.environ["PREFECT_API_URL"]).rstrip("/")
     deadline = time.monotonic() + timeout
-    run = api_json(f"{api}/flow_runs/{run_id}")
-    state = (run.get("state") or {}).get("type") if isinstance(run, dict) else None
-    if state is not None and state not in FINAL_STATES:
-        # Only a running process can act on Cancelling; a run that never started goes straight to Cancelled.
-        target = "CANCELLING" if state in ("RUNNING", "CANCELLING") else "CANCELLED"
-        api_json(
-            f"{api}/flow_runs/{run_id}/set_state",
-            {"state": {"type": target, "name": target.title()}, "force": True},
-        )
-    while state is not None and state not in FINAL_STATES and time.monotonic() < deadline:
+    state: str | None = None
+    asked, answered, error = False, False, None
+    while True:
+        try:
+            run = api_json(f"{api}/flow_runs/{run_id}", timeout=REQUEST_TIMEOUT_SECONDS)
+            answered = True
+            state = (run.get("state") or {}).get("type") if isinstance(run, dict) else None
+            if state is None or state in FINAL_STATES:
+                break
+            if not asked:
+                # Only a running process can act on Cancelling; a run that never started goes straight to Cancelled.
+                target = "CANCELLING" if state in ("RUNNING", "CANCELLING") else "CANCELLED"
+                api_json(
+                    f"{api}/flow_runs/{run_id}/set_state",
+                    {"state": {"type": target, "name": target.title()}, "force": True},
+                    timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+                asked = True
+        except (OSError, ValueError) as failure:
+            error = failure
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.5)
-        run = api_json(f"{api}/flow_runs/{run_id}")
-        state = (run.get("state") or {}).get("type") if isinstance(run, dict) else None
+    if not answered and error is not None:
+        raise OSError(f"the Prefect API did not answer within {timeout:.0f} s: {error}")
     return state.lower() if state else "unknown"
 
 

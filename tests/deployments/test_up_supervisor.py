@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -293,6 +294,41 @@ def test_a_killed_server_is_restarted_while_the_bot_keeps_cycling(stack: Stack) 
     run = api_json(f"{stack.api_url}/flow_runs/{stack.up_file()['flow_run_id']}")
     assert isinstance(run, dict) and run["state"]["type"] == "RUNNING"  # the bot reconnected to the new server
     assert new != old
+
+
+def test_a_server_that_keeps_failing_is_restarted_with_growing_backoff(stack: Stack) -> None:
+    """The port taken by someone else: each new server dies at once and `up` waits twice as long before the next."""
+    up_log = stack.cwd / "var" / "logs" / "up.log"
+    old = stack.up_file()["server_pid"]
+    before = len(up_log.read_text().splitlines())
+
+    def delays() -> list[int]:
+        lines = "\n".join(up_log.read_text().splitlines()[before:])
+        return [int(d) for d in re.findall(r"restart #\d+ in (\d+) s", lines)]
+
+    with HeartbeatWatch(stack) as watch:
+        blocker = socket.socket()
+        try:
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda: start_time(old) is None, timeout=10, what="the server is gone")
+            wait_for(lambda: port_free(stack.port), timeout=10, what="its port is free")
+            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old server's TIME_WAITs
+            blocker.bind(("127.0.0.1", stack.port))
+            blocker.listen()
+            wait_for(lambda: len(delays()) >= 3, timeout=120, what="three restarts", interval=0.5)
+        finally:
+            blocker.close()
+        wait_for(
+            lambda: stack.up_file().get("server_pid") not in (None, old) and api_healthy(stack.port),
+            timeout=180,
+            what="the server is back once the port is free",
+        )
+        gap = watch.max_gap()
+
+    first, second, third = delays()[:3]
+    assert (second, third) == (2 * first, 4 * first), up_log.read_text()
+    assert stack.process.poll() is None, stack.log()
+    assert gap <= MAX_CYCLE_GAP, f"longest gap between heartbeats {gap:.1f} s"  # the bot never noticed
 
 
 def test_a_killed_runner_is_restarted_and_the_bot_trades_on_in_its_one_run(stack: Stack) -> None:
