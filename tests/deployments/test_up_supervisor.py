@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +274,7 @@ def test_status_is_degraded_while_the_server_is_paused(stack: Stack) -> None:
 
 
 def test_a_killed_server_is_restarted_while_the_bot_keeps_cycling(stack: Stack) -> None:
-    old = stack.up_file()["server_pid"]
+    old, runner = stack.up_file()["server_pid"], stack.up_file()["runner_pid"]
     cycles = stack.heartbeat()["cycles"]
 
     with HeartbeatWatch(stack) as watch:
@@ -284,16 +285,28 @@ def test_a_killed_server_is_restarted_while_the_bot_keeps_cycling(stack: Stack) 
             what="perps-bot up restarts the server",
         )
         wait_for(lambda: api_healthy(stack.port), timeout=30, what="the restarted server answers")
+        back = datetime.now(UTC)
+        wait_for(lambda: runner_polled_after(stack, back), timeout=60, what="the runner polls the new server")
         wait_for(lambda: stack.heartbeat()["cycles"] >= cycles + 5, timeout=60, what="the bot cycles on")
         gap = watch.max_gap()
 
     assert stack.process.poll() is None, stack.log()
     assert gap <= MAX_CYCLE_GAP, f"longest gap between heartbeats {gap:.1f} s"
-    assert start_time(old) is None
-    assert "Prefect server" in (stack.cwd / "var" / "logs" / "up.log").read_text()
+    assert start_time(old) is None and new != old
+    assert stack.up_file()["runner_pid"] == runner  # the runner outlived the outage and reconnected by itself
+    assert f"Prefect server (pid {old}) exited with code -9" in (stack.cwd / "var" / "logs" / "up.log").read_text()
     run = api_json(f"{stack.api_url}/flow_runs/{stack.up_file()['flow_run_id']}")
-    assert isinstance(run, dict) and run["state"]["type"] == "RUNNING"  # the bot reconnected to the new server
-    assert new != old
+    assert isinstance(run, dict) and run["state"]["type"] == "RUNNING"
+
+
+def runner_polled_after(stack: Stack, moment: datetime) -> bool:
+    """The runner (the same process, reconnected on its own) polled trading-bot/paper after this moment."""
+    try:
+        deployment = api_json(f"{stack.api_url}/deployments/name/trading-bot/paper")
+    except OSError:
+        return False
+    polled = deployment.get("last_polled") if isinstance(deployment, dict) else None
+    return polled is not None and datetime.fromisoformat(polled.replace("Z", "+00:00")) > moment
 
 
 def test_a_server_that_keeps_failing_is_restarted_with_growing_backoff(stack: Stack) -> None:
