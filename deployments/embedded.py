@@ -308,6 +308,7 @@ class EmbeddedStack:
         with out.status(f"starting the Prefect server on 127.0.0.1:{self.port} (first start migrates SQLite, ~20 s)"):
             self._spawn(self.server)
             wait_for_api(self.port, timeout=180, process=self.server.process)
+        self._write_up_file()  # status can find the stack while the rest starts
         out.print(f"Prefect UI: http://127.0.0.1:{self.port}  (logs in {self.logs})")
         if self.start_bot and self.settings.metrics_enabled:
             exporter = f"http://{self.settings.metrics_host}:{self.settings.metrics_port}"

@@ -397,7 +397,10 @@ def test_a_new_up_adopts_the_bot_run_that_still_trades_instead_of_starting_anoth
                 start_new_session=True,
             )
         wait_for(
-            lambda: stack.up_file().get("pid") == stack.process.pid or stack.process.poll() is not None,
+            lambda: (
+                (stack.up_file().get("pid") == stack.process.pid and stack.up_file().get("flow_run_id"))
+                or stack.process.poll() is not None
+            ),
             timeout=240,
             what="the second perps-bot up starts",
         )
