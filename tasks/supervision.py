@@ -26,7 +26,7 @@ def _ui_url(flow_run_id: str) -> str | None:
     return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
 
-def crashed_run_facts(flow_run_id: str, supervisor: RestartSupervisor) -> CrashedRun:
+def crashed_run_facts(flow_run_id: str, supervisor: RestartSupervisor, settings: Settings) -> CrashedRun:
     """The crashed run's state history, how long it ran and its trading session's status."""
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(flow_run_id))
@@ -40,7 +40,9 @@ def crashed_run_facts(flow_run_id: str, supervisor: RestartSupervisor) -> Crashe
         ran_seconds=max(ran, 0.0),
         session_status=supervisor.session_status(flow_run_id),
         state_message=run.state.message if run.state is not None else None,
-        holder_alive=supervisor.holder_alive(flow_run_id, crashed_at or datetime.now(UTC)),
+        holder_alive=supervisor.holder_alive(
+            flow_run_id, crashed_at or datetime.now(UTC), wait_seconds=settings.lease_ttl_seconds / 3 + 2
+        ),
     )
 
 
@@ -50,7 +52,7 @@ def apply_restart_policy(settings: Settings, restart_of: str) -> RestartDecision
     logger = get_run_logger()
     supervisor = RestartSupervisor.from_settings(settings)
     try:
-        crashed = crashed_run_facts(restart_of, supervisor)
+        crashed = crashed_run_facts(restart_of, supervisor, settings)
         new_run = str(flow_run.get_id()) if flow_run.get_id() else None
         decision = supervisor.decide_and_record(
             crashed, new_run_id=new_run, new_run_url=_ui_url(new_run) if new_run else None

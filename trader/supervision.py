@@ -15,7 +15,7 @@ restarts already made within the hour), capped at `max_delay_seconds`.
 from __future__ import annotations
 
 import re
-import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -210,14 +210,22 @@ class RestartSupervisor:
         session = self.ledger.find_session_by_flow_run(flow_run_id)
         return session.status if session is not None else None
 
-    def holder_alive(self, flow_run_id: str, crashed_at: datetime) -> bool:
-        """True when the crashed run's process provably lives: it holds the lease and is alive on this host, or
-        renewed it after Prefect marked it Crashed (PrefectHQ/prefect: a run can be falsely marked Crashed)."""
-        lease = self.ledger.current_lease(self.account)
-        if lease is None or lease.holder.flow_run_id != flow_run_id or lease.expired():
-            return False
-        alive_here = lease.holder.host == socket.gethostname() and not lease.holder.is_gone_here()
-        return alive_here or lease.renewed_at > crashed_at
+    def holder_alive(self, flow_run_id: str, crashed_at: datetime, *, wait_seconds: float = 12.0) -> bool:
+        """True when the crashed run's process provably lives: it still holds the lease and renews it after Prefect
+        marked it Crashed (a zombie verdict during an orchestrator outage). A live bot renews at least every TTL/3,
+        so wait_seconds should exceed that; a holder whose pid is gone on this host is dead at once."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            lease = self.ledger.current_lease(self.account)
+            if lease is None or lease.holder.flow_run_id != flow_run_id or lease.expired():
+                return False
+            if lease.holder.is_gone_here():
+                return False
+            if lease.renewed_at > crashed_at:
+                return True
+            if time.monotonic() >= deadline:
+                return False  # hung or dead elsewhere: its lease expires on its own, the new run waits for that
+            time.sleep(0.5)
 
     def decide_and_record(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -147,5 +148,15 @@ def test_a_dead_holder_whose_last_renewal_predates_the_crash_is_restarted(ledger
     ledger.acquire_lease("default", dead, 30)
     watcher = supervisor(ledger, slack)
 
-    assert watcher.holder_alive("run-dead", datetime.now(UTC) + timedelta(seconds=1)) is False
+    started = time.monotonic()
+    assert watcher.holder_alive("run-dead", datetime.now(UTC) - timedelta(seconds=5), wait_seconds=30) is False
+    assert time.monotonic() - started < 5  # the pid is gone on this host: no need to wait for a renewal
     assert watcher.holder_alive("run-other", datetime.now(UTC) - timedelta(seconds=5)) is False
+
+
+def test_a_hung_holder_that_stops_renewing_is_restarted(ledger: Ledger, slack: SlackRecorder) -> None:
+    """Alive on this host (this very process) but no renewal since the crash verdict: hung, so it is replaced."""
+    ledger.acquire_lease("default", Holder.this_process("bot", flow_run_id="run-hung"), 30)
+    watcher = supervisor(ledger, slack)
+
+    assert watcher.holder_alive("run-hung", datetime.now(UTC) + timedelta(seconds=1), wait_seconds=1.5) is False
