@@ -48,23 +48,33 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
 @pytest.fixture
 def bot_env(prefect_server: dict[str, str], pg_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for a paper bot whose ledger is the test PostgreSQL database and state a temp folder."""
-    env = dict(prefect_server)
-    env.update(
-        {
-            "DATABASE_URL": pg_url,
-            "STATE_DIR": str(tmp_path / "state"),
-            "LOG_DIR": str(tmp_path / "logs"),
-            "STRATEGY_FAST_WINDOW": "2",
-            "STRATEGY_SLOW_WINDOW": "4",
-            "POSITION_SIZE_USD": "1000",
-            "HEARTBEAT_INTERVAL_SECONDS": "0.2",
-            "BROKER": "simulated",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    for name in ("COINBASE_API_KEY", "COINBASE_API_SECRET", "COINBASE_KEY_FILE", "PERPS_PROFILE"):
-        env.pop(name, None)
-    return env
+    return with_paper_bot(prefect_server, pg_url, tmp_path)
+
+
+# Settings a test's paper bot must not inherit from the machine it runs on.
+NOT_INHERITED = ("COINBASE_API_KEY", "COINBASE_API_SECRET", "COINBASE_KEY_FILE", "PERPS_PROFILE", "ACCOUNT")
+
+
+def paper_bot_settings(database_url: str, folder: Path) -> dict[str, str]:
+    """A paper bot that trades often (2/4 crossover) on this ledger, with its state and logs in folder."""
+    return {
+        "DATABASE_URL": database_url,
+        "STATE_DIR": str(folder / "state"),
+        "LOG_DIR": str(folder / "logs"),
+        "STRATEGY_FAST_WINDOW": "2",
+        "STRATEGY_SLOW_WINDOW": "4",
+        "POSITION_SIZE_USD": "1000",
+        "HEARTBEAT_INTERVAL_SECONDS": "0.2",
+        "BROKER": "simulated",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def with_paper_bot(env: dict[str, str], database_url: str, folder: Path) -> dict[str, str]:
+    """env plus paper_bot_settings, without the machine's own Coinbase key, profile or account."""
+    merged = {k: v for k, v in env.items() if k not in NOT_INHERITED}
+    merged.update(paper_bot_settings(database_url, folder))
+    return merged
 
 
 @pytest.fixture

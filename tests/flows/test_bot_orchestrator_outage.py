@@ -27,7 +27,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.embedded import prefect_env, spawn, stop_children, wait_for_api
-from tests.flows.conftest import ROOT, free_port
+from tests.flows.conftest import ROOT, free_port, with_paper_bot
 from trader.domain import OrderStatus
 from trader.ledger import Ledger
 
@@ -47,23 +47,8 @@ def stack(tmp_path: Path, sqlite_url: str) -> Iterator[dict[str, object]]:
     home.mkdir()
     port = free_port()
     env = prefect_env(home, port)
-    env.update(
-        {
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-            "DATABASE_URL": sqlite_url,
-            "STATE_DIR": str(tmp_path / "state"),
-            "LOG_DIR": str(tmp_path / "logs"),
-            "STRATEGY_FAST_WINDOW": "2",
-            "STRATEGY_SLOW_WINDOW": "4",
-            "POSITION_SIZE_USD": "1000",
-            "HEARTBEAT_INTERVAL_SECONDS": "0.2",
-            "BROKER": "simulated",
-            "METRICS_ENABLED": "0",
-            "PYTHONPATH": str(ROOT),
-        }
-    )
-    for name in ("COINBASE_API_KEY", "COINBASE_API_SECRET", "COINBASE_KEY_FILE", "PERPS_PROFILE"):
-        env.pop(name, None)
+    env = with_paper_bot(env, sqlite_url, tmp_path)
+    env.update({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "METRICS_ENABLED": "0"})
     server = spawn(
         ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log", env, ROOT
     )

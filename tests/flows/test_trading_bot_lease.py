@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import State
 
 from flows.bot import trading_bot
+from tests.flows.conftest import NOT_INHERITED, paper_bot_settings
 from trader.ledger import Ledger
 from trader.ledger.lease import Holder
 
@@ -22,17 +24,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def paper_env(prefect_server: dict[str, str], sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The flow called in this process, on a SQLite ledger and a temp STATE_DIR; returns the ledger URL."""
-    for name, value in {
-        "DATABASE_URL": sqlite_url,
-        "STATE_DIR": str(tmp_path / "state"),
-        "LOG_DIR": str(tmp_path / "logs"),
-        "BROKER": "simulated",
-        "STRATEGY_FAST_WINDOW": "2",
-        "STRATEGY_SLOW_WINDOW": "4",
-        "HEARTBEAT_INTERVAL_SECONDS": "0.2",
-    }.items():
+    for name, value in paper_bot_settings(sqlite_url, tmp_path).items():
         monkeypatch.setenv(name, value)
-    for name in ("COINBASE_API_KEY", "COINBASE_API_SECRET", "COINBASE_KEY_FILE", "PERPS_PROFILE", "ACCOUNT"):
+    for name in NOT_INHERITED:
         monkeypatch.delenv(name, raising=False)
     return sqlite_url
 
@@ -62,9 +56,12 @@ def test_a_bot_whose_lease_an_operator_took_stands_down_and_the_run_completes_sa
 ) -> None:
     ledger = Ledger(paper_env)
     states: list[State] = []
+    context = contextvars.copy_context()  # the test server's Prefect settings (a bare thread would start its own)
     runner = threading.Thread(
         target=lambda: states.append(
-            trading_bot(profile="dev", cycle_interval_seconds=0.2, return_state=True)  # until it stands down
+            context.run(
+                trading_bot, profile="dev", cycle_interval_seconds=0.2, return_state=True
+            )  # until it stands down
         ),
         daemon=True,
     )
