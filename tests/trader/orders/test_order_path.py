@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.trader.brokers.test_coinbase_broker import settings_for
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import OrderRequest, OrderStatus, OrderType, Side
@@ -18,7 +19,6 @@ from trader.ledger.lease import Holder, LeaseInfo, LeaseLost
 from trader.market import ReplayMarketData
 from trader.orders.path import ControlRefused, OrderPath
 from trader.risk import RiskControls
-from trader.settings import load_settings
 from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault
 
 BTC = "BTC-USD"
@@ -153,18 +153,8 @@ def test_a_request_breaking_the_product_rules_writes_nothing(
 
 @pytest.fixture
 def coinbase(exchange_server: AdvancedTradeServer, cdp_key: CdpKey, tmp_path: Path) -> CoinbaseBroker:
-    key_file = tmp_path / "cdp_api_key.json"
-    cdp_key.write_key_file(key_file)
-    settings = load_settings(
-        broker="coinbase",
-        coinbase_key_file=key_file,
-        coinbase_api_base=exchange_server.base_url,
-        coinbase_ca_file=exchange_server.ca_file,
-        coinbase_timeout_seconds=1.0,
-        coinbase_max_retries=0,
-        state_dir=tmp_path / "state",
-    )
-    return CoinbaseBroker.from_settings(settings)
+    """No retries of its own: what happens after an unclear answer is the order path's to decide."""
+    return CoinbaseBroker.from_settings(settings_for(exchange_server, cdp_key, tmp_path, coinbase_max_retries=0))
 
 
 @pytest.fixture

@@ -33,15 +33,20 @@ def crashed_engine(settings: Settings, resting: int) -> tuple[SimulatedExchange,
     ledger = Ledger(settings.database_url)
     bot = build_bot(settings, broker=exchange, ledger=ledger)
     bot.start()
-    bid, _ = exchange.best_bid_ask("BTC-USD")
-    price = (bid * Decimal("0.9")).quantize(Decimal("0.01"))
     for i in range(resting):
-        request = OrderRequest("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.001"), f"rest-{i}", limit_price=price)
+        request = resting_buy(exchange, f"rest-{i}")
         ledger.record_pending(request, bot.session_id, exchange.now())
         ledger.apply_order(exchange.place_order(request))
     assert bot.session_id is not None
     die(bot)
     return exchange, ledger, bot.session_id  # no bot.stop(): the engine is gone
+
+
+def resting_buy(exchange: SimulatedExchange, client_order_id: str) -> OrderRequest:
+    """A limit buy 10% under the bid: it rests."""
+    bid, _ = exchange.best_bid_ask("BTC-USD")
+    price = (bid * Decimal("0.9")).quantize(Decimal("0.01"))
+    return OrderRequest("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.001"), client_order_id, limit_price=price)
 
 
 def die(bot: TradingBot) -> None:
@@ -57,10 +62,7 @@ def test_a_live_engine_is_never_recovered_a_second_start_is_refused_and_cancels_
     ledger = Ledger(settings.database_url)
     live = build_bot(settings, broker=exchange, ledger=ledger)
     live.start()
-    bid, _ = exchange.best_bid_ask("BTC-USD")
-    price = (bid * Decimal("0.9")).quantize(Decimal("0.01"))
-    request = OrderRequest("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal("0.001"), "live-1", limit_price=price)
-    live.orders.send(request, position=Decimal(0))
+    live.orders.send(resting_buy(exchange, "live-1"), position=Decimal(0))
 
     second = build_bot(settings, broker=exchange, ledger=ledger)
     with pytest.raises(LeaseHeld):
