@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=["run", "up", "status", "checkpoint", "drill", "metrics", *EMERGENCY_COMMANDS],
         default="run",
-        help="run (default): the bot or the order tooling; up: the embedded stack; checkpoint: list|create|restore; "
+        help="run (default): the bot or the order tooling; up: the embedded stack (supervised); status: one line "
+        "per part, exit 0 healthy, 1 degraded, 2 nothing reachable; checkpoint: list|create|restore; "
         "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]; "
         "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file",
     )
