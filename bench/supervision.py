@@ -1,6 +1,7 @@
 """Supervision timings of the bot under `perps-bot up` (paper, SQLite ledger, a scratch folder), all real processes.
 
-    .venv/bin/python bench/supervision.py [--kills 10] [--outage 120] [--settle 62] [--skip-outage] [--skip-standby]
+    .venv/bin/python bench/supervision.py [--kills 10] [--outage 120] [--settle 62] [--zombie]
+                                          [--skip-outage] [--skip-standby] [--keep]
 
 - Restarts: N SIGKILLs of the bot's flow-run process (the lease holder's pid, nothing else), each after the run has
   traded for --settle seconds (default: the restart policy's stable_after_seconds + 2, so each kill is an independent
@@ -14,6 +15,8 @@
 - Takeover: two `perps-bot` processes on one scratch ledger, the second with --standby; the holder SIGSTOPped;
   figure: seconds until the standby holds the lease (goal: TTL + 5 s). Null, with a note, when the CLI has no
   --standby yet.
+- Zombie (--zombie): the bot's flow-run process SIGSTOPped, so its heartbeats stop while the runner still sees it;
+  figure: seconds until another run trades (zombie automation -> Crashed -> restart automation -> new run).
 - Duplicates: client_order_ids seen more than once on the paper exchange, plus every difference the coherence check
   finds between the ledger and the exchange, after the restarts and the outage.
 
@@ -41,6 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deployments.automations import BOT_HEARTBEAT_SECONDS, ZOMBIE_AFTER_SECONDS  # noqa: E402
 from trader.drills.coherence import compare, paper_exchange_truth  # noqa: E402
 from trader.ledger import Ledger  # noqa: E402
 from trader.supervision import RestartPolicy  # noqa: E402
@@ -176,6 +180,21 @@ def _next_holder(stack: Stack, killed_run: str, timeout: float = 300) -> tuple[s
     raise RuntimeError(f"no new bot run traded within {timeout:.0f} s of killing run {killed_run}")
 
 
+def measure_zombie(stack: Stack) -> tuple[float, str]:
+    """SIGSTOP the bot's flow-run process (the runner still sees it alive): seconds until another run trades."""
+    run_id, pid = stack.holder()
+    os.kill(pid, signal.SIGSTOP)
+    paused_at = time.monotonic()
+    try:
+        new_run, _ = _next_holder(stack, run_id, timeout=400)
+    finally:
+        os.kill(pid, signal.SIGKILL)  # the paused process (a descendant of `up`): it would be fenced anyway
+    return (
+        time.monotonic() - paused_at,
+        f"run {run_id} paused -> run {new_run} trading; state {_run_state(stack, run_id)}",
+    )
+
+
 def cycle_gaps(stack: Stack, seconds: float) -> tuple[float, int]:
     """Longest wall-clock gap between two observed cycle counts of the lease holder's session, and cycles seen."""
     deadline = time.monotonic() + seconds
@@ -303,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=120.0)
     parser.add_argument("--skip-outage", action="store_true")
     parser.add_argument("--skip-standby", action="store_true")
+    parser.add_argument("--zombie", action="store_true", help="also: SIGSTOP the bot until the zombie automation acts")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args(argv)
     if args.kills < 1 or args.settle < 0 or args.outage <= 0:
@@ -340,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{outage['baseline_cycles']} cycles before it (goal <= 2 intervals = 2 s on dev); "
                 f"60 s after: gap {outage['after_gap_s']} s, bot run {outage['run_state_after']}, "
                 f"holder changed: {outage['holder_changed']}"
+            )
+        if args.zombie:
+            zombie_s, note = measure_zombie(stack)
+            figures["zombie_s"] = round(zombie_s, 2)
+            print(
+                f"zombie: bot process SIGSTOPped (heartbeats every {BOT_HEARTBEAT_SECONDS} s stop) -> another run "
+                f"trading after {zombie_s:.1f} s ({note}); expected <= {ZOMBIE_AFTER_SECONDS} s window + trigger "
+                "evaluation + TTL/3 renewal check + start"
             )
         found, summary = duplicates(stack)
         figures["duplicate_orders"] = found
