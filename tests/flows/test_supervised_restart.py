@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,8 @@ from trader.supervision import restarts_fingerprint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[2]
+
 KILLS = 5
 ACCOUNT = "default"
 
@@ -42,7 +46,17 @@ def bot_env(bot_env: dict[str, str], fresh_pg_url: str) -> dict[str, str]:
 @pytest.fixture
 def automations(prefect_server: dict[str, str]) -> Iterator[dict[str, UUID]]:
     """The zombie and restart automations, created twice (idempotent) and deleted after the test (shared server)."""
-    ensure_supervision_automations()
+    env = {k: v for k, v in prefect_server.items() if not k.startswith("SLACK_")}
+    created = subprocess.run(
+        [sys.executable, "-m", "deployments.automations"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # what `perps-bot up` runs; without Slack it still creates both
+    assert created.returncode == 0, created.stderr
+    assert ZOMBIE_AUTOMATION_NAME in created.stdout and RESTART_AUTOMATION_NAME in created.stdout
     ids = ensure_supervision_automations()
     yield ids
     with get_client(sync_client=True) as client:
