@@ -193,6 +193,14 @@ class TradingBot:
         """Take the account's lease (unless dry-run), then recover a crashed engine, reconcile with the broker and
         open the trading session. LeaseHeld, with nothing written, when a live bot holds the account."""
         self.take_lease(flow_run_id, flow_run_url, lease_wait_seconds=lease_wait_seconds)
+        try:
+            return self._open_session(flow_run_id)
+        except BaseException:
+            if self.session_id is None:  # nothing opened: give the account back at once, not after the TTL
+                self.stop()
+            raise
+
+    def _open_session(self, flow_run_id: str | None) -> StartupReconciliation | None:
         if self.gate is not None:
             # Great Expectations takes seconds to import: load it beside start-up, not in the first cycle.
             threading.Thread(target=self.gate.warm_up, name="data-gate-warm-up", daemon=True).start()
