@@ -129,6 +129,23 @@ def test_place_order_under_a_control_is_one_line_exit_2_and_nothing_sent_or_writ
     assert not paper.exists() or json.loads(paper.read_text())["fills"] == []
 
 
+@pytest.mark.parametrize("flag", ["--dev-fast", "--dry-run"])
+def test_standby_with_a_one_shot_run_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, flag: str) -> None:
+    result = perps_bot(tmp_path, "--profile", "dev", "--standby", flag)
+
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"--standby: not with {flag}" in result.stderr
+    assert not (tmp_path / "var/state/ledger.db").exists()
+
+
+def test_a_lease_ttl_below_three_cycles_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    result = perps_bot(tmp_path, "--profile", "dev", "--cycles", "3", LEASE_TTL_SECONDS="1")
+
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "LEASE_TTL_SECONDS: must be at least 3 cycle intervals" in result.stderr
+    assert not (tmp_path / "var").exists()
+
+
 # --- one active bot per account -------------------------------------------------------------------------------
 
 

@@ -21,6 +21,9 @@ RUNBOOK_VARIABLES = [
     "STATE_BATCH_SIZE",
     "DATABASE_URL",
     "CYCLE_INTERVAL_SECONDS",
+    "LEASE_TTL_SECONDS",
+    "RESTART_MAX_PER_HOUR",
+    "ACCOUNT",
 ]
 
 
@@ -54,6 +57,12 @@ def test_runbook_variables_are_read_from_the_environment(monkeypatch: pytest.Mon
         ("STATE_BATCH_SIZE", "0", "STATE_BATCH_SIZE: must be greater than or equal to 1"),
         ("CHECKPOINT_RETENTION_COUNT", "ten", "CHECKPOINT_RETENTION_COUNT:"),
         ("PERPS_PROFILE", "live", "PERPS_PROFILE: must be 'dev', 'canary', 'spot', 'prod' or 'perps'"),
+        ("LEASE_TTL_SECONDS", "soon", "LEASE_TTL_SECONDS: must be a valid number"),
+        ("LEASE_TTL_SECONDS", "0", "LEASE_TTL_SECONDS: must be greater than 0"),
+        ("LEASE_TTL_SECONDS", "2", "LEASE_TTL_SECONDS: must be at least 3 cycle intervals (3 s"),
+        ("RESTART_MAX_PER_HOUR", "five", "RESTART_MAX_PER_HOUR: must be a valid integer"),
+        ("RESTART_MAX_PER_HOUR", "-1", "RESTART_MAX_PER_HOUR: must be greater than 0"),
+        ("ACCOUNT", "my account", "ACCOUNT: "),
     ],
 )
 def test_invalid_value_stops_startup_with_one_line_naming_the_variable(
@@ -119,3 +128,12 @@ def test_secrets_do_not_appear_in_the_settings_repr(monkeypatch: pytest.MonkeyPa
     text = repr(load_settings())
 
     assert "topsecret" not in text
+
+
+def test_the_lease_ttl_defaults_to_three_cycles_when_the_profile_cycles_slowly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER", "simulated")
+
+    assert load_settings(profile="dev").lease_ttl_seconds == 30  # 1-second cycles
+    assert load_settings(profile="spot").lease_ttl_seconds == 180  # 60-second cycles: 30 s would lapse between two
+    monkeypatch.setenv("LEASE_TTL_SECONDS", "200")
+    assert load_settings(profile="spot").lease_ttl_seconds == 200
