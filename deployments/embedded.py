@@ -53,14 +53,16 @@ def prefect_env(home: Path, port: int) -> dict[str, str]:
     return env
 
 
-def _ensure_crash_automation(env: dict[str, str]) -> None:
-    """The automation that reports Crashed runs even when a process worker skips the flow's own hooks
-    (PrefectHQ/prefect#22766); without Slack settings there is nothing to notify and nothing is created."""
+def _ensure_automations(env: dict[str, str]) -> None:
+    """`python -m deployments.automations`: the zombie and restart automations that supervise the bot
+    (docs/supervision.md), and with Slack configured the one that reports Crashed runs even when a process worker
+    skips the flow's own hooks (PrefectHQ/prefect#22766). Idempotent."""
     result = subprocess.run(
         [sys.executable, "-m", "deployments.automations"], env=env, capture_output=True, text=True, timeout=120
     )
     if result.returncode != 0:
-        out.print(f"[yellow]crash automation not created: {(result.stderr or result.stdout).strip()[-300:]}[/]")
+        detail = (result.stderr or result.stdout).strip()[-300:]
+        out.print(f"[red]automations not created (the bot is NOT supervised: no restart after a crash): {detail}[/]")
 
 
 def api_healthy(port: int, timeout: float = 2) -> bool:
@@ -315,7 +317,7 @@ class EmbeddedStack:
             out.print(f"bot metrics: {exporter}/metrics, health: {exporter}/health (served by the trading-bot run)")
         with out.status("registering and serving the deployments of prefect.yaml"):
             self._spawn(self.runner)
-            _ensure_crash_automation(self.env)
+            _ensure_automations(self.env)
             if self.start_bot:
                 self.run_id = self._live_bot_run() or start_bot_run(self.settings.profile, self.env)
         self._write_up_file()
