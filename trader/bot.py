@@ -240,10 +240,12 @@ class TradingBot:
             return
         if self.lease_lost is not None:  # another holder owns the account now: write nothing of ours over it
             status, note = "stood_down", self.lease_lost
+            if self.ledger.get_session(self.session_id).status == "running":  # unless its new holder recovered it
+                self.ledger.end_session(self.session_id, status, note)
         else:
             self._heartbeat(force=True)
             self._checkpoint(status, force=True)
-        self.ledger.end_session(self.session_id, status, note)
+            self.ledger.end_session(self.session_id, status, note)
         self._release_lease()
         if self.incidents is not None:
             self.incidents.flush()
@@ -377,6 +379,8 @@ class TradingBot:
         self.cycles += 1
         report = CycleReport(self.cycles, self.broker.now())
         self._renew_lease()
+        if self.lease_lost is not None:  # another holder trades this account now: write nothing more
+            return report
         if self.mode != "dry_run":
             report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         controls = self.controls()
@@ -413,9 +417,10 @@ class TradingBot:
             self._trading_state = "reduce_only"
         else:
             self._trading_state = "trading"
-        self._heartbeat()
-        self._publish_state()
-        self._checkpoint("periodic")
+        if self.lease_lost is None:  # lost mid-cycle (renewal thread or fence): leave state to the new holder
+            self._heartbeat()
+            self._publish_state()
+            self._checkpoint("periodic")
         self._record_metrics(report)
         log.debug(
             "cycle %d at %s: %d intents, %d orders, %d fills, %.2f ms",

@@ -54,8 +54,10 @@ def test_an_operator_override_makes_the_running_bot_stand_down_before_its_next_o
     bot = build_bot(settings, broker=exchange, ledger=ledger)
     bot.start()
     bot.run(60, interval_seconds=0)
-    assert bot.orders_sent > 0
+    assert bot.orders_sent > 0 and bot.checkpoints is not None
     sent_before = len(ledger.list_orders())
+    heartbeats_before = ledger.get_session(bot.last_session_id or "").cycles
+    checkpoints_before = len(bot.checkpoints.list())
 
     ledger.override_lease(settings.account, Holder.this_process("operator"), 30, "perps-bot cancel-all")
     summary = bot.run(200, interval_seconds=0)
@@ -65,6 +67,8 @@ def test_an_operator_override_makes_the_running_bot_stand_down_before_its_next_o
     assert len(ledger.list_orders()) == sent_before and len(exchange.list_fills()) == len(ledger.list_fills())
     session = ledger.get_session(bot.last_session_id or "")
     assert session.status == "stood_down" and "operator" in (session.note or "")
+    # nothing more of its own: no heartbeat, no checkpoint over the new holder's state
+    assert session.cycles == heartbeats_before and len(bot.checkpoints.list()) == checkpoints_before
 
 
 def test_a_start_that_fails_before_its_session_opens_gives_the_lease_back_at_once(

@@ -449,8 +449,8 @@ class Ledger:
         *,
         holder_gone: Callable[[LeaseInfo], bool] | None = None,
     ) -> LeaseInfo:
-        """Take the account's lease (free, expired, or its holder proven gone); LeaseHeld otherwise, nothing written
-        but the refusal in the lease history."""
+        """Take the account's lease (free, expired, or its holder proven gone); LeaseHeld otherwise, with nothing
+        written."""
         return lease.acquire(self._session, account, holder, ttl_seconds, holder_gone=holder_gone)
 
     def renew_lease(self, fence: Fence, ttl_seconds: float) -> LeaseInfo:

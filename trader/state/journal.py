@@ -13,6 +13,7 @@ versions, so a re-run never resolves them twice.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -106,6 +107,7 @@ class WriteJournal:
             if not entries:
                 return entries
             with self.path.open("a", encoding="utf-8") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # another process's tail repair never sees half a line of ours
                 handle.write("".join(entry.to_json() + "\n" for entry in entries))
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -202,9 +204,12 @@ class WriteJournal:
         """Cut a torn last line (a crash mid-append): its write was never acknowledged."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as handle:
+        with self.path.open("r+b") as handle:
+            # Under the appenders' lock: a process that opens the journal beside a live writer (a second bot before
+            # it is refused its lease) must not mistake that writer's line in progress for a torn one.
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
                 handle.truncate(data.rfind(b"\n") + 1)
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -34,7 +34,7 @@ def order(client_order_id: str) -> OrderRequest:
     return OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01"), client_order_id)
 
 
-def test_second_holder_is_refused_with_the_holder_named_and_nothing_but_the_refusal_written(ledger: Ledger) -> None:
+def test_second_holder_is_refused_with_the_holder_named_and_nothing_written(ledger: Ledger) -> None:
     first = ledger.acquire_lease("default", bot(), 30)
 
     with pytest.raises(LeaseHeld) as refused:
