@@ -83,7 +83,8 @@ class LeaseInfo:
 
     @property
     def fence(self) -> Fence:
-        return Fence(self.account, self.token)
+        """What the holder presents with each order: its token, and a third of its TTL that must still be left."""
+        return Fence(self.account, self.token, self.ttl_seconds / 3)
 
     def seconds_since_renewal(self, now: datetime | None = None) -> float:
         return ((now or _now()) - self.renewed_at).total_seconds()
@@ -100,10 +101,13 @@ class LeaseInfo:
 
 @dataclass(frozen=True)
 class Fence:
-    """What a writer presents: the account and the token it holds."""
+    """What a writer presents: the account and the token it holds. margin_seconds: how much of the lease must still
+    be left when an order is recorded, so it is sent well before the lease could pass to a successor (a live
+    holder renews every TTL/3 and always has more)."""
 
     account: str
     token: int
+    margin_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -272,15 +276,15 @@ def check_fence(session: Session, fence: Fence, now: datetime) -> None:
         .where(
             col(AccountLease.account) == fence.account,
             col(AccountLease.token) == fence.token,
-            col(AccountLease.expires_at) > now,
+            col(AccountLease.expires_at) > now + timedelta(seconds=fence.margin_seconds),
         )
         .values(renewed_at=AccountLease.renewed_at)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise LeaseLost(
-            f"fence refused the write: token {fence.token} of account {fence.account} is not the current "
-            "unexpired lease (another holder took the account, or this one let it lapse)"
+            f"fence refused the write: token {fence.token} of account {fence.account} is not the current lease "
+            f"with {fence.margin_seconds:g} s left (another holder took the account, or this one let it lapse)"
         )
 
 

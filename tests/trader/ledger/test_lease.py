@@ -149,3 +149,13 @@ def test_contenders_starting_at_the_same_instant_get_exactly_one_lease(ledger: L
     assert [o[1] for o in outcomes].count("won") == 1
     assert [o[1] for o in outcomes].count("refused") == contenders - 1
     assert ledger.current_lease("default").token == 1  # type: ignore[union-attr]
+
+
+def test_an_order_is_refused_when_less_than_a_third_of_the_ttl_is_left(ledger: Ledger) -> None:
+    lease = ledger.acquire_lease("default", bot(), 0.9)
+    time.sleep(0.65)  # 0.25 s left, under the 0.3 s margin: the order could reach the exchange after a takeover
+
+    with pytest.raises(LeaseLost, match="0.3 s left"):
+        ledger.record_pending(order("late-1"), None, datetime.now(UTC), fence=lease.fence)
+    renewed = ledger.renew_lease(lease.fence, 0.9)
+    ledger.record_pending(order("late-1"), None, datetime.now(UTC), fence=renewed.fence)
