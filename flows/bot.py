@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
 from flows.hooks import LEASE_HELD_STATE, flow_run_url, incident_on_crashed, incident_on_failure
-from flows.orchestrator import OrchestratorPoller
+from flows.orchestrator import TIMEOUT_SECONDS, OrchestratorPoller
 from flows.switches import bot_controls
 from tasks.bot import reconcile_before_trading
 from tasks.supervision import apply_restart_policy
@@ -115,6 +115,14 @@ def trading_bot(
         logger.error("%s", held)
         return Failed(message=str(held), name=LEASE_HELD_STATE)
     poller.start()
+    # A kill switch set only as a Variable (the UI, or an emergency flow on another machine) must hold from the
+    # first cycle: one read before trading, bounded by the poller's own timeout so an outage delays nothing more.
+    if not poller.wait_for_first_poll(TIMEOUT_SECONDS + 1):
+        logger.warning(
+            "Prefect Variables kill_switch/reduce_only not read before the first cycle (%s): trading starts on the "
+            "environment and flag files; the Variables apply as soon as the API answers",
+            poller.variables().error or "no answer yet",
+        )
     stop = StopBetweenCycles(poller)
 
     def progress(report: CycleReport) -> None:

@@ -139,6 +139,12 @@ class OrchestratorPoller:
                 log.warning("Prefect API job %s dropped: more than %d waiting", dropped, JOB_CAPACITY)
             self._jobs.append((name, job))
 
+    def wait_for_first_poll(self, timeout: float) -> bool:
+        """Before the first cycle: wait (at most timeout) for the first read; True when the Variables were read."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._polls >= 1, timeout)
+            return self._reading.values is not None
+
     def wait_for_poll(self, timeout: float) -> bool:
         """Wait until a poll that started after this call has finished; False on timeout."""
         with self._changed:

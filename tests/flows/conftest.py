@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
 from deployments.embedded import prefect_env, spawn, stop_children, wait_for_api
 
@@ -99,3 +101,26 @@ def served_deployments(bot_env: dict[str, str], tmp_path: Path) -> Iterator[dict
     yield bot_env
     stop_children([runner], grace=40)
     print((tmp_path / "serve.log").read_text()[-5000:])  # shown by pytest when a test fails
+
+
+def set_variable(name: str, value: object) -> None:
+    """Through the Prefect API, as the UI does."""
+    with get_client(sync_client=True) as client:
+        if client.read_variable_by_name(name) is None:
+            client.create_variable(VariableCreate(name=name, value=value))  # type: ignore[arg-type]
+        else:
+            client.update_variable(VariableUpdate(name=name, value=value))  # type: ignore[arg-type]
+
+
+def delete_variables() -> None:
+    with get_client(sync_client=True) as client:
+        for name in ("kill_switch", "reduce_only"):
+            client.delete_variable_by_name(name) if client.read_variable_by_name(name) else None
+
+
+@pytest.fixture
+def clean_variables(prefect_server: dict[str, str]) -> Iterator[None]:
+    """No kill_switch/reduce_only Variable before or after the test (the server is shared by the session)."""
+    delete_variables()
+    yield
+    delete_variables()

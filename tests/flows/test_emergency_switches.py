@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 from prefect import flow
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.embedded import prefect_env, spawn, stop_children, wait_for_api
 from flows.orchestrator import OrchestratorPoller
 from flows.switches import BotControls, parse_switch
-from tests.flows.conftest import ROOT, free_port
+from tests.flows.conftest import ROOT, free_port, set_variable
 from trader.bot import TradingBot
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import Candle, Product, Side
@@ -42,29 +40,6 @@ class BuyEveryCycle(Strategy):
 
     def decide(self, product: Product, candles: Sequence[Candle], position: Decimal) -> list[OrderIntent]:
         return [OrderIntent(product.symbol, Side.BUY, Decimal("0.001"), "test: buy every cycle")]
-
-
-def set_variable(name: str, value: object) -> None:
-    """Through the Prefect API, as the UI does."""
-    with get_client(sync_client=True) as client:
-        if client.read_variable_by_name(name) is None:
-            client.create_variable(VariableCreate(name=name, value=value))  # type: ignore[arg-type]
-        else:
-            client.update_variable(VariableUpdate(name=name, value=value))  # type: ignore[arg-type]
-
-
-def delete_variables() -> None:
-    with get_client(sync_client=True) as client:
-        for name in ("kill_switch", "reduce_only"):
-            client.delete_variable_by_name(name) if client.read_variable_by_name(name) else None
-
-
-@pytest.fixture
-def clean_variables(prefect_server: dict[str, str]) -> Iterator[None]:
-    """No kill_switch/reduce_only Variable before or after the test (the server is shared by the session)."""
-    delete_variables()
-    yield
-    delete_variables()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import State
 
 from flows.bot import trading_bot
-from tests.flows.conftest import NOT_INHERITED, paper_bot_settings
+from tests.deployments.test_cli import crossing_start
+from tests.flows.conftest import NOT_INHERITED, paper_bot_settings, set_variable
 from trader.ledger import Ledger
 from trader.ledger.lease import Holder
 
@@ -82,3 +84,17 @@ def test_a_bot_whose_lease_an_operator_took_stands_down_and_the_run_completes_sa
     )
     session = ledger.find_session_by_flow_run(str(state.state_details.flow_run_id))
     assert session is not None and session.status == "stood_down"
+
+
+def test_a_kill_switch_set_only_as_a_variable_holds_from_the_first_cycle(
+    paper_env: str, clean_variables: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MARKET_DATA_START", str(crossing_start() - 1))  # the strategy buys in the very first cycle
+    set_variable("kill_switch", True)  # e.g. by emergency-kill-switch on another machine: no flag file here
+
+    state: State = trading_bot(profile="dev", max_cycles=40, cycle_interval_seconds=0, return_state=True)
+
+    assert state.type is StateType.COMPLETED
+    heartbeat = json.loads((tmp_path / "state/heartbeat.json").read_text())
+    assert heartbeat["guard_counters"].get("kill_switch", 0) > 0  # the strategy wanted to trade and was refused
+    assert Ledger(paper_env).list_orders() == []
