@@ -24,6 +24,7 @@ from trader.settings import PROFILES, Settings, load_settings
 
 if TYPE_CHECKING:
     from trader.orders.path import OrderPath
+    from trader.risk import RiskControls
     from trader.risk.emergency import CancelResult, Switch, SwitchChange
     from trader.state.checkpoints import CheckpointStore
 
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             risk_reduce_only_mode=True if args.reduce_only else None,
             metrics_file=args.metrics_file,
         )
+        if args.standby and (args.command != "run" or _order_tooling(args)):
+            what = args.command if args.command != "run" else "the order tooling"
+            raise ConfigError(f"--standby: only for the bot (perps-bot --profile P --standby), not with {what}")
         if args.command == "drill":
             from deployments.drill_cli import drill_command
             from trader.logs import configure_logging
@@ -176,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- bot ---------------------------------------------------------------------------------------------------------
+
+
+def _order_tooling(args: argparse.Namespace) -> bool:
+    return bool(args.account_snapshot or args.apply_order_edit or args.preview_order or args.place_order)
 
 
 def run_bot(settings: Settings, args: argparse.Namespace) -> int:
@@ -706,10 +714,9 @@ def preview_order(settings: Settings, args: argparse.Namespace) -> int:
     broker.validate(request)  # bad input stops here: nothing previewed, sent or written
     position = Decimal(0)
     if args.place_order:  # then the controls: a refused order is never previewed, sent or written
-        from trader.bot import read_controls
         from trader.orders.path import check_controls
 
-        controls = read_controls(settings)
+        controls = _controls(settings)
         position = _position(broker, request.symbol) if controls.reduce_only and not controls.kill_switch else position
         check_controls(request, position, controls)
         position = _position(broker, request.symbol)
@@ -734,11 +741,37 @@ def _position(broker, symbol: str) -> Decimal:
     return next((p.quantity for p in broker.positions() if p.symbol == symbol), Decimal(0))
 
 
+def _controls(settings: Settings) -> RiskControls:
+    """The switches as a bot would see them: environment, flag files, and the Prefect Variables when PREFECT_API_URL
+    answers (a switch set from the UI or by an emergency flow on another machine counts here too)."""
+    from trader.bot import read_controls
+    from trader.risk import RiskControls
+
+    local = read_controls(settings)
+    if not os.environ.get("PREFECT_API_URL"):
+        return local
+    from flows.switches import SwitchVariables, VariablesUnavailable, parse_switch
+
+    variables = SwitchVariables(api_url=os.environ["PREFECT_API_URL"])
+    try:
+        raw = variables.read()
+    except VariablesUnavailable as error:
+        _say(f"[yellow]Prefect Variables not read ({error}): the environment and flag files decide[/]")
+        return local
+    finally:
+        variables.close()
+
+    def on(switch: Switch) -> bool:  # unset is off; a value that is not true/false counts as on (fail safe)
+        value = raw[switch]
+        return value is not None and parse_switch(value) is not False
+
+    return RiskControls(local.kill_switch or on("kill_switch"), local.reduce_only or on("reduce_only"))
+
+
 @contextmanager
 def _manual_order_path(settings: Settings, broker, command: str) -> Iterator[OrderPath]:
     """The one order path for manual tooling, under the account's lease: refused in one line while a bot holds
     it (the emergency commands are the operator's override), released when the command is done."""
-    from trader.bot import read_controls
     from trader.ledger import Ledger
     from trader.ledger.lease import Holder
     from trader.orders.path import OrderPath
@@ -754,7 +787,8 @@ def _manual_order_path(settings: Settings, broker, command: str) -> Iterator[Ord
             )
             raise LeaseHeld(held.lease, hint) from None
         try:
-            yield OrderPath(broker, ledger, controls=lambda: read_controls(settings), fence=lambda: lease.fence)
+            controls = _controls(settings)
+            yield OrderPath(broker, ledger, controls=lambda: controls, fence=lambda: lease.fence)
         finally:
             ledger.release_lease(lease.fence, f"{command} done")
     finally:

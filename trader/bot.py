@@ -341,8 +341,8 @@ class TradingBot:
                 self.lease = self.ledger.renew_lease(fence, self.settings.lease_ttl_seconds)
             except LeaseLost as error:
                 self._stand_down(str(error))
-            except SQLAlchemyError as error:  # the database is down: the fence refuses orders once the TTL passes
-                log.warning("lease renewal failed (%s); retrying", error)
+            except Exception as error:  # the database is down (or worse): the fence refuses orders once it lapses
+                log.warning("lease renewal failed (%s: %s); retrying", type(error).__name__, error)
 
     def _renew_in_background(self) -> None:
         interval = max(0.05, self.settings.lease_ttl_seconds / 3)
@@ -363,7 +363,8 @@ class TradingBot:
             log.critical("standing down: %s", reason)
 
     def _release_lease(self) -> None:
-        fence, self.lease = self.fence, None
+        with self._lease_lock:
+            fence, self.lease = self.fence, None
         if fence is None or self.lease_lost is not None:
             return
         try:

@@ -129,13 +129,25 @@ def test_place_order_under_a_control_is_one_line_exit_2_and_nothing_sent_or_writ
     assert not paper.exists() or json.loads(paper.read_text())["fills"] == []
 
 
-@pytest.mark.parametrize("flag", ["--dev-fast", "--dry-run"])
-def test_standby_with_a_one_shot_run_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, flag: str) -> None:
-    result = perps_bot(tmp_path, "--profile", "dev", "--standby", flag)
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--dev-fast",), "not with --dev-fast"),
+        (("--dry-run",), "not with --dry-run"),
+        (("cancel-all",), "not with cancel-all"),
+        (BUY, "not with the order tooling"),
+    ],
+    ids=["dev-fast", "dry-run", "cancel-all", "place-order"],
+)
+def test_standby_outside_a_bot_run_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, args: tuple[str, ...], named: str
+) -> None:
+    result = perps_bot(tmp_path, "--profile", "dev", "--standby", *args)
 
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert f"--standby: not with {flag}" in result.stderr
-    assert not (tmp_path / "var/state/ledger.db").exists()
+    assert f"--standby: {named}" in result.stderr or "--standby: only for the bot" in result.stderr
+    assert named.removeprefix("not with ") in result.stderr
+    assert not (tmp_path / "var").exists()
 
 
 def test_a_lease_ttl_below_three_cycles_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:

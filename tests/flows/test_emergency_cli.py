@@ -10,7 +10,8 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from deployments.cli import main
-from tests.flows.test_emergency_switches import delete_variables
+from tests.flows.conftest import delete_variables, set_variable
+from trader.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -59,3 +60,17 @@ def test_status_reads_the_variable_and_off_clears_it(home: Path, capsys: pytest.
     assert code == 0 and variable("reduce_only") is False
     assert "reduce_only OFF in Prefect Variable reduce_only (was ON)" in off
     assert not (home / "state" / "REDUCE_ONLY").exists()
+
+
+@pytest.mark.parametrize("switch", ["kill_switch", "reduce_only"])
+def test_place_order_is_refused_by_a_switch_set_only_as_a_prefect_variable(
+    home: Path, switch: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_variable(switch, True)  # from the UI or an emergency flow elsewhere: no flag file, no environment
+
+    code = main(["--place-order", "--order-symbol", "BTC-USD", "--order-side", "buy", "--order-quantity", "0.01"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"perps-bot {switch.replace('_', '-')} off" in err
+    assert not (home / "ledger.db").exists() or Ledger(f"sqlite:///{home / 'ledger.db'}").list_orders() == []

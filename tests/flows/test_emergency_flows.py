@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 
-from tests.flows.test_emergency_switches import delete_variables, set_variable
+from tests.flows.conftest import delete_variables, set_variable
 from tests.flows.test_trading_bot_flow import wait_for_state
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import OrderRequest, OrderStatus, OrderType, Side

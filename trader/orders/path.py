@@ -25,7 +25,7 @@ from trader.brokers.base import Broker
 from trader.domain import Order, OrderRequest, OrderStatus, shrinks_position
 from trader.errors import BrokerUnavailable, OrderRejected
 from trader.ledger import Ledger
-from trader.ledger.lease import Fence
+from trader.ledger.lease import Fence, LeaseLost
 from trader.risk.guards import RiskControls
 
 log = logging.getLogger("perps_bot.orders")
@@ -88,7 +88,7 @@ class OrderPath:
         ledger: Ledger,
         *,
         controls: Callable[[], RiskControls],
-        fence: Callable[[], Fence | None] = lambda: None,
+        fence: Callable[[], Fence | None],
         session_id: Callable[[], str | None] = lambda: None,
         on_answer: Callable[[bool], None] | None = None,
     ) -> None:
@@ -118,10 +118,11 @@ class OrderPath:
             return OrderOutcome(request, "dry_run", "dry run: nothing sent")
         session_id = self.session_id()
         fence = self.fence()
+        if fence is None:  # only a dry run may go without the account's lease
+            raise LeaseLost("no lease of the account is held: nothing is sent without one (take it first)")
         recorded = self.ledger.get_order(request.client_order_id) if resume_pending else None
         if recorded is not None and recorded.status == OrderStatus.PENDING_SUBMIT:
-            if fence is not None:
-                self.ledger.check_lease(fence)
+            self.ledger.check_lease(fence)
         else:
             # Record first, then send: a crash in between leaves a pending_submit row that startup
             # reconciliation resolves by client_order_id, so no order is ever sent twice or lost.
@@ -154,8 +155,9 @@ class OrderPath:
                 "reduce_only", f"reduce-only is on: edit of order {order_id} refused (cancel it instead), nothing sent"
             )
         fence = self.fence()
-        if fence is not None:
-            self.ledger.check_lease(fence)
+        if fence is None:
+            raise LeaseLost(f"no lease of the account is held: edit of order {order_id} not sent (take it first)")
+        self.ledger.check_lease(fence)
         order = self.broker.apply_edit(order_id, preview_id)
         self.ledger.apply_order(order)
         return order

@@ -139,6 +139,13 @@ def test_a_stale_fence_refuses_the_pending_write_and_nothing_reaches_the_exchang
     assert ledger.get_order("f-1") is None and exchange.list_fills() == [] and exchange.list_open_orders() == []
 
 
+def test_without_the_accounts_lease_nothing_is_sent(exchange: SimulatedExchange, ledger: Ledger) -> None:
+    with pytest.raises(LeaseLost, match="no lease"):
+        path_for(exchange, ledger, None).send(market(Side.BUY, "0.01", "n-1"), position=Decimal(0))
+
+    assert ledger.list_orders() == [] and exchange.list_fills() == []
+
+
 def test_a_request_breaking_the_product_rules_writes_nothing(
     exchange: SimulatedExchange, ledger: Ledger, lease: LeaseInfo
 ) -> None:
