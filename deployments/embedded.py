@@ -464,7 +464,7 @@ class EmbeddedStack:
             f"trading-bot run {run['id']} is still trading ({lease.holder.describe()}, renewed "
             f"{lease.seconds_since_renewal():.0f} s ago): adopted, no second run started"
         )
-        if lease.holder.host == socket.gethostname() and pid_alive(lease.holder.pid):
+        if lease.holder.on_this_node() and pid_alive(lease.holder.pid):
             # Not below this `up`, but the bot of this folder's ledger and Prefect database: stopped with the stack.
             self.adopted_pid = lease.holder.pid
         return str(run["id"])

@@ -12,12 +12,15 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from sqlalchemy import update
@@ -34,6 +37,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.cache
+def local_node() -> str:
+    """This boot of this machine and this pid namespace: where a pid means the same process."""
+    parts = []
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(source).read_text().strip() if "boot_id" in source else os.readlink(source))
+        except OSError:
+            parts.append("?")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds (or asks for) a lease: a bot, the manual order tooling, or an operator's emergency command."""
@@ -41,7 +56,7 @@ class Holder:
     kind: HolderKind
     host: str
     pid: int
-    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    instance: str = field(default_factory=lambda: f"{local_node()}:{uuid.uuid4().hex[:12]}")
     flow_run_id: str | None = None
     flow_run_url: str | None = None
 
@@ -54,9 +69,14 @@ class Holder:
         run = f", run {self.flow_run_url or self.flow_run_id}" if (self.flow_run_url or self.flow_run_id) else ""
         return f"{self.kind} on host {self.host} pid {self.pid}{run}"
 
+    def on_this_node(self) -> bool:
+        """The holder's pid means a process here: same host name, same boot, same pid namespace."""
+        return self.host == socket.gethostname() and self.instance.partition(":")[0] == local_node()
+
     def is_gone_here(self) -> bool:
-        """True only with proof: the holder ran on this host and its process no longer exists (or is a zombie)."""
-        if self.host != socket.gethostname() or self.pid == os.getpid():
+        """True only with proof: the holder ran on this host, in this pid namespace, since this boot, and its process
+        no longer exists (or is a zombie). A container sharing the host's name but not its pids proves nothing."""
+        if not self.on_this_node() or self.pid == os.getpid():
             return False
         try:
             os.kill(self.pid, 0)

@@ -119,6 +119,8 @@ def test_a_holder_proven_gone_is_broken_at_once_and_one_only_suspected_is_waited
     alive = Holder.this_process("bot")
     assert not Holder("bot", alive.host, 1).is_gone_here()  # pid 1 runs: never broken
     assert not Holder("bot", "another-host", dead.pid).is_gone_here()  # other hosts' pids prove nothing
+    # a container with the host's name but its own pids (docker --network host) proves nothing either
+    assert not Holder("bot", alive.host, dead.pid, instance="0123456789:container").is_gone_here()
 
 
 def _contend(url: str, barrier: object, index: int, results: object) -> None:
