@@ -106,9 +106,12 @@ def trading_bot(
     exporter = start_metrics(settings, bot)  # /metrics and /health on METRICS_HOST:METRICS_PORT (9102)
     if exporter is not None:
         logger.info("metrics on %s/metrics, health on %s/health", exporter.url, exporter.url)
+    url = flow_run_url(run_id) if run_id else None
     try:
-        wait = lease_wait_seconds(settings) if restart else 0.0  # the dead holder's lease: expired or broken
-        logger.info(reconcile_before_trading(bot, run_id, flow_run_url(run_id) if run_id else None, wait))
+        # The lease first, outside the reconcile task: a restart waits up to TTL + 10 s for the dead holder's lease
+        # (180 s on 60-s profiles), longer than that task's timeout, which is for a hung broker.
+        bot.take_lease(run_id, url, lease_wait_seconds=lease_wait_seconds(settings) if restart else 0.0)
+        logger.info(reconcile_before_trading(bot, run_id, url))
     except LeaseHeld as held:
         if exporter is not None:
             exporter.stop()

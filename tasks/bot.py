@@ -28,12 +28,11 @@ def retry_unless_lease_held(_task: Any, _task_run: Any, state: Any) -> bool:
     tags=["broker", "ledger"],
     cache_policy=NO_CACHE,
 )
-def reconcile_before_trading(
-    bot: TradingBot, flow_run_id: str | None, flow_run_url: str | None = None, lease_wait_seconds: float = 0.0
-) -> str:
-    """Take the account's lease, reconcile open orders and positions with the broker, open the trading session."""
+def reconcile_before_trading(bot: TradingBot, flow_run_id: str | None, flow_run_url: str | None = None) -> str:
+    """Take the account's lease (unless held already), reconcile open orders and positions with the broker, open the
+    trading session."""
     try:
-        report = bot.start(flow_run_id=flow_run_id, flow_run_url=flow_run_url, lease_wait_seconds=lease_wait_seconds)
+        report = bot.start(flow_run_id=flow_run_id, flow_run_url=flow_run_url)
     except LeaseHeld:
         raise
     except Exception as error:
