@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
+from prefect.states import Running
 
 from trader.settings import Settings
 from trader.supervision import CrashedRun, RestartDecision, RestartPolicy, RestartSupervisor
@@ -46,6 +48,19 @@ def crashed_run_facts(flow_run_id: str, supervisor: RestartSupervisor, settings:
     )
 
 
+def _revive(flow_run_id: str, logger: Any) -> None:
+    """A run marked Crashed while its process still trades (the zombie automation after an API outage) is set back
+    to Running: left Crashed, Prefect would refuse its later real Crashed (no event, so no restart) and its cancel."""
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                UUID(flow_run_id), Running(message="still trading: its process renews the lease"), force=True
+            )
+        logger.warning("flow run %s was marked Crashed but still trades: set back to Running", flow_run_id)
+    except Exception as error:  # the run trades on either way; say so, so an operator can look
+        logger.error("flow run %s still trades but stays marked Crashed (%s): cancel it by hand", flow_run_id, error)
+
+
 @task(name="restart-policy", retries=0, timeout_seconds=RestartPolicy.max_delay_seconds + 120, cache_policy=NO_CACHE)
 def apply_restart_policy(settings: Settings, restart_of: str) -> RestartDecision:
     """Decide whether this run (started by the restart automation) trades; wait out the backoff if it does."""
@@ -60,6 +75,8 @@ def apply_restart_policy(settings: Settings, restart_of: str) -> RestartDecision
     finally:
         supervisor.ledger.dispose()
     logger.info("restart policy: %s", decision.reason)
+    if crashed.holder_alive and not decision.restart:
+        _revive(restart_of, logger)
     if decision.restart and decision.delay_seconds > 0:
         time.sleep(decision.delay_seconds)  # the backoff itself: nothing to poll for
     return decision

@@ -181,3 +181,30 @@ def test_a_crashed_state_set_after_a_cancel_is_not_restarted_into_trading(
         assert not [i for i in ledger.open_incidents() if i.fingerprint == restarts_fingerprint(ACCOUNT)]
     finally:
         ledger.dispose()
+
+
+def test_a_live_run_marked_crashed_is_set_back_to_running_trades_on_alone_and_can_still_be_cancelled(
+    served_deployments: dict[str, str], automations: dict[str, UUID]
+) -> None:
+    """The zombie automation after an API outage, or a freed concurrency slot: Crashed, while the bot still trades."""
+    from prefect.states import Crashed
+
+    run = run_deployment("trading-bot/paper", parameters={"profile": "dev", "cycle_interval_seconds": 0.2}, timeout=0)
+    ledger = Ledger(served_deployments["DATABASE_URL"])
+    try:
+        pid = wait_trading(ledger, run.id)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Crashed(message="no heartbeat (false)"), force=True)
+        assert run.deployment_id is not None
+        new = restart_of(run.deployment_id, run.id, timeout=60)
+        assert new is not None
+        assert wait_state(new.id, {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED}) is StateType.COMPLETED
+        assert ledger.find_session_by_flow_run(str(new.id)) is None  # the new run never traded
+        assert wait_state(run.id, {StateType.RUNNING}, timeout=30) is StateType.RUNNING  # revived
+        lease = ledger.current_lease(ACCOUNT)
+        assert lease is not None and lease.holder.pid == pid and not lease.expired()  # still the one bot trading
+        with get_client(sync_client=True) as client:  # and an operator's cancel reaches it again
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+        assert wait_state(run.id, {StateType.CANCELLED, StateType.CRASHED, StateType.COMPLETED}) is StateType.CANCELLED
+    finally:
+        ledger.dispose()
