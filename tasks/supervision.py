@@ -45,6 +45,7 @@ def crashed_run_facts(flow_run_id: str, supervisor: RestartSupervisor, settings:
         holder_alive=supervisor.holder_alive(
             flow_run_id, crashed_at or datetime.now(UTC), wait_seconds=settings.lease_ttl_seconds / 3 + 2
         ),
+        other_holder=supervisor.other_holder(flow_run_id),
     )
 
 

@@ -73,6 +73,7 @@ class CrashedRun:
     session_status: str | None = None  # its trading session's status in the ledger, None if it never opened one
     state_message: str | None = None
     holder_alive: bool = False  # its process still holds the account's lease: Prefect's Crashed is false
+    other_holder: str | None = None  # another live bot holds the account (a --standby took over): who
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,12 @@ def decide(policy: RestartPolicy, crashed: CrashedRun, history: list[datetime]) 
             "skip",
             f"run {crashed.flow_run_id} is marked Crashed but its process still holds the lease and renews it "
             "(a zombie verdict during an orchestrator outage?): not restarted, it trades on",
+        )
+    if crashed.other_holder is not None:
+        return RestartDecision(
+            "skip",
+            f"run {crashed.flow_run_id} is not restarted: another bot already trades the account "
+            f"({crashed.other_holder})",
         )
     if crashed.session_status in CLEAN_SESSION_ENDS:
         return RestartDecision(
@@ -226,6 +233,13 @@ class RestartSupervisor:
             if time.monotonic() >= deadline:
                 return False  # hung or dead elsewhere: its lease expires on its own, the new run waits for that
             time.sleep(0.5)
+
+    def other_holder(self, flow_run_id: str) -> str | None:
+        """Who holds the account's unexpired lease when that is not the crashed run (a standby that took over)."""
+        lease = self.ledger.current_lease(self.account)
+        if lease is None or lease.expired() or lease.holder.flow_run_id == flow_run_id or lease.holder.is_gone_here():
+            return None
+        return lease.holder.describe()
 
     def decide_and_record(
         self,

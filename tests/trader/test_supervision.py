@@ -160,3 +160,25 @@ def test_a_hung_holder_that_stops_renewing_is_restarted(ledger: Ledger, slack: S
     watcher = supervisor(ledger, slack)
 
     assert watcher.holder_alive("run-hung", datetime.now(UTC) + timedelta(seconds=1), wait_seconds=1.5) is False
+
+
+def test_a_crashed_run_whose_account_a_standby_already_trades_is_not_restarted(
+    ledger: Ledger, slack: SlackRecorder
+) -> None:
+    """The standby took over before the automation fired: a restart would only wait out the TTL and be refused."""
+    ledger.acquire_lease("default", Holder.this_process("bot", flow_run_id=None), 30)  # the standby (a process)
+    watcher = supervisor(ledger, slack)
+    other = watcher.other_holder("run-crashed")
+
+    decision = watcher.decide_and_record(
+        CrashedRun("run-crashed", ("RUNNING", "CRASHED"), 600.0, "running", other_holder=other),
+        new_run_id="new-y",
+        now=T0,
+    )
+
+    assert other is not None and "bot on host" in other
+    assert decision.verdict == "skip" and "another bot already trades the account" in decision.reason
+    assert ledger.open_incidents() == [] and slack.posts() == []  # no "bot offline": the account is traded
+    standby = ledger.current_lease("default")
+    assert standby is not None and ledger.release_lease(standby.fence)
+    assert watcher.other_holder("run-crashed") is None  # a released (expired) lease is nobody's
