@@ -62,7 +62,10 @@ def _ensure_automations(env: dict[str, str]) -> None:
     )
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip()[-300:]
-        out.print(f"[red]automations not created (the bot is NOT supervised: no restart after a crash): {detail}[/]")
+        out.print(
+            f"[red]python -m deployments.automations failed; without the zombie and restart automations a crashed "
+            f"bot is not restarted (check them in the UI, Automations): {detail}[/]"
+        )
 
 
 def api_healthy(port: int, timeout: float = 2) -> bool:

@@ -115,8 +115,9 @@ def trading_bot(
     except LeaseHeld as held:
         if exporter is not None:
             exporter.stop()
-        logger.error("%s", held)
-        return Failed(message=str(held), name=LEASE_HELD_STATE)
+        refused = LeaseHeld(held.lease, "cancel that bot's run first (a restart waits for a dead holder's lease)")
+        logger.error("%s", refused)
+        return Failed(message=str(refused), name=LEASE_HELD_STATE)
     poller.start()
     # A kill switch set only as a Variable (the UI, or an emergency flow on another machine) must hold from the
     # first cycle: one read before trading, bounded by the poller's own timeout so an outage delays nothing more.
