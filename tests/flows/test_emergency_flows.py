@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 
-from tests.flows.conftest import delete_variables, set_variable
+from tests.flows.conftest import set_variable
 from tests.flows.test_trading_bot_flow import wait_for_state
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import OrderRequest, OrderStatus, OrderType, Side
@@ -42,14 +41,6 @@ def bot_env(bot_env: dict[str, str], fresh_pg_url: str) -> dict[str, str]:
 EMERGENCY_DEPLOYMENTS = [
     f"emergency-{name}/on-demand" for name in ("kill-switch", "reduce-only", "cancel-all", "flatten")
 ]
-
-
-@pytest.fixture
-def clean_variables(prefect_server: dict[str, str]) -> Iterator[None]:
-    """No kill_switch/reduce_only Variable before or after the test (the server is shared by the session)."""
-    delete_variables()
-    yield
-    delete_variables()
 
 
 @pytest.fixture

@@ -14,12 +14,12 @@ from urllib.parse import urlsplit
 import pytest
 from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.states import Cancelling
 
 from flows.bot import StopBetweenCycles
 from flows.orchestrator import OrchestratorPoller
 from flows.switches import BotControls
+from tests.flows.conftest import set_variable
 from trader.risk import RiskControls
 from trader.settings import Settings, load_settings
 
@@ -83,29 +83,6 @@ def proxy(prefect_server: dict[str, str]) -> Iterator[HangingProxy]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return load_settings(profile="dev", state_dir=tmp_path / "state", log_dir=tmp_path / "logs", broker="simulated")
-
-
-@pytest.fixture
-def clean_variables(prefect_server: dict[str, str]) -> Iterator[None]:
-    """No kill_switch/reduce_only Variable before or after the test (the server is shared by the session)."""
-    _delete_variables()
-    yield
-    _delete_variables()
-
-
-def _delete_variables() -> None:
-    with get_client(sync_client=True) as client:
-        for name in ("kill_switch", "reduce_only"):
-            if client.read_variable_by_name(name) is not None:
-                client.delete_variable_by_name(name)
-
-
-def set_variable(name: str, value: object) -> None:
-    with get_client(sync_client=True) as client:
-        if client.read_variable_by_name(name) is None:
-            client.create_variable(VariableCreate(name=name, value=value))  # type: ignore[arg-type]
-        else:
-            client.update_variable(VariableUpdate(name=name, value=value))  # type: ignore[arg-type]
 
 
 def poller_through(proxy: HangingProxy, flow_run_id: str | None = None, **options: object) -> OrchestratorPoller:

@@ -13,20 +13,12 @@ from trader.domain import OrderStatus
 from trader.ledger import Ledger
 from trader.market import ReplayMarketData
 from trader.runtime import build_bot
-from trader.settings import Settings, load_settings
+from trader.settings import Settings
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        profile="dev",
-        state_dir=tmp_path / "state",
-        log_dir=tmp_path / "logs",
-        broker="simulated",
-        strategy_fast_window=2,
-        strategy_slow_window=4,
-        heartbeat_interval_seconds=0,
-    )
+def settings(paper_settings: Settings) -> Settings:
+    return paper_settings
 
 
 def run(

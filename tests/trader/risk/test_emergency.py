@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -40,16 +39,8 @@ class BatchRecordingExchange(SimulatedExchange):
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(
-        profile="dev",
-        state_dir=tmp_path / "state",
-        log_dir=tmp_path / "logs",
-        broker="simulated",
-        strategy_fast_window=2,
-        strategy_slow_window=4,
-        heartbeat_interval_seconds=0,
-    )
+def settings(paper_settings: Settings) -> Settings:
+    return paper_settings
 
 
 @pytest.fixture
