@@ -81,7 +81,9 @@ def with_paper_bot(env: dict[str, str], database_url: str, folder: Path) -> dict
 
 @pytest.fixture
 def served_deployments(bot_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str]]:
-    """`python -m deployments.serve_all`: every deployment of prefect.yaml registered and served."""
+    """`python -m deployments.serve_all`: every deployment of prefect.yaml registered and served; no run of an
+    earlier test is left for this runner to pick up, and none of this test's is left for the next."""
+    cancel_unfinished_runs()
     runner = spawn(["deployments.serve_all"], tmp_path / "serve.log", bot_env, ROOT)
     from prefect.client.orchestration import get_client
 
@@ -99,8 +101,24 @@ def served_deployments(bot_env: dict[str, str], tmp_path: Path) -> Iterator[dict
                     )
                 time.sleep(0.5)
     yield bot_env
+    cancel_unfinished_runs()
     stop_children([runner], grace=40)
     print((tmp_path / "serve.log").read_text()[-5000:])  # shown by pytest when a test fails
+
+
+def cancel_unfinished_runs() -> None:
+    """Every flow run on the shared server that is not final is cancelled: a scheduled run (a restart the automation
+    made, a run a test started last) would otherwise be picked up by the next test's runner, with that test's ledger,
+    and hold trading-bot's concurrency slot."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled
+
+    unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
+    flow_run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)))
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=flow_run_filter, limit=200):
+            client.set_flow_run_state(run.id, Cancelled(message="left by an earlier test"), force=True)
 
 
 def set_variable(name: str, value: object) -> None:
