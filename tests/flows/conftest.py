@@ -107,18 +107,26 @@ def served_deployments(bot_env: dict[str, str], tmp_path: Path) -> Iterator[dict
 
 
 def cancel_unfinished_runs() -> None:
-    """Every flow run on the shared server that is not final is cancelled: a scheduled run (a restart the automation
-    made, a run a test started last) would otherwise be picked up by the next test's runner, with that test's ledger,
-    and hold trading-bot's concurrency slot."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    """Every trading-bot run on the shared server that is not final is cancelled: a scheduled one (a restart the
+    automation made, a run a test started last) would otherwise be picked up by the next test's runner, with that
+    test's ledger, and hold trading-bot's concurrency slot."""
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled
 
     unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
     flow_run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)))
+    bot = FlowFilter(name=FlowFilterName(any_=["trading-bot"]))
     with get_client(sync_client=True) as client:
-        for run in client.read_flow_runs(flow_run_filter=flow_run_filter, limit=200):
-            client.set_flow_run_state(run.id, Cancelled(message="left by an earlier test"), force=True)
+        while runs := client.read_flow_runs(flow_filter=bot, flow_run_filter=flow_run_filter, limit=200):
+            for run in runs:
+                client.set_flow_run_state(run.id, Cancelled(message="left by an earlier test"), force=True)
 
 
 def set_variable(name: str, value: object) -> None:
