@@ -163,7 +163,7 @@ class TradingBot:
         self.orders = self.order_path_class(
             self.broker,
             ledger,
-            controls=self.controls,
+            controls=lambda: self.controls(),  # late-bound: the flow swaps in controls that read Prefect Variables
             fence=lambda: self.fence,
             session_id=lambda: self.session_id,
             on_answer=self.stats.record_order,
