@@ -3,12 +3,13 @@
 A session still marked `running` when a bot starts was not closed by its engine: it died (SIGKILL, OOM, host
 loss); one marked `crashed` ended on an exception. Either way, before the new session trades, recovery
 1. cancels, in one batch, every order the dead engine left working on the broker ("Cancelled N pending orders"),
-2. validates the ledger's positions ("position validation"): a corrupt row (non-finite, negative spot quantity,
+2. imports the fills the dead engine never recorded (trade ids dedupe), so a lagging position catches up,
+3. validates the ledger's positions ("position validation"): a corrupt row (non-finite, negative spot quantity,
    a non-positive entry price on a held quantity) or one that disagrees with the broker is dropped and replaced
    by the broker's truth,
-3. restores the portfolio state (strategy state, guard counters) from the latest good checkpoint
+4. restores the portfolio state (strategy state, guard counters) from the latest good checkpoint
    ("Restored from checkpoint ID"), when a checkpoint source is given,
-4. marks the crashed session(s) `recovered`.
+5. marks the crashed session(s) `recovered`.
 Startup reconciliation runs afterwards as usual and settles orders that were never acknowledged.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from trader.brokers.base import Broker
 from trader.domain import OrderStatus, Position
 from trader.ledger import Ledger
+from trader.reconcile.startup import import_missed_fills
 
 log = logging.getLogger("perps_bot.recovery")
 
@@ -37,6 +39,7 @@ class EngineRecovery:
     crashed_sessions: list[str] = field(default_factory=list)
     orders_cancelled: int = 0
     orders_not_cancelled: int = 0
+    fills_imported: int = 0
     positions_checked: int = 0
     positions_dropped: list[str] = field(default_factory=list)
     checkpoint_id: str | None = None
@@ -90,6 +93,9 @@ def recover_engine(
         "Cancelled %d pending orders (%d could not be cancelled)", report.orders_cancelled, report.orders_not_cancelled
     )
 
+    # Fills the dead engine's orders got after its last fill sync: with them the ledger's positions catch up, so
+    # validation drops only rows that are wrong, not ones that merely lag (a kill between a fill and its record).
+    report.fills_imported = import_missed_fills(broker, ledger)
     validation_started = time.perf_counter()
     _validate_positions(broker, ledger, at, report)
     report.validation_ms = (time.perf_counter() - validation_started) * 1000

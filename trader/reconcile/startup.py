@@ -58,6 +58,12 @@ def vanished_order(record: OrderRecord, at: datetime, reason: str) -> Order:
     )
 
 
+def import_missed_fills(broker: Broker, ledger: Ledger) -> int:
+    """The broker's fills since shortly before the ledger's newest (trade ids dedupe the overlap); how many were new."""
+    last = ledger.last_fill_time()
+    return ledger.record_fills(broker.list_fills(since=last - FILL_OVERLAP if last else None))
+
+
 def reconcile_on_start(broker: Broker, ledger: Ledger, at: datetime) -> StartupReconciliation:
     """Bring open orders, fills and positions in the ledger to the broker's state; never places an order."""
     report = StartupReconciliation()
@@ -77,8 +83,7 @@ def reconcile_on_start(broker: Broker, ledger: Ledger, at: datetime) -> StartupR
         if ledger.get_order(order.client_order_id) is None:
             ledger.apply_order(order)
             report.orders_imported += 1
-    last = ledger.last_fill_time()
-    report.fills_imported = ledger.record_fills(broker.list_fills(since=last - FILL_OVERLAP if last else None))
+    report.fills_imported = import_missed_fills(broker, ledger)
     ours = ledger.positions()
     for position in broker.positions():
         mine = ours.pop(position.symbol, None)

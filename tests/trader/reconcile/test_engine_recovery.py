@@ -113,6 +113,20 @@ def test_corrupt_or_disagreeing_positions_are_dropped_for_the_brokers_truth(sett
     bot.stop()
 
 
+def test_a_fill_the_dead_engine_never_recorded_is_imported_and_its_position_is_not_dropped(settings: Settings) -> None:
+    exchange, ledger, _ = crashed_engine(settings, 0)
+    held = OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01"), "filled-then-killed")
+    ledger.record_pending(held, None, exchange.now())
+    exchange.place_order(held)  # filled on the exchange; the engine died before it recorded the answer or the fill
+
+    bot = build_bot(settings, broker=exchange, ledger=ledger)
+    bot.start()
+
+    assert bot.recovery is not None and bot.recovery.fills_imported == 1 and bot.recovery.positions_dropped == []
+    assert ledger.positions()["BTC-USD"].quantity == Decimal("0.01")
+    bot.stop()
+
+
 def test_portfolio_state_comes_from_the_latest_checkpoint(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     exchange, ledger, _ = crashed_engine(settings, 3)
     caplog.set_level(logging.INFO)
