@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,13 @@ if TYPE_CHECKING:
     from trader.quality.market_data import MarketDataGate
     from trader.state.checkpoints import CheckpointStore
     from trader.state.manager import StateManager
+
+
+@contextmanager
+def open_ledger(settings: Settings, *, migrate: bool = True) -> Iterator[Ledger]:
+    """The ledger for one piece of work (a task, a CLI command), its connections closed when the work ends."""
+    with Ledger(settings.database_url, migrate=migrate) as ledger:
+        yield ledger
 
 
 def build_broker(settings: Settings, *, persist: bool = True, read_only: bool = False) -> Broker:

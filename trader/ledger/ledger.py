@@ -495,6 +495,12 @@ class Ledger:
         """Close every pooled database connection."""
         self.engine.dispose()
 
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.dispose()
+
 
 def _new_order_row(order: OrderRequest | Order, **fields: Any) -> OrderRecord:
     """An orders row from what the bot asked for or what the broker reports (the fields both carry)."""
