@@ -20,7 +20,8 @@ from functools import partial
 from typing import Any
 
 from trader.brokers.base import Broker
-from trader.brokers.coinbase_http import (
+from trader.brokers.rules import check_order, check_reduce_only, fmt
+from trader.coinbase.http import (
     CallPolicy,
     Credentials,
     Failure,
@@ -29,7 +30,6 @@ from trader.brokers.coinbase_http import (
     load_credentials,
     plain_json,
 )
-from trader.brokers.rules import check_order, check_reduce_only, fmt
 from trader.domain import (
     AccountSnapshot,
     Balance,

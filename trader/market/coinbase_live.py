@@ -14,7 +14,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-from trader.brokers.coinbase_http import CallPolicy, build_rest_client, plain_json
+from trader.coinbase.http import CallPolicy, build_rest_client, plain_json
 from trader.domain import Candle
 from trader.errors import BrokerUnavailable, ConfigError, UnknownSymbol
 from trader.market.source import candles_from_coinbase

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from trader.brokers.coinbase_http import load_credentials
+from trader.coinbase.http import load_credentials
 from trader.errors import ConfigError
 from trader.settings import load_settings
 
