@@ -14,15 +14,13 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from trader.errors import TraderError
-from trader.state.base import ObjectStore, StateRecord, decode_value
-
-if TYPE_CHECKING:
-    from trader.state.manager import StateManager
+from trader.state.base import BatchResult, ObjectStore, StateRecord, decode_value
 
 log = logging.getLogger("trader.state")
 PREFIX = "state/archive/"
@@ -44,10 +42,22 @@ class ArchiveInfo:
     duration_ms: float = 0.0
 
 
+class KeyStore(Protocol):
+    """The keys an archive moves: what it needs of the StateManager (which satisfies it), and nothing more."""
+
+    def get_keys_by_pattern(self, pattern: str = "*") -> list[str]: ...
+
+    def batch_get_records(self, keys: Iterable[str]) -> dict[str, StateRecord]: ...
+
+    def batch_set(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> BatchResult: ...
+
+    def batch_delete(self, keys: Iterable[str]) -> BatchResult: ...
+
+
 class ColdArchive:
     """Archive keys matching a pattern to the cold store and restore them; see the module docstring."""
 
-    def __init__(self, manager: StateManager, cold: ObjectStore) -> None:
+    def __init__(self, manager: KeyStore, cold: ObjectStore) -> None:
         self.manager = manager
         self.cold = cold
 
