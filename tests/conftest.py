@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, generate_cdp_key
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, generate_cdp_key
 
 # Tests that want the exporter start it on a free port; nothing else may bind the operator's 9102.
 os.environ["METRICS_ENABLED"] = "0"

@@ -14,7 +14,7 @@ from tests.deployments.test_cli import ledger_of, perps_bot
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.settings import load_settings
 from trader.strategy import MovingAverageCrossover
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, generate_cdp_key
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, generate_cdp_key
 
 ORDERS = "/api/v3/brokerage/orders"
 

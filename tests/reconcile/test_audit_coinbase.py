@@ -13,7 +13,7 @@ from trader.domain import Order, OrderRequest, OrderStatus, OrderType, Side
 from trader.ledger import Ledger
 from trader.reconcile.audit import AuditReport, audit
 from trader.settings import load_settings
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey
 
 ORDERS = "/api/v3/brokerage/orders"  # create, edit, batch_cancel are all POSTs under it
 HOUR = timedelta(hours=1)

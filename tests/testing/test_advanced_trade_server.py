@@ -16,7 +16,7 @@ import pytest
 import requests
 from coinbase.rest import RESTClient
 
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault, generate_cdp_key
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, Fault, generate_cdp_key
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_NAME = "organizations/test-org/apiKeys/test-key"
@@ -320,7 +320,7 @@ def test_resting_orders_fill_as_maker_and_stops_trigger_on_price_moves(
 
 
 def test_the_command_line_server_writes_server_json_and_stops_on_sigterm(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "trader.testing.advanced_trade_server", "--state-dir", str(tmp_path)]
+    command = [sys.executable, "-m", "trader.testing.advanced_trade", "--state-dir", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     info_path = tmp_path / "server.json"

@@ -20,7 +20,7 @@ from trader.ledger import Ledger
 from trader.market import ReplayMarketData
 from trader.runtime import build_bot
 from trader.settings import Settings, load_settings
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, Fault
 
 CANDLES = "/api/v3/brokerage/products/BTC-USD/candles"
 

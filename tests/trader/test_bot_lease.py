@@ -18,7 +18,7 @@ from trader.ledger.lease import Holder, LeaseHeld
 from trader.market import ReplayMarketData
 from trader.runtime import build_bot
 from trader.settings import Settings
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey
 
 
 @pytest.fixture

@@ -249,7 +249,7 @@ def exchange_degradation(ctx: DrillContext) -> DrillResult:
     from trader.brokers.coinbase import CoinbaseBroker
     from trader.drills.engine_child import build_drill_bot, drill_settings
     from trader.reconcile import reconcile_on_start
-    from trader.testing.advanced_trade_server import AdvancedTradeServer, Fault, generate_cdp_key
+    from trader.testing.advanced_trade import AdvancedTradeServer, Fault, generate_cdp_key
 
     folder = drill_folder(ctx, "exchange-degradation")
     fault_seconds = float(ctx.options.get("fault_seconds", DEGRADATION_FAULT_SECONDS))

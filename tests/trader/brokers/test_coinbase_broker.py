@@ -25,7 +25,7 @@ from trader.errors import (
     UnknownSymbol,
 )
 from trader.settings import Settings, load_settings
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, Fault
 
 ORDERS = "/api/v3/brokerage/orders"
 ACCOUNTS = "/api/v3/brokerage/accounts"

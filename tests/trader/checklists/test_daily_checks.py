@@ -18,7 +18,7 @@ from trader.ledger import Ledger
 from trader.market import ReplayMarketData
 from trader.settings import load_settings
 from trader.state.cold import LocalFolderStore
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey
 
 NOW = datetime(2026, 11, 21, 7, 0, tzinfo=UTC)
 MARKET_TIME = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)  # a replay's clock: years behind the wall clock

@@ -13,7 +13,7 @@ from trader.errors import ConfigError, UnknownSymbol
 from trader.market import MarketDataSource
 from trader.market.coinbase_live import CoinbaseLiveMarketData
 from trader.settings import load_settings
-from trader.testing.advanced_trade_server import AdvancedTradeServer
+from trader.testing.advanced_trade import AdvancedTradeServer
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from trader.ledger.lease import Holder, LeaseInfo, LeaseLost
 from trader.market import ReplayMarketData
 from trader.orders.path import ControlRefused, OrderPath
 from trader.risk import RiskControls
-from trader.testing.advanced_trade_server import AdvancedTradeServer, CdpKey, Fault
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, Fault
 
 BTC = "BTC-USD"
 OFF = RiskControls(kill_switch=False, reduce_only=False)
