@@ -283,6 +283,10 @@ class FallbackObjectStore:
         self._last_attempt = float("-inf")
         self.synced_total = 0
 
+    def on_recovery(self, listener: Callable[[str, float], None]) -> None:
+        """Call `listener("s3", seconds)` each time a sync brings S3 back after an outage."""
+        self.recovery_listeners.append(listener)
+
     # --- queue on disk
 
     def _load_queue(self) -> dict[str, QueueOp]:
