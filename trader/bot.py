@@ -182,10 +182,7 @@ class TradingBot:
         self.metrics = metrics
         self.stats.listeners.append(metrics.observe_api_call)
         if self.state is not None:  # Redis and PostgreSQL recoveries, and the S3 fallback's sync
-            self.state.recovery_listeners.append(metrics.record_recovery)
-            listeners = getattr(getattr(self.state.cold, "cold", None), "recovery_listeners", None)
-            if listeners is not None:
-                listeners.append(metrics.record_recovery)
+            self.state.on_recovery(metrics.record_recovery)
 
     def start(
         self, flow_run_id: str | None = None, flow_run_url: str | None = None, *, lease_wait_seconds: float = 0.0

@@ -81,7 +81,7 @@ def test_redis_outage_restores_all_keys_from_warm_tier(
 ) -> None:
     manager = redis_pg_manager
     recoveries: list[tuple[str, float]] = []
-    manager.recovery_listeners.append(lambda tier, seconds: recoveries.append((tier, seconds)))
+    manager.on_recovery(lambda tier, seconds: recoveries.append((tier, seconds)))
     manager.batch_set({f"order:{i}": {"i": i} for i in range(400)})
     caplog.set_level(logging.INFO, logger="trader.state")
 
@@ -138,7 +138,7 @@ def test_postgresql_outage_journals_writes_and_replays_them_exactly_once(
 ) -> None:
     manager = redis_pg_manager
     recoveries: list[str] = []
-    manager.recovery_listeners.append(lambda tier, _seconds: recoveries.append(tier))
+    manager.on_recovery(lambda tier, _seconds: recoveries.append(tier))
     manager.batch_set({f"pos:{i}": {"qty": i} for i in range(200)})
     caplog.set_level(logging.INFO, logger="trader.state")
 

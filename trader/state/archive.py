@@ -14,13 +14,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from trader.errors import TraderError
 from trader.state.base import BatchResult, ObjectStore, StateRecord, decode_value
+from trader.state.cold import FallbackObjectStore
 
 log = logging.getLogger("trader.state")
 PREFIX = "state/archive/"
@@ -60,6 +61,12 @@ class ColdArchive:
     def __init__(self, manager: KeyStore, cold: ObjectStore) -> None:
         self.manager = manager
         self.cold = cold
+
+    def on_recovery(self, listener: Callable[[str, float], None]) -> None:
+        """Call `listener("s3", seconds)` when the cold store comes back after an outage (a store with a local
+        fallback; a plain folder or S3 store has no recovery to report)."""
+        if isinstance(self.cold, FallbackObjectStore):
+            self.cold.on_recovery(listener)
 
     def archive(self, pattern: str, *, name: str | None = None) -> ArchiveInfo | None:
         """Move the keys matching `pattern` to one cold object; None when nothing matches."""

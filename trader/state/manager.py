@@ -125,8 +125,8 @@ class StateManager:
         self.clock = clock
         self.probe_interval = probe_interval
         self._lock = threading.RLock()
-        # Called with (tier, seconds) after each automatic recovery: "redis" or "postgres" (metrics exporter).
-        self.recovery_listeners: list[Callable[[str, float], None]] = []
+        # Called with (tier, seconds) after each automatic recovery: "redis" or "postgres" (see on_recovery).
+        self._recovery_listeners: list[Callable[[str, float], None]] = []
         self._trusted: set[str] = set()
         self._hot_complete = False  # the cache holds every stored key, so a miss means absent (see _degraded_get)
         self._evictions_mark = 0
@@ -383,8 +383,15 @@ class StateManager:
                 self._verify_after_recovery()
             return replayed
 
+    def on_recovery(self, listener: Callable[[str, float], None]) -> None:
+        """Call `listener(tier, seconds)` after each automatic recovery: "redis", "postgres", and "s3" when the
+        cold store falls back to a local folder and syncs it back."""
+        self._recovery_listeners.append(listener)
+        if self.cold is not None:
+            self.cold.on_recovery(listener)
+
     def _announce_recovery(self, tier: str, elapsed_ms: float) -> None:
-        for listener in self.recovery_listeners:
+        for listener in self._recovery_listeners:
             try:
                 listener(tier, elapsed_ms / 1000)
             except Exception as error:  # a metrics hook never breaks a recovery
