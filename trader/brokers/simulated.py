@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import uuid
 from bisect import bisect_right
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
@@ -59,6 +56,7 @@ from trader.domain import (
     TimeInForce,
 )
 from trader.errors import ConfigError, InsufficientFunds, OrderNotFound, OrderRejected, UnknownSymbol
+from trader.fsio import atomic_write
 from trader.market.source import MarketDataSource
 
 DEFAULT_PRODUCTS: tuple[Product, ...] = (
@@ -641,7 +639,7 @@ class SimulatedExchange(Broker):
     def _persist(self) -> None:
         if self.state_path is None or not self._dirty or self.read_only:
             return
-        _write_atomic(self.state_path, json.dumps(self._state(), separators=(",", ":")))
+        atomic_write(self.state_path, json.dumps(self._state(), separators=(",", ":")))
         self._dirty = False
 
     def _state(self) -> dict[str, Any]:
@@ -719,28 +717,6 @@ class SimulatedExchange(Broker):
 
 def _filled_at(fill: Fill) -> datetime:
     return fill.filled_at
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path so a crash leaves the old or the new file, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with suppress(OSError):  # make the rename durable too (POSIX; not possible on every platform)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 def _parse_time(value: str) -> datetime:

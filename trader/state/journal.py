@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from trader.fsio import atomic_write
 from trader.state.base import StateRecord, StorageTier
 
 Op = Literal["set", "delete"]
@@ -215,7 +216,7 @@ class WriteJournal:
                 os.fsync(handle.fileno())
 
     def _rewrite(self, entries: Sequence[JournalEntry]) -> None:
-        _atomic_write(self.path, "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8"))
+        atomic_write(self.path, "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8"))
 
     def _read_marker(self) -> int:
         try:
@@ -224,19 +225,4 @@ class WriteJournal:
             return 0
 
     def _write_marker(self, seq: int) -> None:
-        _atomic_write(self.marker, f"{seq}\n".encode("ascii"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace path with data so that readers and crashes see the old or the new file, never a mix."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        atomic_write(self.marker, f"{seq}\n".encode("ascii"))
