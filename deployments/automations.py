@@ -34,17 +34,12 @@ import sys
 from typing import Any
 from uuid import UUID
 
-from trader.alerts.notifier import (
-    SLACK_API_URL_ENV,
-    SLACK_BOT_TOKEN_BLOCK,
-    SLACK_WEBHOOK_URL_BLOCK,
-    redact,
-    secret_from_prefect_block,
-)
+from prefect_adapter.secrets import SLACK_BOT_TOKEN_BLOCK, SLACK_WEBHOOK_URL_BLOCK, secret_block_value
+from trader.alerts.notifier import SLACK_API_URL_ENV, redact
 from trader.alerts.severity import SEVERITY_MATRIX, IncidentKind, severity_for
 from trader.settings import Settings, load_settings
 
-log = logging.getLogger("trader.alerts")
+log = logging.getLogger(__name__)
 
 AUTOMATION_NAME = "gpt-trader: notify on crashed runs"
 WEBHOOK_BLOCK_NAME = "gpt-trader-slack-crash-alert"
@@ -84,7 +79,7 @@ def _webhook_target(settings: Settings, slack_api_url: str) -> tuple[str, dict[s
     """URL, headers and payload template for the Webhook block; None when no Slack is configured."""
     text = _message_template()
     if settings.slack_channel:
-        token = settings.slack_bot_token or secret_from_prefect_block(SLACK_BOT_TOKEN_BLOCK)
+        token = settings.slack_bot_token or secret_block_value(SLACK_BOT_TOKEN_BLOCK)
         if token is not None:
             headers = {
                 "Authorization": f"Bearer {token.get_secret_value()}",
@@ -92,7 +87,7 @@ def _webhook_target(settings: Settings, slack_api_url: str) -> tuple[str, dict[s
             }
             payload = f'{{"channel": {json.dumps(settings.slack_channel)}, "text": {text}}}'
             return f"{slack_api_url.rstrip('/')}/chat.postMessage", headers, payload
-    webhook = settings.slack_webhook_url or secret_from_prefect_block(SLACK_WEBHOOK_URL_BLOCK)
+    webhook = settings.slack_webhook_url or secret_block_value(SLACK_WEBHOOK_URL_BLOCK)
     if webhook is not None:
         return webhook.get_secret_value(), {"Content-Type": "application/json"}, f'{{"text": {text}}}'
     return None

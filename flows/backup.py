@@ -11,50 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
 
 from flows.hooks import RUNBOOK_HOOKS
-from tasks.backup import ProgressArtifact, apply_retention, dump_ledger, restore_test, upload_and_verify_backup
-from trader.backup import BackupError, BackupInfo, RestoreReport, backup_manager_from_settings
+from prefect_adapter.artifacts import ProgressArtifact, publish_markdown
+from tasks.backup import STAGES, apply_retention, dump_ledger, restore_test, upload_and_verify_backup
+from trader.backup import BackupError, backup_manager_from_settings
+from trader.backup.render import backup_markdown, restore_markdown, size_text
 from trader.settings import load_settings
-
-
-def _size(size_bytes: int) -> str:
-    return f"{size_bytes / 2**20:.1f} MiB" if size_bytes >= 2**20 else f"{size_bytes} bytes"
-
-
-def _backup_markdown(info: BackupInfo, pruned: list[str]) -> str:
-    lines = [
-        f"# {info.kind} backup {'verified' if info.verified else 'NOT VERIFIED'}",
-        "",
-        f"- object: `{info.name}` ({_size(info.size_bytes)}, {info.engine})",
-        f"- sha256: `{info.sha256}` (read back from the cold tier and compared)",
-        f"- manifest: `{info.manifest_name}`",
-        f"- created at: {info.created_at.isoformat()}",
-        f"- rows: {info.total_rows} in {len(info.row_counts)} tables",
-        f"- tools: {', '.join(f'{k} {v}' for k, v in sorted(info.tools.items()))}",
-        f"- retention: {len(pruned)} expired objects deleted",
-        "",
-        "| table | rows | md5 |",
-        "|---|---:|---|",
-    ]
-    lines += [f"| {t} | {n} | `{info.table_checksums.get(t, '')[:12]}` |" for t, n in sorted(info.row_counts.items())]
-    return "\n".join(lines)
 
 
 def _backup(kind: str, profile: str, flow_name: str) -> dict[str, Any]:
     """Dump, upload, verify, apply retention: one backup of this kind, with progress and result artifacts."""
     logger = get_run_logger()
     manager = backup_manager_from_settings(load_settings(profile=profile))
-    progress = ProgressArtifact(f"{flow_name}-progress", f"{kind} backup of the ledger")
+    progress = ProgressArtifact(f"{flow_name}-progress", f"{kind} backup of the ledger", stages=STAGES)
     dump = dump_ledger(manager, kind, progress)
     info = upload_and_verify_backup(manager, dump, progress)
     pruned = apply_retention(manager)
     progress.finish(f"{kind} backup verified: {info.name}")
-    create_markdown_artifact(
-        key=f"{flow_name}-result", markdown=_backup_markdown(info, pruned), description=f"{kind} backup {info.name}"
-    )
-    logger.info("Backup verified: %s (%s, sha256 %s)", info.name, _size(info.size_bytes), info.sha256[:12])
+    publish_markdown(f"{flow_name}-result", backup_markdown(info, pruned), description=f"{kind} backup {info.name}")
+    logger.info("Backup verified: %s (%s, sha256 %s)", info.name, size_text(info.size_bytes), info.sha256[:12])
     return {
         "name": info.name,
         "kind": info.kind,
@@ -78,26 +54,6 @@ def full_backup(profile: str = "dev") -> dict[str, Any]:
     return _backup("full", profile, "full-backup")
 
 
-def _restore_markdown(report: RestoreReport) -> str:
-    lines = [
-        f"# Restore test {'passed' if report.ok else 'FAILED'}",
-        "",
-        f"- backup: `{report.backup}` ({_size(report.size_bytes)}, {report.engine})",
-        f"- restored into: {report.restored_into}",
-        f"- download {report.download_seconds:.1f} s, restore {report.restore_seconds:.1f} s, "
-        f"compare {report.compare_seconds:.1f} s",
-        "",
-    ]
-    if report.mismatches:
-        lines += ["## Mismatches", ""] + [f"- {m}" for m in report.mismatches] + [""]
-    lines += ["| table | manifest rows | restored rows |", "|---|---:|---:|"]
-    for table in sorted(set(report.expected_counts) | set(report.restored_counts)):
-        lines.append(
-            f"| {table} | {report.expected_counts.get(table, '-')} | {report.restored_counts.get(table, '-')} |"
-        )
-    return "\n".join(lines)
-
-
 @flow(name="backup-restore-test", log_prints=False, persist_result=False, timeout_seconds=4 * 3600, **RUNBOOK_HOOKS)
 def backup_restore_test(profile: str = "dev", target_admin_url: str | None = None) -> dict[str, Any]:
     """Restore the latest verified backup into a scratch database (dropped afterwards) and compare its row counts
@@ -111,9 +67,7 @@ def backup_restore_test(profile: str = "dev", target_admin_url: str | None = Non
     progress.set(10.0, "restore test: downloading and restoring", force=True)
     report = restore_test(manager, target_admin_url)
     progress.finish(f"restore test {'passed' if report.ok else 'FAILED'}: {report.backup}")
-    create_markdown_artifact(
-        key="backup-restore-test-result", markdown=_restore_markdown(report), description=report.summary()
-    )
+    publish_markdown("backup-restore-test-result", restore_markdown(report), description=report.summary())
     if not report.ok:
         raise BackupError(report.summary())
     logger.info("%s", report.summary())

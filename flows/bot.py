@@ -1,8 +1,9 @@
 """trading-bot: the bot core as one long-lived Prefect flow run.
 
 Nothing Prefect does sits on the cycle's critical path: the cancel poll, the switch Variables, the run's log lines and
-its artifact go through the orchestrator poller (flows/orchestrator.py), and the cycle reads only last-known values.
-With the Prefect API hung or gone the bot keeps cycling; the env and the STATE_DIR flag files still stop it.
+its artifact go through the orchestrator poller (prefect_adapter/orchestrator.py), and the cycle reads only
+last-known values. With the Prefect API hung or gone the bot keeps cycling; the env and the STATE_DIR flag files
+still stop it.
 """
 
 from __future__ import annotations
@@ -12,25 +13,25 @@ import signal
 import threading
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.actions import ArtifactCreate
-from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from flows.hooks import LEASE_HELD_STATE, flow_run_url, incident_on_crashed, incident_on_failure
-from flows.orchestrator import TIMEOUT_SECONDS, OrchestratorPoller
-from flows.switches import bot_controls
+from flows.hooks import LEASE_HELD_STATE, incident_on_crashed, incident_on_failure
+from prefect_adapter.artifacts import markdown_artifact_job
+from prefect_adapter.controls import bot_controls
+from prefect_adapter.orchestrator import TIMEOUT_SECONDS, OrchestratorPoller
+from prefect_adapter.runs import current_flow_run_id, flow_run_url
+from prefect_adapter.secrets import load_settings
 from tasks.bot import reconcile_before_trading
 from tasks.supervision import apply_restart_policy
 from trader.bot import CycleReport
 from trader.ledger.lease import LeaseHeld
 from trader.logs import configure_logging
 from trader.runtime import build_bot, start_metrics
-from trader.settings import load_settings
+from trader.session_render import session_markdown
 from trader.supervision import lease_wait_seconds
 
 PROGRESS_LOG_EVERY = 60
-log = logging.getLogger("perps_bot.flow")
+log = logging.getLogger(__name__)
 
 
 class StopBetweenCycles:
@@ -61,20 +62,6 @@ class StopBetweenCycles:
         return self.reason is not None
 
 
-def session_artifact(run_id: str | None, profile: str, result: dict) -> ArtifactCreate:
-    """The trading-bot-session table artifact of a finished run."""
-    markdown = "\n".join(
-        ["# trading-bot session", "", "| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in result.items()]
-    )
-    return ArtifactCreate(
-        key="trading-bot-session",
-        type="markdown",
-        data=markdown,
-        description=f"profile {profile}",
-        flow_run_id=run_id,  # type: ignore[arg-type]  # pydantic parses the UUID string
-    )
-
-
 @flow(
     name="trading-bot",
     log_prints=False,
@@ -99,14 +86,14 @@ def trading_bot(
     if restart is not None and not restart.restart:
         return Completed(message=restart.reason)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
-    run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    run_id = current_flow_run_id()
     poller = OrchestratorPoller(run_id, logger)
     # env and flag files every cycle OR the Variables as the poller last read them: the cycle never calls the API
     bot.controls = bot_controls(settings, poller.variables, poller.run_log)
     exporter = start_metrics(settings, bot)  # /metrics and /health on METRICS_HOST:METRICS_PORT (9102)
     if exporter is not None:
         logger.info("metrics on %s/metrics, health on %s/health", exporter.url, exporter.url)
-    url = flow_run_url(run_id) if run_id else None
+    url = flow_run_url(run_id)
     try:
         # The lease first, outside the reconcile task: a restart waits up to TTL + 10 s for the dead holder's lease
         # (180 s on 60-s profiles), longer than that task's timeout, which is for a hung broker.
@@ -157,13 +144,9 @@ def trading_bot(
         "session_id": bot.last_session_id,
         "run_log_dropped": poller.run_log.dropped,
     }
-    artifact = session_artifact(run_id, profile, result)
-
-    def create_artifact(client: SyncPrefectClient) -> object:
-        return client.create_artifact(artifact)
-
     if run_id is not None:
-        poller.submit("trading-bot-session artifact", create_artifact)
+        artifact = markdown_artifact_job("trading-bot-session", session_markdown(result), f"profile {profile}", run_id)
+        poller.submit("trading-bot-session artifact", artifact)
     poller.run_log.info("trading-bot finished: %s", result)
     poller.close()  # bounded: the run's last lines and the artifact wait at most a few seconds for the API
     if stop.reason:

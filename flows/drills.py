@@ -13,16 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.runtime import flow_run
 
-from flows.hooks import RUNBOOK_HOOKS, flow_run_url
-from tasks.backup import ProgressArtifact
+from flows.hooks import RUNBOOK_HOOKS
+from prefect_adapter.artifacts import ProgressArtifact, publish_markdown, publish_table
+from prefect_adapter.runs import current_flow_run_id, flow_run_url
+from prefect_adapter.secrets import load_settings
 from tasks.drills import report_drill_incident, run_failover_drill
 from trader.drills.namespace import DrillError, DrillUnavailable
 from trader.drills.report import DrillRun, markdown_report, table_rows
 from trader.drills.runner import scenario_names
-from trader.settings import load_settings
 
 
 @flow(name="failover-drill", log_prints=False, persist_result=False, timeout_seconds=3600, **RUNBOOK_HOOKS)
@@ -36,7 +35,7 @@ def failover_drill(
     logger = get_run_logger()
     settings = load_settings(profile=profile)
     names = scenario_names(scenario)
-    url = flow_run_url(flow_run.id)
+    url = flow_run_url(current_flow_run_id())
     progress = ProgressArtifact("failover-drill-progress", f"failover drill: {', '.join(names)}", min_step=2.0)
     progress.set(1.0, f"failover drill: {', '.join(names)}", force=True)
     run = DrillRun()
@@ -62,12 +61,12 @@ def failover_drill(
         report_drill_incident(settings, result, url)
         verdict = "passed" if result.passed else "FAILED: " + "; ".join(result.misses())
         logger.info("Failover drill %s %s; Match: %s", name, verdict, result.coherence_match is not False)
-    create_table_artifact(
-        key="failover-drill",
-        table=table_rows(run),
+    publish_table(
+        "failover-drill",
+        table_rows(run),
         description=f"failover drill {'passed' if run.passed else 'FAILED'}: measured against expected",
     )
-    create_markdown_artifact(key="failover-drill-report", markdown=markdown_report(run), description="failover drill")
+    publish_markdown("failover-drill-report", markdown_report(run), description="failover drill")
     progress.finish(f"failover drill {'passed' if run.passed else 'FAILED'}; Match: {run.match}")
     if run.errors:
         raise DrillError(

@@ -3,8 +3,8 @@
 Operations runbook: 1. Emergency Stop (RISK_KILL_SWITCH_ENABLED=1), 2. Reduce-Only Mode (RISK_REDUCE_ONLY_MODE=1),
 3. Position Emergency Close (reduce-only, then market exits). Perpetuals runbook, Emergency Shutdown: kill switch,
 then force-cancel all orders. A running bot cannot see a new environment variable, so a switch here is the Prefect
-Variable (read by every bot each cycle, see flows/switches.py) and the STATE_DIR flag file (read by a bot on this
-machine, with or without Prefect).
+Variable (read by every bot each cycle, see prefect_adapter/controls.py) and the STATE_DIR flag file (read by a bot
+on this machine, with or without Prefect).
 
 Every run is idempotent, publishes a table artifact of exactly what it did (switches with their values before,
 orders cancelled with their ids, exits sent) and opens a SEV-1 incident (emergency:<procedure>). Turning the kill
@@ -20,10 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.runtime import flow_run
 
-from flows.hooks import RUNBOOK_HOOKS, flow_run_url
+from flows.hooks import RUNBOOK_HOOKS
+from prefect_adapter.artifacts import publish_markdown, publish_table
+from prefect_adapter.runs import current_flow_run_id, flow_run_url
+from prefect_adapter.secrets import load_settings
 from tasks.emergency import (
     cancel_all_orders,
     flatten_positions,
@@ -32,10 +33,17 @@ from tasks.emergency import (
     set_flag_file,
     set_prefect_variable,
 )
-from trader.ledger import Ledger
-from trader.risk.emergency import ENV_NAMES, RESOLVED_BY, TITLES, CancelResult, Switch, SwitchChange
-from trader.runtime import build_broker
-from trader.settings import Settings, load_settings
+from tasks.ledger import migrate_ledger
+from trader.risk.emergency import RESOLVED_BY, TITLES, CancelResult, Switch, SwitchChange
+from trader.risk.emergency_render import (
+    incident_evidence,
+    procedure_markdown,
+    procedure_rows,
+    procedure_summary,
+    still_set_notes,
+    turned_off,
+)
+from trader.settings import Settings
 
 
 @flow(name="emergency-kill-switch", log_prints=False, persist_result=False, timeout_seconds=900, **RUNBOOK_HOOKS)
@@ -76,13 +84,8 @@ def emergency_flatten(
     logger = get_run_logger()
     settings = load_settings(profile=profile)
     switches = [set_prefect_variable("reduce_only", True)]
-    broker, ledger = build_broker(settings), Ledger(settings.database_url)
-    try:
-        result = flatten_positions(
-            broker, ledger, settings, request_id or str(flow_run.get_id()), symbols or settings.symbols
-        )
-    finally:
-        ledger.dispose()
+    migrate_ledger(settings)
+    result = flatten_positions(settings, request_id or str(current_flow_run_id()), symbols or settings.symbols)
     logger.warning(result.summary())
     rows = [switches[0].row(), *result.rows()]
     title = f"flatten: {len(result.exits)} reduce-only market exit(s), {len(result.skipped)} position(s) skipped"
@@ -109,11 +112,8 @@ def _set_switch(settings: Settings, switch: Switch, enabled: bool, reason: str) 
 
 
 def _cancel_all(settings: Settings) -> CancelResult:
-    broker, ledger = build_broker(settings), Ledger(settings.database_url)
-    try:
-        result = cancel_all_orders(broker, ledger, settings)
-    finally:
-        ledger.dispose()
+    migrate_ledger(settings)
+    result = cancel_all_orders(settings)
     get_run_logger().warning(result.summary())
     return result
 
@@ -132,35 +132,21 @@ def _finish(
     """Publish what was done, then open the SEV-1 incident (or resolve it when a switch was turned off)."""
     logger = get_run_logger()
     if rows is None:
-        rows = [c.row() for c in switches] + (cancelled.rows() if cancelled is not None else [])
-    turned_off = sorted({c.switch for c in switches if not c.after})
-    notes = [
-        f"{ENV_NAMES[s]} is still set in this process's environment: the switch stays ON where it is set"
-        for s in turned_off
-        if (settings.risk_kill_switch_enabled if s == "kill_switch" else settings.risk_reduce_only_mode)
-    ]
-    summary = f"{procedure}: " + "; ".join(
-        [c.describe() for c in switches] + ([cancelled.summary()] if cancelled is not None else [])
-    )
-    url = flow_run_url(flow_run.get_id())
+        rows = procedure_rows(switches, cancelled)
+    off = turned_off(switches)
+    notes = still_set_notes(settings, off)
+    summary = procedure_summary(procedure, switches, cancelled)
+    url = flow_run_url(current_flow_run_id())
     incident_id = None
     resolved: list[str] = []
-    if turned_off:
-        resolved = resolve_emergency_incidents(settings, [p for s in turned_off for p in RESOLVED_BY[s]])
+    if off:
+        resolved = resolve_emergency_incidents(settings, [p for s in off for p in RESOLVED_BY[s]])
     else:
-        evidence = "\n".join([f"reason: {reason or 'not given'}", *(_line(r) for r in rows[:40])])
-        incident_id = open_emergency_incident(settings, procedure, title, evidence, url)
-    create_table_artifact(table=rows, key=f"emergency-{procedure}", description=summary[:500])
-    create_markdown_artifact(
-        key=f"emergency-{procedure}-summary",
-        markdown="\n".join(
-            [f"# Emergency {procedure}", "", f"- reason: {reason or 'not given'}"]
-            + [f"- {c.describe()}" for c in switches]
-            + ([f"- {cancelled.summary()}"] if cancelled is not None else [])
-            + [f"- **{n}**" for n in notes]
-            + ([f"- SEV-1 incident #{incident_id} (emergency:{procedure})"] if incident_id is not None else [])
-            + ([f"- resolved: {', '.join(resolved)}"] if resolved else [])
-        ),
+        incident_id = open_emergency_incident(settings, procedure, title, incident_evidence(reason, rows), url)
+    publish_table(f"emergency-{procedure}", rows, description=summary[:500])
+    publish_markdown(
+        f"emergency-{procedure}-summary",
+        procedure_markdown(procedure, reason, switches, cancelled, notes, incident_id, resolved),
         description=summary[:500],
     )
     for note in notes:
@@ -175,7 +161,3 @@ def _finish(
         "resolved": resolved,
         **(extra or {}),
     }
-
-
-def _line(row: dict[str, str]) -> str:
-    return f"{row['step']}: {row['target']} {row['id']} {row['before']} -> {row['result']}".replace("  ", " ")

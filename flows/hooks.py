@@ -12,25 +12,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prefect_adapter.runs import flow_run_url
+from prefect_adapter.secrets import load_settings
 from trader.alerts import IncidentDesk, IncidentKind, redact
-from trader.settings import load_settings
 
-log = logging.getLogger("trader.alerts")
+log = logging.getLogger(__name__)
 
 BOT_FLOW = "trading-bot"
 # The state name of a bot run refused because another live bot holds the account: that bot trades, nothing is down.
 LEASE_HELD_STATE = "LeaseHeld"
-
-
-def flow_run_url(flow_run_id: object) -> str | None:
-    """The flow run's page in the Prefect UI (PREFECT_UI_URL/runs/flow-run/<id>), or None without a UI URL."""
-    try:
-        from prefect.settings import PREFECT_UI_URL
-
-        ui = PREFECT_UI_URL.value()
-    except Exception:
-        return None
-    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
 
 
 def flow_fingerprint(flow_name: str) -> str:

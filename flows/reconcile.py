@@ -8,6 +8,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.hooks import RUNBOOK_HOOKS
+from prefect_adapter.secrets import load_settings
+from tasks.ledger import migrate_ledger
 from tasks.reconcile import (
     audit_ledger,
     open_audit_broker,
@@ -15,8 +17,6 @@ from tasks.reconcile import (
     update_data_quality_incident,
     update_drift_incident,
 )
-from trader.ledger import Ledger
-from trader.settings import load_settings
 
 
 @flow(
@@ -35,14 +35,11 @@ def reconcile(
     logger = get_run_logger()
     settings = load_settings(profile=profile)
     broker = open_audit_broker(settings)
-    ledger = Ledger(settings.database_url)
-    try:
-        report = audit_ledger(broker, ledger, balance_tolerance_quote, repair)
-        publish_report(report, profile)
-        incident_id = update_drift_incident(ledger, report)
-        data_quality_incident_id = update_data_quality_incident(ledger, report)
-    finally:
-        ledger.dispose()
+    migrate_ledger(settings)
+    report = audit_ledger(settings, broker, balance_tolerance_quote, repair)
+    publish_report(report, profile)
+    incident_id = update_drift_incident(settings, report)
+    data_quality_incident_id = update_data_quality_incident(settings, report)
     logger.info(report.summary())
     return {
         "at": report.at.isoformat(),

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.policies import BOT_START
 from trader.bot import TradingBot
 from trader.ledger.lease import LeaseHeld
-
-
-def retry_unless_lease_held(_task: Any, _task_run: Any, state: Any) -> bool:
-    """Retry a broker or ledger hiccup; never a held lease (another bot trades the account: a retry changes nothing)."""
-    return not isinstance(state.data, LeaseHeld)
 
 
 # Retries are safe: start() acquires the lease before anything else and refuses (LeaseHeld) with nothing written;
 # a failed attempt gives its lease back (stop), so the retry, a new holder instance, is not refused by its own lease;
 # an unfinished recovery is run again from the ledger by the next attempt.
-@task(
-    name="reconcile-before-trading",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_unless_lease_held,
-    timeout_seconds=120,
-    tags=["broker", "ledger"],
-    cache_policy=NO_CACHE,
-)
+@task(name="reconcile-before-trading", tags=["broker", "ledger"], **BOT_START.options())
 def reconcile_before_trading(bot: TradingBot, flow_run_id: str | None, flow_run_url: str | None = None) -> str:
     """Take the account's lease (unless held already), reconcile open orders and positions with the broker, open the
     trading session."""

@@ -10,23 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 
+from tasks.policies import DRILL, DRILL_ALERT
 from trader.alerts import IncidentDesk
 from trader.drills.base import DrillResult
 from trader.drills.report import report_incident
 from trader.drills.runner import run_drill
 from trader.settings import Settings
 
-DRILL_TIMEOUT_SECONDS = 900  # the slowest drill (s3-outage) takes ~10 s; a hung service must not hold the run
 
-
-@task(
-    name="run-failover-drill",
-    timeout_seconds=DRILL_TIMEOUT_SECONDS,
-    tags=["drill", "state"],
-    cache_policy=NO_CACHE,
-)
+@task(name="run-failover-drill", tags=["drill", "state"], **DRILL.options())
 def run_failover_drill(
     settings: Settings,
     scenario: str,
@@ -38,14 +31,7 @@ def run_failover_drill(
     return run_drill(settings, scenario, keys=keys, progress=progress, options=options)
 
 
-@task(
-    name="report-drill-incident",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    timeout_seconds=120,
-    tags=["drill", "alerts"],
-    cache_policy=NO_CACHE,
-)
+@task(name="report-drill-incident", tags=["drill", "alerts"], **DRILL_ALERT.options())
 def report_drill_incident(settings: Settings, result: DrillResult, flow_run_url: str | None) -> int | None:
     """Open (or refresh) incident drill:<scenario> for a failed drill; resolve it when the drill passed."""
     return report_incident(IncidentDesk.from_settings(settings), result, flow_run_url)

@@ -15,7 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.checklists import DATA_QUALITY_ARTIFACT, daily_checklist
+from flows.checklists import daily_checklist
+from tasks.checklists import DATA_QUALITY_ARTIFACT
 from trader.domain import Candle
 from trader.ledger import Ledger
 from trader.market.source import write_candles_csv

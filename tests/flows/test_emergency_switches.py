@@ -14,8 +14,9 @@ from prefect import flow
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.embedded import prefect_env, spawn, stop_children, wait_for_api
-from flows.orchestrator import OrchestratorPoller
-from flows.switches import BotControls, parse_switch
+from prefect_adapter.controls import BotControls
+from prefect_adapter.orchestrator import OrchestratorPoller
+from prefect_adapter.variables import parse_switch
 from tests.flows.conftest import ROOT, free_port, set_variable
 from trader.bot import TradingBot
 from trader.brokers.simulated import SimulatedExchange
@@ -112,11 +113,11 @@ def test_a_switch_turned_on_is_logged_once_with_its_source(
     set_variable("kill_switch", True)
     assert poller.wait_for_poll(10)
 
-    with caplog.at_level(logging.WARNING, logger="perps_bot.switches"):
+    with caplog.at_level(logging.WARNING, logger="prefect_adapter.controls"):
         first, second = controls(), controls()
 
     assert first == second == RiskControls(kill_switch=True, reduce_only=False)
-    messages = [r.getMessage() for r in caplog.records if r.name == "perps_bot.switches"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "prefect_adapter.controls"]
     assert messages == ["kill switch ON (Prefect Variable kill_switch)"]
 
 
@@ -164,7 +165,7 @@ def test_prefect_api_going_away_keeps_the_last_values_and_warns_once(
 
         stop_children([server], grace=20)
         assert poller.wait_for_poll(10) and poller.api_down
-        with caplog.at_level(logging.WARNING, logger="perps_bot.switches"):
+        with caplog.at_level(logging.WARNING, logger="prefect_adapter.controls"):
             started = time.monotonic()
             during = [controls() for _ in range(3)]
             elapsed = time.monotonic() - started

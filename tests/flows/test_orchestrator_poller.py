@@ -17,8 +17,8 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.states import Cancelling
 
 from flows.bot import StopBetweenCycles
-from flows.orchestrator import OrchestratorPoller
-from flows.switches import BotControls
+from prefect_adapter.controls import BotControls
+from prefect_adapter.orchestrator import OrchestratorPoller
 from tests.flows.conftest import set_variable
 from trader.risk import RiskControls
 from trader.settings import Settings, load_settings
@@ -109,7 +109,7 @@ def test_a_variable_changed_while_the_api_hung_applies_at_the_first_poll_that_an
     proxy.hang()
     wait_until(lambda: poller.api_down, 10, "the poller seeing the hang")
     set_variable("kill_switch", False)  # the operator clears it; the bot cannot read it yet
-    with caplog.at_level(logging.WARNING, logger="perps_bot.switches"):
+    with caplog.at_level(logging.WARNING, logger="prefect_adapter.controls"):
         started = time.monotonic()
         during = [controls() for _ in range(50)]
         elapsed = time.monotonic() - started

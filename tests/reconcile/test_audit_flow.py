@@ -17,7 +17,8 @@ from prefect.states import Failed
 from sqlalchemy.exc import OperationalError
 
 from flows.reconcile import reconcile
-from tasks.reconcile import DIFFERENCES_ARTIFACT, SUMMARY_ARTIFACT, audit_ledger, is_transient
+from tasks.policies import is_transient
+from tasks.reconcile import DIFFERENCES_ARTIFACT, SUMMARY_ARTIFACT, audit_ledger
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import Balance, OrderRequest, OrderType, Side
 from trader.errors import AuthenticationFailed, BrokerUnavailable

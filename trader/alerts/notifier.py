@@ -16,11 +16,9 @@ from trader.errors import TraderError
 from trader.ledger.models import Incident
 from trader.settings import Settings
 
-log = logging.getLogger("trader.alerts")
+log = logging.getLogger(__name__)
 
 SLACK_API_URL_ENV = "SLACK_API_URL"  # point the bot at another Slack API (the test recorder); default slack.com
-SLACK_BOT_TOKEN_BLOCK = "slack-bot-token"
-SLACK_WEBHOOK_URL_BLOCK = "slack-webhook-url"
 DEFAULT_TIMEOUT_SECONDS = 5
 MAX_RATE_LIMIT_WAIT_SECONDS = 10  # a longer Retry-After is not waited out: the incident stays pending instead
 MAX_EVIDENCE_CHARS = 2500  # a section's text may hold 3000 characters
@@ -193,7 +191,7 @@ class _RedactingFilter(logging.Filter):
 
 
 def _sdk_logger(name: str, secret: str) -> logging.Logger:
-    logger = logging.getLogger(f"trader.alerts.sdk.{name}")
+    logger = logging.getLogger(f"{__name__}.sdk.{name}")
     logger.setLevel(logging.INFO)  # slack-sdk dumps bodies and URLs when its logger is at DEBUG
     for old in [f for f in logger.filters if isinstance(f, _RedactingFilter)]:
         logger.removeFilter(old)
@@ -350,32 +348,17 @@ class WebhookNotifier:
 # --- choosing one ---------------------------------------------------------------------------------------------------
 
 
-def secret_from_prefect_block(block_name: str) -> SecretStr | None:
-    """The value of a Prefect Secret block, or None (no Prefect API configured, no such block, any error)."""
-    try:
-        from prefect.settings import PREFECT_API_URL
-
-        if not PREFECT_API_URL.value():  # without an API, loading would start a temporary server
-            return None
-        from prefect.blocks.system import Secret
-
-        value = Secret.load(block_name, _sync=True).get()  # type: ignore[call-arg,union-attr]
-    except Exception as error:
-        log.debug("no Prefect Secret block %s (%s)", block_name, type(error).__name__)
-        return None
-    return SecretStr(str(value)) if value else None
-
-
 def notifier_from_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> Notifier:
-    """Slack bot (token + channel) > incoming webhook > log; secrets from the environment or Prefect Secret blocks."""
+    """Slack bot (token + channel) > incoming webhook > log, from the settings' secrets (the environment; in a flow
+    also the Prefect Secret blocks, filled in by prefect_adapter.secrets)."""
     environ = os.environ if environ is None else environ
     if settings.slack_channel:
-        token = settings.slack_bot_token or secret_from_prefect_block(SLACK_BOT_TOKEN_BLOCK)
+        token = settings.slack_bot_token
         if token is not None:
             return SlackNotifier(token, settings.slack_channel, base_url=environ.get(SLACK_API_URL_ENV) or None)
     elif settings.slack_bot_token:
         log.warning("SLACK_BOT_TOKEN is set but SLACK_CHANNEL is not: the bot cannot post; set SLACK_CHANNEL")
-    webhook = settings.slack_webhook_url or secret_from_prefect_block(SLACK_WEBHOOK_URL_BLOCK)
+    webhook = settings.slack_webhook_url
     if webhook is not None:
         return WebhookNotifier(webhook)
     return LogNotifier()

@@ -23,10 +23,10 @@ from uuid import UUID
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 
-from flows.switches import SwitchVariables, VariableReading, VariablesUnavailable, read_switch_values
+from prefect_adapter.variables import SwitchVariables, VariableReading, VariablesUnavailable, read_switch_values
 from trader.risk.emergency import Switch
 
-log = logging.getLogger("perps_bot.orchestrator")
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
 TIMEOUT_SECONDS = 2.0

@@ -1,0 +1,64 @@
+"""Flow runs as Prefect sees them: this run's id, a run's page in the UI, a crashed run's history, a revived run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+
+def current_flow_run_id() -> str | None:
+    """The id of the flow run this code runs in, or None outside a flow run."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    return str(run_id) if run_id else None
+
+
+def flow_run_url(flow_run_id: object) -> str | None:
+    """The flow run's page in the Prefect UI (PREFECT_UI_URL/runs/flow-run/<id>), or None without a UI URL."""
+    if not flow_run_id:
+        return None
+    try:
+        from prefect.settings import PREFECT_UI_URL
+
+        ui = PREFECT_UI_URL.value()
+    except Exception:
+        return None
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+@dataclass(frozen=True)
+class FlowRunHistory:
+    """What the API knows about a finished run: its state types in order, when it started, ended and crashed."""
+
+    state_types: tuple[str, ...]
+    started_at: datetime | None
+    ended_at: datetime | None
+    crashed_at: datetime | None
+    state_message: str | None
+
+
+def flow_run_history(flow_run_id: str) -> FlowRunHistory:
+    """The run's state history (oldest first) and its timestamps, read in one client session."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+        states = sorted(client.read_flow_run_states(UUID(flow_run_id)), key=lambda state: state.timestamp)
+    return FlowRunHistory(
+        state_types=tuple(state.type.value for state in states),
+        started_at=run.start_time,
+        ended_at=run.end_time,
+        crashed_at=run.state.timestamp if run.state is not None else None,
+        state_message=run.state.message if run.state is not None else None,
+    )
+
+
+def set_flow_run_running(flow_run_id: str, message: str) -> None:
+    """Force the run's state back to Running (raises what the API raises)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(flow_run_id), Running(message=message), force=True)
