@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from trader.metrics.exporter import BotMetrics
     from trader.quality.market_data import MarketDataGate
 
-log = logging.getLogger("perps_bot.bot")
+log = logging.getLogger(__name__)
 
 Mode = Literal["paper", "live", "dry_run"]
 _T = TypeVar("_T")

@@ -1,4 +1,11 @@
-"""Logging to var/logs/perps_bot.log (the file the runbook greps) and stderr."""
+"""Logging to var/logs/perps_bot.log (the file the runbook greps) and stderr.
+
+One naming rule: every module logs through `logging.getLogger(__name__)`. So the domain logs under the one root
+"trader" (trader.bot, trader.state.manager, trader.coinbase.http, …) and the layers above it under their own
+package names (prefect_adapter.controls, flows.bot, deployments.cli.drill, tasks.…). `configure_logging` attaches
+the file handler (and stderr) to each top-level package logger in LOGGER_NAMES, so a record from any module of
+the project reaches perps_bot.log exactly once, as `<time> <LEVEL> <module> <message>`.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +15,30 @@ from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
-
-# Every logger the runbook greps for lives under one of these names (perps_bot.*, trader.state, trader.coinbase).
-LOGGER_NAMES = ("perps_bot", "trader")
-
-
-def configure_logging(log_file: Path, *, level: int = logging.INFO, stderr: bool = True) -> logging.Logger:
-    """Attach a rotating file handler (and optionally stderr) to the bot's loggers, once per file."""
-    for name in LOGGER_NAMES[1:]:
-        _attach(logging.getLogger(name), log_file, level, stderr)
-    return _attach(logging.getLogger(LOGGER_NAMES[0]), log_file, level, stderr)
+# The project's top-level packages, in layer order (DESIGN.md): every module logger sits below one of them.
+LOGGER_NAMES = ("trader", "prefect_adapter", "tasks", "flows", "deployments")
 
 
-def _attach(logger: logging.Logger, log_file: Path, level: int, stderr: bool) -> logging.Logger:
-    logger.setLevel(level)
+def configure_logging(log_file: Path, *, level: int = logging.INFO, stderr: bool = True) -> None:
+    """Attach one rotating file handler (and optionally one stderr handler) to the project's loggers, once per file.
+
+    One handler instance serves every package logger: one stream and one rotation for perps_bot.log (handlers of
+    their own would each rotate the file and keep writing to the renamed one)."""
+    loggers = [logging.getLogger(name) for name in LOGGER_NAMES]
     target = str(log_file.resolve())
-    if not any(getattr(h, "baseFilename", None) == target for h in logger.handlers):
+    handlers = [h for logger in loggers for h in logger.handlers]
+    file_handler = next((h for h in handlers if getattr(h, "baseFilename", None) == target), None)
+    if file_handler is None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=50 * 2**20, backupCount=10)
-        handler.setFormatter(logging.Formatter(FORMAT))
-        logger.addHandler(handler)
-    if stderr and not any(type(h) is logging.StreamHandler for h in logger.handlers):
+        file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=50 * 2**20, backupCount=10)
+        file_handler.setFormatter(logging.Formatter(FORMAT))
+    console = next((h for h in handlers if type(h) is logging.StreamHandler), None)
+    if stderr and console is None:
         console = logging.StreamHandler()
         console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        logger.addHandler(console)
-    return logger
+    for logger in loggers:
+        logger.setLevel(level)
+        if file_handler not in logger.handlers:
+            logger.addHandler(file_handler)
+        if stderr and console is not None and console not in logger.handlers:
+            logger.addHandler(console)

@@ -139,7 +139,7 @@ def start_metrics(settings: Settings, bot: TradingBot) -> MetricsServer | None:
     try:
         server = MetricsServer(bot.metrics, settings.metrics_host, settings.metrics_port).start()
     except ConfigError as error:
-        logging.getLogger("perps_bot.metrics").error("metrics exporter not started: %s", error)
+        logging.getLogger(__name__).error("metrics exporter not started: %s", error)
         return None
-    logging.getLogger("perps_bot.metrics").info("metrics on %s/metrics, health on %s/health", server.url, server.url)
+    logging.getLogger(__name__).info("metrics on %s/metrics, health on %s/health", server.url, server.url)
     return server

@@ -60,7 +60,7 @@ from trader.errors import (
 from trader.market.source import candles_from_coinbase
 from trader.settings import Settings
 
-log = logging.getLogger("trader.coinbase")
+log = logging.getLogger(__name__)
 
 CANCEL_BATCH = 100  # POST /orders/batch_cancel takes at most 100 order ids
 CANDLES_PER_REQUEST = 300  # the candles endpoint answers at most 350 bars

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from trader.errors import AuthenticationFailed, BrokerError, BrokerUnavailable, ConfigError
 from trader.settings import Settings
 
-log = logging.getLogger("trader.coinbase")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_RETRY_AFTER_SECONDS = 60.0
 

@@ -50,7 +50,7 @@ from trader.drills.engine_process import EngineProcess, Line
 from trader.drills.namespace import DrillError, DrillRefused
 from trader.settings import Settings, load_settings
 
-log = logging.getLogger("trader.drills")
+log = logging.getLogger(__name__)
 
 WORKING_ORDERS = 120  # the runbook's engine-crash example recovers 80-200 pending orders
 WORKING_PER_CYCLE = 10

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from trader.alerts import IncidentDesk, IncidentKind
 from trader.drills.base import DrillResult
 
-log = logging.getLogger("trader.drills")
+log = logging.getLogger(__name__)
 
 RUNBOOK_SECTION = 'operations runbook, "State Recovery & Failover Procedures"'
 

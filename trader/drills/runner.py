@@ -21,7 +21,7 @@ from trader.drills.namespace import DrillError, DrillNamespace, new_drill_id
 from trader.drills.seed import DEFAULT_KEYS
 from trader.settings import Settings
 
-log = logging.getLogger("trader.drills")
+log = logging.getLogger(__name__)
 
 # The runbook's order ("Failover: Redis, trading-engine crash, PostgreSQL, S3 outages", then the broker).
 RUNBOOK_ORDER = ("redis-outage", "engine-crash", "postgres-outage", "s3-outage", "exchange-degradation")

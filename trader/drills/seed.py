@@ -12,7 +12,7 @@ from trader.state.base import TierUnavailable
 if TYPE_CHECKING:
     from trader.settings import Settings
 
-log = logging.getLogger("trader.drills")
+log = logging.getLogger(__name__)
 
 DEFAULT_KEYS = 1000
 

@@ -54,7 +54,7 @@ from trader.state.journal import WriteJournal
 from trader.state.manager import StateManager
 from trader.state.warm import SqlWarmStore
 
-log = logging.getLogger("trader.drills")
+log = logging.getLogger(__name__)
 
 EXPECTED_PG_RECOVERY_MS = 50.0  # runbook: "PostgreSQL Outage ~50ms"
 EXPECTED_S3_RECOVERY_MS = 2000.0  # no runbook figure: the queue of a short outage uploaded within 2 s

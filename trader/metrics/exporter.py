@@ -42,7 +42,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from trader.errors import ConfigError
 from trader.metrics.telemetry import TRADING_STATES, CycleTelemetry
 
-log = logging.getLogger("perps_bot.metrics")
+log = logging.getLogger(__name__)
 
 HealthStatus = Literal["starting", "healthy", "degraded", "halted", "unhealthy", "stale"]
 # /health answers HTTP 503 for these and 200 for the rest.

@@ -28,7 +28,7 @@ from trader.ledger import Ledger
 from trader.ledger.lease import Fence, LeaseLost
 from trader.risk.guards import RiskControls
 
-log = logging.getLogger("perps_bot.orders")
+log = logging.getLogger(__name__)
 
 Control = Literal["kill_switch", "reduce_only"]
 CLEAR: dict[Control, str] = {

@@ -28,7 +28,7 @@ from trader.domain import OrderStatus, Position
 from trader.ledger import Ledger
 from trader.reconcile.startup import import_missed_fills
 
-log = logging.getLogger("perps_bot.recovery")
+log = logging.getLogger(__name__)
 
 # Returns (checkpoint id, snapshot) of the newest good checkpoint, or None when there is none.
 CheckpointSource = Callable[[], tuple[str, dict[str, Any]] | None]

@@ -11,7 +11,7 @@ from trader.brokers.base import Broker
 from trader.domain import Order, OrderStatus, OrderType, Side, TimeInForce
 from trader.ledger import Ledger, OrderRecord
 
-log = logging.getLogger("perps_bot.reconcile")
+log = logging.getLogger(__name__)
 
 # Fills are imported from a little before the newest one the ledger holds; trade ids dedupe the overlap.
 FILL_OVERLAP = timedelta(minutes=5)

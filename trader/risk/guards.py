@@ -20,7 +20,7 @@ from trader.domain import Side, shrinks_position
 from trader.risk.monitor import GuardEvent, GuardMonitor, GuardRule
 from trader.strategy.base import OrderIntent
 
-log = logging.getLogger("perps_bot.risk")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

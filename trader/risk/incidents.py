@@ -14,7 +14,7 @@ from trader.alerts.incidents import IncidentDesk
 from trader.alerts.severity import IncidentKind
 from trader.risk.monitor import ACTION_TEXT, GuardEvent
 
-log = logging.getLogger("perps_bot.risk")
+log = logging.getLogger(__name__)
 
 
 def guard_kind(event: GuardEvent, open_exposure: bool) -> IncidentKind:

@@ -23,7 +23,7 @@ from trader.errors import TraderError
 from trader.state.base import BatchResult, ObjectStore, StateRecord, decode_value
 from trader.state.cold import FallbackObjectStore
 
-log = logging.getLogger("trader.state")
+log = logging.getLogger(__name__)
 PREFIX = "state/archive/"
 
 

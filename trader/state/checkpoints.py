@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from trader.ledger import Ledger
     from trader.settings import Settings
 
-log = logging.getLogger("perps_bot.state")
+log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
 OPEN_ORDER_STATUSES = ("pending_submit", "open", "partially_filled")

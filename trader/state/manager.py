@@ -48,7 +48,7 @@ from trader.state.warm import SqlWarmStore
 if TYPE_CHECKING:
     from trader.settings import Settings
 
-log = logging.getLogger("trader.state")
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")

@@ -52,7 +52,7 @@ def fallback_store(server: MotoS3, folder: Path, state: SystemState, clock: Cloc
 def test_outage_mid_run_queues_locally_then_syncs_everything_byte_identical(
     s3_outage: MotoS3, tmp_path: Path, state: SystemState, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="perps_bot.state")
+    caplog.set_level(logging.INFO, logger="trader.state")
     store = fallback_store(s3_outage, tmp_path / "fallback", state, clock)
     recoveries: list[str] = []
     store.recovery_listeners.append(lambda tier, _seconds: recoveries.append(tier))
