@@ -13,7 +13,7 @@ from trader.ledger.ledger import Ledger
 from trader.ledger.models import Incident, Severity
 from trader.settings import Settings
 
-log = logging.getLogger("trader.alerts")
+log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:

@@ -55,7 +55,7 @@ from trader.reconcile.startup import vanished_order
 if TYPE_CHECKING:
     from trader.alerts.incidents import IncidentDesk
 
-log = logging.getLogger("perps_bot.reconcile")
+log = logging.getLogger(__name__)
 
 DRIFT_INCIDENT = "reconcile:balance_drift"
 DATA_QUALITY_INCIDENT = "reconcile:data_quality"

@@ -36,7 +36,7 @@ from trader.orders.path import OrderPath
 from trader.risk.guards import RiskControls
 from trader.settings import Settings
 
-log = logging.getLogger("perps_bot.emergency")
+log = logging.getLogger(__name__)
 
 Switch = Literal["kill_switch", "reduce_only"]
 SWITCHES: tuple[Switch, ...] = ("kill_switch", "reduce_only")

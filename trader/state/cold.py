@@ -22,7 +22,7 @@ from trader.errors import ConfigError, TraderError
 from trader.settings import Settings
 from trader.state.base import ObjectStore, TierUnavailable
 
-log = logging.getLogger("perps_bot.state")
+log = logging.getLogger(__name__)
 
 _TMP_DIR = ".tmp"
 QueueOp = Literal["put", "delete"]
