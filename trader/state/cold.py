@@ -1,24 +1,29 @@
 """The COLD tier: named immutable objects in a local folder or on S3, and the local fallback used during an
 S3 outage (objects written locally and queued, uploaded by `sync()` once S3 answers again).
 
+Invariant: a reader sees a whole object or none of it, whether it was stored from bytes (`put`) or streamed from
+a file in chunks (`put_file`: a temp file renamed into place, or an S3 multipart upload completed in one call).
+
 Log phrases the runbook greps (logger `perps_bot.state`): "S3 outage detected", "local storage fallback",
 "S3 recovery", "Synced N objects to S3".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal, Protocol, overload
 
 from trader.errors import ConfigError, TraderError
+from trader.fsio import atomic_write, atomic_writer
 from trader.settings import Settings
 from trader.state.base import ObjectStore, TierUnavailable
 
@@ -26,6 +31,9 @@ log = logging.getLogger(__name__)
 
 _TMP_DIR = ".tmp"
 QueueOp = Literal["put", "delete"]
+CHUNK_SIZE = 8 * 2**20  # S3 multipart parts must be >= 5 MiB (except the last)
+# on_progress(done, total): bytes moved so far and the file's size, called after each chunk.
+TransferProgress = Callable[[int, int], None]
 
 
 class ColdStorageError(TraderError):
@@ -47,36 +55,82 @@ def check_name(name: str) -> str:
     return name
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+# --- files in chunks -------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write data to path so readers see all of it or nothing: temp file, fsync, os.replace, fsync the folder."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{path.name}.{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+@dataclass(frozen=True)
+class FileDigest:
+    """What a streamed read saw: the object's size and the sha256 of its bytes, hashed as they went past."""
+
+    sha256: str
+    size: int
 
 
-class LocalFolderStore:
+class StreamingObjectStore(ObjectStore, Protocol):
+    """A cold store that also moves whole files in chunks, for objects too big to hold in memory (backups).
+
+    The folder and S3 stores are both; the S3 outage fallback is not (a backup that cannot reach S3 must fail)."""
+
+    def put_file(
+        self, name: str, path: Path, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> str:
+        """Store the file at path under name, streamed in chunks; readers see all of it or nothing. Its URI."""
+        ...
+
+    def get_file(
+        self, name: str, path: Path, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> FileDigest:
+        """Stream the object into the file at path (created or truncated, written in place: a scratch copy)."""
+        ...
+
+    def digest(
+        self, name: str, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> FileDigest:
+        """sha256 and size of the object as stored, read back in chunks (not from any local copy)."""
+        ...
+
+
+def _file_chunks(handle: IO[bytes], chunk_size: int) -> Iterator[bytes]:
+    while data := handle.read(chunk_size):
+        yield data
+
+
+class _ChunkedReads:
+    """get_file and digest for a store that reads its objects in chunks (`_chunks`): hashed as they stream."""
+
+    def _chunks(self, name: str, chunk_size: int) -> Iterator[tuple[bytes, int]]:
+        """The object's chunks, each with the object's size; a missing object raises ObjectNotFound right away."""
+        raise NotImplementedError
+
+    def get_file(
+        self, name: str, path: Path, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> FileDigest:
+        chunks = self._chunks(name, chunk_size)
+        with open(path, "wb") as sink:
+            return _stream(chunks, on_progress, sink)
+
+    def digest(
+        self, name: str, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> FileDigest:
+        return _stream(self._chunks(name, chunk_size), on_progress)
+
+
+def _stream(
+    chunks: Iterable[tuple[bytes, int]], on_progress: TransferProgress | None, sink: IO[bytes] | None = None
+) -> FileDigest:
+    """Hash (and write to sink) an object's (chunk, object size) pairs, reporting progress after each chunk."""
+    digest, done = hashlib.sha256(), 0
+    for data, size in chunks:
+        digest.update(data)
+        if sink is not None:
+            sink.write(data)
+        done += len(data)
+        if on_progress is not None:
+            on_progress(done, size)
+    return FileDigest(digest.hexdigest(), done)
+
+
+class LocalFolderStore(_ChunkedReads):
     """Objects as files under root; writes are atomic (a temp file in root/.tmp, then os.replace)."""
 
     name = "local"
@@ -90,10 +144,41 @@ class LocalFolderStore:
     def put(self, name: str, data: bytes) -> str:
         path = self._path(name)
         try:
-            atomic_write(path, data, self.root / _TMP_DIR)
+            atomic_write(path, data, tmp_dir=self.root / _TMP_DIR)
         except OSError as error:
             raise ColdStorageError(f"cannot write {name} under {self.root}: {error.strerror or error}") from error
         return path.resolve().as_uri()
+
+    def put_file(
+        self, name: str, path: Path, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> str:
+        target = self._path(name)
+        size = path.stat().st_size
+        done = 0
+        with open(path, "rb") as source:
+            try:
+                with atomic_writer(target, tmp_dir=self.root / _TMP_DIR) as handle:
+                    for data in _file_chunks(source, chunk_size):
+                        handle.write(data)
+                        done += len(data)
+                        if on_progress is not None:
+                            on_progress(done, size)
+            except OSError as error:
+                raise ColdStorageError(f"cannot write {name} under {self.root}: {error.strerror or error}") from error
+        return target.resolve().as_uri()
+
+    def _chunks(self, name: str, chunk_size: int) -> Iterator[tuple[bytes, int]]:
+        path = self._path(name)
+        if not path.is_file():
+            raise ObjectNotFound(f"no object {name} in {self.root}")
+
+        def read() -> Iterator[tuple[bytes, int]]:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                for data in _file_chunks(handle, chunk_size):
+                    yield data, size
+
+        return read()
 
     def get(self, name: str) -> bytes:
         try:
@@ -151,7 +236,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-class S3Store:
+class S3Store(_ChunkedReads):
     """Objects under s3://bucket/prefix through s3fs. Short timeouts and few retries, so an outage is reported
     (as TierUnavailable) within about a second instead of after minutes of botocore retries."""
 
@@ -223,6 +308,65 @@ class S3Store:
         with self._errors("get", name):
             data = self.fs.cat_file(self._path(name))
         return bytes(data)
+
+    def put_file(
+        self, name: str, path: Path, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> str:
+        """One PUT up to chunk_size, else a multipart upload of chunk_size parts (S3 wants >= 5 MiB but the last)."""
+        key = self._key(name)
+        size = path.stat().st_size
+        call = self.fs.call_s3
+        with self._errors("put", name):
+            if size <= chunk_size:
+                call("put_object", Bucket=self.bucket, Key=key, Body=path.read_bytes())
+                if on_progress is not None:
+                    on_progress(size, size)
+                return f"s3://{self.bucket}/{key}"
+            upload_id = call("create_multipart_upload", Bucket=self.bucket, Key=key)["UploadId"]
+            try:
+                parts: list[dict[str, Any]] = []
+                done = 0
+                with open(path, "rb") as source:
+                    for data in _file_chunks(source, chunk_size):
+                        number = len(parts) + 1
+                        answer = call(
+                            "upload_part", Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                        )
+                        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+                        done += len(data)
+                        if on_progress is not None:
+                            on_progress(done, size)
+                # Completing is atomic: until now readers see the previous object (or none), never a partial one.
+                call(
+                    "complete_multipart_upload",
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except BaseException:
+                with suppress(Exception):
+                    call("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload_id)
+                raise
+        return f"s3://{self.bucket}/{key}"
+
+    def _chunks(self, name: str, chunk_size: int) -> Iterator[tuple[bytes, int]]:
+        # One ranged GET per chunk: a 10 GB dump never sits in memory.
+        path = self._path(name)
+        with self._errors("get", name):
+            size = int(self.fs.info(path)["size"])
+
+        def read() -> Iterator[tuple[bytes, int]]:
+            offset = 0
+            while offset < size:
+                with self._errors("get", name):
+                    data = bytes(self.fs.cat_file(path, start=offset, end=min(offset + chunk_size, size)))
+                if not data:
+                    break
+                offset += len(data)
+                yield data, size
+
+        return read()
 
     def list(self, prefix: str = "") -> list[str]:
         root = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
@@ -300,7 +444,7 @@ class FallbackObjectStore:
 
     def _save_queue(self) -> None:
         data = json.dumps([[op, name] for name, op in self._queue.items()]).encode()
-        atomic_write(self._queue_file, data, self.fallback_dir / _TMP_DIR)
+        atomic_write(self._queue_file, data, tmp_dir=self.fallback_dir / _TMP_DIR)
 
     def _enqueue(self, name: str, op: QueueOp) -> None:
         self._queue.pop(name, None)  # re-insert: the queue keeps the order of the latest operation per name
@@ -443,6 +587,18 @@ class FallbackObjectStore:
     def ping(self) -> bool:
         """True when objects can be stored now: on the primary, or in the local fallback."""
         return self.primary.ping() or self.local.ping()
+
+
+@overload
+def cold_store_from_settings(
+    settings: Settings, *, on_availability: Callable[[bool], None] | None = None, fallback: Literal[False]
+) -> StreamingObjectStore: ...
+
+
+@overload
+def cold_store_from_settings(
+    settings: Settings, *, on_availability: Callable[[bool], None] | None = None, fallback: bool = True
+) -> ObjectStore: ...
 
 
 def cold_store_from_settings(
