@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
-from trader.ledger.models import Severity
+Severity = Literal["SEV-1", "SEV-2", "SEV-3"]
 
 
 @dataclass(frozen=True)

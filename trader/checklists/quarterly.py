@@ -22,7 +22,7 @@ from trader.checklists.daily import CheckResult, Status
 from trader.checklists.report import equity_series, max_drawdown, per_symbol, records, trades_between
 from trader.checklists.weekly import database_size
 from trader.ledger import Ledger
-from trader.ledger.ledger import TABLES
+from trader.ledger.housekeeping import TABLES
 from trader.ledger.models import ChecklistRun, Incident
 
 DISK_TARGET = 0.80

@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
-from trader.ledger.ledger import DuplicateClientOrderId, Ledger, LedgerError
-from trader.ledger.models import FillRecord, Incident, OrderRecord, TradingSession
+from trader.ledger.base import OPEN_STATUSES, DuplicateClientOrderId, LedgerError
+from trader.ledger.checkpoints import Book
+from trader.ledger.ledger import Ledger
+from trader.ledger.models import (
+    BalanceSnapshot,
+    ChecklistRun,
+    Checkpoint,
+    FillRecord,
+    Incident,
+    OrderRecord,
+    PositionRecord,
+    TradingSession,
+)
 
-__all__ = ["DuplicateClientOrderId", "FillRecord", "Incident", "Ledger", "LedgerError", "OrderRecord", "TradingSession"]
+__all__ = [
+    "OPEN_STATUSES",
+    "BalanceSnapshot",
+    "Book",
+    "Checkpoint",
+    "ChecklistRun",
+    "DuplicateClientOrderId",
+    "FillRecord",
+    "Incident",
+    "Ledger",
+    "LedgerError",
+    "OrderRecord",
+    "PositionRecord",
+    "TradingSession",
+]

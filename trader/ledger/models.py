@@ -15,7 +15,6 @@ from trader.ledger.types import DecimalType, UTCDateTime
 
 SessionMode = Literal["paper", "live", "dry_run"]
 SessionStatus = Literal["running", "stopped", "crashed", "recovered", "stood_down"]
-Severity = Literal["SEV-1", "SEV-2", "SEV-3"]
 IncidentStatus = Literal["open", "resolved"]
 ChecklistStatus = Literal["pass", "warn", "fail", "running"]
 

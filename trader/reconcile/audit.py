@@ -40,13 +40,12 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlmodel import Session, col, or_, select
 
-from trader.alerts.severity import IncidentKind, severity_for
+from trader.alerts.severity import IncidentKind, Severity, severity_for
 from trader.brokers.base import Broker
 from trader.domain import Fill, Liquidity, Order, OrderStatus, Position, Side
 from trader.errors import OrderNotFound, TraderError, UnknownSymbol
-from trader.ledger import FillRecord, Ledger, OrderRecord
-from trader.ledger.ledger import OPEN_STATUSES
-from trader.ledger.models import BalanceSnapshot, Severity
+from trader.ledger import OPEN_STATUSES, FillRecord, Ledger, OrderRecord
+from trader.ledger.models import BalanceSnapshot
 from trader.ledger.types import canonical_decimal
 from trader.quality.gx_runtime import GateResult
 from trader.quality.reconciliation import check_reconciliation_inputs

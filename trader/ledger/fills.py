@@ -1,0 +1,120 @@
+"""The Ledger's fills and the positions they build (average-cost accounting)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal, localcontext
+
+from sqlmodel import col, func, select
+
+from trader.domain import Fill, Position, Side
+from trader.ledger.base import LedgerBase
+from trader.ledger.mappers import fill_row, position_of
+from trader.ledger.models import FillRecord, PositionRecord
+from trader.ledger.types import canonical_decimal
+
+
+def _apply_fill(position: PositionRecord, fill: Fill) -> None:
+    """Average-cost accounting: adding re-weights the entry price, reducing realizes PnL; fees always cost."""
+    signed = fill.quantity if fill.side == Side.BUY else -fill.quantity
+    held = position.quantity
+    with localcontext(prec=80):
+        position.realized_pnl -= fill.fee
+        if signed and (held == 0 or (held > 0) == (signed > 0)):
+            total = abs(held) * position.average_entry_price + fill.quantity * fill.price
+            position.average_entry_price = canonical_decimal(total / abs(held + signed))
+        elif signed:
+            closed = min(abs(held), fill.quantity)
+            direction = 1 if held > 0 else -1
+            position.realized_pnl += (fill.price - position.average_entry_price) * closed * direction
+            if abs(signed) > abs(held):  # crossed through zero: the remainder opens at the fill price
+                position.average_entry_price = fill.price
+        position.quantity = held + signed
+        if position.quantity == 0:
+            position.average_entry_price = Decimal(0)
+    position.realized_pnl = canonical_decimal(position.realized_pnl)
+    position.updated_at = fill.filled_at
+
+
+class FillsMixin(LedgerBase):
+    def record_fills(self, fills: list[Fill], session_id: str | None = None) -> int:
+        """Insert fills with new trade ids and update positions from them; returns how many were new."""
+        if not fills:
+            return 0
+        trade_ids = {fill.trade_id for fill in fills}
+        with self._transaction() as session:
+            seen = set(session.exec(select(FillRecord.trade_id).where(col(FillRecord.trade_id).in_(trade_ids))).all())
+            positions: dict[str, PositionRecord] = {}
+            inserted = 0
+            for fill in sorted(fills, key=lambda f: f.filled_at):
+                if fill.trade_id in seen:
+                    continue
+                seen.add(fill.trade_id)
+                session.add(fill_row(fill, session_id))
+                if fill.symbol not in positions:
+                    positions[fill.symbol] = session.get(PositionRecord, fill.symbol) or PositionRecord(
+                        symbol=fill.symbol, updated_at=fill.filled_at
+                    )
+                    session.add(positions[fill.symbol])
+                _apply_fill(positions[fill.symbol], fill)
+                inserted += 1
+        return inserted
+
+    def list_fills(self, session_id: str | None = None) -> list[FillRecord]:
+        """Every fill, or those of one trading session, in execution order."""
+        query = select(FillRecord).order_by(col(FillRecord.filled_at), col(FillRecord.id))
+        if session_id is not None:
+            query = query.where(FillRecord.session_id == session_id)
+        with self._transaction() as session:
+            return list(session.exec(query).all())
+
+    def fills_after(self, at: datetime) -> list[FillRecord]:
+        """The fills executed strictly after `at`, in execution order."""
+        query = select(FillRecord).where(col(FillRecord.filled_at) > at)
+        with self._transaction() as session:
+            return list(session.exec(query.order_by(col(FillRecord.filled_at), col(FillRecord.id))).all())
+
+    def fills_by_trade_id(self, trade_ids: Iterable[str]) -> dict[str, FillRecord]:
+        """The fills with these trade ids the ledger has, by trade id (one query)."""
+        ids = list(trade_ids)
+        if not ids:
+            return {}
+        with self._transaction() as session:
+            rows = session.exec(select(FillRecord).where(col(FillRecord.trade_id).in_(ids))).all()
+        return {row.trade_id: row for row in rows}
+
+    def fill_times_among(self, times: Iterable[datetime]) -> set[datetime]:
+        """Which of these moments some recorded fill executed at."""
+        moments = list(times)
+        if not moments:
+            return set()
+        query = select(FillRecord.filled_at).where(col(FillRecord.filled_at).in_(moments))
+        with self._transaction() as session:
+            return set(session.exec(query).all())
+
+    def last_fill_time(self) -> datetime | None:
+        """When the newest recorded fill executed, or None before the first fill."""
+        with self._transaction() as session:
+            return session.exec(select(func.max(FillRecord.filled_at))).one()
+
+    def positions(self) -> dict[str, Position]:
+        """Non-zero positions by symbol."""
+        with self._transaction() as session:
+            rows = session.exec(select(PositionRecord)).all()
+        return {row.symbol: position_of(row) for row in rows if row.quantity != 0}
+
+    def realized_pnl(self, symbol: str) -> Decimal:
+        """Realized PnL of a product net of every fee, in its quote currency; 0 if never traded."""
+        with self._transaction() as session:
+            row = session.get(PositionRecord, symbol)
+        return row.realized_pnl if row is not None else Decimal(0)
+
+    def set_position(self, symbol: str, quantity: Decimal, average_entry_price: Decimal, at: datetime) -> None:
+        """Overwrite a position with the broker's truth (reconciliation); realized PnL is kept."""
+        with self._transaction() as session:
+            row = session.get(PositionRecord, symbol) or PositionRecord(symbol=symbol, updated_at=at)
+            row.quantity = quantity
+            row.average_entry_price = average_entry_price
+            row.updated_at = at
+            session.add(row)

@@ -1,0 +1,142 @@
+"""The Ledger's orders: recorded before they are sent, then kept to the broker's view of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, or_, select
+
+from trader.domain import Order, OrderRequest, OrderStatus
+from trader.ledger import lease
+from trader.ledger.base import OPEN_STATUSES, DuplicateClientOrderId, LedgerBase, LedgerError, now
+from trader.ledger.lease import Fence
+from trader.ledger.mappers import order_row
+from trader.ledger.models import OrderRecord
+
+
+class OrdersMixin(LedgerBase):
+    def record_pending(
+        self, request: OrderRequest, session_id: str | None, at: datetime, *, fence: Fence | None = None
+    ) -> None:
+        """Record an order before it is sent (pending_submit); refuses a client_order_id already used, and, with a
+        fence, a writer whose lease token is not the account's current unexpired one (LeaseLost), in the same
+        transaction."""
+        row = order_row(
+            request,
+            session_id=session_id,
+            status=OrderStatus.PENDING_SUBMIT.value,
+            created_at=at,
+            updated_at=at,
+            fencing_token=fence.token if fence is not None else None,
+        )
+        duplicate = DuplicateClientOrderId(f"client_order_id {request.client_order_id} is already in the ledger")
+        try:
+            with self._transaction() as session:
+                if fence is not None:
+                    lease.check_fence(session, fence, now())
+                if _order_row(session, request.client_order_id) is not None:
+                    raise duplicate
+                session.add(row)
+        except IntegrityError as error:  # a concurrent writer won the race to the unique index
+            if self.get_order(request.client_order_id) is not None:
+                raise duplicate from error
+            raise
+
+    def apply_order(self, order: Order) -> None:
+        """Take the broker's view of an order; inserts it if the ledger never saw it."""
+        self.apply_orders([order])
+
+    def apply_orders(self, orders: list[Order]) -> None:
+        """apply_order for many orders in one transaction (one query to find their rows)."""
+        if not orders:
+            return
+        with self._transaction() as session:
+            rows = _order_rows(session, [o.client_order_id for o in orders])
+            for order in orders:
+                row = rows.get(order.client_order_id)
+                if row is None:
+                    row = order_row(order, status=str(order.status), created_at=order.created_at)
+                    rows[order.client_order_id] = row
+                    session.add(row)
+                row.exchange_order_id = order.order_id or row.exchange_order_id
+                row.status = str(order.status)
+                row.filled_quantity = order.filled_quantity
+                row.average_fill_price = order.average_fill_price
+                row.fees = order.fees
+                row.reject_reason = order.reject_reason
+                row.updated_at = order.updated_at or order.created_at
+
+    def apply_order_terms(self, order: Order) -> None:
+        """Take the broker's size, limit and stop price of a known order after an edit on the exchange (apply_order
+        keeps the ones the bot requested)."""
+        with self._transaction() as session:
+            row = _order_row(session, order.client_order_id)
+            if row is None:
+                raise LedgerError(f"no order with client_order_id {order.client_order_id} in the ledger")
+            row.quantity = order.quantity
+            row.limit_price = order.limit_price
+            row.stop_price = order.stop_price
+
+    def mark_failed(self, client_order_id: str, reason: str, at: datetime) -> None:
+        """Mark an order that never reached the broker as failed, with the reason."""
+        with self._transaction() as session:
+            row = _order_row(session, client_order_id)
+            if row is None:
+                raise LedgerError(f"no order with client_order_id {client_order_id} in the ledger")
+            row.status = OrderStatus.FAILED.value
+            row.reject_reason = reason
+            row.updated_at = at
+
+    def open_orders(self) -> list[OrderRecord]:
+        """Orders not yet terminal: pending_submit, open, partially_filled."""
+        return self.orders_to_reconcile()
+
+    def orders_to_reconcile(self, changed_since: datetime | None = None) -> list[OrderRecord]:
+        """Orders not yet terminal, and with changed_since also every order the broker acknowledged that changed
+        since then (a reconciliation window), oldest first."""
+        still_open = col(OrderRecord.status).in_(OPEN_STATUSES)
+        where: ColumnElement[bool] = still_open
+        if changed_since is not None:
+            changed = col(OrderRecord.exchange_order_id).is_not(None) & (col(OrderRecord.updated_at) >= changed_since)
+            where = or_(still_open, changed)
+        with self._transaction() as session:
+            return list(session.exec(select(OrderRecord).where(where).order_by(col(OrderRecord.id))).all())
+
+    def get_order(self, client_order_id: str) -> OrderRecord | None:
+        """The order with this client_order_id, or None."""
+        with self._transaction() as session:
+            return _order_row(session, client_order_id)
+
+    def orders_by_client_id(self, client_order_ids: Iterable[str]) -> dict[str, OrderRecord]:
+        """The orders with these client_order_ids the ledger has, by client_order_id (one query)."""
+        ids = list(client_order_ids)
+        if not ids:
+            return {}
+        with self._transaction() as session:
+            return _order_rows(session, ids)
+
+    def list_orders(self, session_id: str | None = None) -> list[OrderRecord]:
+        """Every order, or those of one trading session, oldest first."""
+        query = select(OrderRecord).order_by(col(OrderRecord.id))
+        if session_id is not None:
+            query = query.where(OrderRecord.session_id == session_id)
+        with self._transaction() as session:
+            return list(session.exec(query).all())
+
+    def orders_created_between(self, start: datetime, end: datetime) -> list[OrderRecord]:
+        """The orders created in [start, end), oldest first."""
+        query = select(OrderRecord).where(col(OrderRecord.created_at) >= start, col(OrderRecord.created_at) < end)
+        with self._transaction() as session:
+            return list(session.exec(query.order_by(col(OrderRecord.id))).all())
+
+
+def _order_row(session: Session, client_order_id: str) -> OrderRecord | None:
+    return session.exec(select(OrderRecord).where(OrderRecord.client_order_id == client_order_id)).first()
+
+
+def _order_rows(session: Session, client_order_ids: list[str]) -> dict[str, OrderRecord]:
+    query = select(OrderRecord).where(col(OrderRecord.client_order_id).in_(client_order_ids))
+    return {row.client_order_id: row for row in session.exec(query).all()}
