@@ -12,8 +12,8 @@ import pytest
 from tests.state.cold.conftest import MotoS3, aws_env, moto_s3, moto_server  # noqa: F401  (fixtures used here)
 from trader.domain import Fill, Liquidity, Side
 from trader.ledger import Ledger
-from trader.state.base import ObjectStore, StateRecord, checksum, encode_value
-from trader.state.cold import LocalFolderStore, S3Store
+from trader.state.base import StateRecord, checksum, encode_value
+from trader.state.cold import LocalFolderStore, S3Store, StreamingObjectStore
 from trader.state.warm import SqlWarmStore
 
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
@@ -52,7 +52,7 @@ def fill_ledger(url: str, fills: int = 50, *, first: int = 0) -> dict[str, int]:
 
 
 @pytest.fixture(params=["local", "s3"])
-def cold(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+def cold(request: pytest.FixtureRequest, tmp_path: Path) -> StreamingObjectStore:
     """The cold tier as a local folder and as S3 (a fresh bucket on moto)."""
     if request.param == "local":
         return LocalFolderStore(tmp_path / "cold")

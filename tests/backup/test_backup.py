@@ -15,14 +15,22 @@ from sqlalchemy.engine import make_url
 
 from tests.backup.conftest import MotoS3, fill_ledger
 from trader.backup import BackupManager, BackupVerificationFailed, NoVerifiedBackup
-from trader.backup.backup import find_pg_tool
+from trader.backup.engines import find_pg_tool
 from trader.state.base import ObjectStore
-from trader.state.cold import LocalFolderStore, ObjectNotFound, S3Store
+from trader.state.cold import (
+    CHUNK_SIZE,
+    FileDigest,
+    LocalFolderStore,
+    ObjectNotFound,
+    S3Store,
+    StreamingObjectStore,
+    TransferProgress,
+)
 
 AT = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
 
 
-def manager(url: str, cold: ObjectStore, tmp_path: Path) -> BackupManager:
+def manager(url: str, cold: StreamingObjectStore, tmp_path: Path) -> BackupManager:
     return BackupManager(url, cold, workdir=tmp_path / "work")
 
 
@@ -36,7 +44,7 @@ def flip_a_byte(cold: ObjectStore, name: str) -> None:
 class CorruptingStore:
     """A cold store that silently damages every dump it stores (a bad disk, a broken proxy)."""
 
-    def __init__(self, inner: ObjectStore) -> None:
+    def __init__(self, inner: StreamingObjectStore) -> None:
         self.inner = inner
         self.name = inner.name
 
@@ -44,6 +52,24 @@ class CorruptingStore:
         if not name.endswith(".json"):
             data = data[:-1] + bytes([data[-1] ^ 0x01])
         return self.inner.put(name, data)
+
+    def put_file(
+        self, name: str, path: Path, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> str:
+        uri = self.put(name, path.read_bytes())
+        if on_progress is not None:
+            on_progress(path.stat().st_size, path.stat().st_size)
+        return uri
+
+    def get_file(
+        self, name: str, path: Path, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> FileDigest:
+        return self.inner.get_file(name, path, chunk_size=chunk_size, on_progress=on_progress)
+
+    def digest(
+        self, name: str, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
+    ) -> FileDigest:
+        return self.inner.digest(name, chunk_size=chunk_size, on_progress=on_progress)
 
     def get(self, name: str) -> bytes:
         return self.inner.get(name)
@@ -62,7 +88,7 @@ class CorruptingStore:
 
 
 def test_postgres_backup_is_verified_and_restores_to_the_same_rows(
-    pg_ledger: tuple[str, dict[str, int]], cold: ObjectStore, tmp_path: Path
+    pg_ledger: tuple[str, dict[str, int]], cold: StreamingObjectStore, tmp_path: Path
 ) -> None:
     url, counts = pg_ledger
     backups = manager(url, cold, tmp_path)
@@ -80,7 +106,7 @@ def test_postgres_backup_is_verified_and_restores_to_the_same_rows(
 
 
 def test_sqlite_backup_is_verified_and_restores_to_the_same_rows(
-    sqlite_ledger: tuple[str, dict[str, int]], cold: ObjectStore, tmp_path: Path
+    sqlite_ledger: tuple[str, dict[str, int]], cold: StreamingObjectStore, tmp_path: Path
 ) -> None:
     url, counts = sqlite_ledger
     backups = manager(url, cold, tmp_path)
@@ -101,13 +127,18 @@ def test_manifest_is_written_last_with_checksums_counts_and_tool_versions(
     cold = LocalFolderStore(tmp_path / "cold")
     stages: list[str] = []
     writes: list[str] = []
-    original_put = cold.put
+    original_put, original_put_file = cold.put, cold.put_file
 
     def recording_put(name: str, data: bytes) -> str:
         writes.append(name)
         return original_put(name, data)
 
+    def recording_put_file(name: str, path: Path, **kwargs: Any) -> str:
+        writes.append(name)
+        return original_put_file(name, path, **kwargs)
+
     cold.put = recording_put  # type: ignore[method-assign]
+    cold.put_file = recording_put_file  # type: ignore[method-assign]
 
     info = manager(url, cold, tmp_path).create(
         "daily", progress=lambda stage, _done, _total: stages.append(stage), at=AT
@@ -119,7 +150,7 @@ def test_manifest_is_written_last_with_checksums_counts_and_tool_versions(
     assert set(manifest["row_counts"]) == set(manifest["table_checksums"]) >= {"fills", "orders", "checkpoints"}
     assert manifest["tools"]["pg_dump"].startswith("pg_dump (PostgreSQL)")
     assert manifest["created_at"] == AT.isoformat()
-    assert not any(name.endswith(".manifest.json") for name in writes[:-1]) and writes[-1] == info.manifest_name
+    assert writes == [info.name, info.manifest_name]
     assert {"snapshot", "dump", "upload", "verify"} <= set(stages)
     assert not list((tmp_path / "work").glob("*.dump"))  # the staged dump is removed once verified
 
@@ -148,7 +179,7 @@ def test_s3_upload_goes_in_chunks_with_progress(
 
 
 def test_a_byte_flipped_in_the_stored_dump_is_refused_and_never_listed(
-    pg_ledger: tuple[str, dict[str, int]], cold: ObjectStore, tmp_path: Path
+    pg_ledger: tuple[str, dict[str, int]], cold: StreamingObjectStore, tmp_path: Path
 ) -> None:
     url, _ = pg_ledger
     backups = manager(url, cold, tmp_path)
@@ -182,7 +213,7 @@ def test_a_store_that_damages_uploads_never_yields_a_complete_backup(
 
 
 def test_restore_test_fails_when_the_stored_dump_was_damaged_after_verification(
-    sqlite_ledger: tuple[str, dict[str, int]], cold: ObjectStore, tmp_path: Path
+    sqlite_ledger: tuple[str, dict[str, int]], cold: StreamingObjectStore, tmp_path: Path
 ) -> None:
     url, _ = sqlite_ledger
     backups = manager(url, cold, tmp_path)
@@ -320,7 +351,7 @@ def test_counts_and_dump_share_one_snapshot_while_the_bot_keeps_writing(
     pg_ledger: tuple[str, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, counts = pg_ledger
-    from trader.backup import backup as module
+    from trader.backup import engines as module
 
     count_tables = module._postgres_stats
 

@@ -4,7 +4,7 @@ S3 outage (objects written locally and queued, uploaded by `sync()` once S3 answ
 Invariant: a reader sees a whole object or none of it, whether it was stored from bytes (`put`) or streamed from
 a file in chunks (`put_file`: a temp file renamed into place, or an S3 multipart upload completed in one call).
 
-Log phrases the runbook greps (logger `perps_bot.state`): "S3 outage detected", "local storage fallback",
+Log phrases the runbook greps (logger `trader.state.cold`): "S3 outage detected", "local storage fallback",
 "S3 recovery", "Synced N objects to S3".
 """
 
