@@ -28,8 +28,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, tmp_dir: Path | None = None) -> None:
-    """Replace `path` with `data` atomically and durably: temp file, fsync, os.replace, fsync the folder."""
+def atomic_write(path: Path, data: bytes | str, *, tmp_dir: Path | None = None, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically and durably: temp file, fsync, os.replace, fsync the folder.
+
+    The new file gets `mode` (default owner-only, as mkstemp makes it; 0o644 for a file a reader under another
+    user must open, such as the metrics file node_exporter picks up)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = tmp_dir or path.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,6 +40,7 @@ def atomic_write(path: Path, data: bytes | str, *, tmp_dir: Path | None = None) 
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
