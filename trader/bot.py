@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from trader.brokers.base import Broker
 from trader.domain import Candle, OrderRequest, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, OrderRejected, TraderError
+from trader.fsio import atomic_write
 from trader.ledger import Ledger
 from trader.ledger.lease import Fence, Holder, LeaseHeld, LeaseInfo, LeaseLost
 from trader.orders.path import OrderPath
@@ -699,19 +699,23 @@ class TradingBot:
         at = self.broker.now()
         self.ledger.heartbeat(self.session_id, self.cycles, at)
         if self.heartbeat_file is not None:
-            _write_json_atomic(
+            atomic_write(
                 self.heartbeat_file,
-                {
-                    "session_id": self.session_id,
-                    "cycles": self.cycles,
-                    "market_time": at.isoformat(),
-                    "wall_time": time.time(),
-                    "positions": {s: str(q) for s, q in self.positions.items()},
-                    "guard_counters": dict(self.risk.counters),
-                    "guards": self.risk.monitor.snapshot(),
-                    "trading_state": self._trading_state,
-                    "data_gate": self._gate_summary(),
-                },
+                json.dumps(
+                    {
+                        "session_id": self.session_id,
+                        "cycles": self.cycles,
+                        "market_time": at.isoformat(),
+                        "wall_time": time.time(),
+                        "positions": {s: str(q) for s, q in self.positions.items()},
+                        "guard_counters": dict(self.risk.counters),
+                        "guards": self.risk.monitor.snapshot(),
+                        "trading_state": self._trading_state,
+                        "data_gate": self._gate_summary(),
+                    },
+                    sort_keys=True,
+                ),
+                mode=0o644,  # read by the checklists and status, as before (it was created under the umask)
             )
         log.info("heartbeat session=%s cycles=%d market_time=%s", self.session_id, self.cycles, at.isoformat())
 
@@ -762,10 +766,3 @@ def _sleep_unless(seconds: float, should_stop: Callable[[], bool], step: float =
         if should_stop():
             return
         time.sleep(min(step, left))
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    os.replace(tmp, path)

@@ -20,14 +20,11 @@ import errno
 import json
 import logging
 import math
-import os
 import socket
 import socketserver
-import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from trader.errors import ConfigError
+from trader.fsio import atomic_write
 from trader.metrics.telemetry import TRADING_STATES, CycleTelemetry
 
 log = logging.getLogger(__name__)
@@ -269,10 +267,10 @@ class BotMetrics:
 
     def write_metrics_file(self, path: Path) -> None:
         """Write the text exposition to path and the /health JSON to path.health.json, each atomically."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Health first: the metrics file's modification time is what serve_metrics_file checks for staleness.
-        _atomic_write(health_file_for(path), json.dumps(self.health(), indent=2).encode() + b"\n")
-        _atomic_write(path, self.render())
+        # 0o644: a node_exporter or sidecar under another user must read them.
+        atomic_write(health_file_for(path), json.dumps(self.health(), indent=2).encode() + b"\n", mode=0o644)
+        atomic_write(path, self.render(), mode=0o644)
 
 
 def _gauge_labels(name: str) -> list[str]:
@@ -294,21 +292,6 @@ def _finite(value: float) -> float | None:
 def health_file_for(path: Path) -> Path:
     """Where write_metrics_file puts the /health JSON for a --metrics-file path."""
     return path.with_name(path.name + ".health.json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a node_exporter or sidecar under another user must read it
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class MetricsFileSource:
