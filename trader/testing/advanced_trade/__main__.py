@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -16,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import FrameType
 
+from trader.fsio import atomic_write
 from trader.testing.advanced_trade.keys import generate_cdp_key
 from trader.testing.advanced_trade.server import AdvancedTradeServer
 from trader.testing.advanced_trade.wire import ZERO
@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     info_path = state_dir / "server.json"
     try:
         info = {"base_url": server.base_url, "ca_file": str(server.ca_file), "key_file": str(key_file)}
-        partial = info_path.with_name(f".server.json.{os.getpid()}")
-        partial.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, info_path)
+        atomic_write(info_path, json.dumps(info, indent=2) + "\n", mode=0o644)
         print(f"Advanced Trade test server on https://{server.base_url} (state in {state_dir})", flush=True)
         while not stop.wait(0.5):
             pass
