@@ -1,5 +1,11 @@
 """Great Expectations, imported lazily: one ephemeral context per process, and suites validated on DataFrames.
 
+Two ways to validate: validate() is GX's public path (a batch of the context's pandas data source, every result
+format), and WarmSuite is the same suite made ready once for a caller that validates many small DataFrames of one
+layout (the bot's data gate, every cycle): the part of GX's Validator.graph_validate that depends only on the suite
+(expectation parameters substituted, the metrics each expectation needs, the order to compute them in) runs once;
+per DataFrame, GX's pandas execution engine computes those metrics and each expectation's own _validate decides.
+
 `import great_expectations` takes seconds, so nothing in `trader/` imports it at module level: the first call to
 gx() pays the import (the bot calls MarketDataGate.warm_up() off its hot path). The context is ephemeral with
 in-memory stores and no data docs site (nothing written to disk, not even a temporary folder); analytics are off
@@ -148,6 +154,88 @@ def _outcome(result: Any) -> Outcome:
     )
 
 
+class WarmSuite:
+    """A suite ready to validate DataFrames of one layout, BOOLEAN_ONLY: ~5x cheaper per DataFrame than validate().
+
+    Same expectations, same metrics, same verdicts as validate() (tests/trader/quality compare the two): what is
+    skipped per call is GX rebuilding the metric graph from the expectation configurations (pydantic round trips,
+    about 80% of a validate() of 7 expectations on 300 rows). The execution engine does not cache metrics, so no
+    value of one DataFrame can leak into the next. Not thread-safe on its own: validate() holds the module lock.
+    """
+
+    BATCH_ID = "warm"
+
+    def __init__(self, expectation_suite: Any, parameters: Mapping[str, Any] | None = None) -> None:
+        import copy
+
+        gx()
+        from great_expectations.execution_engine import PandasExecutionEngine
+        from great_expectations.validator.metrics_calculator import MetricsCalculator
+
+        self._runtime: dict[str, Any] = {"result_format": "BOOLEAN_ONLY"}
+        self._engine = PandasExecutionEngine(caching=False)
+        calculator = MetricsCalculator(execution_engine=self._engine, show_progress_bars=False)
+        self._plans: list[tuple[str, Any, dict[str, Any], Any]] = []  # check, expectation, metric ids, format
+        metrics: dict[Any, Any] = {}
+        needs: dict[Any, set[Any]] = {}
+        with _lock:
+            for configuration in expectation_suite.expectation_configurations:
+                evaluated = copy.deepcopy(configuration)
+                evaluated.process_suite_parameters(
+                    suite_parameters=dict(parameters or {}), interactive_evaluation=True, data_context=None
+                )
+                evaluated.kwargs["batch_id"] = self.BATCH_ID
+                expectation = evaluated.to_domain_obj()
+                dependencies = expectation.get_validation_dependencies(
+                    execution_engine=self._engine, runtime_configuration=self._runtime
+                )
+                graph = calculator.build_metric_dependency_graph(
+                    metric_configurations=dependencies.get_metric_configurations(),
+                    runtime_configuration=self._runtime,
+                )
+                for edge in graph.edges:
+                    metrics.setdefault(edge.left.id, edge.left)
+                    needs.setdefault(edge.left.id, set())
+                    if edge.right is not None:
+                        metrics.setdefault(edge.right.id, edge.right)
+                        needs.setdefault(edge.right.id, set())
+                        needs[edge.left.id].add(edge.right.id)
+                ids = {name: metric.id for name, metric in dependencies.metric_configurations.items()}
+                check = str((evaluated.meta or {}).get("check", evaluated.type))
+                self._plans.append((check, expectation, ids, dependencies.result_format))
+        # The order GX's ValidationGraph.resolve() finds on every call: each level's dependencies are resolved.
+        self._levels: list[list[Any]] = []
+        done: set[Any] = set()
+        while len(done) < len(metrics):
+            level = [metrics[i] for i in metrics if i not in done and needs[i] <= done]
+            if not level:
+                raise RuntimeError(f"suite {expectation_suite.name}: its metric graph has a cycle")
+            self._levels.append(level)
+            done.update(metric.id for metric in level)
+
+    def validate(self, frame: pd.DataFrame) -> list[Outcome]:
+        """One Outcome per expectation, in suite order (success only: BOOLEAN_ONLY has no counts)."""
+        with _lock:
+            self._engine.load_batch_data(self.BATCH_ID, frame)
+            resolved: dict[Any, Any] = {}
+            for level in self._levels:
+                resolved.update(
+                    self._engine.resolve_metrics(
+                        metrics_to_resolve=level, metrics=resolved, runtime_configuration=self._runtime
+                    )
+                )
+            outcomes = []
+            for check, expectation, ids, result_format in self._plans:
+                result = expectation._validate(
+                    metrics={name: resolved[metric_id] for name, metric_id in ids.items()},
+                    runtime_configuration={"result_format": result_format},
+                    execution_engine=self._engine,
+                )
+                success = result["success"] if isinstance(result, dict) else result.success
+                outcomes.append(Outcome(check, bool(success), 0, 0, 0.0, "", ()))
+            return outcomes
+
+
 @dataclass(frozen=True)
 class GateResult:
     """What a data gate decided for one cycle (or one reconciliation run)."""
@@ -158,3 +246,4 @@ class GateResult:
     duration_ms: float
     outcomes: tuple[Outcome, ...] = ()  # every expectation's result, filled when the check ran with detail=True
     failed_checks: tuple[str, ...] = ()  # names of the expectations that failed ("freshness", "no_candles", ...)
+    validated_rows: int = 0  # rows handed to Great Expectations this time (the bot's gate: only what is new)

@@ -10,10 +10,16 @@ is one cheap column check:
 - last_bar_age_seconds: now - the newest bar's start, on that bar's row only (NaN elsewhere, which gx skips), so a
   stale symbol is one unexpected row named by its symbol.
 
-The hot path validates BOOLEAN_ONLY (~4 ms per expectation on 300 rows); only when something fails are the failed
-expectations validated again with every offending row, to name the symbols and bars in the failure lines. Great
-Expectations decides; pandas only shapes the data. Nothing here imports great_expectations or pandas at import
-time: the bot pays gx's import in warm_up(), off its hot path.
+The bot's cycle validates what is new, BOOLEAN_ONLY, on a warm suite (gx_runtime.WarmSuite). Every expectation but
+freshness is a per-row check whose value for a bar depends only on that bar and its predecessor's start (with the
+gate's fixed interval and max age), and gx's map expectations pass a DataFrame exactly when they pass every row of
+it. So a bar already found good with the same predecessor need not be shown to gx again: each cycle gx sees the
+bars not yet known good plus each symbol's newest bar (the only row that carries an age, which moves with `now`),
+and the verdict and failure lines are those of validating the whole window. A bar that fails is never remembered,
+so it fails every cycle it stays in the window. Only when something fails are the failed expectations validated
+again with every offending row (gx's public path), to name the symbols and bars. The daily checklist (detail=True)
+validates every bar with counts. Great Expectations decides; pandas only shapes the data. Nothing here imports
+great_expectations or pandas at import time: the bot pays gx's import in warm_up(), off its hot path.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import collections
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -103,11 +109,19 @@ class MarketDataGate:
         self._by_name = {c.name: c for c in self.checks}
         self._suite: Any = None
         self._single: dict[str, Any] = {}  # one-expectation suites, to re-validate only what failed
+        self._warm: gx_runtime.WarmSuite | None = None
+        self._known_good: dict[str, set[Hashable]] = {}  # per symbol: (bar, previous start) keys that passed
         self._lock = threading.Lock()
 
     @property
     def parameters(self) -> dict[str, float]:
         return {"interval_seconds": self.interval_seconds, "max_age_seconds": self.max_age_seconds}
+
+    @property
+    def suite(self) -> Any:
+        """The whole suite (an ExpectationSuite), built by warm_up()."""
+        self.warm_up()
+        return self._suite
 
     def warm_up(self) -> None:
         """Import Great Expectations, build its context and this gate's suites (seconds, once per process)."""
@@ -116,46 +130,63 @@ class MarketDataGate:
                 return
             gx_runtime.context()
             self._single = {c.name: gx_runtime.suite(f"market_data.{c.name}", [c]) for c in self.checks}
-            self._suite = gx_runtime.suite("market_data", self.checks)
+            suite = gx_runtime.suite("market_data", self.checks)
+            self._warm = gx_runtime.WarmSuite(suite, self.parameters)
+            self._suite = suite
 
     def check(self, candles: Mapping[str, Sequence[Candle]], now: datetime, *, detail: bool = False) -> GateResult:
-        """Validate every symbol's window; `detail` validates every expectation with counts and offending rows
-        (the daily checklist), otherwise BOOLEAN_ONLY with detail only for what failed (the bot's cycle)."""
+        """Validate every symbol's window; `detail` validates every bar of every expectation with counts and offending
+        rows (the daily checklist), otherwise only what is new, BOOLEAN_ONLY, with detail only for what failed (the
+        bot's cycle; see the module docstring)."""
         started = time.perf_counter()
         self.warm_up()
+        assert self._warm is not None
         failures: list[str] = []
         failed: list[str] = []
         empty = sorted(symbol for symbol, window in candles.items() if not window)
         if empty:
             failures += [f"{symbol}: no candles" for symbol in empty]
             failed.append("no_candles")
-        frame = market_data_frame({s: w for s, w in candles.items() if w}, now, self.interval_seconds)
+        windows = {s: w for s, w in candles.items() if w}
+        checked_rows = sum(len(w) for w in windows.values())
         outcomes: list[Outcome] = []
-        if len(frame):
-            parameters = self.parameters
+        validated_rows = 0
+        with self._lock:
             if detail:
-                outcomes = gx_runtime.validate(
-                    ASSET, frame, self._suite, parameters=parameters, detail=True, index_columns=INDEX_COLUMNS
-                )
+                frame = market_data_frame(windows, now, self.interval_seconds)
+                validated_rows = len(frame)
+                if len(frame):
+                    outcomes = gx_runtime.validate(
+                        ASSET, frame, self._suite, parameters=self.parameters, detail=True, index_columns=INDEX_COLUMNS
+                    )
                 bad = [o for o in outcomes if not o.success]
             else:
-                quick = gx_runtime.validate(ASSET, frame, self._suite, parameters=parameters)
-                bad = [
-                    outcome
-                    for o in quick
-                    if not o.success
-                    for outcome in gx_runtime.validate(
-                        ASSET,
-                        frame,
-                        self._single[o.check],
-                        parameters=parameters,
-                        detail=True,
-                        index_columns=INDEX_COLUMNS,
-                    )
-                ]
-            for outcome in bad:
-                failed.append(outcome.check)
-                failures += self._lines(outcome)
+                keys = {symbol: bar_keys(window) for symbol, window in windows.items()}
+                rows = {
+                    symbol: self._rows_to_validate(symbol, window, keys[symbol]) for symbol, window in windows.items()
+                }
+                frame = market_data_frame(windows, now, self.interval_seconds, rows=rows)
+                validated_rows = len(frame)
+                bad = []
+                if len(frame):
+                    quick = self._warm.validate(frame)
+                    bad = [
+                        outcome
+                        for o in quick
+                        if not o.success
+                        for outcome in gx_runtime.validate(
+                            ASSET,
+                            frame,
+                            self._single[o.check],
+                            parameters=self.parameters,
+                            detail=True,
+                            index_columns=INDEX_COLUMNS,
+                        )
+                    ]
+                self._remember(windows, keys, rows, bad)
+        for outcome in bad:
+            failed.append(outcome.check)
+            failures += self._lines(outcome)
         passed = not failed
         self.counters["checked"] += 1
         if not passed:
@@ -164,11 +195,46 @@ class MarketDataGate:
         return GateResult(
             passed=passed,
             failures=tuple(failures),
-            checked_rows=len(frame),
+            checked_rows=checked_rows,
             duration_ms=(time.perf_counter() - started) * 1000,
             outcomes=tuple(outcomes),
             failed_checks=tuple(failed),
+            validated_rows=validated_rows,
         )
+
+    def _rows_to_validate(self, symbol: str, window: Sequence[Candle], keys: list[Hashable | None]) -> list[int]:
+        """Indexes of the bars gx must see: those not known good, and the newest bar (freshness is decided on it)."""
+        known = self._known_good.get(symbol, set())
+        newest = newest_index(window)
+        return [i for i, key in enumerate(keys) if i == newest or key is None or key not in known]
+
+    def _remember(
+        self,
+        windows: Mapping[str, Sequence[Candle]],
+        keys: Mapping[str, list[Hashable | None]],
+        rows: Mapping[str, list[int]],
+        bad: Sequence[Outcome],
+    ) -> None:
+        """Keep, per symbol, the keys of this window's bars known good: those known before and those gx just passed
+        (every bar validated, minus any bar a failed expectation named; nothing new when a failure names no bar)."""
+        named = {(str(row.get("symbol")), float(row["start"])) for o in bad for row in o.unexpected_rows}
+        attributable = all(o.error is None and o.unexpected_rows for o in bad)
+        known: dict[str, set[Hashable]] = {}
+        for symbol, window in windows.items():
+            before = self._known_good.get(symbol, set())
+            validated = set(rows[symbol])
+            good: set[Hashable] = set()
+            for i, key in enumerate(keys[symbol]):
+                if key is None:
+                    continue
+                if i not in validated:
+                    good.add(key)  # skipped because it was known good
+                elif attributable and (symbol, window[i].start.timestamp()) not in named:
+                    good.add(key)
+                elif key in before:
+                    good.add(key)  # the newest bar, re-validated for freshness only
+            known[symbol] = good
+        self._known_good = known
 
     def _lines(self, outcome: Outcome) -> list[str]:
         """One line per symbol with offending bars (the first few named), for the log and the artifact."""
@@ -218,9 +284,17 @@ class MarketDataGate:
         return at
 
 
-def market_data_frame(candles: Mapping[str, Sequence[Candle]], now: datetime, interval_seconds: float) -> pd.DataFrame:
-    """Every symbol's bars in one DataFrame, with the derived columns the suite checks (see the module docstring).
-    `start` is the bar's start in epoch seconds (bar_time() words it); numpy keeps this to ~1 ms for 600 bars."""
+def market_data_frame(
+    candles: Mapping[str, Sequence[Candle]],
+    now: datetime,
+    interval_seconds: float,
+    *,
+    rows: Mapping[str, Collection[int]] | None = None,
+) -> pd.DataFrame:
+    """Every symbol's bars in one DataFrame, with the derived columns the suite checks (see the module docstring);
+    `rows` keeps only those bars of each symbol (by index in its window; derived columns still come from the whole
+    window). `start` is the bar's start in epoch seconds (bar_time() words it); numpy keeps this to ~1 ms for 600
+    bars."""
     import numpy as np
     import pandas as pd
 
@@ -233,14 +307,14 @@ def market_data_frame(candles: Mapping[str, Sequence[Candle]], now: datetime, in
     for symbol, window in candles.items():
         times = [c.start.timestamp() for c in window]
         newest = max(range(len(times)), key=times.__getitem__)
-        previous = times[0] - interval_seconds
-        for stamp in times:
-            steps.append(stamp - previous)
-            previous = stamp
-        symbols += [symbol] * len(window)
-        stamps += times
-        ages += [reference - times[newest] if i == newest else math.nan for i in range(len(times))]
-        values += [(float(c.open), float(c.high), float(c.low), float(c.close), float(c.volume)) for c in window]
+        keep = range(len(window)) if rows is None else sorted(rows.get(symbol, ()))
+        for i in keep:
+            c = window[i]
+            symbols.append(symbol)
+            stamps.append(times[i])
+            steps.append(times[i] - (times[i - 1] if i else times[0] - interval_seconds))
+            ages.append(reference - times[i] if i == newest else math.nan)
+            values.append((float(c.open), float(c.high), float(c.low), float(c.close), float(c.volume)))
     ohlcv = np.array(values, dtype=float).reshape(-1, 5)
     open_, high, low, close, volume = ohlcv.T
     return pd.DataFrame(
@@ -262,6 +336,26 @@ def market_data_frame(candles: Mapping[str, Sequence[Candle]], now: datetime, in
     )
 
 
+def newest_index(window: Sequence[Candle]) -> int:
+    """The index of the bar with the latest start (the first of equals): the one bar whose age is checked."""
+    return max(range(len(window)), key=lambda i: window[i].start)
+
+
+def bar_keys(window: Sequence[Candle]) -> list[Hashable | None]:
+    """Per bar, what its per-row checks depend on: the bar and its predecessor's start (None: cannot be hashed)."""
+    keys: list[Hashable | None] = []
+    previous = None
+    for candle in window:
+        try:
+            key: Hashable | None = (candle, previous)
+            hash(key)
+        except TypeError:  # a signalling NaN in a Decimal: never remembered, always validated
+            key = None
+        keys.append(key)
+        previous = candle.start
+    return keys
+
+
 def bar_time(row: Mapping[str, Any]) -> str:
     """An offending row's bar start (epoch seconds in the frame) as ISO-8601 UTC."""
     return datetime.fromtimestamp(float(row["start"]), tz=UTC).isoformat()
@@ -271,4 +365,4 @@ def _number(value: Any) -> str:
     return f"{float(value):g}"
 
 
-__all__ = ["GateResult", "MarketDataGate", "Outcome", "market_data_checks", "market_data_frame"]
+__all__ = ["GateResult", "MarketDataGate", "Outcome", "bar_keys", "market_data_checks", "market_data_frame"]

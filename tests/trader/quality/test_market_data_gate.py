@@ -226,3 +226,65 @@ def test_importing_the_gate_does_not_import_great_expectations_and_a_check_print
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["none", "True ('volume_non_negative',)"]
     assert "Calculating Metrics" not in run.stderr and "docs site" not in run.stderr, run.stderr
+
+
+def broken_windows() -> dict[str, list[Candle]]:
+    """One 300-bar window per expectation, each broken for that expectation only (freshness: the caller's now)."""
+    gap, negative, low_price, high_low, low_high, missing = (window() for _ in range(6))
+    del gap[150]
+    negative[7] = replace(negative[7], volume=Decimal("-0.5"))
+    low_price[42] = replace(low_price[42], low=Decimal("0"))
+    high_low[12] = replace(high_low[12], high=high_low[12].close - 1)
+    low_high[3] = replace(low_high[3], low=low_high[3].open + Decimal("0.5"))
+    missing[5] = replace(missing[5], close=Decimal("NaN"))
+    return {
+        "bar_spacing": gap,
+        "volume_non_negative": negative,
+        "positive_prices": low_price,
+        "high_consistent": high_low,
+        "low_consistent": low_high,
+        "complete_bars": missing,
+        "freshness": window()[:-10],
+    }
+
+
+def test_the_warm_suite_decides_like_great_expectations_public_validation(gate: MarketDataGate) -> None:
+    from trader.quality import gx_runtime
+    from trader.quality.market_data import ASSET, market_data_frame
+
+    warm = gx_runtime.WarmSuite(gate.suite, gate.parameters)
+    cases = {"clean": window(), **broken_windows()}
+
+    for case, candles in cases.items():
+        frame = market_data_frame({"BTC-USD": candles, "ETH-USD": window(base="3000")}, NOW, 60.0)
+        public = gx_runtime.validate(ASSET, frame, gate.suite, parameters=gate.parameters)
+        verdicts = [(o.check, o.success) for o in warm.validate(frame)]
+
+        assert verdicts == [(o.check, o.success) for o in public], case
+        assert [name for name, success in verdicts if not success] == ([] if case == "clean" else [case])
+
+
+def test_each_cycle_validates_only_new_bars_and_a_bad_bar_fails_every_cycle_it_stays_in_the_window() -> None:
+    gate = MarketDataGate(interval_seconds=60, max_age_seconds=180)
+    series = window(BARS + 40)
+    series[BARS + 5] = replace(series[BARS + 5], volume=Decimal("-2"))  # arrives at cycle 6, leaves at cycle 306
+
+    results = [gate.check({"BTC-USD": series[i : i + BARS]}, START + timedelta(minutes=i + BARS)) for i in range(12)]
+
+    assert [r.validated_rows for r in results[:3]] == [BARS, 2, 2]  # the new bar and the one that became first
+    assert [r.passed for r in results] == [True] * 6 + [False] * 6
+    expected = f"BTC-USD: negative volume: volume -2 at {at(BARS + 5)}"
+    assert all(r.failures == (expected,) for r in results[6:])
+    assert all(r.validated_rows == 3 for r in results[7:])  # the bad bar is never remembered as good
+
+
+def test_a_bar_corrected_in_place_is_validated_again() -> None:
+    gate = MarketDataGate(interval_seconds=60, max_age_seconds=180)
+    candles = window()
+    assert gate.check({"BTC-USD": candles}, NOW).passed
+
+    candles[150] = replace(candles[150], low=candles[150].open + 5)  # same start, the exchange revised the bar
+    result = gate.check({"BTC-USD": candles}, NOW)
+
+    assert result.failed_checks == ("low_consistent",) and result.validated_rows == 2
+    assert result.checked_rows == BARS
