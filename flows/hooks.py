@@ -10,11 +10,14 @@ A run whose process dies (OOM, SIGKILL) runs no hook at all: deployments/automat
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect_adapter.runs import flow_run_url
 from prefect_adapter.secrets import load_settings
-from trader.alerts import IncidentDesk, IncidentKind, redact
+from trader.alerts import IncidentDesk, IncidentKind, notifier_from_settings, redact
+from trader.runtime import open_ledger
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,16 @@ def _run_logger(flow: Any, flow_run: Any) -> logging.Logger | logging.LoggerAdap
         return log
 
 
+@contextmanager
+def _incident_desk() -> Iterator[IncidentDesk]:
+    """The incident desk on a ledger of its own, disposed when the hook is done; pending announcements sent first."""
+    settings = load_settings()
+    with open_ledger(settings) as ledger:
+        desk = IncidentDesk(ledger, notifier_from_settings(settings))
+        desk.deliver_pending()
+        yield desk
+
+
 def _open(flow: Any, flow_run: Any, state: Any, *, crashed: bool) -> None:
     try:
         name = str(getattr(flow, "name", "unknown-flow"))
@@ -52,15 +65,14 @@ def _open(flow: Any, flow_run: Any, state: Any, *, crashed: bool) -> None:
             f"{getattr(state, 'message', None) or f'the flow run {what} without a message'}\n"
             f"flow run {getattr(flow_run, 'name', '?')} ({flow_run.id}), state {getattr(state, 'name', what)}"
         )
-        desk = IncidentDesk.from_settings(load_settings())
-        desk.deliver_pending()
-        incident_id = desk.raise_incident(
-            incident_kind(name, crashed),
-            f"flow {name} {what}",
-            evidence,
-            fingerprint=flow_fingerprint(name),
-            flow_run_url=flow_run_url(flow_run.id),
-        )
+        with _incident_desk() as desk:
+            incident_id = desk.raise_incident(
+                incident_kind(name, crashed),
+                f"flow {name} {what}",
+                evidence,
+                fingerprint=flow_fingerprint(name),
+                flow_run_url=flow_run_url(flow_run.id),
+            )
         _run_logger(flow, flow_run).info("incident #%s opened for flow %s (%s)", incident_id, name, what)
     except Exception as error:  # a hook that raises would bury the flow's own failure
         log.error("incident hook for a %s flow run failed: %s", "crashed" if crashed else "failed", redact(str(error)))
@@ -84,9 +96,9 @@ def resolve_on_completion(flow: Any, flow_run: Any, state: Any) -> None:
     """on_completion hook: the flow passes again, so resolve its incident (a message in the incident's thread)."""
     try:
         name = str(getattr(flow, "name", "unknown-flow"))
-        desk = IncidentDesk.from_settings(load_settings())
-        desk.deliver_pending()
-        if desk.resolve(flow_fingerprint(name)):
+        with _incident_desk() as desk:
+            resolved = desk.resolve(flow_fingerprint(name))
+        if resolved:
             _run_logger(flow, flow_run).info("incident for flow %s resolved", name)
     except Exception as error:
         log.error("resolve hook failed: %s", redact(str(error)))
