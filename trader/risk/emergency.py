@@ -165,6 +165,11 @@ def set_switch(settings: Settings, switch: Switch, enabled: bool, *, reason: str
     return change
 
 
+def switch_in_environment(settings: Settings, switch: Switch) -> bool:
+    """Whether this process's environment sets the switch (RISK_KILL_SWITCH_ENABLED, RISK_REDUCE_ONLY_MODE)."""
+    return settings.risk_kill_switch_enabled if switch == "kill_switch" else settings.risk_reduce_only_mode
+
+
 def local_switches(settings: Settings) -> dict[Switch, list[str]]:
     """Per switch, where it is on in this process: the environment variable and/or the flag file."""
     on: dict[Switch, list[str]] = {}
@@ -261,6 +266,15 @@ def cancel_all(
         ]
     log.warning("%s", result.summary())
     return result
+
+
+def operator_cancel_all(settings: Settings) -> CancelResult:
+    """`cancel_all` on this profile's broker and ledger, under the operator's override of the account's lease."""
+    from trader.runtime import build_broker, open_ledger  # runtime builds whole bots: loaded only when this runs
+
+    broker = build_broker(settings)
+    with open_ledger(settings) as ledger, operator_override(ledger, settings, "cancel-all"):
+        return cancel_all(broker, ledger)
 
 
 def _row(step: str, target: str, ident: str, before: str, result: str) -> dict[str, str]:
@@ -380,6 +394,15 @@ def flatten(
     result.fills_recorded += _record_exit_fills(broker, ledger, result, at)
     log.warning("%s", result.summary())
     return result
+
+
+def flatten_account(settings: Settings, *, request_id: str, symbols: list[str]) -> FlattenResult:
+    """`flatten` on this profile's broker and ledger (the ledger's connections closed when it is done)."""
+    from trader.runtime import build_broker, open_ledger  # runtime builds whole bots: loaded only when this runs
+
+    broker = build_broker(settings)
+    with open_ledger(settings) as ledger:
+        return flatten(broker, ledger, settings, request_id=request_id, symbols=symbols)
 
 
 def _switches_now(settings: Settings) -> RiskControls:

@@ -1,5 +1,5 @@
 """The failover-drill flow under prefect_test_harness (one temporary Prefect API for this module) and
-`perps-bot drill` (deployments.drill_cli.drill_command) on the same live profile: artifacts, incidents, exit codes."""
+`perps-bot drill` (deployments.cli.drill.drill_command) on the same live profile: artifacts, incidents, exit codes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from prefect.testing.utilities import prefect_test_harness
 from rich.console import Console
 
-from deployments.drill_cli import drill_command
+from deployments.cli.drill import drill_command
 from flows.drills import failover_drill
 from tests.drills.state.conftest import LiveProfile
 from trader.alerts import IncidentDesk, LogNotifier

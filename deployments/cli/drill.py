@@ -24,7 +24,7 @@ from trader.settings import Settings
 EXIT_PASSED, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 COLUMNS = ("scenario", "metric", "measured", "expected", "runbook", "status")
 
-log = logging.getLogger("perps_bot.drill")
+log = logging.getLogger(__name__)
 
 
 def drill_command(

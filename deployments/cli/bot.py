@@ -1,0 +1,92 @@
+"""perps-bot [--profile P] [--dev-fast | --dry-run | --cycles N] [--standby]: the bot in the foreground.
+
+The account's lease comes first (a second bot on a held account stops there), then the metrics exporter, then the
+cycles until Ctrl-C, SIGTERM or --cycles; one line per cycle and per order sent or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import TYPE_CHECKING
+
+from deployments.cli.output import out
+from trader.errors import ConfigError
+from trader.settings import Settings
+
+if TYPE_CHECKING:
+    from trader.bot import CycleReport
+
+
+def run_bot(settings: Settings, args: argparse.Namespace) -> int:
+    """--dev-fast: one cycle; --dry-run: one cycle, nothing sent; otherwise cycle until Ctrl-C or --cycles."""
+    from trader.logs import configure_logging
+    from trader.runtime import build_bot, start_metrics
+
+    if args.cycles is not None and args.cycles < 1:
+        raise ConfigError(f"--cycles: must be at least 1 (got {args.cycles})")
+    if args.standby and (args.dev_fast or args.dry_run):
+        flag = "--dev-fast" if args.dev_fast else "--dry-run"
+        raise ConfigError(f"--standby: not with {flag} (a standby waits to take over a running bot; drop one of them)")
+    configure_logging(settings.log_file)
+    bot = build_bot(settings, mode="dry_run" if args.dry_run else None)
+    cycles = 1 if (args.dev_fast or args.dry_run) else args.cycles
+    one_shot = args.dev_fast or args.dry_run
+    # The lease first: a second bot on a held account stops here, before the exporter or any recovery.
+    bot.take_lease(lease_wait_seconds=float("inf") if args.standby else 0.0)
+    # A one-cycle smoke run writes --metrics-file but does not take the exporter's port from a running bot.
+    exporter = start_metrics(settings.model_copy(update={"metrics_enabled": False}) if one_shot else settings, bot)
+    if exporter is not None:
+        out.print(f"metrics on {exporter.url}/metrics, health on {exporter.url}/health")
+    stop = _StopFlag()
+    bot.start()
+    status = "crashed"
+    try:
+        summary = bot.run(cycles, interval_seconds=args.interval, should_stop=stop, on_cycle=_print_cycle)
+        status = "stopped"
+    finally:
+        bot.stop(status)
+        if exporter is not None:
+            exporter.stop()
+    out.print(
+        f"{summary.cycles} cycle(s), {summary.orders} order(s) sent, {summary.fills} fill(s); "
+        f"stopped: {summary.stopped_by}"
+    )
+    return 0
+
+
+class _StopFlag:
+    """Ctrl-C or SIGTERM ends the run between cycles; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._request)
+        signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum: int, _frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _print_cycle(report: CycleReport) -> None:
+    prices = ", ".join(f"{s} {p}" for s, p in report.prices.items())
+    out.print(
+        f"cycle {report.cycle} at {report.at:%Y-%m-%d %H:%M} UTC: {prices}; "
+        f"daily PnL {report.daily_pnl_pct:.2f}%; {report.duration_ms:.1f} ms"
+    )
+    for sent in report.orders:
+        r = sent.request
+        verb = "would send" if sent.status == "dry_run" else sent.status
+        price = f" @ {r.limit_price}" if r.limit_price else ""
+        out.print(
+            f"  {verb}: {r.side} {r.quantity} {r.symbol} {r.order_type}{price}"
+            f"{' reduce-only' if r.reduce_only else ''} [{r.client_order_id}] {sent.reason}"
+        )
+    for intent, reason in report.refused:
+        out.print(f"  refused by risk: {intent.side} {intent.quantity} {intent.symbol}: {reason}")
+    if not report.orders and not report.refused:
+        out.print("  no orders: strategy holds")
