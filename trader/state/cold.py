@@ -95,6 +95,21 @@ def _file_chunks(handle: IO[bytes], chunk_size: int) -> Iterator[bytes]:
         yield data
 
 
+def _stream(
+    chunks: Iterable[tuple[bytes, int]], on_progress: TransferProgress | None, sink: IO[bytes] | None = None
+) -> FileDigest:
+    """Hash (and write to sink) an object's (chunk, object size) pairs, reporting progress after each chunk."""
+    digest, done = hashlib.sha256(), 0
+    for data, size in chunks:
+        digest.update(data)
+        if sink is not None:
+            sink.write(data)
+        done += len(data)
+        if on_progress is not None:
+            on_progress(done, size)
+    return FileDigest(digest.hexdigest(), done)
+
+
 class _ChunkedReads:
     """get_file and digest for a store that reads its objects in chunks (`_chunks`): hashed as they stream."""
 
@@ -113,21 +128,6 @@ class _ChunkedReads:
         self, name: str, *, chunk_size: int = CHUNK_SIZE, on_progress: TransferProgress | None = None
     ) -> FileDigest:
         return _stream(self._chunks(name, chunk_size), on_progress)
-
-
-def _stream(
-    chunks: Iterable[tuple[bytes, int]], on_progress: TransferProgress | None, sink: IO[bytes] | None = None
-) -> FileDigest:
-    """Hash (and write to sink) an object's (chunk, object size) pairs, reporting progress after each chunk."""
-    digest, done = hashlib.sha256(), 0
-    for data, size in chunks:
-        digest.update(data)
-        if sink is not None:
-            sink.write(data)
-        done += len(data)
-        if on_progress is not None:
-            on_progress(done, size)
-    return FileDigest(digest.hexdigest(), done)
 
 
 class LocalFolderStore(_ChunkedReads):
