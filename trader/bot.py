@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -118,7 +118,7 @@ class TradingBot:
         self.settings = settings
         # Every exchange call is timed: error rate, latency p95 and order success feed the guards.
         self.stats = OperationStats(settings.risk_guard_window_seconds, settings.risk_guard_min_samples)
-        self.broker = cast(Broker, MeteredBroker(broker, self.stats))
+        self.broker: Broker = MeteredBroker(broker, self.stats)
         self.ledger = ledger
         self.strategy = strategy
         self.risk = risk

@@ -60,6 +60,8 @@ def test_a_running_bot_is_scraped_over_http_and_reports_unhealthy_once_stopped(t
     positions = sum(1 for p in exchange.positions() if p.quantity)
     assert sample(text, "perps_bot_position_count") == positions
     assert sample(text, 'perps_bot_api_latency_seconds_count{method="candles"}') >= 40
+    # startup reconciliation's reads go through the metered broker too
+    assert sample(text, 'perps_bot_api_latency_seconds_count{method="list_open_orders"}') >= 1
     assert sample(text, "perps_bot_cycles_total") == summary.cycles == 40
     assert sample(text, "perps_bot_data_gate_checks_total") == 40
     assert sample(text, 'perps_bot_guard_level{guard="error_rate"}') == 0
