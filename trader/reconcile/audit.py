@@ -38,18 +38,16 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal
 
-from sqlmodel import Session, col, or_, select
-
 from trader.alerts.severity import IncidentKind, Severity, severity_for
 from trader.brokers.base import Broker
-from trader.domain import Fill, Liquidity, Order, OrderStatus, Position, Side
-from trader.errors import OrderNotFound, TraderError, UnknownSymbol
-from trader.ledger import OPEN_STATUSES, FillRecord, Ledger, OrderRecord
-from trader.ledger.models import BalanceSnapshot
+from trader.domain import Fill, Order, Position, Side
+from trader.errors import TraderError, UnknownSymbol
+from trader.ledger import BalanceSnapshot, Ledger
+from trader.ledger.mappers import fill_of
 from trader.ledger.types import canonical_decimal
 from trader.quality.gx_runtime import GateResult
 from trader.quality.reconciliation import check_reconciliation_inputs
-from trader.reconcile.startup import vanished_order
+from trader.reconcile.orders import OrderCheck, Verdict, audit_scope, check_orders, repair_order, same
 
 if TYPE_CHECKING:
     from trader.alerts.incidents import IncidentDesk
@@ -78,6 +76,14 @@ class DifferenceKind(StrEnum):
 
 
 Entity = Literal["order", "fill", "position", "balance"]
+# How a compared order field that differs is classified (the fields are trader/reconcile/orders.py's).
+FIELD_KINDS = {
+    "status": DifferenceKind.STATUS_MISMATCH,
+    "quantity": DifferenceKind.QUANTITY_MISMATCH,
+    "filled_quantity": DifferenceKind.QUANTITY_MISMATCH,
+    "limit_price": DifferenceKind.PRICE_MISMATCH,
+    "average_fill_price": DifferenceKind.PRICE_MISMATCH,
+}
 
 
 @dataclass(frozen=True)
@@ -243,148 +249,40 @@ def _audit_orders(
     broker_fills: list[Fill],
     report: AuditReport,
 ) -> None:
-    checked: set[str] = set()
-    for record in _orders_in_scope(ledger, since):
-        checked.add(record.client_order_id)
-        if record.status == OrderStatus.PENDING_SUBMIT and record.created_at > at - IN_FLIGHT_GRACE:
+    """Judge the window's orders by the reconciliation's order rules (trader/reconcile/orders.py); report every
+    difference and, when repairing, bring the ledger to the broker's orders."""
+    scope = audit_scope(since, IN_FLIGHT_GRACE)
+    for check in check_orders(broker, ledger, scope, at, broker_open, broker_fills):
+        if check.verdict == Verdict.IN_FLIGHT:
             report.orders_in_flight += 1
             continue
         report.orders_checked += 1
-        order = _broker_order(broker, record)
-        if order is None:
-            if record.status in OPEN_STATUSES:
-                _vanished(ledger, record, at, report)
-            continue  # a closed order the broker no longer returns: nothing left to compare
-        _compare_order(ledger, record, order, report)
+        report.differences.extend(_order_differences(check, report))
+        if report.repair:
+            repair_order(ledger, check, at, scope)
 
-    # Orders the broker knows that the ledger never saw: resting ones, and those behind fills it is missing.
-    known = {o.client_order_id: o for o in broker_open if o.client_order_id not in checked}
-    filled = {f.client_order_id: f.order_id for f in broker_fills if f.client_order_id not in checked}
-    records = _ledger_orders(ledger, list(set(known) | set(filled)))
-    for client_order_id, order_id in filled.items():
-        if client_order_id not in known and client_order_id not in records:
-            known[client_order_id] = broker.get_order(order_id)
-    for client_order_id, order in known.items():
-        ours = records.get(client_order_id)
-        report.orders_checked += 1
-        if ours is None:
-            report.differences.append(
-                Difference(
-                    DifferenceKind.MISSING_LOCALLY,
-                    "order",
-                    client_order_id,
-                    order.symbol,
-                    "order",
-                    None,
-                    _describe_order(order),
-                    _act(report, "imported from the broker"),
-                )
-            )
-            if report.repair:
-                ledger.apply_order(order)
+
+def _order_differences(check: OrderCheck, report: AuditReport) -> list[Difference]:
+    """The differences one judged order shows, with what the audit does (or would do) about them."""
+    coid, symbol = check.client_order_id, check.symbol
+    if check.verdict == Verdict.MISSING_LOCALLY and check.order is not None:
+        described = _describe_order(check.order)
+        action = _act(report, "imported from the broker")
+        return [Difference(DifferenceKind.MISSING_LOCALLY, "order", coid, symbol, "order", None, described, action)]
+    if check.verdict in (Verdict.NEVER_SENT, Verdict.VANISHED) and check.record is not None:
+        if check.verdict == Verdict.NEVER_SENT:
+            action = _act(report, "marked failed: never reached the broker")
         else:
-            _compare_order(ledger, ours, order, report)
-
-
-def _orders_in_scope(ledger: Ledger, since: datetime) -> list[OrderRecord]:
-    """Ledger orders still open, and those the broker acknowledged that changed since `since`."""
-    query = (
-        select(OrderRecord)
-        .where(
-            or_(
-                col(OrderRecord.status).in_(OPEN_STATUSES),
-                col(OrderRecord.exchange_order_id).is_not(None) & (col(OrderRecord.updated_at) >= since),
-            )
-        )
-        .order_by(col(OrderRecord.id))
-    )
-    with Session(ledger.engine) as session:
-        return list(session.exec(query).all())
-
-
-def _ledger_orders(ledger: Ledger, client_order_ids: list[str]) -> dict[str, OrderRecord]:
-    if not client_order_ids:
-        return {}
-    query = select(OrderRecord).where(col(OrderRecord.client_order_id).in_(client_order_ids))
-    with Session(ledger.engine) as session:
-        return {row.client_order_id: row for row in session.exec(query).all()}
-
-
-def _broker_order(broker: Broker, record: OrderRecord) -> Order | None:
-    """The broker's order: by exchange id when the ledger has it, else by client_order_id."""
-    if record.exchange_order_id:
-        try:
-            return broker.get_order(record.exchange_order_id)
-        except OrderNotFound:
-            return None
-    return broker.find_order(record.client_order_id)
-
-
-def _vanished(ledger: Ledger, record: OrderRecord, at: datetime, report: AuditReport) -> None:
-    never_sent = record.status == OrderStatus.PENDING_SUBMIT
-    if never_sent:
-        action = _act(report, "marked failed: never reached the broker")
-    else:
-        action = _act(report, "marked cancelled: vanished from the broker")
-    report.differences.append(
+            action = _act(report, "marked cancelled: vanished from the broker")
+        status = check.record.status
+        return [Difference(DifferenceKind.UNKNOWN_ON_EXCHANGE, "order", coid, symbol, "order", status, None, action)]
+    action = _act(report, "ledger set to the broker's order")
+    return [
         Difference(
-            DifferenceKind.UNKNOWN_ON_EXCHANGE,
-            "order",
-            record.client_order_id,
-            record.symbol,
-            "order",
-            record.status,
-            None,
-            action,
+            FIELD_KINDS[f.field], "order", coid, symbol, f.field, _text(f.ledger_value), _text(f.broker_value), action
         )
-    )
-    if not report.repair:
-        return
-    if never_sent:
-        ledger.mark_failed(record.client_order_id, "never reached the broker (reconciliation audit)", at)
-        return
-    ledger.apply_order(vanished_order(record, at, "vanished from the broker (reconciliation audit)"))
-
-
-def _compare_order(ledger: Ledger, record: OrderRecord, order: Order, report: AuditReport) -> None:
-    """Classify every field the broker and the ledger disagree on; take the broker's order when any differ."""
-    fields: list[tuple[DifferenceKind, str, object, object]] = [
-        (DifferenceKind.STATUS_MISMATCH, "status", record.status, str(order.status)),
-        (DifferenceKind.QUANTITY_MISMATCH, "quantity", record.quantity, order.quantity),
-        (DifferenceKind.QUANTITY_MISMATCH, "filled_quantity", record.filled_quantity, order.filled_quantity),
-        (DifferenceKind.PRICE_MISMATCH, "limit_price", record.limit_price, order.limit_price),
-        (DifferenceKind.PRICE_MISMATCH, "average_fill_price", record.average_fill_price, order.average_fill_price),
+        for f in check.fields
     ]
-    found = [
-        Difference(
-            kind,
-            "order",
-            record.client_order_id,
-            record.symbol,
-            name,
-            _text(mine),
-            _text(theirs),
-            _act(report, "ledger set to the broker's order"),
-        )
-        for kind, name, mine, theirs in fields
-        if not _same(mine, theirs)
-    ]
-    if not found:
-        return
-    report.differences.extend(found)
-    if report.repair:
-        ledger.apply_order(order)
-        if not (_same(record.quantity, order.quantity) and _same(record.limit_price, order.limit_price)):
-            _set_order_terms(ledger, record.client_order_id, order)
-
-
-def _set_order_terms(ledger: Ledger, client_order_id: str, order: Order) -> None:
-    """Size and limit price after an edit on the exchange (Ledger.apply_order keeps the requested ones)."""
-    with Session(ledger.engine) as session, session.begin():
-        row = session.exec(select(OrderRecord).where(OrderRecord.client_order_id == client_order_id)).one()
-        row.quantity = order.quantity
-        row.limit_price = order.limit_price
-        row.stop_price = order.stop_price
 
 
 # --- fills -----------------------------------------------------------------------------------------------------
@@ -393,11 +291,7 @@ def _set_order_terms(ledger: Ledger, client_order_id: str, order: Order) -> None
 def _audit_fills(ledger: Ledger, since: datetime, broker_fills: list[Fill], report: AuditReport) -> list[Fill]:
     """Classify fill differences; import the fills the ledger is missing. Returns those missing fills."""
     theirs = {f.trade_id: f for f in broker_fills}
-    query = select(FillRecord).where(
-        or_(col(FillRecord.filled_at) > since, col(FillRecord.trade_id).in_(list(theirs) or [""]))
-    )
-    with Session(ledger.engine) as session:
-        mine = {row.trade_id: row for row in session.exec(query).all()}
+    mine = {row.trade_id: row for row in ledger.fills_after(since)} | ledger.fills_by_trade_id(theirs)
     report.fills_checked = len(set(theirs) | set(mine))
     missing = [f for trade_id, f in theirs.items() if trade_id not in mine]
     for fill in missing:
@@ -422,7 +316,7 @@ def _audit_fills(ledger: Ledger, since: datetime, broker_fills: list[Fill], repo
             (DifferenceKind.PRICE_MISMATCH, "price", row.price, fill.price),
             (DifferenceKind.PRICE_MISMATCH, "fee", row.fee, fill.fee),
         ):
-            if not _same(a, b):
+            if not same(a, b):
                 report.differences.append(
                     Difference(
                         kind, "fill", trade_id, fill.symbol, name, _text(a), _text(b), "none: fills are append-only"
@@ -464,7 +358,7 @@ def _audit_positions(
         mine = expected.get(symbol, ZERO)
         position = broker_positions.get(symbol)
         theirs = position.quantity if position is not None else ZERO
-        if _same(mine, theirs):
+        if same(mine, theirs):
             continue
         report.differences.append(
             Difference(
@@ -496,13 +390,11 @@ def _audit_balances(
     report: AuditReport,
 ) -> None:
     """Broker totals against the baseline snapshot plus every fill after it (see the module docstring)."""
-    with Session(ledger.engine) as session:
-        baseline = _baseline(session, since, missing_fills)
-        if baseline is None:
-            return
-        taken_at, rows = baseline
-        recorded = session.exec(select(FillRecord).where(col(FillRecord.filled_at) > taken_at)).all()
-    fills = {row.trade_id: _fill_of(row) for row in recorded}
+    baseline = _baseline(ledger, since, missing_fills)
+    if baseline is None:
+        return
+    taken_at, rows = baseline
+    fills = {row.trade_id: fill_of(row) for row in ledger.fills_after(taken_at)}
     fills.update({f.trade_id: f for f in missing_fills if f.filled_at > taken_at})
     report.balance_baseline = taken_at
 
@@ -549,32 +441,16 @@ def _audit_balances(
 
 
 def _baseline(
-    session: Session, since: datetime, missing_fills: list[Fill]
+    ledger: Ledger, since: datetime, missing_fills: list[Fill]
 ) -> tuple[datetime, list[BalanceSnapshot]] | None:
     """The newest snapshot at or before `since`, else the oldest after it; skipping those a fill shares a time with."""
-    older = (
-        select(BalanceSnapshot.snapshot_id, BalanceSnapshot.taken_at)
-        .where(col(BalanceSnapshot.taken_at) <= since)
-        .distinct()
-        .order_by(col(BalanceSnapshot.taken_at).desc())
-        .limit(BASELINE_CANDIDATES)
-    )
-    newer = (
-        select(BalanceSnapshot.snapshot_id, BalanceSnapshot.taken_at)
-        .where(col(BalanceSnapshot.taken_at) > since)
-        .distinct()
-        .order_by(col(BalanceSnapshot.taken_at))
-        .limit(BASELINE_CANDIDATES)
-    )
-    candidates = list(session.exec(older).all()) + list(session.exec(newer).all())
+    candidates = ledger.balance_snapshots_around(since, BASELINE_CANDIDATES)
     if not candidates:
         return None
-    times = {taken_at for _, taken_at in candidates}
-    shared = set(session.exec(select(FillRecord.filled_at).where(col(FillRecord.filled_at).in_(times))).all())
+    shared = ledger.fill_times_among({taken_at for _, taken_at in candidates})
     shared |= {f.filled_at for f in missing_fills}
     snapshot_id, taken_at = next(((s, t) for s, t in candidates if t not in shared), candidates[0])
-    rows = session.exec(select(BalanceSnapshot).where(BalanceSnapshot.snapshot_id == snapshot_id)).all()
-    return taken_at, list(rows)
+    return taken_at, ledger.balance_snapshot(snapshot_id)
 
 
 def _currencies(broker: Broker, symbol: str) -> tuple[str, str]:
@@ -671,14 +547,6 @@ def _act(report: AuditReport, action: str) -> str:
     return action if report.repair else f"none (repair off): would be {action}"
 
 
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, Decimal) and isinstance(b, Decimal):
-        return canonical_decimal(a) == canonical_decimal(b)
-    if isinstance(a, Decimal) and b is None or isinstance(b, Decimal) and a is None:
-        return False
-    return a == b
-
-
 def _text(value: object) -> str | None:
     if value is None:
         return None
@@ -694,18 +562,3 @@ def _signed(fill: Fill) -> Decimal:
 def _describe_order(order: Order) -> str:
     price = f" @ {order.limit_price}" if order.limit_price is not None else ""
     return f"{order.side} {order.order_type} {order.quantity}{price} {order.status} ({order.order_id})"
-
-
-def _fill_of(row: FillRecord) -> Fill:
-    return Fill(
-        trade_id=row.trade_id,
-        order_id=row.exchange_order_id,
-        client_order_id=row.client_order_id,
-        symbol=row.symbol,
-        side=Side(row.side),
-        quantity=row.quantity,
-        price=row.price,
-        fee=row.fee,
-        liquidity=Liquidity(row.liquidity),
-        filled_at=row.filled_at,
-    )

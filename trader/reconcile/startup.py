@@ -1,4 +1,8 @@
-"""Before the bot trades it makes the ledger agree with the broker: orders, fills, positions."""
+"""Before the bot trades it makes the ledger agree with the broker: orders, fills, positions.
+
+Orders are judged and repaired by the same rules as the audit's (trader/reconcile/orders.py), over the startup
+scope: the ledger's open orders and the broker's open orders.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from trader.brokers.base import Broker
-from trader.domain import Order, OrderStatus, OrderType, Side, TimeInForce
-from trader.ledger import Ledger, OrderRecord
+from trader.ledger import Ledger
+from trader.reconcile.orders import Verdict, check_orders, repair_order, startup_scope
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("perps_bot.reconcile")
 
 # Fills are imported from a little before the newest one the ledger holds; trade ids dedupe the overlap.
 FILL_OVERLAP = timedelta(minutes=5)
@@ -36,28 +40,6 @@ class StartupReconciliation:
         )
 
 
-def vanished_order(record: OrderRecord, at: datetime, reason: str) -> Order:
-    """The ledger's open order as cancelled because the broker no longer knows it; what it filled is kept."""
-    return Order(
-        order_id=record.exchange_order_id or "",
-        client_order_id=record.client_order_id,
-        symbol=record.symbol,
-        side=Side(record.side),
-        order_type=OrderType(record.order_type),
-        quantity=record.quantity,
-        status=OrderStatus.CANCELLED,
-        created_at=record.created_at,
-        limit_price=record.limit_price,
-        stop_price=record.stop_price,
-        time_in_force=TimeInForce(record.time_in_force),
-        filled_quantity=record.filled_quantity,
-        average_fill_price=record.average_fill_price,
-        fees=record.fees,
-        reject_reason=reason,
-        updated_at=at,
-    )
-
-
 def import_missed_fills(broker: Broker, ledger: Ledger) -> int:
     """The broker's fills since shortly before the ledger's newest (trade ids dedupe the overlap); how many were new."""
     last = ledger.last_fill_time()
@@ -67,22 +49,16 @@ def import_missed_fills(broker: Broker, ledger: Ledger) -> int:
 def reconcile_on_start(broker: Broker, ledger: Ledger, at: datetime) -> StartupReconciliation:
     """Bring open orders, fills and positions in the ledger to the broker's state; never places an order."""
     report = StartupReconciliation()
-    for record in ledger.open_orders():
-        report.orders_checked += 1
-        order = broker.find_order(record.client_order_id)
-        if order is None and record.status == OrderStatus.PENDING_SUBMIT:
-            ledger.mark_failed(record.client_order_id, "never reached the broker (startup reconciliation)", at)
-            report.orders_never_sent += 1
-        elif order is None:
-            ledger.apply_order(vanished_order(record, at, "vanished from the broker (startup reconciliation)"))
-            report.orders_vanished += 1
-        elif order.status != record.status or order.filled_quantity != record.filled_quantity:
-            ledger.apply_order(order)
-            report.orders_updated += 1
-    for order in broker.list_open_orders():
-        if ledger.get_order(order.client_order_id) is None:
-            ledger.apply_order(order)
+    scope = startup_scope()
+    for check in check_orders(broker, ledger, scope, at, broker.list_open_orders()):
+        if check.verdict == Verdict.MISSING_LOCALLY:
             report.orders_imported += 1
+        else:
+            report.orders_checked += 1
+        report.orders_never_sent += check.verdict == Verdict.NEVER_SENT
+        report.orders_vanished += check.verdict == Verdict.VANISHED
+        report.orders_updated += check.verdict == Verdict.DIFFERS
+        repair_order(ledger, check, at, scope)
     report.fills_imported = import_missed_fills(broker, ledger)
     ours = ledger.positions()
     for position in broker.positions():
