@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 def run_bot(settings: Settings, args: argparse.Namespace) -> int:
     """--dev-fast: one cycle; --dry-run: one cycle, nothing sent; otherwise cycle until Ctrl-C or --cycles."""
+    from prefect_adapter.secrets import with_secret_blocks
     from trader.logs import configure_logging
     from trader.runtime import build_bot, start_metrics
 
@@ -29,7 +30,8 @@ def run_bot(settings: Settings, args: argparse.Namespace) -> int:
         flag = "--dev-fast" if args.dev_fast else "--dry-run"
         raise ConfigError(f"--standby: not with {flag} (a standby waits to take over a running bot; drop one of them)")
     configure_logging(settings.log_file)
-    bot = build_bot(settings, mode="dry_run" if args.dry_run else None)
+    # Slack secrets the environment leaves unset come from the Prefect Secret blocks (when an API is configured).
+    bot = build_bot(with_secret_blocks(settings), mode="dry_run" if args.dry_run else None)
     cycles = 1 if (args.dev_fast or args.dry_run) else args.cycles
     one_shot = args.dev_fast or args.dry_run
     # The lease first: a second bot on a held account stops here, before the exporter or any recovery.

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from prefect_adapter.secrets import with_secret_blocks
 from trader.alerts import IncidentDesk
 from trader.drills.namespace import DrillError, DrillRefused, DrillUnavailable
 from trader.drills.report import DrillRun, report_incident, table_rows
@@ -101,7 +102,7 @@ def _report_incidents(settings: Settings, run: DrillRun, out: Console) -> None:
     if not run.results:
         return
     try:
-        desk = IncidentDesk.from_settings(settings)
+        desk = IncidentDesk.from_settings(with_secret_blocks(settings))
     except Exception as error:  # the drill's verdict stands without the incident desk
         out.print(f"incidents not recorded: {error}", markup=False, soft_wrap=True)
         return

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from deployments.cli.output import print_rows, row_line, say, wide
 from deployments.cli.variables import read_variable, write_variable
+from prefect_adapter.secrets import with_secret_blocks
 from trader.errors import ConfigError
 from trader.settings import Settings
 
@@ -84,7 +85,7 @@ def switch_command(settings: Settings, switch: Switch, action: str, note: str) -
         evidence = "\n".join([f"reason: {note or 'not given'}", *(row_line(r) for r in rows[:40])])
         _incident(settings, procedure, TITLES[switch], evidence)
     else:
-        resolved = resolve_incidents(settings, RESOLVED_BY[switch])
+        resolved = resolve_incidents(with_secret_blocks(settings), RESOLVED_BY[switch])
         say(f"incidents resolved: {', '.join(resolved) or 'none were open'}")
         if switch_in_environment(settings, switch):
             say(f"[yellow]{ENV_NAMES[switch]} is set in this environment: the switch stays ON where it is set[/]")
@@ -153,5 +154,5 @@ def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
 def _incident(settings: Settings, procedure: str, title: str, evidence: str) -> None:
     from trader.risk.emergency import incident_fingerprint, open_incident
 
-    incident_id = open_incident(settings, procedure, title, evidence)
+    incident_id = open_incident(with_secret_blocks(settings), procedure, title, evidence)
     say(f"SEV-1 incident #{incident_id} ({incident_fingerprint(procedure)})")
