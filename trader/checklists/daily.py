@@ -19,8 +19,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import text
-
 from trader.brokers.base import Broker
 from trader.ledger import Ledger
 from trader.quality.gx_runtime import GateResult
@@ -377,20 +375,13 @@ def disk_space(path: Path) -> CheckResult:
 
 def database(ledger: Ledger) -> CheckResult:
     """Connectivity (SELECT 1 round trip) and size of the ledger database."""
-    started = time.perf_counter()
-    with ledger.engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
-        if ledger.engine.dialect.name == "postgresql":
-            size = connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
-        else:
-            pages = connection.execute(text("PRAGMA page_count")).scalar_one()
-            size = pages * connection.execute(text("PRAGMA page_size")).scalar_one()
-    ms = (time.perf_counter() - started) * 1000
+    ms = ledger.ping()
+    size = ledger.database_size()
     counts = ledger.counts()
     return CheckResult(
         "database size and connectivity",
         "pass",
-        f"{ledger.engine.dialect.name} answered in {ms:.1f} ms; {int(size) / 2**20:.1f} MiB; "
+        f"{ledger.backend} answered in {ms:.1f} ms; {size / 2**20:.1f} MiB; "
         f"{counts['orders']} orders, {counts['fills']} fills",
     )
 

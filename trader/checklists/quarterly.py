@@ -15,32 +15,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, select
-from sqlmodel import Session
-
 from trader.checklists.daily import CheckResult, Status
 from trader.checklists.report import equity_series, max_drawdown, per_symbol, records, trades_between
-from trader.checklists.weekly import database_size
-from trader.ledger import Ledger
-from trader.ledger.housekeeping import TABLES
-from trader.ledger.models import ChecklistRun, Incident
+from trader.ledger import ChecklistRun, Ledger
 
 DISK_TARGET = 0.80
 DISK_MONTHS_WARN = 6.0
 DISK_MONTHS_FAIL = 2.0
 PASS_RATE_WARN = 0.80
-# The column that dates each row of a ledger table, for row growth per month.
-DATED_BY = {
-    "trading_sessions": "started_at",
-    "orders": "created_at",
-    "fills": "filled_at",
-    "positions": "updated_at",
-    "balance_snapshots": "taken_at",
-    "incidents": "opened_at",
-    "checklist_runs": "started_at",
-    "state_entries": "updated_at",
-    "checkpoints": "created_at",
-}
 
 
 @dataclass
@@ -74,19 +56,14 @@ def capacity_planning(ledger: Ledger, disk_path: Path, now: datetime, months: in
     import pandas as pd
 
     start = now - timedelta(days=30 * months)
-    dated: list[dict[str, Any]] = []
-    with Session(ledger.engine) as session:
-        for name, column in DATED_BY.items():
-            stamp: Column[Any] = TABLES[name].c[column]
-            for (at,) in session.execute(select(stamp).where(stamp >= start, stamp < now)).all():
-                dated.append({"table": name, "at": at})
+    dated = [{"table": table, "at": at} for table, at in ledger.rows_dated_between(start, now)]
     frame = pd.DataFrame(dated, columns=["table", "at"])
     rows: list[dict[str, Any]] = []
     if not frame.empty:
         frame["month"] = pd.to_datetime(frame["at"], utc=True).dt.strftime("%Y-%m")
         growth = frame.groupby(["table", "month"]).size().rename("rows_added")
         rows = [{"table": t, "month": m, "rows_added": int(n)} for (t, m), n in growth.items()]
-    size = database_size(ledger)
+    size = ledger.database_size()
     counts = ledger.counts()
     total_rows = sum(counts.values())
     added_per_month = len(frame) / months
@@ -116,9 +93,7 @@ def incidents_by_severity(ledger: Ledger, start: datetime, end: datetime) -> Sec
     """Incidents opened in the window per severity: opened, still open, resolved, median time to resolve."""
     import pandas as pd
 
-    with Session(ledger.engine) as session:
-        query = select(Incident).where(Incident.opened_at >= start, Incident.opened_at < end)  # type: ignore[arg-type]
-        incidents = list(session.execute(query).scalars().all())
+    incidents = ledger.incidents_opened_between(start, end)
     frame = pd.DataFrame(
         [
             {

@@ -16,10 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, col, select
-
 from trader.ledger import FillRecord, Ledger
-from trader.ledger.models import BalanceSnapshot
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,9 +75,7 @@ def equity_series(ledger: Ledger, start: datetime, end: datetime) -> pd.Series:
     """Total quote value of each balance snapshot taken in [start, end), indexed by when it was taken."""
     import pandas as pd
 
-    query = select(BalanceSnapshot).where(BalanceSnapshot.taken_at >= start, BalanceSnapshot.taken_at < end)
-    with Session(ledger.engine) as session:
-        rows = session.exec(query.order_by(col(BalanceSnapshot.taken_at), col(BalanceSnapshot.id))).all()
+    rows = ledger.balance_snapshots_between(start, end)
     frame = pd.DataFrame(
         [{"snapshot": r.snapshot_id, "taken_at": r.taken_at, "value": float(r.value_quote)} for r in rows],
         columns=["snapshot", "taken_at", "value"],

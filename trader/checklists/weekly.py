@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import text
-
 from trader.checklists.daily import CheckResult, Status
 from trader.checklists.report import equity_series, max_drawdown, per_symbol, read_guard_counters, trades_between
 from trader.ledger import Ledger
@@ -73,8 +71,7 @@ def strategy_effectiveness(ledger: Ledger, heartbeat_file: Path, now: datetime, 
     orders = pd.DataFrame(
         [
             {"symbol": o.symbol, "status": o.status, "filled": float(o.filled_quantity)}
-            for o in ledger.list_orders()
-            if start <= o.created_at < now
+            for o in ledger.orders_created_between(start, now)
         ],
         columns=["symbol", "status", "filled"],
     )
@@ -168,32 +165,18 @@ def archive_logs(log_dir: Path, cold: ObjectStore) -> CheckResult:
 # --- database maintenance -----------------------------------------------------------------------------------------
 
 
-def database_size(ledger: Ledger) -> int:
-    """Bytes used by the ledger database (pg_database_size, or SQLite pages)."""
-    with ledger.engine.connect() as connection:
-        if ledger.engine.dialect.name == "postgresql":
-            return int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
-        pages = connection.execute(text("PRAGMA page_count")).scalar_one()
-        return int(pages * connection.execute(text("PRAGMA page_size")).scalar_one())
-
-
 def database_maintenance(ledger: Ledger) -> CheckResult:
     """PostgreSQL VACUUM (ANALYZE) on an autocommit connection (it cannot run in a transaction); SQLite VACUUM
     and ANALYZE. Evidence: duration and size before/after."""
-    before = database_size(ledger)
+    before = ledger.database_size()
     started = time.perf_counter()
-    engine = ledger.engine.execution_options(isolation_level="AUTOCOMMIT")
-    postgres = ledger.engine.dialect.name == "postgresql"
-    statements = ["VACUUM (ANALYZE)"] if postgres else ["VACUUM", "ANALYZE"]
-    with engine.connect() as connection:
-        for statement in statements:
-            connection.execute(text(statement))
+    statements = ledger.vacuum()
     seconds = time.perf_counter() - started
-    after = database_size(ledger)
+    after = ledger.database_size()
     return CheckResult(
         "database maintenance",
         "pass",
-        f"{ledger.engine.dialect.name}: {' + '.join(statements)} in {seconds:.2f} s; "
+        f"{ledger.backend}: {' + '.join(statements)} in {seconds:.2f} s; "
         f"size {before / 2**20:.2f} MiB -> {after / 2**20:.2f} MiB",
     )
 

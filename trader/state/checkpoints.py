@@ -16,26 +16,19 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Engine
-from sqlmodel import Session, col, select
-
 from trader.errors import TraderError
-from trader.ledger.db import make_engine
-from trader.ledger.db import migrate as migrate_database
-from trader.ledger.models import Checkpoint, OrderRecord, PositionRecord
+from trader.ledger import Checkpoint, Ledger, OrderRecord
 from trader.state.base import ObjectStore, TierUnavailable
 from trader.state.cold import ColdStorageError, cold_store_from_settings
 
 if TYPE_CHECKING:
     from trader.brokers.base import Broker
-    from trader.ledger import Ledger
     from trader.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -171,28 +164,22 @@ def snapshot_from_ledger(
     """Positions and open orders read from the ledger in one transaction (REPEATABLE READ on PostgreSQL, a read
     transaction on SQLite), balances and the broker's positions when a broker is given, plus the strategy state and
     guard counters the bot passes in. Money and quantities are decimal strings."""
-    with _read_snapshot(ledger.engine) as session:
-        positions = session.exec(select(PositionRecord).order_by(col(PositionRecord.symbol))).all()
-        orders = session.exec(
-            select(OrderRecord)
-            .where(col(OrderRecord.status).in_(OPEN_ORDER_STATUSES))
-            .order_by(col(OrderRecord.created_at), col(OrderRecord.client_order_id))
-        ).all()
-        snapshot: dict[str, Any] = {
-            "format": SNAPSHOT_FORMAT,
-            "taken_at": (taken_at or datetime.now(UTC)).isoformat(),
-            "positions": {
-                p.symbol: {
-                    "quantity": str(p.quantity),
-                    "average_entry_price": str(p.average_entry_price),
-                    "realized_pnl": str(p.realized_pnl),
-                    "updated_at": p.updated_at.isoformat(),
-                }
-                for p in positions
-                if p.quantity != 0
-            },
-            "open_orders": [_order_dict(o) for o in orders],
-        }
+    book = ledger.book()
+    snapshot: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT,
+        "taken_at": (taken_at or datetime.now(UTC)).isoformat(),
+        "positions": {
+            p.symbol: {
+                "quantity": str(p.quantity),
+                "average_entry_price": str(p.average_entry_price),
+                "realized_pnl": str(p.realized_pnl),
+                "updated_at": p.updated_at.isoformat(),
+            }
+            for p in book.positions
+            if p.quantity != 0
+        },
+        "open_orders": [_order_dict(o) for o in book.open_orders],
+    }
     snapshot["balances"] = {}
     snapshot["broker_positions"] = {}
     if broker is not None:
@@ -206,20 +193,6 @@ def snapshot_from_ledger(
     snapshot["strategy_state"] = strategy_state or {}
     snapshot["guard_counters"] = guard_counters or {}
     return snapshot
-
-
-@contextmanager
-def _read_snapshot(engine: Engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        if engine.dialect.name == "postgresql":
-            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        elif engine.dialect.name == "sqlite":
-            # pysqlite opens transactions lazily (only before writes): BEGIN makes both reads one WAL snapshot.
-            session.connection().exec_driver_sql("BEGIN")
-        try:
-            yield session
-        finally:
-            session.rollback()
 
 
 def _order_dict(order: OrderRecord) -> dict[str, Any]:
@@ -262,23 +235,16 @@ class CheckpointStore:
     ) -> None:
         if retention < 1:
             raise CheckpointError(f"retention must be at least 1 (got {retention})")
-        if migrate:
-            migrate_database(database_url)
         self.database_url = database_url
-        self.engine = make_engine(database_url)
+        self.ledger = Ledger(database_url, migrate=migrate)  # the warm copies: its checkpoints table
         self.cold = cold
         self.retention = retention
         self.compress = compress
         self.last_create_ms: float | None = None
         self.last_restore_ms: float | None = None
 
-    @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
-
     def dispose(self) -> None:
-        self.engine.dispose()
+        self.ledger.dispose()
 
     # --- create
 
@@ -311,8 +277,7 @@ class CheckpointStore:
             log.warning(
                 "checkpoint %s: cold copy not written (%s); the warm copy is the only one", checkpoint_id, error
             )
-        with self._transaction() as session:
-            session.add(row)
+        self.ledger.add_checkpoint(row)
         self._prune()
         duration_ms = (time.perf_counter() - started) * 1000
         self.last_create_ms = duration_ms
@@ -327,11 +292,7 @@ class CheckpointStore:
         return CheckpointInfo.of(row, duration_ms)
 
     def _prune(self) -> None:
-        with self._transaction() as session:
-            old = session.exec(_newest_first().offset(self.retention)).all()
-            for row in old:
-                session.delete(row)
-            doomed = [(row.id, row.cold_key) for row in old]
+        doomed = [(row.id, row.cold_key) for row in self.ledger.prune_checkpoints(keep=self.retention)]
         for checkpoint_id, cold_key in doomed:
             for key in (cold_key, _manifest_key(checkpoint_id)):
                 if key is None:
@@ -347,19 +308,16 @@ class CheckpointStore:
 
     def list(self) -> list[CheckpointInfo]:
         """Every kept checkpoint, newest first."""
-        with self._transaction() as session:
-            return [CheckpointInfo.of(row) for row in session.exec(_newest_first()).all()]
+        return [CheckpointInfo.of(row) for row in self.ledger.checkpoints()]
 
     def get(self, checkpoint_id: str) -> CheckpointInfo:
-        with self._transaction() as session:
-            row = session.get(Checkpoint, checkpoint_id)
+        row = self.ledger.get_checkpoint(checkpoint_id)
         if row is None:
             raise CheckpointNotFound(f"no checkpoint {checkpoint_id}; {self._newest_good_hint()}")
         return CheckpointInfo.of(row)
 
     def _verified(self, checkpoint_id: str) -> _Verified:
-        with self._transaction() as session:
-            row = session.get(Checkpoint, checkpoint_id)
+        row = self.ledger.get_checkpoint(checkpoint_id)
         if row is None:
             raise CheckpointNotFound(f"no checkpoint {checkpoint_id}")
         info = CheckpointInfo.of(row)
@@ -438,10 +396,6 @@ def checkpoint_store_from_settings(
 
 
 _Verified = tuple[CheckpointInfo, dict[str, Any], Source, list[str]]
-
-
-def _newest_first() -> Any:
-    return select(Checkpoint).order_by(col(Checkpoint.created_at).desc(), col(Checkpoint.id).desc())
 
 
 def _manifest_key(checkpoint_id: str) -> str:

@@ -71,7 +71,7 @@ def make_store(database_url: str, cold: LocalFolderStore) -> Iterator[Any]:
 
 def corrupt_warm(store: CheckpointStore, checkpoint_id: str) -> None:
     """Flip one byte of the stored payload in the warm row."""
-    with Session(store.engine) as session, session.begin():
+    with Session(store.ledger.engine) as session, session.begin():
         row = session.get(Checkpoint, checkpoint_id)
         assert row is not None
         data = bytearray(row.payload)
