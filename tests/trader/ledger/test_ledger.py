@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -22,29 +21,9 @@ from trader.domain import (
     Side,
 )
 from trader.ledger import DuplicateClientOrderId, Ledger, LedgerError
-from trader.ledger.models import LedgerModel
 from trader.ledger.types import canonical_decimal
 
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
-    """A migrated, empty ledger on each backend."""
-    url = str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
-    ledger = Ledger(url)
-    shared = request.param == "postgresql"  # pg_url lives for the whole test session: start and leave it empty
-    if shared:
-        empty(ledger)
-    yield ledger
-    if shared:
-        empty(ledger)
-    ledger.dispose()
-
-
-def empty(ledger: Ledger) -> None:
-    with ledger.engine.begin() as connection:
-        connection.exec_driver_sql(f"TRUNCATE {', '.join(LedgerModel.metadata.tables)} RESTART IDENTITY CASCADE")
 
 
 def a_request(client_order_id: str = "bot-1", quantity: Decimal = Decimal("0.01"), **changes: object) -> OrderRequest:
