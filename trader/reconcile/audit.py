@@ -3,7 +3,8 @@ broker's truth without ever placing or cancelling an order.
 
 What is compared, with `at` the audit time and `since = at - lookback`:
 - orders: every ledger order still open, every ledger order the broker acknowledged that changed since `since`, and
-  every order the broker reports open; status, size, filled size, limit price and average fill price.
+  every order the broker reports open; status, size, filled size, limit price and average fill price, by the order
+  rules startup reconciliation applies too (trader/reconcile/orders.py).
 - fills: the broker's fills after `since` against the ledger's, by trade id.
 - positions: quantity per symbol (average entry prices differ by method between brokers and are not compared).
 - balances: the total (available + hold) per currency against the expected balance derived from the ledger:
