@@ -15,7 +15,9 @@ progress bars, so a validation neither phones home nor prints "Calculating Metri
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,17 +30,47 @@ if TYPE_CHECKING:
 DATA_SOURCE = "trader"
 _ANALYTICS_ENV = "GX_ANALYTICS_ENABLED"
 
+# Imported by great_expectations at load for expectations and metrics this project never runs (KL divergence, KS
+# tests): scipy.stats and what it pulls in are ~35% of `import great_expectations`. Deferred with the standard
+# library's LazyLoader, so the real import happens on first attribute access (if anything ever uses them).
+DEFERRED_MODULES = ("scipy.stats",)
+
 _lock = threading.RLock()  # the context, its data source and every validation: one thread at a time
 _context: Any = None
 _batch_definitions: dict[str, Any] = {}
 
 
 def gx() -> ModuleType:
-    """The great_expectations module, imported on first use with analytics off."""
+    """The great_expectations module, imported on first use with analytics off and DEFERRED_MODULES deferred."""
     os.environ.setdefault(_ANALYTICS_ENV, "False")
+    if "great_expectations" not in sys.modules:
+        for name in DEFERRED_MODULES:
+            _defer(name)
     import great_expectations
 
     return great_expectations
+
+
+def _defer(name: str) -> None:
+    """Put a lazily loading module for `name` into sys.modules (and on its parent package), unless already there."""
+    if name in sys.modules:
+        return
+    parent, _, child = name.rpartition(".")
+    try:
+        if parent:
+            __import__(parent)
+        spec = importlib.util.find_spec(name)
+    except ImportError:
+        return
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    if parent:
+        setattr(sys.modules[parent], child, module)
 
 
 def context() -> Any:
