@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from trader.alerts.incidents import IncidentDesk
 from trader.alerts.notifier import notifier_from_settings
-from trader.bot import Mode, TradingBot
 from trader.brokers.base import Broker
 from trader.ledger import Ledger
 from trader.market.source import MarketDataSource
@@ -21,6 +20,7 @@ from trader.settings import Settings
 from trader.strategy import MovingAverageCrossover, Strategy
 
 if TYPE_CHECKING:
+    from trader.bot import Mode, TradingBot
     from trader.metrics.exporter import MetricsServer
     from trader.quality.market_data import MarketDataGate
     from trader.state.checkpoints import CheckpointStore
@@ -78,6 +78,8 @@ def build_bot(
     settings: Settings, *, mode: Mode | None = None, broker: Broker | None = None, ledger: Ledger | None = None
 ) -> TradingBot:
     """A ready TradingBot: paper on the simulated exchange, live on Coinbase, or dry-run (nothing sent)."""
+    from trader.bot import TradingBot  # the bot and its state tiers (redis): loaded only to build a bot
+
     broker = broker or build_broker(settings, persist=mode != "dry_run")
     mode = mode or ("paper" if broker.name == "simulated" else "live")
     checkpoints = state = incidents = None
