@@ -34,8 +34,8 @@ from tasks.emergency import (
     set_prefect_variable,
 )
 from tasks.ledger import migrate_ledger
-from trader.risk.emergency import RESOLVED_BY, TITLES, CancelResult, Switch, SwitchChange
-from trader.risk.emergency_render import (
+from trader.emergency.procedures import RESOLVED_BY, TITLES, CancelResult, Switch, SwitchChange
+from trader.emergency.render import (
     incident_evidence,
     procedure_markdown,
     procedure_rows,

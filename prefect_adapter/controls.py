@@ -18,8 +18,8 @@ from typing import Protocol
 
 from prefect_adapter.variables import VARIABLES, VariableReading, parse_switch
 from trader.bot import read_controls
+from trader.emergency.procedures import SWITCHES, Switch, local_switches
 from trader.risk import RiskControls
-from trader.risk.emergency import SWITCHES, Switch, local_switches
 from trader.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 
 from prefect_adapter.variables import SwitchVariables, VariableReading, VariablesUnavailable, read_switch_values
-from trader.risk.emergency import Switch
+from trader.emergency.procedures import Switch
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES
 
-from trader.risk.emergency import SWITCHES, Switch
+from trader.emergency.procedures import SWITCHES, Switch
 
 VARIABLES: dict[Switch, str] = {"kill_switch": "kill_switch", "reduce_only": "reduce_only"}
 TIMEOUT_SECONDS = 3.0

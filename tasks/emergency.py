@@ -6,7 +6,7 @@ from prefect import task
 
 from prefect_adapter.variables import VARIABLES, SwitchVariables, parse_switch
 from tasks.policies import ALERT, EXCHANGE_WRITE, FLAG_FILE, PREFECT_WRITE
-from trader.risk.emergency import (
+from trader.emergency.procedures import (
     CancelResult,
     FlattenResult,
     Switch,

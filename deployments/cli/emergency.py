@@ -1,6 +1,6 @@
 """perps-bot kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]: the runbooks' emergency
-procedures without Prefect (trader/risk/emergency.py: the flag files, the broker, the ledger, the incident), plus the
-Prefect Variable when PREFECT_API_URL is set and answers, and a SEV-1 incident per procedure."""
+procedures without Prefect (trader/emergency/procedures.py: the flag files, the broker, the ledger, the incident),
+plus the Prefect Variable when PREFECT_API_URL is set and answers, and a SEV-1 incident per procedure."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from trader.errors import ConfigError
 from trader.settings import Settings
 
 if TYPE_CHECKING:
-    from trader.risk.emergency import Switch
+    from trader.emergency.procedures import Switch
 
 EMERGENCY_COMMANDS = ("kill-switch", "reduce-only", "cancel-all", "flatten")
 SWITCH_ACTIONS = ("on", "off", "status")
@@ -49,7 +49,7 @@ def emergency_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def switch_command(settings: Settings, switch: Switch, action: str, note: str) -> int:
     """on: flag file + Prefect Variable (+ cancel-all for the kill switch), SEV-1 incident; off: cleared, resolved."""
-    from trader.risk.emergency import (
+    from trader.emergency.procedures import (
         ENV_NAMES,
         PROCEDURES,
         RESOLVED_BY,
@@ -94,7 +94,7 @@ def switch_command(settings: Settings, switch: Switch, action: str, note: str) -
 
 def switch_status(settings: Settings, switch: Switch) -> int:
     """Where the switch is on: this environment, the flag file, the Prefect Variable."""
-    from trader.risk.emergency import ENV_NAMES, flag_file, switch_in_environment
+    from trader.emergency.procedures import ENV_NAMES, flag_file, switch_in_environment
 
     env_on = switch_in_environment(settings, switch)
     path = flag_file(settings, switch)
@@ -113,7 +113,7 @@ def switch_status(settings: Settings, switch: Switch) -> int:
 
 def cancel_all_command(settings: Settings, note: str) -> int:
     """Every working order on the broker cancelled in batches of 100 and recorded in the ledger; SEV-1 incident."""
-    from trader.risk.emergency import operator_cancel_all
+    from trader.emergency.procedures import operator_cancel_all
 
     result = operator_cancel_all(settings)
     rows = result.rows()
@@ -126,7 +126,7 @@ def cancel_all_command(settings: Settings, note: str) -> int:
 
 def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
     """Reduce-only on, cancel working orders, reduce-only market exits; asks first unless --yes."""
-    from trader.risk.emergency import flatten_account
+    from trader.emergency.procedures import flatten_account
 
     symbols = [s.strip().upper() for s in (args.symbols or "").split(",") if s.strip()] or settings.symbols
     if not args.yes:
@@ -152,7 +152,7 @@ def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _incident(settings: Settings, procedure: str, title: str, evidence: str) -> None:
-    from trader.risk.emergency import incident_fingerprint, open_incident
+    from trader.emergency.procedures import incident_fingerprint, open_incident
 
     incident_id = open_incident(with_secret_blocks(settings), procedure, title, evidence)
     say(f"SEV-1 incident #{incident_id} ({incident_fingerprint(procedure)})")

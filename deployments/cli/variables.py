@@ -11,8 +11,8 @@ from deployments.cli.output import say
 from trader.settings import Settings
 
 if TYPE_CHECKING:
+    from trader.emergency.procedures import Switch, SwitchChange
     from trader.risk import RiskControls
-    from trader.risk.emergency import Switch, SwitchChange
 
 
 def write_variable(switch: Switch, enabled: bool) -> tuple[SwitchChange | None, str | None]:
@@ -20,7 +20,7 @@ def write_variable(switch: Switch, enabled: bool) -> tuple[SwitchChange | None, 
     if not os.environ.get("PREFECT_API_URL"):
         return None, "PREFECT_API_URL is not set (only a bot reading this STATE_DIR sees the flag file)"
     from prefect_adapter.variables import VARIABLES, SwitchVariables, VariablesUnavailable, parse_switch
-    from trader.risk.emergency import SwitchChange
+    from trader.emergency.procedures import SwitchChange
 
     variables = SwitchVariables(api_url=os.environ["PREFECT_API_URL"])
     try:

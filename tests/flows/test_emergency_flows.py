@@ -23,9 +23,9 @@ from tests.flows.conftest import set_variable
 from tests.flows.test_trading_bot_flow import wait_for_state
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import OrderRequest, OrderStatus, OrderType, Side
+from trader.emergency.procedures import exit_client_order_id
 from trader.ledger import Ledger
 from trader.market import ReplayMarketData
-from trader.risk.emergency import exit_client_order_id
 
 pytestmark = pytest.mark.e2e
 BTC = "BTC-USD"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trader.risk.emergency import ENV_NAMES, CancelResult, Switch, SwitchChange
+from trader.emergency.procedures import ENV_NAMES, CancelResult, Switch, SwitchChange
 from trader.settings import Settings
 
 

@@ -10,9 +10,7 @@ import pytest
 from trader.bot import read_controls
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import OrderRequest, OrderStatus, OrderType, Side
-from trader.ledger import Ledger
-from trader.market import ReplayMarketData
-from trader.risk.emergency import (
+from trader.emergency.procedures import (
     cancel_all,
     exit_client_order_id,
     flag_file,
@@ -20,6 +18,8 @@ from trader.risk.emergency import (
     local_switches,
     set_switch,
 )
+from trader.ledger import Ledger
+from trader.market import ReplayMarketData
 from trader.runtime import build_bot
 from trader.settings import Settings, load_settings
 
