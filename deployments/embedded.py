@@ -25,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
+from trader.fsio import atomic_write
 from trader.settings import Settings
 
 out = Console(highlight=False)
@@ -493,9 +494,7 @@ class EmbeddedStack:
             "restarts": {"server": self.server.restarts, "runner": self.runner.restarts},
             "updated_at": datetime.now(UTC).isoformat(),
         }
-        tmp = self.up_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, self.up_file)
+        atomic_write(self.up_file, json.dumps(record, indent=2), mode=0o644)
 
     def _log(self, message: str) -> None:
         """A supervisor event: on the console and in var/logs/up.log."""
