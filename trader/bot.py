@@ -145,6 +145,7 @@ class TradingBot:
         self.products: dict[str, Product] = {}
         self.positions: dict[str, Decimal] = {}
         self._fill_cursor: datetime | None = None
+        self._synced_trade_ids: set[str] = set()  # fills at the cursor the ledger already has
         self._orders_to_refresh: set[str] = set()
         self._last_heartbeat = 0.0
         self._last_snapshot: datetime | None = None
@@ -226,6 +227,7 @@ class TradingBot:
             )
         self._load_positions()
         self._fill_cursor = self.ledger.last_fill_time()
+        self._synced_trade_ids = set()
         self._checkpoint("start", force=True)
         return report
 
@@ -335,7 +337,13 @@ class TradingBot:
             if fence is None or self.lease_lost is not None:
                 return
             try:
-                self.lease = self.ledger.renew_lease(fence, self.settings.lease_ttl_seconds)
+                ttl = self.settings.lease_ttl_seconds
+                if self.lease is not None and self.lease.seconds_since_renewal() < ttl / 6:
+                    # Renewed moments ago: a read (no write, no fsync in every cycle) still sees an override at once.
+                    current = self.ledger.current_lease(fence.account)
+                    if current is not None and current.token == fence.token:
+                        return
+                self.lease = self.ledger.renew_lease(fence, ttl)  # LeaseLost (recorded) when the token moved on
             except LeaseLost as error:
                 self._stand_down(str(error))
             except Exception as error:  # the database is down (or worse): the fence refuses orders once it lapses
@@ -594,9 +602,13 @@ class TradingBot:
         last = self._fill_cursor
         # A second of overlap: fills stamped in the same second as the cursor are deduped by trade id.
         fills = self.broker.list_fills(since=last - timedelta(seconds=1) if last else None)
-        new = self.ledger.record_fills(fills, self.session_id) if fills else 0
+        # The overlap hands back the fills recorded last cycle: only the others go to the ledger (a quiet cycle
+        # opens no transaction).
+        unsynced = [f for f in fills if f.trade_id not in self._synced_trade_ids]
+        new = self.ledger.record_fills(unsynced, self.session_id) if unsynced else 0
         if fills:
-            self._fill_cursor = max(f.filled_at for f in fills)
+            self._fill_cursor = cursor = max(f.filled_at for f in fills)
+            self._synced_trade_ids = {f.trade_id for f in fills if f.filled_at >= cursor - timedelta(seconds=1)}
         if new:
             self.fills_recorded += new
             self._orders_to_refresh.update(f.order_id for f in fills)
