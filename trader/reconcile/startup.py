@@ -15,7 +15,7 @@ from trader.brokers.base import Broker
 from trader.ledger import Ledger
 from trader.reconcile.orders import Verdict, check_orders, repair_order, startup_scope
 
-log = logging.getLogger("perps_bot.reconcile")
+log = logging.getLogger(__name__)
 
 # Fills are imported from a little before the newest one the ledger holds; trade ids dedupe the overlap.
 FILL_OVERLAP = timedelta(minutes=5)
