@@ -33,35 +33,22 @@ def atomic_write(path: Path, data: bytes | str, *, tmp_dir: Path | None = None, 
 
     The new file gets `mode` (default owner-only, as mkstemp makes it; 0o644 for a file a reader under another
     user must open, such as the metrics file node_exporter picks up)."""
+    with atomic_writer(path, tmp_dir=tmp_dir, mode=mode) as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextmanager
+def atomic_writer(path: Path, *, tmp_dir: Path | None = None, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Stream into a temp file that replaces `path` atomically and durably when the block exits cleanly (fsync,
+    os.replace, fsync the folder); an exception inside the block removes the temp file and leaves `path` as it was.
+    The new file gets `mode` (see atomic_write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = tmp_dir or path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), mode)
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-@contextmanager
-def atomic_writer(path: Path, *, tmp_dir: Path | None = None) -> Iterator[BinaryIO]:
-    """Stream into a temp file that replaces `path` atomically and durably when the block exits cleanly (fsync,
-    os.replace, fsync the folder); an exception inside the block removes the temp file and leaves `path` as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = tmp_dir or path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
