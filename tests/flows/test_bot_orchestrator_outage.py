@@ -38,7 +38,7 @@ INTERVAL = 1.0
 OUTAGE_SECONDS = 120.0
 AFTER_KILL_SECONDS = 20.0
 SERVE_BOT = "from flows.bot import trading_bot; trading_bot.serve(name='outage', limit=1)"
-HEARTBEAT_LINE = re.compile(r"^(\S+ \S+) INFO perps_bot\.bot heartbeat session=\S+ cycles=(\d+) ")
+HEARTBEAT_LINE = re.compile(r"^(\S+ \S+) INFO trader\.bot heartbeat session=\S+ cycles=(\d+) ")
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def test_daily_checklist_runs_from_the_cli_and_publishes_its_artifacts(served_de
     log_dir = Path(env["LOG_DIR"])
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    (log_dir / "perps_bot.log").write_text(f"{stamp},000 ERROR perps_bot.bot order rejected: test entry\n")
+    (log_dir / "perps_bot.log").write_text(f"{stamp},000 ERROR trader.bot order rejected: test entry\n")
 
     timings, server_side, phases = [], [], []
     with get_client(sync_client=True) as client:

@@ -27,10 +27,10 @@ MARKET_TIME = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)  # a replay's clock: years
 def test_log_scan_counts_only_errors_since_the_last_run(tmp_path: Path) -> None:
     log = tmp_path / "perps_bot.log"
     lines = [
-        "2026-11-21 05:00:00,001 ERROR perps_bot.bot old error",
-        "2026-11-21 06:30:00,001 INFO perps_bot.bot fine",
-        "2026-11-21 06:31:00,001 ERROR perps_bot.bot order rejected: INSUFFICIENT_FUND",
-        "2026-11-21 06:32:00,001 CRITICAL perps_bot.bot kill switch",
+        "2026-11-21 05:00:00,001 ERROR trader.bot old error",
+        "2026-11-21 06:30:00,001 INFO trader.bot fine",
+        "2026-11-21 06:31:00,001 ERROR trader.bot order rejected: INSUFFICIENT_FUND",
+        "2026-11-21 06:32:00,001 CRITICAL trader.bot kill switch",
     ]
     log.write_text("\n".join(lines) + "\n")
     since = datetime.strptime("2026-11-21 06:00:00", "%Y-%m-%d %H:%M:%S").astimezone(UTC)  # local, like the log
