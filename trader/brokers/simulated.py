@@ -140,6 +140,8 @@ class SimulatedExchange(Broker):
         self._open: dict[str, Order] = {}  # resting orders, oldest first
         self._triggered: set[str] = set()  # resting orders working as a limit (stop-limits: stop reached)
         self._fills: list[Fill] = []  # in filled_at order
+        # Encoded once: fills and closed orders never change, so a save re-encodes only the open orders.
+        self._saved_entries: dict[str, dict[str, Any]] = {}  # order_id or trade_id -> its JSON entry
         self._positions: dict[str, tuple[Decimal, Decimal]] = {}  # symbol -> (quantity, average entry price)
         self._edit_previews: dict[str, tuple[str, Decimal, Decimal]] = {}  # preview_id -> (order_id, qty, price)
         self._order_seq = 0
@@ -651,19 +653,8 @@ class SimulatedExchange(Broker):
             "order_seq": self._order_seq,
             "trade_seq": self._trade_seq,
             "balances": {c: str(v) for c, v in self._totals.items()},
-            "orders": [
-                {
-                    "order": _encode(order),
-                    "request": _encode(self._requests[order_id]),
-                    "open": order_id in self._open,
-                    "triggered": order_id in self._triggered,
-                    "hold": [self._holds[order_id][0], str(self._holds[order_id][1])]
-                    if order_id in self._holds
-                    else None,
-                }
-                for order_id, order in self._orders.items()
-            ],
-            "fills": [_encode(f) for f in self._fills],
+            "orders": [self._order_entry(order_id, order) for order_id, order in self._orders.items()],
+            "fills": [self._fill_entry(fill) for fill in self._fills],
             "positions": {
                 s: {"quantity": str(q), "average_entry_price": str(a)} for s, (q, a) in self._positions.items()
             },
@@ -672,6 +663,27 @@ class SimulatedExchange(Broker):
                 for p, (o, q, lp) in self._edit_previews.items()
             },
         }
+
+    def _order_entry(self, order_id: str, order: Order) -> dict[str, Any]:
+        entry = self._saved_entries.get(order_id)
+        if entry is None:
+            hold = self._holds.get(order_id)
+            entry = {
+                "order": _encode(order),
+                "request": _encode(self._requests[order_id]),
+                "open": order_id in self._open,
+                "triggered": order_id in self._triggered,
+                "hold": [hold[0], str(hold[1])] if hold is not None else None,
+            }
+            if order_id not in self._open:  # closed (filled, cancelled, expired): final
+                self._saved_entries[order_id] = entry
+        return entry
+
+    def _fill_entry(self, fill: Fill) -> dict[str, Any]:
+        entry = self._saved_entries.get(fill.trade_id)
+        if entry is None:
+            entry = self._saved_entries[fill.trade_id] = _encode(fill)
+        return entry
 
     def _load(self, path: Path) -> None:
         try:
