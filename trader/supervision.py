@@ -22,7 +22,7 @@ from typing import Literal
 
 from trader.alerts.incidents import IncidentDesk
 from trader.alerts.severity import IncidentKind
-from trader.ledger.ledger import Ledger
+from trader.ledger import Ledger
 from trader.settings import Settings
 
 WINDOW = timedelta(hours=1)

@@ -9,8 +9,7 @@ from typing import Protocol
 
 from trader.alerts.notifier import IncidentNotice, Notifier, encode_source, notifier_from_settings, redact
 from trader.alerts.severity import IncidentKind, Severity, severity_for
-from trader.ledger.ledger import Ledger
-from trader.ledger.models import Incident
+from trader.ledger import Incident, Ledger
 from trader.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from trader.alerts.severity import SEVERITY_MATRIX, first_actions
 from trader.errors import TraderError
-from trader.ledger.models import Incident
+from trader.ledger import Incident
 from trader.settings import Settings
 
 log = logging.getLogger(__name__)
