@@ -19,7 +19,7 @@ from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.context import SettingsContext, get_settings_context
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES
 
-from trader.emergency.procedures import SWITCHES, Switch
+from trader.emergency.procedures import SWITCHES, Switch, SwitchChange
 
 VARIABLES: dict[Switch, str] = {"kill_switch": "kill_switch", "reduce_only": "reduce_only"}
 TIMEOUT_SECONDS = 3.0
@@ -110,6 +110,17 @@ class SwitchVariables:
         except Exception as error:
             self.close()  # the next attempt opens a fresh connection
             raise VariablesUnavailable(f"Prefect API at {self.api_url}: {type(error).__name__}: {error}") from error
+
+
+def set_switch_variable(switch: Switch, enabled: bool, *, api_url: str | None = None) -> SwitchChange:
+    """Set the switch's Variable (every bot reads it each cycle, wherever it runs); raises VariablesUnavailable."""
+    variables = SwitchVariables(api_url=api_url)
+    try:
+        before = variables.write(switch, enabled)
+    finally:
+        variables.close()
+    was = False if before is None else parse_switch(before)
+    return SwitchChange(switch, f"Prefect Variable {VARIABLES[switch]}", was, enabled)
 
 
 def read_switch_values(client: SyncPrefectClient) -> dict[Switch, object]:

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from prefect import task
 
-from prefect_adapter.variables import VARIABLES, SwitchVariables, parse_switch
+from prefect_adapter.variables import set_switch_variable
 from tasks.policies import ALERT, EXCHANGE_WRITE, FLAG_FILE, PREFECT_WRITE
 from trader.emergency.procedures import (
     CancelResult,
     FlattenResult,
     Switch,
     SwitchChange,
-    cancel_all,
-    flatten,
+    flatten_account,
     open_incident,
-    operator_override,
+    operator_cancel_all,
     resolve_incidents,
     set_switch,
 )
-from trader.runtime import build_broker, open_ledger
 from trader.settings import Settings
 
 
@@ -31,30 +29,20 @@ def set_flag_file(settings: Settings, switch: Switch, enabled: bool, reason: str
 @task(name="set-prefect-variable", tags=["emergency", "prefect"], **PREFECT_WRITE.options())
 def set_prefect_variable(switch: Switch, enabled: bool) -> SwitchChange:
     """The Prefect Variable every bot reads each cycle, wherever it runs; returns its value before."""
-    variables = SwitchVariables()
-    try:
-        before = variables.write(switch, enabled)
-    finally:
-        variables.close()
-    was = False if before is None else parse_switch(before)
-    return SwitchChange(switch, f"Prefect Variable {VARIABLES[switch]}", was, enabled)
+    return set_switch_variable(switch, enabled)
 
 
 @task(name="cancel-all-orders", tags=["emergency", "broker", "ledger"], **EXCHANGE_WRITE.options())
 def cancel_all_orders(settings: Settings) -> CancelResult:
     """Every working order cancelled in batches of 100, under the operator's override of the account's lease so a
     running bot stands down before its next order (safe to retry: nothing left means nothing to do)."""
-    broker = build_broker(settings)
-    with open_ledger(settings, migrate=False) as ledger, operator_override(ledger, settings, "cancel-all"):
-        return cancel_all(broker, ledger)
+    return operator_cancel_all(settings, migrate=False)
 
 
 @task(name="flatten-positions", tags=["emergency", "broker", "ledger"], **EXCHANGE_WRITE.options())
 def flatten_positions(settings: Settings, request_id: str, symbols: list[str]) -> FlattenResult:
     """Reduce-only market exits (safe to retry: the same request_id finds its exits instead of selling twice)."""
-    broker = build_broker(settings)
-    with open_ledger(settings, migrate=False) as ledger:
-        return flatten(broker, ledger, settings, request_id=request_id, symbols=symbols)
+    return flatten_account(settings, request_id=request_id, symbols=symbols, migrate=False)
 
 
 @task(name="open-emergency-incident", tags=["alerts"], **ALERT.options())

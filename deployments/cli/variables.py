@@ -19,18 +19,12 @@ def write_variable(switch: Switch, enabled: bool) -> tuple[SwitchChange | None, 
     """The Prefect Variable when PREFECT_API_URL is set and answers; else (None, why not)."""
     if not os.environ.get("PREFECT_API_URL"):
         return None, "PREFECT_API_URL is not set (only a bot reading this STATE_DIR sees the flag file)"
-    from prefect_adapter.variables import VARIABLES, SwitchVariables, VariablesUnavailable, parse_switch
-    from trader.emergency.procedures import SwitchChange
+    from prefect_adapter.variables import VariablesUnavailable, set_switch_variable
 
-    variables = SwitchVariables(api_url=os.environ["PREFECT_API_URL"])
     try:
-        before = variables.write(switch, enabled)
+        return set_switch_variable(switch, enabled, api_url=os.environ["PREFECT_API_URL"]), None
     except VariablesUnavailable as error:
         return None, f"unreachable ({error})"
-    finally:
-        variables.close()
-    was = False if before is None else parse_switch(before)
-    return SwitchChange(switch, f"Prefect Variable {VARIABLES[switch]}", was, enabled), None
 
 
 def read_variable(switch: Switch) -> str:

@@ -268,12 +268,12 @@ def cancel_all(
     return result
 
 
-def operator_cancel_all(settings: Settings) -> CancelResult:
+def operator_cancel_all(settings: Settings, *, migrate: bool = True) -> CancelResult:
     """`cancel_all` on this profile's broker and ledger, under the operator's override of the account's lease."""
     from trader.runtime import build_broker, open_ledger  # runtime builds whole bots: loaded only when this runs
 
     broker = build_broker(settings)
-    with open_ledger(settings) as ledger, operator_override(ledger, settings, "cancel-all"):
+    with open_ledger(settings, migrate=migrate) as ledger, operator_override(ledger, settings, "cancel-all"):
         return cancel_all(broker, ledger)
 
 
@@ -396,12 +396,12 @@ def flatten(
     return result
 
 
-def flatten_account(settings: Settings, *, request_id: str, symbols: list[str]) -> FlattenResult:
+def flatten_account(settings: Settings, *, request_id: str, symbols: list[str], migrate: bool = True) -> FlattenResult:
     """`flatten` on this profile's broker and ledger (the ledger's connections closed when it is done)."""
     from trader.runtime import build_broker, open_ledger  # runtime builds whole bots: loaded only when this runs
 
     broker = build_broker(settings)
-    with open_ledger(settings) as ledger:
+    with open_ledger(settings, migrate=migrate) as ledger:
         return flatten(broker, ledger, settings, request_id=request_id, symbols=symbols)
 
 
