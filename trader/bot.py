@@ -338,11 +338,10 @@ class TradingBot:
                 return
             try:
                 ttl = self.settings.lease_ttl_seconds
-                if self.lease is not None and self.lease.seconds_since_renewal() < ttl / 6:
-                    # Renewed moments ago: a read (no write, no fsync in every cycle) still sees an override at once.
-                    current = self.ledger.current_lease(fence.account)
-                    if current is not None and current.token == fence.token:
-                        return
+                # Renewed moments ago: a read (no write, no fsync in every cycle) still sees an override at once.
+                renewed_lately = self.lease is not None and self.lease.seconds_since_renewal() < ttl / 6
+                if renewed_lately and self.ledger.lease_token(fence.account) == fence.token:
+                    return
                 self.lease = self.ledger.renew_lease(fence, ttl)  # LeaseLost (recorded) when the token moved on
             except LeaseLost as error:
                 self._stand_down(str(error))

@@ -26,3 +26,12 @@ def test_bot_offline_and_guard_halt_are_sev1_telemetry_stall_sev2_degradation_se
 
 def test_every_kind_has_a_row_of_the_matrix() -> None:
     assert {severity_for(kind) for kind in IncidentKind} <= set(SEVERITY_MATRIX)
+
+
+def test_the_ledger_accepts_exactly_the_alert_severities() -> None:
+    from typing import get_args
+
+    from trader.alerts.severity import Severity
+    from trader.ledger.models import INCIDENT_SEVERITIES
+
+    assert get_args(Severity) == INCIDENT_SEVERITIES

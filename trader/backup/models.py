@@ -19,7 +19,6 @@ from trader.errors import TraderError
 BackupKind = Literal["daily", "monthly", "full"]
 KINDS: tuple[str, ...] = get_args(BackupKind)
 Engine = Literal["postgresql", "sqlite"]
-Stage = Literal["snapshot", "dump", "upload", "verify"]
 # progress(stage, done, total): tables counted, SQLite pages copied, bytes uploaded or read back.
 Progress = Callable[[str, int, int], None]
 

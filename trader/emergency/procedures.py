@@ -6,8 +6,8 @@ runbook's "Emergency Shutdown" (kill switch, then force-cancel all orders).
 
 The switches are flag files in STATE_DIR (KILL_SWITCH, REDUCE_ONLY) that TradingBot reads every cycle through
 trader.bot.read_controls; the environment variables can only be set where the bot starts, so a running bot is
-stopped by the file (or by the Prefect Variable, see flows/switches.py). Every function is idempotent: a second
-call finds nothing left to do and says so.
+stopped by the file (or by the Prefect Variable, see prefect_adapter/variables.py). Every function is idempotent: a
+second call finds nothing left to do and says so.
 
 Flatten is spot-only: it sells what the broker reports held for the given symbols, reduce-only, at market. A short
 position (perpetuals, COINBASE_ENABLE_DERIVATIVES=1) or a symbol the broker cannot trade is reported as skipped,

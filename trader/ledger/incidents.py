@@ -1,6 +1,7 @@
 """The Ledger's incidents (opened, refreshed, resolved, announced) and the runs of the operations checklists.
 
-A severity is stored as the text the alerts package gives it (trader/alerts/severity.py owns the levels).
+A severity is stored as text and must be one of INCIDENT_SEVERITIES (trader/alerts/severity.py owns what the levels
+mean; a test keeps its Severity type and this tuple equal).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from trader.ledger.base import LedgerBase, LedgerError, require
-from trader.ledger.models import ChecklistRun, ChecklistStatus, Incident
+from trader.ledger.models import INCIDENT_SEVERITIES, ChecklistRun, ChecklistStatus, Incident
 
 
 class IncidentsMixin(LedgerBase):
     def open_incident(self, fingerprint: str, severity: str, title: str, detail: str, source: str, at: datetime) -> int:
         """Open an incident, or refresh the open one with the same fingerprint; returns its id."""
+        require("incident severity", severity, INCIDENT_SEVERITIES)
         with self._transaction() as session:
             row = session.exec(_open_with(fingerprint)).first()
             if row is None:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import update
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -352,6 +352,14 @@ def current(session_factory: Callable[[], Session], account: str) -> LeaseInfo |
     with session_factory() as session:
         row = _row(session, account)
         return _info(row) if row is not None else None
+
+
+def token(engine: Engine, account: str) -> int | None:
+    # A core SELECT of one column on a bare connection: no ORM session or row object, so a bot can ask every cycle
+    # whether its token is still the account's (an override by an operator) for a fraction of current()'s cost.
+    with engine.connect() as connection:
+        value = connection.execute(select(AccountLease.token).where(AccountLease.account == account)).scalar()
+    return None if value is None else int(value)
 
 
 def history(session_factory: Callable[[], Session], account: str, limit: int) -> list[LeaseEvent]:

@@ -74,6 +74,10 @@ class Ledger(
         """The account's lease row (held, or expired), or None if no bot ever held it."""
         return lease.current(self._session, account)
 
+    def lease_token(self, account: str) -> int | None:
+        """The account's current fencing token (None: never held): one indexed read, cheap enough for every cycle."""
+        return lease.token(self.engine, account)
+
     def lease_history(self, account: str, limit: int = 50) -> list[LeaseEvent]:
         """The newest `limit` lease events of the account, oldest first."""
         return lease.history(self._session, account, limit)

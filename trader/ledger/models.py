@@ -27,6 +27,9 @@ NAMING_CONVENTION = {
 }
 
 
+INCIDENT_SEVERITIES = ("SEV-1", "SEV-2", "SEV-3")  # the runbook's levels (trader/alerts/severity.py)
+
+
 class LedgerModel(SQLModel, registry=registry(metadata=MetaData(naming_convention=NAMING_CONVENTION))):
     """Base of the ledger tables; their own metadata, apart from any other SQLModel tables in the process."""
 

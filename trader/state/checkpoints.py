@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = 1
-OPEN_ORDER_STATUSES = ("pending_submit", "open", "partially_filled")
 Source = Literal["warm", "cold"]
 
 

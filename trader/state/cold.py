@@ -29,6 +29,7 @@ from trader.state.base import ObjectStore, TierUnavailable
 
 log = logging.getLogger(__name__)
 
+FILE_MODE = 0o644  # objects readable as before (they were created under the usual umask)
 _TMP_DIR = ".tmp"
 QueueOp = Literal["put", "delete"]
 CHUNK_SIZE = 8 * 2**20  # S3 multipart parts must be >= 5 MiB (except the last)
@@ -144,7 +145,7 @@ class LocalFolderStore(_ChunkedReads):
     def put(self, name: str, data: bytes) -> str:
         path = self._path(name)
         try:
-            atomic_write(path, data, tmp_dir=self.root / _TMP_DIR)
+            atomic_write(path, data, tmp_dir=self.root / _TMP_DIR, mode=FILE_MODE)
         except OSError as error:
             raise ColdStorageError(f"cannot write {name} under {self.root}: {error.strerror or error}") from error
         return path.resolve().as_uri()
@@ -157,7 +158,7 @@ class LocalFolderStore(_ChunkedReads):
         done = 0
         with open(path, "rb") as source:
             try:
-                with atomic_writer(target, tmp_dir=self.root / _TMP_DIR) as handle:
+                with atomic_writer(target, tmp_dir=self.root / _TMP_DIR, mode=FILE_MODE) as handle:
                     for data in _file_chunks(source, chunk_size):
                         handle.write(data)
                         done += len(data)
@@ -444,7 +445,7 @@ class FallbackObjectStore:
 
     def _save_queue(self) -> None:
         data = json.dumps([[op, name] for name, op in self._queue.items()]).encode()
-        atomic_write(self._queue_file, data, tmp_dir=self.fallback_dir / _TMP_DIR)
+        atomic_write(self._queue_file, data, tmp_dir=self.fallback_dir / _TMP_DIR, mode=FILE_MODE)
 
     def _enqueue(self, name: str, op: QueueOp) -> None:
         self._queue.pop(name, None)  # re-insert: the queue keeps the order of the latest operation per name

@@ -216,7 +216,7 @@ class WriteJournal:
                 os.fsync(handle.fileno())
 
     def _rewrite(self, entries: Sequence[JournalEntry]) -> None:
-        atomic_write(self.path, "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8"))
+        atomic_write(self.path, "".join(entry.to_json() + "\n" for entry in entries).encode("utf-8"), mode=0o644)
 
     def _read_marker(self) -> int:
         try:
@@ -225,4 +225,4 @@ class WriteJournal:
             return 0
 
     def _write_marker(self, seq: int) -> None:
-        atomic_write(self.marker, f"{seq}\n".encode("ascii"))
+        atomic_write(self.marker, f"{seq}\n".encode("ascii"), mode=0o644)

@@ -493,3 +493,8 @@ def test_counts_reports_rows_per_table(ledger: Ledger) -> None:
         "account_leases": 0,
         "lease_events": 0,
     }
+
+
+def test_unknown_severity_is_refused(ledger: Ledger) -> None:
+    with pytest.raises(LedgerError, match="SEV-0"):
+        ledger.open_incident("x", "SEV-0", "t", "d", "s", T0)
