@@ -16,8 +16,8 @@ from typing import Any
 
 from prefect_adapter.runs import flow_run_url
 from prefect_adapter.secrets import load_settings
-from trader.alerts import IncidentDesk, IncidentKind, notifier_from_settings, redact
-from trader.runtime import open_ledger
+from trader.alerts import IncidentDesk, IncidentKind, redact
+from trader.alerts.incidents import open_incident_desk
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ def _run_logger(flow: Any, flow_run: Any) -> logging.Logger | logging.LoggerAdap
 @contextmanager
 def _incident_desk() -> Iterator[IncidentDesk]:
     """The incident desk on a ledger of its own, disposed when the hook is done; pending announcements sent first."""
-    settings = load_settings()
-    with open_ledger(settings) as ledger:
-        desk = IncidentDesk(ledger, notifier_from_settings(settings))
+    with open_incident_desk(load_settings()) as desk:
         desk.deliver_pending()
         yield desk
 

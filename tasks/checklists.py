@@ -16,7 +16,6 @@ from prefect import task
 from prefect_adapter.artifacts import publish_table
 from tasks.policies import LOCAL_CHECK, NETWORK_READ
 from trader.alerts.incidents import IncidentDesk, report_checks
-from trader.alerts.notifier import notifier_from_settings
 from trader.alerts.severity import IncidentKind, Severity
 from trader.checklists import daily
 from trader.checklists.daily import CheckResult, guarded
@@ -133,5 +132,5 @@ def record_checklist_run(
         ledger.record_checklist_run(
             checklist, daily.worst(results), [r.row() for r in results], started, finished, flow_run_id
         )
-        desk = IncidentDesk(ledger, notifier_from_settings(settings))
+        desk = IncidentDesk.on(ledger, settings)
         report_checks(desk, checklist, results, kind=kind, severity=severity, flow_run_url=flow_run_url)

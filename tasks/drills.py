@@ -12,11 +12,10 @@ from typing import Any
 from prefect import task
 
 from tasks.policies import DRILL, DRILL_ALERT
-from trader.alerts import IncidentDesk, notifier_from_settings
+from trader.alerts.incidents import open_incident_desk
 from trader.drills.base import DrillResult
 from trader.drills.report import report_incident
 from trader.drills.runner import run_drill
-from trader.runtime import open_ledger
 from trader.settings import Settings
 
 
@@ -36,5 +35,5 @@ def run_failover_drill(
 def report_drill_incident(settings: Settings, result: DrillResult, flow_run_url: str | None) -> int | None:
     """Open (or refresh) incident drill:<scenario> for a failed drill; resolve it when the drill passed."""
     # migrates (as the desk always did here): the flow does not touch the ledger before its drills ran
-    with open_ledger(settings) as ledger:
-        return report_incident(IncidentDesk(ledger, notifier_from_settings(settings)), result, flow_run_url)
+    with open_incident_desk(settings) as desk:
+        return report_incident(desk, result, flow_run_url)

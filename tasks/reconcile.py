@@ -11,7 +11,6 @@ from prefect import task
 from prefect_adapter.artifacts import publish_markdown, publish_table
 from tasks.policies import ALERT, AUDIT, LEDGER_WRITE
 from trader.alerts.incidents import IncidentDesk
-from trader.alerts.notifier import notifier_from_settings
 from trader.brokers.base import Broker
 from trader.reconcile.audit import AuditReport, audit, record_data_quality_incident, record_drift_incident
 from trader.runtime import build_broker, open_ledger
@@ -45,8 +44,7 @@ def update_drift_incident(settings: Settings, report: AuditReport) -> int | None
     """Open the balance-drift incident when drift is beyond tolerance (announced through Slack when it is
     configured), resolve it on a clean run."""
     with open_ledger(settings, migrate=False) as ledger:
-        desk = IncidentDesk(ledger, notifier_from_settings(settings))
-        return record_drift_incident(ledger, report, datetime.now(UTC), desk=desk)
+        return record_drift_incident(ledger, report, datetime.now(UTC), desk=IncidentDesk.on(ledger, settings))
 
 
 @task(name="update-data-quality-incident", tags=["ledger"], **LEDGER_WRITE.options())
@@ -54,5 +52,5 @@ def update_data_quality_incident(settings: Settings, report: AuditReport) -> int
     """Open the DATA_QUALITY incident when the broker's answers failed their suite (the run repaired nothing),
     resolve it when they pass."""
     with open_ledger(settings, migrate=False) as ledger:
-        desk = IncidentDesk(ledger, notifier_from_settings(settings))
+        desk = IncidentDesk.on(ledger, settings)
         return record_data_quality_incident(ledger, report, datetime.now(UTC), desk=desk)

@@ -51,13 +51,10 @@ def _revive(flow_run_id: str, logger: Any) -> None:
 def apply_restart_policy(settings: Settings, restart_of: str) -> RestartDecision:
     """Decide whether this run (started by the restart automation) trades; wait out the backoff if it does."""
     logger = get_run_logger()
-    supervisor = RestartSupervisor.from_settings(settings)
-    try:
+    with RestartSupervisor.opened(settings) as supervisor:
         crashed = crashed_run_facts(restart_of, supervisor, settings)
         new_run = current_flow_run_id()
         decision = supervisor.decide_and_record(crashed, new_run_id=new_run, new_run_url=flow_run_url(new_run))
-    finally:
-        supervisor.ledger.dispose()
     logger.info("restart policy: %s", decision.reason)
     if crashed.holder_alive and not decision.restart:
         _revive(restart_of, logger)

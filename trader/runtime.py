@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trader.alerts.incidents import IncidentDesk
-from trader.alerts.notifier import notifier_from_settings
 from trader.brokers.base import Broker
 from trader.ledger import Ledger
 from trader.market.source import MarketDataSource
@@ -86,7 +85,7 @@ def build_bot(
     ledger = ledger or Ledger(settings.database_url)
     if mode != "dry_run":
         state, checkpoints = build_state(settings)
-        incidents = GuardIncidents(IncidentDesk(ledger, notifier_from_settings(settings)))
+        incidents = GuardIncidents(IncidentDesk.on(ledger, settings))
     return TradingBot(
         settings,
         broker,

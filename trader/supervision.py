@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from trader.alerts.incidents import IncidentDesk
+from trader.alerts.incidents import IncidentDesk, open_incident_desk
 from trader.alerts.severity import IncidentKind
 from trader.ledger import Ledger
 from trader.settings import Settings
@@ -195,9 +197,12 @@ class RestartSupervisor:
         self.fingerprint = restarts_fingerprint(account)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RestartSupervisor:
-        """The ledger at DATABASE_URL, the settings' notifier, ACCOUNT and RESTART_MAX_PER_HOUR."""
-        return cls(IncidentDesk.from_settings(settings), settings.account, RestartPolicy.from_settings(settings))
+    @contextmanager
+    def opened(cls, settings: Settings) -> Iterator[RestartSupervisor]:
+        """On a ledger of its own at DATABASE_URL (closed when done), the settings' notifier, ACCOUNT and
+        RESTART_MAX_PER_HOUR."""
+        with open_incident_desk(settings) as desk:
+            yield cls(desk, settings.account, RestartPolicy.from_settings(settings))
 
     @property
     def ledger(self) -> Ledger:

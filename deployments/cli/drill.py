@@ -9,6 +9,7 @@ Exit codes: 0 every drill passed, 1 a drill missed an expectation, found a misma
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from typing import Any
 
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from prefect_adapter.secrets import with_secret_blocks
-from trader.alerts import IncidentDesk
+from trader.alerts.incidents import open_incident_desk
 from trader.drills.namespace import DrillError, DrillRefused, DrillUnavailable
 from trader.drills.report import DrillRun, report_incident, table_rows
 from trader.drills.runner import run_drill, scenario_names
@@ -101,13 +102,14 @@ def _report_incidents(settings: Settings, run: DrillRun, out: Console) -> None:
     """The same incidents the flow opens: drill:<scenario>, opened on a miss, resolved on a pass."""
     if not run.results:
         return
-    try:
-        desk = IncidentDesk.from_settings(with_secret_blocks(settings))
-    except Exception as error:  # the drill's verdict stands without the incident desk
-        out.print(f"incidents not recorded: {error}", markup=False, soft_wrap=True)
-        return
-    for result in run.results:
-        incident = report_incident(desk, result)
-        if incident is not None:
-            opened = f"{result.scenario}: incident #{incident} opened (drill:{result.scenario})"
-            out.print(opened, markup=False, soft_wrap=True)
+    with ExitStack() as stack:
+        try:
+            desk = stack.enter_context(open_incident_desk(with_secret_blocks(settings)))
+        except Exception as error:  # the drill's verdict stands without the incident desk
+            out.print(f"incidents not recorded: {error}", markup=False, soft_wrap=True)
+            return
+        for result in run.results:
+            incident = report_incident(desk, result)
+            if incident is not None:
+                opened = f"{result.scenario}: incident #{incident} opened (drill:{result.scenario})"
+                out.print(opened, markup=False, soft_wrap=True)

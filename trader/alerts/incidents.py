@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -23,6 +24,13 @@ def _failure(error: BaseException) -> str:
     return redact(f"{type(error).__name__}: {error}")
 
 
+@contextmanager
+def open_incident_desk(settings: Settings, *, migrate: bool = True) -> Iterator[IncidentDesk]:
+    """The desk on a ledger of its own at DATABASE_URL, its connections closed when the work is done."""
+    with Ledger(settings.database_url, migrate=migrate) as ledger:
+        yield IncidentDesk.on(ledger, settings)
+
+
 class IncidentDesk:
     """Opens, updates and resolves incidents in the ledger and announces them through one Notifier.
 
@@ -35,9 +43,9 @@ class IncidentDesk:
         self.notifier = notifier
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> IncidentDesk:
-        """The ledger at DATABASE_URL and the notifier the settings choose (Slack bot > webhook > log)."""
-        return cls(Ledger(settings.database_url), notifier_from_settings(settings))
+    def on(cls, ledger: Ledger, settings: Settings) -> IncidentDesk:
+        """The desk on this ledger with the notifier the settings choose (Slack bot > webhook > log)."""
+        return cls(ledger, notifier_from_settings(settings))
 
     def raise_incident(
         self,

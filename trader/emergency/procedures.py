@@ -64,11 +64,10 @@ def open_incident(
     settings: Settings, procedure: str, title: str, evidence: str, flow_run_url: str | None = None
 ) -> int | None:
     """The procedure's SEV-1 incident (an operator stopped trading by hand), announced through Slack when set up."""
-    from trader.alerts.incidents import IncidentDesk
+    from trader.alerts.incidents import open_incident_desk
     from trader.alerts.severity import IncidentKind
 
-    desk = IncidentDesk.from_settings(settings)
-    try:
+    with open_incident_desk(settings) as desk:
         return desk.raise_incident(
             IncidentKind.EMERGENCY_PROCEDURE,
             title,
@@ -76,19 +75,14 @@ def open_incident(
             fingerprint=incident_fingerprint(procedure),
             flow_run_url=flow_run_url,
         )
-    finally:
-        desk.ledger.dispose()
 
 
 def resolve_incidents(settings: Settings, procedures: list[str]) -> list[str]:
     """Resolve the procedures' open incidents; returns the fingerprints that were open."""
-    from trader.alerts.incidents import IncidentDesk
+    from trader.alerts.incidents import open_incident_desk
 
-    desk = IncidentDesk.from_settings(settings)
-    try:
+    with open_incident_desk(settings) as desk:
         return [f for f in map(incident_fingerprint, procedures) if desk.resolve(f)]
-    finally:
-        desk.ledger.dispose()
 
 
 def _now() -> datetime:
