@@ -108,6 +108,7 @@ def backup_age(settings: Settings, now: datetime) -> CheckResult:
     return guarded("backup age", lambda: daily.backup_age(cold_store_from_settings(settings), now))
 
 
+@task(name="last-checklist-run", tags=["ledger"], **LOCAL_CHECK.options())
 def last_checklist_run(settings: Settings, checklist: str) -> ChecklistRun | None:
     """The checklist's latest stored run (its start bounds the log scan; its results carry the gate counters)."""
     with open_ledger(settings, migrate=False) as ledger:
@@ -115,6 +116,7 @@ def last_checklist_run(settings: Settings, checklist: str) -> ChecklistRun | Non
     return runs[0] if runs else None
 
 
+@task(name="record-checklist-run", tags=["ledger", "alerts"], **LOCAL_CHECK.options())
 def record_checklist_run(
     settings: Settings,
     checklist: str,
