@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -354,11 +354,15 @@ def current(session_factory: Callable[[], Session], account: str) -> LeaseInfo |
         return _info(row) if row is not None else None
 
 
+# One column by primary key, as a prebuilt textual statement on a bare connection: no ORM session, no row object, no
+# statement built and cache-keyed per call, so a bot can ask every cycle whether its token is still the account's (an
+# operator's override) for a fraction of current()'s cost.
+_TOKEN = text("SELECT token FROM account_leases WHERE account = :account")
+
+
 def token(engine: Engine, account: str) -> int | None:
-    # A core SELECT of one column on a bare connection: no ORM session or row object, so a bot can ask every cycle
-    # whether its token is still the account's (an override by an operator) for a fraction of current()'s cost.
     with engine.connect() as connection:
-        value = connection.execute(select(AccountLease.token).where(AccountLease.account == account)).scalar()
+        value = connection.execute(_TOKEN, {"account": account}).scalar()
     return None if value is None else int(value)
 
 
