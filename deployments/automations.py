@@ -34,7 +34,7 @@ import sys
 from typing import Any
 from uuid import UUID
 
-from prefect_adapter.secrets import SLACK_BOT_TOKEN_BLOCK, SLACK_WEBHOOK_URL_BLOCK, secret_block_value
+from prefect_adapter.secrets import with_secret_blocks
 from trader.alerts.notifier import SLACK_API_URL_ENV, redact
 from trader.alerts.severity import SEVERITY_MATRIX, IncidentKind, severity_for
 from trader.settings import Settings, load_settings
@@ -78,16 +78,15 @@ def _message_template() -> str:
 def _webhook_target(settings: Settings, slack_api_url: str) -> tuple[str, dict[str, str], str] | None:
     """URL, headers and payload template for the Webhook block; None when no Slack is configured."""
     text = _message_template()
-    if settings.slack_channel:
-        token = settings.slack_bot_token or secret_block_value(SLACK_BOT_TOKEN_BLOCK)
-        if token is not None:
-            headers = {
-                "Authorization": f"Bearer {token.get_secret_value()}",
-                "Content-Type": "application/json; charset=utf-8",
-            }
-            payload = f'{{"channel": {json.dumps(settings.slack_channel)}, "text": {text}}}'
-            return f"{slack_api_url.rstrip('/')}/chat.postMessage", headers, payload
-    webhook = settings.slack_webhook_url or secret_block_value(SLACK_WEBHOOK_URL_BLOCK)
+    settings = with_secret_blocks(settings)  # the notifier's choice: bot token + channel > webhook
+    token, webhook = settings.slack_bot_token, settings.slack_webhook_url
+    if settings.slack_channel and token is not None:
+        headers = {
+            "Authorization": f"Bearer {token.get_secret_value()}",
+            "Content-Type": "application/json; charset=utf-8",
+        }
+        payload = f'{{"channel": {json.dumps(settings.slack_channel)}, "text": {text}}}'
+        return f"{slack_api_url.rstrip('/')}/chat.postMessage", headers, payload
     if webhook is not None:
         return webhook.get_secret_value(), {"Content-Type": "application/json"}, f'{{"text": {text}}}'
     return None

@@ -88,7 +88,7 @@ def emergency_flatten(
     result = flatten_positions(settings, request_id or str(current_flow_run_id()), symbols or settings.symbols)
     logger.warning(result.summary())
     rows = [switches[0].row(), *result.rows()]
-    title = f"flatten: {len(result.exits)} reduce-only market exit(s), {len(result.skipped)} position(s) skipped"
+    title = result.title()
     return _finish(
         settings,
         "flatten",

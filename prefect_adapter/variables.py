@@ -51,6 +51,12 @@ def parse_switch(value: object) -> bool | None:
     return None
 
 
+def switch_is_on(value: object) -> bool:
+    """A switch Variable's value as the bot applies it: unset is off, true/false as given, anything else is ON
+    (fail safe: a value typed wrong never turns a switch off)."""
+    return value is not None and parse_switch(value) is not False
+
+
 class SwitchVariables:
     """Reads and writes the two Variables through one kept-open client: a short timeout, no retries (fail fast)."""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from deployments.cli.output import print_rows, row_line, say, wide
+from deployments.cli.output import print_rows, say, wide
 from deployments.cli.variables import read_variable, write_variable
 from prefect_adapter.secrets import with_secret_blocks
 from trader.errors import ConfigError
@@ -82,8 +82,7 @@ def switch_command(settings: Settings, switch: Switch, action: str, note: str) -
     if cancelled is not None:
         say(cancelled.summary())
     if enabled:
-        evidence = "\n".join([f"reason: {note or 'not given'}", *(row_line(r) for r in rows[:40])])
-        _incident(settings, procedure, TITLES[switch], evidence)
+        _incident(settings, procedure, TITLES[switch], note, rows)
     else:
         resolved = resolve_incidents(with_secret_blocks(settings), RESOLVED_BY[switch])
         say(f"incidents resolved: {', '.join(resolved) or 'none were open'}")
@@ -119,8 +118,8 @@ def cancel_all_command(settings: Settings, note: str) -> int:
     rows = result.rows()
     print_rows("Emergency cancel-all", rows)
     say(result.summary())
-    evidence = "\n".join([f"reason: {note or 'not given'}", *(row_line(r) for r in rows[:40])])
-    _incident(settings, "cancel-all", f"cancel-all: {result.cancelled} working order(s) cancelled", evidence)
+    title = f"cancel-all: {result.cancelled} working order(s) cancelled"
+    _incident(settings, "cancel-all", title, note, rows)
     return 0
 
 
@@ -145,14 +144,13 @@ def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
     if problem:
         say(f"[yellow]the flag file was set; the Prefect Variable reduce_only was not: {problem}[/]")
     say(f"retry with --request-id {request_id} to never sell twice")
-    title = f"flatten: {len(result.exits)} reduce-only market exit(s), {len(result.skipped)} position(s) skipped"
-    evidence = "\n".join([f"reason: {args.note or 'not given'}", *(row_line(r) for r in rows[:40])])
-    _incident(settings, "flatten", title, evidence)
+    _incident(settings, "flatten", result.title(), args.note, rows)
     return 0
 
 
-def _incident(settings: Settings, procedure: str, title: str, evidence: str) -> None:
+def _incident(settings: Settings, procedure: str, title: str, note: str, rows: list[dict[str, str]]) -> None:
     from trader.emergency.procedures import incident_fingerprint, open_incident
+    from trader.emergency.render import incident_evidence
 
-    incident_id = open_incident(with_secret_blocks(settings), procedure, title, evidence)
+    incident_id = open_incident(with_secret_blocks(settings), procedure, title, incident_evidence(note, rows))
     say(f"SEV-1 incident #{incident_id} ({incident_fingerprint(procedure)})")

@@ -26,8 +26,3 @@ def print_rows(title: str, rows: list[dict[str, str]]) -> None:
     for row in rows:
         table.add_row(row["step"], row["target"], row["id"], row["before"], row["result"])
     wide().print(table)
-
-
-def row_line(row: dict[str, str]) -> str:
-    """A procedure row as one line of an incident's evidence."""
-    return f"{row['step']}: {row['target']} {row['id']} {row['before']} -> {row['result']}"

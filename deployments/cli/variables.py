@@ -55,7 +55,7 @@ def current_controls(settings: Settings) -> RiskControls:
     local = read_controls(settings)
     if not os.environ.get("PREFECT_API_URL"):
         return local
-    from prefect_adapter.variables import SwitchVariables, VariablesUnavailable, parse_switch
+    from prefect_adapter.variables import SwitchVariables, VariablesUnavailable, switch_is_on
 
     variables = SwitchVariables(api_url=os.environ["PREFECT_API_URL"])
     try:
@@ -66,8 +66,6 @@ def current_controls(settings: Settings) -> RiskControls:
     finally:
         variables.close()
 
-    def on(switch: Switch) -> bool:  # unset is off; a value that is not true/false counts as on (fail safe)
-        value = raw[switch]
-        return value is not None and parse_switch(value) is not False
-
-    return RiskControls(local.kill_switch or on("kill_switch"), local.reduce_only or on("reduce_only"))
+    return RiskControls(
+        local.kill_switch or switch_is_on(raw["kill_switch"]), local.reduce_only or switch_is_on(raw["reduce_only"])
+    )

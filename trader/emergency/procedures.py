@@ -337,6 +337,10 @@ class FlattenResult:
             rows.append(_row("exit", "no positions held in the symbols to flatten", "", "", "nothing to sell"))
         return rows
 
+    def title(self) -> str:
+        """The SEV-1 incident's title for this flatten."""
+        return f"flatten: {len(self.exits)} reduce-only market exit(s), {len(self.skipped)} position(s) skipped"
+
     def summary(self) -> str:
         return (
             f"flatten {self.request_id}: {len(self.sent)} exit(s) sent, "

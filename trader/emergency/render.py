@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trader.emergency.procedures import ENV_NAMES, CancelResult, Switch, SwitchChange
+from trader.emergency.procedures import ENV_NAMES, CancelResult, Switch, SwitchChange, switch_in_environment
 from trader.settings import Settings
 
 
@@ -18,7 +18,7 @@ def still_set_notes(settings: Settings, switches: Sequence[Switch]) -> list[str]
     return [
         f"{ENV_NAMES[s]} is still set in this process's environment: the switch stays ON where it is set"
         for s in switches
-        if (settings.risk_kill_switch_enabled if s == "kill_switch" else settings.risk_reduce_only_mode)
+        if switch_in_environment(settings, s)
     ]
 
 
