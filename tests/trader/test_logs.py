@@ -28,15 +28,22 @@ def module_names() -> list[str]:
 
 @pytest.fixture
 def log_file(tmp_path: Path) -> Iterator[Path]:
-    """configure_logging on a file in tmp_path; its handlers and levels are taken off again afterwards."""
+    """configure_logging on a file in tmp_path, on loggers without the handlers earlier tests (or the CLI in this
+    process) attached; theirs are put back and the test's taken off afterwards."""
     loggers = [logging.getLogger(name) for name in LOGGER_NAMES]
     before = [(logger.level, list(logger.handlers)) for logger in loggers]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
     path = tmp_path / "logs" / "perps_bot.log"
     yield path
     for logger, (level, handlers) in zip(loggers, before, strict=True):
-        for handler in [h for h in logger.handlers if h not in handlers]:
+        for handler in list(logger.handlers):
             logger.removeHandler(handler)
-            handler.close()
+            if handler not in handlers:
+                handler.close()
+        for handler in handlers:
+            logger.addHandler(handler)
         logger.setLevel(level)
 
 
