@@ -305,6 +305,7 @@ class TradingBot:
         deadline = time.monotonic() + wait_seconds
         ttl = self.settings.lease_ttl_seconds
         announced = False
+        unanswered = ""
         while True:
             try:
                 self.lease = self.ledger.acquire_lease(
@@ -317,7 +318,13 @@ class TradingBot:
                 if not announced:
                     log.warning("standby: %s; taking over when it expires", held.lease.describe())
                     announced = True
-                time.sleep(min(1.0, max(0.05, ttl / 20), max(0.0, deadline - time.monotonic())))
+            except Exception as error:  # the ledger is busy or down: a standby waits on; a plain start fails now
+                if time.monotonic() >= deadline:
+                    raise
+                if type(error).__name__ != unanswered:  # once per kind of failure, not every retry
+                    unanswered = type(error).__name__
+                    log.warning("standby: the ledger did not answer (%s: %s); retrying", unanswered, error)
+            time.sleep(min(1.0, max(0.05, ttl / 20), max(0.0, deadline - time.monotonic())))
         log.info(
             "lease of account %s acquired: token %d, TTL %g s (%s)",
             self.settings.account,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -89,6 +90,24 @@ def holder_pid(url: str) -> int | None:
         return None
     finally:
         ledger.dispose()
+
+
+def pause_outside_a_write(pid: int, database: Path) -> None:
+    """SIGSTOP a bot between its writes: SQLite has one writer at a time, and a process frozen inside a write
+    transaction holds that lock until it runs again, so no other process (the standby included) can write."""
+    for _ in range(100):
+        os.kill(pid, signal.SIGSTOP)
+        probe = sqlite3.connect(database, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # frozen mid-write: let it finish and try again
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError(f"pid {pid} held the ledger's write lock at each of 100 pauses")
 
 
 def sqlite_of(home: Path) -> str:
@@ -235,7 +254,7 @@ def test_a_holder_paused_past_its_ttl_is_replaced_by_the_standby_and_stands_down
     old_session = ledger.list_sessions()[-1].id
     last_before_pause = max(o.id or 0 for o in ledger.list_orders())
 
-    os.kill(holder.pid, signal.SIGSTOP)
+    pause_outside_a_write(holder.pid, tmp_path / "var/state/ledger.db")
     paused = time.monotonic()
     wait_for(lambda: holder_pid(url) == standby.pid, 3 + 5 + 5, "the standby to take over")
     takeover = time.monotonic() - paused
