@@ -588,6 +588,8 @@ class TradingBot:
         if not outcome.accepted:
             return SentOrder(request, outcome.status, outcome.reason)
         self.orders_sent += 1
+        # Recorded with the answer: the fill sync after the orders need not hand them to the ledger again.
+        self._synced_trade_ids |= {fill.trade_id for fill in outcome.fills}
         if outcome.fills_recorded:
             self.fills_recorded += outcome.fills_recorded
             self._load_positions()

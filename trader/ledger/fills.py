@@ -6,11 +6,12 @@ from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal, localcontext
 
-from sqlmodel import col, func, select
+from sqlalchemy import bindparam, insert, update
+from sqlmodel import Session, col, func, select
 
 from trader.domain import Fill, Position, Side
 from trader.ledger.base import LedgerBase
-from trader.ledger.mappers import fill_row, position_of
+from trader.ledger.mappers import fill_values, position_of
 from trader.ledger.models import FillRecord, PositionRecord
 from trader.ledger.types import canonical_decimal
 
@@ -37,29 +38,52 @@ def _apply_fill(position: PositionRecord, fill: Fill) -> None:
     position.updated_at = fill.filled_at
 
 
+# Fills are recorded on the bot's hot path (every order that fills): prebuilt statements on the session's connection,
+# with no ORM rows loaded or flushed. The unique trade id dedupes; positions are read, moved and written back.
+_FILLS = FillRecord.__table__  # type: ignore[attr-defined]
+_POSITIONS = PositionRecord.__table__  # type: ignore[attr-defined]
+_SEEN = select(_FILLS.c.trade_id).where(_FILLS.c.trade_id.in_(bindparam("ids", expanding=True)))
+_POSITIONS_OF = select(_POSITIONS).where(_POSITIONS.c.symbol.in_(bindparam("symbols", expanding=True)))
+_MOVE_POSITION = update(_POSITIONS).where(_POSITIONS.c.symbol == bindparam("key"))
+
+
+def insert_fills(session: Session, fills: list[Fill], session_id: str | None) -> int:
+    """Inside the caller's transaction: the fills with new trade ids, and the positions they move; how many."""
+    if not fills:
+        return 0
+    connection = session.connection()
+    seen = set(connection.execute(_SEEN, {"ids": list({fill.trade_id for fill in fills})}).scalars())
+    new: list[Fill] = []
+    for fill in sorted(fills, key=lambda f: f.filled_at):
+        if fill.trade_id not in seen:
+            seen.add(fill.trade_id)
+            new.append(fill)
+    if not new:
+        return 0
+    connection.execute(insert(_FILLS), [fill_values(fill, session_id) for fill in new])
+    symbols = list({fill.symbol for fill in new})
+    held = {
+        row.symbol: PositionRecord(**row._mapping) for row in connection.execute(_POSITIONS_OF, {"symbols": symbols})
+    }
+    positions = {symbol: held.get(symbol) or PositionRecord(symbol=symbol) for symbol in symbols}
+    for fill in new:
+        _apply_fill(positions[fill.symbol], fill)
+    for symbol, position in positions.items():
+        values = position.model_dump()
+        if symbol in held:
+            connection.execute(_MOVE_POSITION, {**values, "key": values.pop("symbol")})
+        else:
+            connection.execute(insert(_POSITIONS), values)
+    return len(new)
+
+
 class FillsMixin(LedgerBase):
     def record_fills(self, fills: list[Fill], session_id: str | None = None) -> int:
         """Insert fills with new trade ids and update positions from them; returns how many were new."""
         if not fills:
             return 0
-        trade_ids = {fill.trade_id for fill in fills}
         with self._transaction() as session:
-            seen = set(session.exec(select(FillRecord.trade_id).where(col(FillRecord.trade_id).in_(trade_ids))).all())
-            positions: dict[str, PositionRecord] = {}
-            inserted = 0
-            for fill in sorted(fills, key=lambda f: f.filled_at):
-                if fill.trade_id in seen:
-                    continue
-                seen.add(fill.trade_id)
-                session.add(fill_row(fill, session_id))
-                if fill.symbol not in positions:
-                    positions[fill.symbol] = session.get(PositionRecord, fill.symbol) or PositionRecord(
-                        symbol=fill.symbol, updated_at=fill.filled_at
-                    )
-                    session.add(positions[fill.symbol])
-                _apply_fill(positions[fill.symbol], fill)
-                inserted += 1
-        return inserted
+            return insert_fills(session, fills, session_id)
 
     def list_fills(self, session_id: str | None = None) -> list[FillRecord]:
         """Every fill, or those of one trading session, in execution order."""

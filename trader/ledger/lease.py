@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Engine, bindparam, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -288,20 +288,23 @@ def renew(session_factory: Callable[[], Session], fence: Fence, ttl_seconds: flo
     raise LeaseLost(f"lease of account {fence.account} lost: token {fence.token} is stale, now held by {taker}")
 
 
+# The fence runs before every pending order: prebuilt (as _TOKEN below), with the deadline bound through the column's
+# own type so SQLite and PostgreSQL compare timestamps exactly as the ORM statements do.
+_EXPIRES_AT = AccountLease.__table__.c.expires_at.type  # type: ignore[attr-defined]
+_FENCE = text(
+    "UPDATE account_leases SET renewed_at = renewed_at"
+    " WHERE account = :account AND token = :token AND expires_at > :deadline"
+).bindparams(bindparam("deadline", type_=_EXPIRES_AT))
+
+
 def check_fence(session: Session, fence: Fence, now: datetime) -> None:
     """Inside the caller's transaction, first statement: the token is current and the lease unexpired, else
     LeaseLost. The UPDATE takes the row's lock, so a takeover waits for this transaction or happens before it."""
-    result = session.execute(
-        update(AccountLease)
-        .where(
-            col(AccountLease.account) == fence.account,
-            col(AccountLease.token) == fence.token,
-            col(AccountLease.expires_at) > now + timedelta(seconds=fence.margin_seconds),
-        )
-        .values(renewed_at=AccountLease.renewed_at)
-        .execution_options(synchronize_session=False)
+    deadline = now + timedelta(seconds=fence.margin_seconds)
+    result = session.connection().execute(
+        _FENCE, {"account": fence.account, "token": fence.token, "deadline": deadline}
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if result.rowcount != 1:
         raise LeaseLost(
             f"fence refused the write: token {fence.token} of account {fence.account} is not the current lease "
             f"with {fence.margin_seconds:g} s left (another holder took the account, or this one let it lapse)"

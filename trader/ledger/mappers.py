@@ -54,21 +54,21 @@ def order_of(row: OrderRecord) -> Order:
     )
 
 
-def fill_row(fill: Fill, session_id: str | None) -> FillRecord:
-    """A fills row for a fill of this trading session (None: imported from the broker)."""
-    return FillRecord(
-        trade_id=fill.trade_id,
-        exchange_order_id=fill.order_id,
-        client_order_id=fill.client_order_id,
-        symbol=fill.symbol,
-        side=str(fill.side),
-        quantity=fill.quantity,
-        price=fill.price,
-        fee=fill.fee,
-        liquidity=str(fill.liquidity),
-        filled_at=fill.filled_at,
-        session_id=session_id,
-    )
+def fill_values(fill: Fill, session_id: str | None) -> dict[str, Any]:
+    """A fills row's columns for a fill of this trading session (None: imported from the broker)."""
+    return {
+        "trade_id": fill.trade_id,
+        "exchange_order_id": fill.order_id,
+        "client_order_id": fill.client_order_id,
+        "symbol": fill.symbol,
+        "side": str(fill.side),
+        "quantity": fill.quantity,
+        "price": fill.price,
+        "fee": fill.fee,
+        "liquidity": str(fill.liquidity),
+        "filled_at": fill.filled_at,
+        "session_id": session_id,
+    }
 
 
 def fill_of(row: FillRecord) -> Fill:

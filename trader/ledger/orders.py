@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
-from trader.domain import Order, OrderRequest, OrderStatus
+from trader.domain import Fill, Order, OrderRequest, OrderStatus
 from trader.ledger import lease
 from trader.ledger.base import OPEN_STATUSES, DuplicateClientOrderId, LedgerBase, LedgerError, now
+from trader.ledger.fills import insert_fills
 from trader.ledger.lease import Fence
 from trader.ledger.mappers import order_row
 from trader.ledger.models import OrderRecord
@@ -37,10 +38,8 @@ class OrdersMixin(LedgerBase):
             with self._transaction() as session:
                 if fence is not None:
                     lease.check_fence(session, fence, now())
-                if _order_row(session, request.client_order_id) is not None:
-                    raise duplicate
                 session.add(row)
-        except IntegrityError as error:  # a concurrent writer won the race to the unique index
+        except IntegrityError as error:  # the unique index on client_order_id: used before, or by a concurrent writer
             if self.get_order(request.client_order_id) is not None:
                 raise duplicate from error
             raise
@@ -54,20 +53,14 @@ class OrdersMixin(LedgerBase):
         if not orders:
             return
         with self._transaction() as session:
-            rows = _order_rows(session, [o.client_order_id for o in orders])
-            for order in orders:
-                row = rows.get(order.client_order_id)
-                if row is None:
-                    row = order_row(order, status=str(order.status), created_at=order.created_at)
-                    rows[order.client_order_id] = row
-                    session.add(row)
-                row.exchange_order_id = order.order_id or row.exchange_order_id
-                row.status = str(order.status)
-                row.filled_quantity = order.filled_quantity
-                row.average_fill_price = order.average_fill_price
-                row.fees = order.fees
-                row.reject_reason = order.reject_reason
-                row.updated_at = order.updated_at or order.created_at
+            _apply(session, orders)
+
+    def apply_order_with_fills(self, order: Order, fills: list[Fill], session_id: str | None) -> int:
+        """The broker's answer to an order just sent and that order's fills so far, in one transaction (the order
+        path: one commit instead of two); returns how many fills were new, as record_fills."""
+        with self._transaction() as session:
+            _apply(session, [order])
+            return insert_fills(session, fills, session_id)
 
     def apply_order_terms(self, order: Order) -> None:
         """Take the broker's size, limit and stop price of a known order after an edit on the exchange (apply_order
@@ -131,6 +124,35 @@ class OrdersMixin(LedgerBase):
         query = select(OrderRecord).where(col(OrderRecord.created_at) >= start, col(OrderRecord.created_at) < end)
         with self._transaction() as session:
             return list(session.exec(query.order_by(col(OrderRecord.id))).all())
+
+
+# The broker's answer is applied on the bot's hot path (every order): one prebuilt UPDATE by client_order_id on the
+# session's connection, no row loaded; the rare order the ledger never saw (found on the broker) is inserted.
+_ORDERS = OrderRecord.__table__  # type: ignore[attr-defined]
+_UPDATE_BY_CLIENT_ID = update(_ORDERS).where(_ORDERS.c.client_order_id == bindparam("key"))
+
+
+def _apply(session: Session, orders: list[Order]) -> None:
+    connection = session.connection()
+    for order in orders:
+        answer = {
+            "key": order.client_order_id,
+            "status": str(order.status),
+            "filled_quantity": order.filled_quantity,
+            "average_fill_price": order.average_fill_price,
+            "fees": order.fees,
+            "reject_reason": order.reject_reason,
+            "updated_at": order.updated_at or order.created_at,
+        }
+        if order.order_id:  # an answer without the exchange's id keeps the one recorded
+            answer["exchange_order_id"] = order.order_id
+        if connection.execute(_UPDATE_BY_CLIENT_ID, answer).rowcount == 0:
+            row = order_row(order, status=str(order.status), created_at=order.created_at)
+            row.exchange_order_id = order.order_id or None
+            for field in ("filled_quantity", "average_fill_price", "fees", "reject_reason", "updated_at"):
+                setattr(row, field, answer[field])
+            session.add(row)
+            session.flush()
 
 
 def _order_row(session: Session, client_order_id: str) -> OrderRecord | None:

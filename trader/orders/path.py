@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Literal
 
 from trader.brokers.base import Broker
-from trader.domain import Order, OrderRequest, OrderStatus, shrinks_position
+from trader.domain import Fill, Order, OrderRequest, OrderStatus, shrinks_position
 from trader.errors import BrokerUnavailable, OrderRejected
 from trader.ledger import Ledger
 from trader.ledger.lease import Fence, LeaseLost
@@ -54,6 +54,7 @@ class OrderOutcome:
     reason: str
     order: Order | None = None
     fills_recorded: int = 0
+    fills: tuple[Fill, ...] = ()  # the order's fills read with its answer (fills_recorded of them were new)
 
     @property
     def accepted(self) -> bool:
@@ -137,13 +138,19 @@ class OrderPath:
         if order is None:
             self._answered(False)
             return OrderOutcome(request, OrderStatus.PENDING_SUBMIT, "broker unreachable; left for reconciliation")
-        self.ledger.apply_order(order)
         if order.status in (OrderStatus.REJECTED, OrderStatus.FAILED):
+            self.ledger.apply_order(order)
             self._answered(False)
             return OrderOutcome(request, order.status, order.reject_reason or "rejected", order)
         self._answered(True)
-        fills = self._record_fills(order, session_id)
-        return OrderOutcome(request, order.status, "", order, fills)
+        try:
+            fills = self._fills_of(order)
+        except BaseException:
+            self.ledger.apply_order(order)  # the answer is kept whatever went wrong reading its fills
+            raise
+        # The answer and its fills in one transaction: one commit per order instead of two.
+        new_fills = self.ledger.apply_order_with_fills(order, fills, session_id)
+        return OrderOutcome(request, order.status, "", order, new_fills, tuple(fills))
 
     def edit(self, order_id: str, preview_id: str) -> Order:
         """Apply a previewed edit of a resting order under the same controls and fence; the ledger takes the answer."""
@@ -177,14 +184,13 @@ class OrderPath:
             except BrokerUnavailable:
                 return None
 
-    def _record_fills(self, order: Order, session_id: str | None) -> int:
+    def _fills_of(self, order: Order) -> list[Fill]:
         """This order's fills so far (a market order usually fills at once); later ones arrive by fill sync."""
         if not order.filled_quantity:
-            return 0
+            return []
         try:
             fills = self.broker.list_fills(since=order.created_at - timedelta(seconds=1))
         except BrokerUnavailable as error:
             log.warning("fills of order %s not read now (%s): the next fill sync records them", order.order_id, error)
-            return 0
-        mine = [f for f in fills if f.order_id == order.order_id]
-        return self.ledger.record_fills(mine, session_id) if mine else 0
+            return []
+        return [f for f in fills if f.order_id == order.order_id]
