@@ -592,7 +592,11 @@ class TradingBot:
         self._synced_trade_ids |= {fill.trade_id for fill in outcome.fills}
         if outcome.fills_recorded:
             self.fills_recorded += outcome.fills_recorded
-            self._load_positions()
+            for symbol, quantity in outcome.positions.items():  # as the ledger now holds them (no re-read of all)
+                if quantity:
+                    self.positions[symbol] = quantity
+                else:
+                    self.positions.pop(symbol, None)  # flat: gone, as _load_positions leaves it
         log.info(
             "order %s %s %s %s %s: %s",
             request.client_order_id,

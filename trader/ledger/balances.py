@@ -6,11 +6,14 @@ import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
+from sqlalchemy import insert
 from sqlmodel import col, select
 
 from trader.domain import Balance
 from trader.ledger.base import LedgerBase
 from trader.ledger.models import BalanceSnapshot
+
+_INSERT = insert(BalanceSnapshot.__table__)  # type: ignore[attr-defined]
 
 
 class BalancesMixin(LedgerBase):
@@ -19,21 +22,24 @@ class BalancesMixin(LedgerBase):
     ) -> str:
         """Store every balance valued in the quote currency (price 1 for the quote itself); returns the snapshot id."""
         snapshot_id = uuid.uuid4().hex
-        with self._transaction() as session:
-            for balance in balances:
-                price = prices.get(balance.currency, Decimal(0))
-                session.add(
-                    BalanceSnapshot(
-                        snapshot_id=snapshot_id,
-                        session_id=session_id,
-                        taken_at=taken_at,
-                        currency=balance.currency,
-                        available=balance.available,
-                        hold=balance.hold,
-                        price_quote=price,
-                        value_quote=balance.total * price,
-                    )
-                )
+        rows = []
+        for balance in balances:
+            price = prices.get(balance.currency, Decimal(0))
+            rows.append(
+                {
+                    "snapshot_id": snapshot_id,
+                    "session_id": session_id,
+                    "taken_at": taken_at,
+                    "currency": balance.currency,
+                    "available": balance.available,
+                    "hold": balance.hold,
+                    "price_quote": price,
+                    "value_quote": balance.total * price,
+                }
+            )
+        if rows:  # the bot snapshots every few minutes of its cycle: one prebuilt multi-row insert, no ORM rows
+            with self._transaction() as session:
+                session.connection().execute(_INSERT, rows)
         return snapshot_id
 
     def equity_at_start_of_day(self, day: date) -> Decimal | None:

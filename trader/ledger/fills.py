@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
 
@@ -47,10 +48,18 @@ _POSITIONS_OF = select(_POSITIONS).where(_POSITIONS.c.symbol.in_(bindparam("symb
 _MOVE_POSITION = update(_POSITIONS).where(_POSITIONS.c.symbol == bindparam("key"))
 
 
-def insert_fills(session: Session, fills: list[Fill], session_id: str | None) -> int:
-    """Inside the caller's transaction: the fills with new trade ids, and the positions they move; how many."""
+@dataclass(frozen=True)
+class FillsRecorded:
+    """How many of the fills handed to the ledger were new, and the quantity of each position they moved."""
+
+    new: int = 0
+    positions: dict[str, Decimal] = field(default_factory=dict)
+
+
+def insert_fills(session: Session, fills: list[Fill], session_id: str | None) -> FillsRecorded:
+    """Inside the caller's transaction: the fills with new trade ids, and the positions they move."""
     if not fills:
-        return 0
+        return FillsRecorded()
     connection = session.connection()
     seen = set(connection.execute(_SEEN, {"ids": list({fill.trade_id for fill in fills})}).scalars())
     new: list[Fill] = []
@@ -59,7 +68,7 @@ def insert_fills(session: Session, fills: list[Fill], session_id: str | None) ->
             seen.add(fill.trade_id)
             new.append(fill)
     if not new:
-        return 0
+        return FillsRecorded()
     connection.execute(insert(_FILLS), [fill_values(fill, session_id) for fill in new])
     symbols = list({fill.symbol for fill in new})
     held = {
@@ -74,7 +83,7 @@ def insert_fills(session: Session, fills: list[Fill], session_id: str | None) ->
             connection.execute(_MOVE_POSITION, {**values, "key": values.pop("symbol")})
         else:
             connection.execute(insert(_POSITIONS), values)
-    return len(new)
+    return FillsRecorded(len(new), {symbol: position.quantity for symbol, position in positions.items()})
 
 
 class FillsMixin(LedgerBase):
@@ -83,7 +92,7 @@ class FillsMixin(LedgerBase):
         if not fills:
             return 0
         with self._transaction() as session:
-            return insert_fills(session, fills, session_id)
+            return insert_fills(session, fills, session_id).new
 
     def list_fills(self, session_id: str | None = None) -> list[FillRecord]:
         """Every fill, or those of one trading session, in execution order."""

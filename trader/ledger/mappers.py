@@ -13,21 +13,26 @@ from trader.domain import Fill, Liquidity, Order, OrderRequest, OrderStatus, Ord
 from trader.ledger.models import FillRecord, OrderRecord, PositionRecord
 
 
+def order_values(order: OrderRequest | Order, **fields: Any) -> dict[str, Any]:
+    """An orders row's columns from what the bot asked for or what the broker reports (the fields both carry)."""
+    return {
+        "client_order_id": order.client_order_id,
+        "symbol": order.symbol,
+        "side": str(order.side),
+        "order_type": str(order.order_type),
+        "time_in_force": str(order.time_in_force),
+        "quantity": order.quantity,
+        "limit_price": order.limit_price,
+        "stop_price": order.stop_price,
+        "expire_at": order.expire_at,
+        "reduce_only": order.reduce_only,
+        **fields,
+    }
+
+
 def order_row(order: OrderRequest | Order, **fields: Any) -> OrderRecord:
     """An orders row from what the bot asked for or what the broker reports (the fields both carry)."""
-    return OrderRecord(
-        client_order_id=order.client_order_id,
-        symbol=order.symbol,
-        side=str(order.side),
-        order_type=str(order.order_type),
-        time_in_force=str(order.time_in_force),
-        quantity=order.quantity,
-        limit_price=order.limit_price,
-        stop_price=order.stop_price,
-        expire_at=order.expire_at,
-        reduce_only=order.reduce_only,
-        **fields,
-    )
+    return OrderRecord(**order_values(order, **fields))
 
 
 def order_of(row: OrderRecord) -> Order:

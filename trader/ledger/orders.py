@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 
-from sqlalchemy import ColumnElement, bindparam, update
+from sqlalchemy import ColumnElement, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, or_, select
 
 from trader.domain import Fill, Order, OrderRequest, OrderStatus
 from trader.ledger import lease
 from trader.ledger.base import OPEN_STATUSES, DuplicateClientOrderId, LedgerBase, LedgerError, now
-from trader.ledger.fills import insert_fills
+from trader.ledger.fills import FillsRecorded, insert_fills
 from trader.ledger.lease import Fence
-from trader.ledger.mappers import order_row
+from trader.ledger.mappers import order_row, order_values
 from trader.ledger.models import OrderRecord
 
 
@@ -25,20 +26,26 @@ class OrdersMixin(LedgerBase):
         """Record an order before it is sent (pending_submit); refuses a client_order_id already used, and, with a
         fence, a writer whose lease token is not the account's current unexpired one (LeaseLost), in the same
         transaction."""
-        row = order_row(
+        # Every column, as the ORM would write them (defaults included): a prebuilt insert on the order hot path.
+        row = order_values(
             request,
             session_id=session_id,
             status=OrderStatus.PENDING_SUBMIT.value,
             created_at=at,
             updated_at=at,
             fencing_token=fence.token if fence is not None else None,
+            exchange_order_id=None,
+            filled_quantity=Decimal(0),
+            average_fill_price=None,
+            fees=Decimal(0),
+            reject_reason=None,
         )
         duplicate = DuplicateClientOrderId(f"client_order_id {request.client_order_id} is already in the ledger")
         try:
             with self._transaction() as session:
                 if fence is not None:
                     lease.check_fence(session, fence, now())
-                session.add(row)
+                session.connection().execute(_INSERT, row)
         except IntegrityError as error:  # the unique index on client_order_id: used before, or by a concurrent writer
             if self.get_order(request.client_order_id) is not None:
                 raise duplicate from error
@@ -55,9 +62,9 @@ class OrdersMixin(LedgerBase):
         with self._transaction() as session:
             _apply(session, orders)
 
-    def apply_order_with_fills(self, order: Order, fills: list[Fill], session_id: str | None) -> int:
+    def apply_order_with_fills(self, order: Order, fills: list[Fill], session_id: str | None) -> FillsRecorded:
         """The broker's answer to an order just sent and that order's fills so far, in one transaction (the order
-        path: one commit instead of two); returns how many fills were new, as record_fills."""
+        path: one commit instead of two); how many fills were new and the positions they moved."""
         with self._transaction() as session:
             _apply(session, [order])
             return insert_fills(session, fills, session_id)
@@ -129,6 +136,7 @@ class OrdersMixin(LedgerBase):
 # The broker's answer is applied on the bot's hot path (every order): one prebuilt UPDATE by client_order_id on the
 # session's connection, no row loaded; the rare order the ledger never saw (found on the broker) is inserted.
 _ORDERS = OrderRecord.__table__  # type: ignore[attr-defined]
+_INSERT = insert(_ORDERS)
 _UPDATE_BY_CLIENT_ID = update(_ORDERS).where(_ORDERS.c.client_order_id == bindparam("key"))
 
 

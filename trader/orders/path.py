@@ -15,8 +15,8 @@ and --apply-order-edit all call it; nothing else calls Broker.place_order or Bro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from typing import Literal
@@ -55,6 +55,7 @@ class OrderOutcome:
     order: Order | None = None
     fills_recorded: int = 0
     fills: tuple[Fill, ...] = ()  # the order's fills read with its answer (fills_recorded of them were new)
+    positions: Mapping[str, Decimal] = field(default_factory=dict)  # quantity of each position those fills moved
 
     @property
     def accepted(self) -> bool:
@@ -149,8 +150,8 @@ class OrderPath:
             self.ledger.apply_order(order)  # the answer is kept whatever went wrong reading its fills
             raise
         # The answer and its fills in one transaction: one commit per order instead of two.
-        new_fills = self.ledger.apply_order_with_fills(order, fills, session_id)
-        return OrderOutcome(request, order.status, "", order, new_fills, tuple(fills))
+        applied = self.ledger.apply_order_with_fills(order, fills, session_id)
+        return OrderOutcome(request, order.status, "", order, applied.new, tuple(fills), applied.positions)
 
     def edit(self, order_id: str, preview_id: str) -> Order:
         """Apply a previewed edit of a resting order under the same controls and fence; the ledger takes the answer."""
