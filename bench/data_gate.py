@@ -13,6 +13,8 @@ Each cycle's verdicts are compared (they must be equal); then one bad bar is put
 it. Figures: p50 and p95 wall time per cycle in ms, and the p50 of the thread's CPU time (on a shared, loaded
 machine wall time mostly measures waiting for a core), with the workload printed beside each. The last line is one
 JSON object (gate_ms_p50_<n>sym for the new gate, old_ms_p50_<n>sym for the old way). Goal: new p50 <= 5 ms.
+Last, GX's own floor (gx_floor_ms_p50): the warm suite on a frame of a single bar, the least a cycle validated by
+GX can cost whatever the gate does around it.
 """
 
 from __future__ import annotations
@@ -123,6 +125,28 @@ def run(symbols: int, window: int, cycles: int) -> dict[str, float]:
     }
 
 
+def gx_floor(cycles: int) -> float:
+    """GX's own floor: the same suite, warm, on a frame of one bar (the least any validation by GX can cost)."""
+    gate = MarketDataGate(interval_seconds=60, max_age_seconds=180)
+    window = bars(2, Decimal(100))
+    frame = market_data_frame(
+        {SYMBOLS[0]: window}, window[-1].start + timedelta(seconds=60), 60, rows={SYMBOLS[0]: [1]}
+    )
+    warm = gx_runtime.WarmSuite(gate.suite, gate.parameters)
+    took = []
+    for _ in range(cycles):
+        started = time.perf_counter()
+        if not all(o.success for o in warm.validate(frame)):
+            raise AssertionError("a clean bar failed the warm suite")
+        took.append((time.perf_counter() - started) * 1000)
+    floor = statistics.median(took)
+    expectations = len(gate.checks)
+    print(
+        f"GX floor: the warm suite ({expectations} expectations) on a 1-bar frame, {cycles} times: p50 {floor:.2f} ms"
+    )
+    return round(floor, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=200)
@@ -135,6 +159,7 @@ def main() -> None:
     figures: dict[str, float] = {"window": args.window, "cycles": args.cycles}
     for symbols in (1, 2):
         figures.update(run(symbols, args.window, args.cycles))
+    figures["gx_floor_ms_p50"] = gx_floor(args.cycles)
     print(json.dumps(figures))
 
 
