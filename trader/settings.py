@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     coinbase_ca_file: Path | None = None
     coinbase_timeout_seconds: float = Field(10.0, gt=0, le=120)
     coinbase_max_retries: int = Field(4, ge=0, le=10)
+    # Lowers Coinbase's documented limits (30 private / 10 public requests per second) for every bot of this key.
+    rate_limit_max_rps: float | None = Field(None, gt=0)
 
     risk_kill_switch_enabled: bool = False
     risk_reduce_only_mode: bool = False

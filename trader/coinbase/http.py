@@ -17,18 +17,21 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
+from trader.coinbase.ratelimit import RateLimiter, Scope, shared_limiter
 from trader.errors import AuthenticationFailed, BrokerError, BrokerUnavailable, ConfigError
 from trader.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_RETRY_AFTER_SECONDS = 60.0
+PUBLIC_PATHS = ("/api/v3/brokerage/market/", "/api/v3/brokerage/time")  # Coinbase's public endpoints
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ def _checked(name: str, secret: str, *, source: str) -> Credentials:
 
 
 def build_rest_client(settings: Settings, credentials: Credentials | None) -> Any:
-    """The SDK's RESTClient on COINBASE_API_BASE, credentials passed explicitly (the SDK reads env only at import)."""
+    """The SDK's RESTClient on COINBASE_API_BASE, credentials passed explicitly (the SDK reads env only at import);
+    every request waits on the shared rate limiter of its key (trader/coinbase/ratelimit.py)."""
     from coinbase.rest import RESTClient
 
     _quiet_sdk_logger()
@@ -90,27 +94,60 @@ def build_rest_client(settings: Settings, credentials: Credentials | None) -> An
         base_url=settings.coinbase_api_base,
         timeout=settings.coinbase_timeout_seconds,  # type: ignore[arg-type]  # requests takes float seconds
     )
+    ca_file: str | None = None
     if settings.coinbase_ca_file is not None:
-        ca_file = Path(settings.coinbase_ca_file)
-        if not ca_file.is_file():
-            raise ConfigError(f"COINBASE_CA_FILE: {ca_file} does not exist; give a PEM CA bundle or unset it")
-        client.session = _PinnedSession(str(ca_file))
+        path = Path(settings.coinbase_ca_file)
+        if not path.is_file():
+            raise ConfigError(f"COINBASE_CA_FILE: {path} does not exist; give a PEM CA bundle or unset it")
+        ca_file = str(path)
+    limiter = shared_limiter(settings.rate_limit_max_rps, settings.redis_url, credentials.name if credentials else None)
+    client.session = _Session(ca_file, limiter)
     return client
 
 
-class _PinnedSession(requests.Session):
-    """A session that verifies against COINBASE_CA_FILE even when REQUESTS_CA_BUNDLE is set (requests lets the
-    environment beat session.verify); proxies from the environment still apply."""
+def request_scope(url: str) -> Scope:
+    """Which of Coinbase's limits a request counts against: public market data and time per IP, the rest per user."""
+    path = urlsplit(url).path
+    return "public" if path.startswith(PUBLIC_PATHS) else "private"
 
-    def __init__(self, ca_file: str) -> None:
+
+class _Session(requests.Session):
+    """The SDK's session: waits on the rate limiter before each request and takes the exchange's x-ratelimit-*
+    headers and 429s into it after; with COINBASE_CA_FILE it verifies against that file even when
+    REQUESTS_CA_BUNDLE is set (requests lets the environment beat session.verify). Proxies from the environment
+    still apply."""
+
+    def __init__(self, ca_file: str | None, limiter: RateLimiter) -> None:
         super().__init__()
-        self.verify = ca_file
+        if ca_file is not None:
+            self.verify = ca_file
         self.ca_file = ca_file
+        self.limiter = limiter
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        if kwargs.get("verify") is None:
+        if self.ca_file is not None and kwargs.get("verify") is None:
             kwargs["verify"] = self.ca_file
-        return super().request(method, url, *args, **kwargs)
+        scope = request_scope(url)
+        self.limiter.acquire(scope)
+        response = super().request(method, url, *args, **kwargs)
+        self.limiter.pause(scope, _held_for(response))
+        return response
+
+
+def _held_for(response: requests.Response) -> float:
+    """Seconds the exchange asks every request of this scope to wait: a 429's Retry-After (1 s without one), or
+    until x-ratelimit-reset when x-ratelimit-remaining is 0 (reset as epoch seconds or as seconds from now)."""
+    if response.status_code == 429:
+        after = _retry_after(response)
+        return 1.0 if after is None else after
+    try:
+        remaining = float(response.headers.get("x-ratelimit-remaining", "1"))
+        reset = float(response.headers.get("x-ratelimit-reset", "0"))
+    except ValueError:
+        return 0.0
+    if remaining > 0 or reset <= 0:
+        return 0.0
+    return reset - time.time() if reset > 1e9 else reset
 
 
 def _quiet_sdk_logger() -> None:

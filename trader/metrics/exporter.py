@@ -34,8 +34,9 @@ from typing import Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from trader.coinbase import ratelimit
 from trader.errors import ConfigError
 from trader.fsio import atomic_write
 from trader.metrics.telemetry import TRADING_STATES, CycleTelemetry
@@ -91,6 +92,21 @@ class _GaugeCollector:
         return self._families(True)
 
 
+def _rate_limit_families(with_samples: bool) -> list[Metric]:
+    """The Coinbase rate limiter's waits, per scope (private per key, public per IP), over this process."""
+    waits = CounterMetricFamily(
+        "perps_bot_rate_limit_waits", "Coinbase requests that waited for the shared rate limiter.", labels=["scope"]
+    )
+    seconds = CounterMetricFamily(
+        "perps_bot_rate_limit_wait_seconds", "Seconds Coinbase requests waited for the rate limiter.", labels=["scope"]
+    )
+    if with_samples:
+        for scope, (count, waited) in ratelimit.totals().items():
+            waits.add_metric([scope], count)
+            seconds.add_metric([scope], waited)
+    return [waits, seconds]
+
+
 class BotMetrics:
     """All metrics of one bot process in its own CollectorRegistry (never the global one)."""
 
@@ -139,6 +155,7 @@ class BotMetrics:
         self._gate_checks = Counter("perps_bot_data_gate_checks_total", "Market-data gate checks.", registry=r)
         self._gate_failures = Counter("perps_bot_data_gate_failures_total", "Market-data gate failures.", registry=r)
         r.register(_GaugeCollector(self._gauge_families))
+        r.register(_GaugeCollector(_rate_limit_families))
 
     def observe_api_call(self, method: str, seconds: float, ok: bool) -> None:
         """Count one API call and its latency under its method name."""

@@ -71,3 +71,4 @@ class RecordedRequest:
     query: dict[str, list[str]]
     body: JsonObject | None
     fault: str | None
+    at: float = 0.0  # when the server received it (epoch seconds)

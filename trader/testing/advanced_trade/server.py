@@ -16,6 +16,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -31,6 +32,7 @@ from trader.testing.advanced_trade.exchange import _Exchange, _replay_bars
 from trader.testing.advanced_trade.faults import Fault, RecordedRequest
 from trader.testing.advanced_trade.http import ROUTES, Scope, _Call, _Endpoints, _Route
 from trader.testing.advanced_trade.keys import jwt_problem, load_public_key, make_self_signed_cert
+from trader.testing.advanced_trade.limits import RequestLimit, rate_limited
 from trader.testing.advanced_trade.wire import (
     ZERO,
     Fill,
@@ -46,6 +48,9 @@ from trader.testing.advanced_trade.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = ("/api/v3/brokerage/market/", "/api/v3/brokerage/time")
+RATE_LIMITED = "rate_limited"  # a RecordedRequest's fault when the server's own limit answered it 429
 
 DEFAULT_PERMISSIONS: Mapping[str, Any] = {
     "can_view": True,
@@ -146,8 +151,13 @@ class AdvancedTradeServer(_Endpoints):
         derivatives: bool = False,
         maker_fee_rate: Decimal = Decimal("0.004"),
         taker_fee_rate: Decimal = Decimal("0.006"),
+        rate_limit_rps: float | None = None,
+        public_rate_limit_rps: float | None = None,
     ) -> None:
         self.key_name = key_name
+        # Off unless set (tests that are not about limits are not slowed): Coinbase's are 30 and 10 per second.
+        self.rate_limit = RequestLimit(rate_limit_rps) if rate_limit_rps else None
+        self.public_rate_limit = RequestLimit(public_rate_limit_rps) if public_rate_limit_rps else None
         self._public_key = load_public_key(public_key_pem)
         self._host, self._port = host, port
         self.cert_file, self.key_file = make_self_signed_cert(Path(cert_dir))
@@ -346,17 +356,23 @@ class AdvancedTradeServer(_Endpoints):
             body, body_error = None, error
         if body is not None:
             call = replace(call, body=body)
+        admitted, limit_headers = self._admit(call.path, handler.client_address[0])
         with self._lock:
-            fault = next((f for f in self._faults if f.matches(method, call.path)), None)
+            fault = next((f for f in self._faults if f.matches(method, call.path)), None) if admitted else None
             if fault is not None:
                 fault.times -= 1
                 if fault.times <= 0:
                     self._faults.remove(fault)
             recorded = None if method == "GET" else copy.deepcopy(body)
-            kind = fault.kind if fault is not None else None
-            self._requests.append(RecordedRequest(method, call.path, call.query, recorded, kind))
+            kind = fault.kind if fault is not None else None if admitted else RATE_LIMITED
+            self._requests.append(RecordedRequest(method, call.path, call.query, recorded, kind, time.time()))
         authorization = handler.headers.get("Authorization")
-        answer = self._answer(call, authorization, body_error, fault)
+        if not admitted:
+            answer: _Answer | None = rate_limited(limit_headers)
+        else:
+            answer = self._answer(call, authorization, body_error, fault)
+            if answer is not None:
+                answer.headers.update(limit_headers)
         if answer is None:  # the server is stopping during a hang: drop the connection unanswered
             handler.close_connection = True
             return
@@ -371,6 +387,19 @@ class AdvancedTradeServer(_Endpoints):
             handler.wfile.write(data)
         except OSError:  # the client gave up (e.g. timed out during an injected hang)
             handler.close_connection = True
+
+    def _admit(self, path: str, client_ip: str) -> tuple[bool, dict[str, str]]:
+        """Coinbase's limits, when set: public endpoints per client IP, the rest per API key (limits.py)."""
+        public = path.startswith(PUBLIC_PATHS)
+        limit = self.public_rate_limit if public else self.rate_limit
+        if limit is None:
+            return True, {}
+        return limit.admit(client_ip if public else self.key_name, time.time())
+
+    @property
+    def rate_limited_count(self) -> int:
+        """Requests answered 429 by the server's own limits (injected 429 faults are not counted)."""
+        return sum(limit.refused for limit in (self.rate_limit, self.public_rate_limit) if limit is not None)
 
     @staticmethod
     def _read_body(handler: _RequestHandler) -> JsonObject | None:
