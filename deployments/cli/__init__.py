@@ -54,17 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "up", "status", "checkpoint", "drill", "metrics", *EMERGENCY_COMMANDS],
+        choices=["run", "up", "status", "checkpoint", "drill", "metrics", "accounts", *EMERGENCY_COMMANDS],
         default="run",
         help="run (default): the bot or the order tooling; up: the embedded stack (supervised); status: one line "
         "per part, exit 0 healthy, 1 degraded, 2 nothing reachable; checkpoint: list|create|restore; "
         "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]; "
-        "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file",
+        "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file; "
+        "accounts list|check: the accounts ACCOUNTS_FILE declares",
     )
     parser.add_argument(
         "action",
         nargs="?",
         help="with checkpoint: list, create, or restore ID; with kill-switch/reduce-only: on|off|status; "
+        "with accounts: list or check; "
         "with drill: the scenario (redis-outage, engine-crash, postgres-outage, s3-outage, exchange-degradation, all)",
     )
     parser.add_argument("checkpoint_id", nargs="?", metavar="ID", help="with checkpoint restore: the checkpoint id")
@@ -149,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             return status_command(settings, args)
         if args.command == "metrics":
             return serve_metrics_file(settings, args)
+        if args.command == "accounts":
+            from deployments.cli.accounts import accounts_command
+
+            return accounts_command(settings, args.action, args.profile)
         if args.command == "checkpoint":
             return checkpoint_command(settings, args)
         if args.command in EMERGENCY_COMMANDS:
