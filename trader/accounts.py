@@ -19,6 +19,7 @@ values of credentials never appear in the file, in errors or in logs.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -128,7 +129,9 @@ def _where(raw: Any, error: ValidationError) -> str:
     if first["type"] == "missing":
         message = "missing; add it"
     got = first.get("input")
-    shown = f" (got {got!r})" if isinstance(got, str | int | float) and first["type"] != "missing" else ""
+    # What was written is echoed only where it cannot be a secret: never under credentials, never an unknown field.
+    private = "credentials" in loc or first["type"] in ("extra_forbidden", "missing")
+    shown = f" (got {got!r})" if isinstance(got, str | int | float) and not private else ""
     if len(loc) >= 2 and loc[0] == "accounts" and isinstance(loc[1], int):
         accounts = raw.get("accounts") if isinstance(raw, dict) else None
         entry = accounts[loc[1]] if isinstance(accounts, list) and loc[1] < len(accounts) else None
@@ -190,7 +193,9 @@ def _account_field(message: str) -> str:
         return f"risk.{name.removeprefix('risk_')}: {rest}"
     if name == "perps_profile":
         return f"profile: {rest}"
-    return message
+    for key, field in STRATEGY_FIELDS.items():  # a rule across fields: its variables in the file's words
+        message = message.replace(field.upper(), f"strategy.{key}")
+    return re.sub(r"\bRISK_([A-Z0-9_]+)", lambda m: f"risk.{m.group(1).lower()}", message)
 
 
 def _credentials(

@@ -24,7 +24,7 @@ from trader.brokers.base import Broker
 from trader.domain import Candle, OrderRequest, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, OrderRejected, TraderError
 from trader.fsio import atomic_write
-from trader.ledger import Ledger
+from trader.ledger import LEDGER_UNANSWERED, Ledger
 from trader.ledger.lease import Fence, Holder, LeaseHeld, LeaseInfo, LeaseLost
 from trader.orders.path import OrderPath
 from trader.reconcile import StartupReconciliation, reconcile_on_start
@@ -318,7 +318,7 @@ class TradingBot:
                 if not announced:
                     log.warning("standby: %s; taking over when it expires", held.lease.describe())
                     announced = True
-            except Exception as error:  # the ledger is busy or down: a standby waits on; a plain start fails now
+            except LEDGER_UNANSWERED as error:  # the ledger is busy or down: a standby waits on; a start fails now
                 if time.monotonic() >= deadline:
                     raise
                 if type(error).__name__ != unanswered:  # once per kind of failure, not every retry

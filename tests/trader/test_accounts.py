@@ -109,7 +109,7 @@ def test_a_bad_file_is_one_line_naming_the_file_the_account_and_the_field(
     [
         (("max_position_usd: 2000", "max_position_usd: -5"), "account 'alpha': risk.max_position_usd: must be greater"),
         (("max_position_usd: 2000", "max_pos: 5"), "account 'alpha': risk.max_pos: unknown field"),
-        (("fast_window: 3", "fast_window: 30"), "STRATEGY_FAST_WINDOW must be smaller than STRATEGY_SLOW_WINDOW"),
+        (("fast_window: 3", "fast_window: 30"), "strategy.fast_window must be smaller than strategy.slow_window"),
         (("fast_window: 3", "fast: 3"), "account 'alpha': strategy.fast: unknown field"),
     ],
 )
@@ -170,3 +170,15 @@ def test_a_declared_account_is_found_by_name_and_an_undeclared_one_is_refused(
         account_settings(settings, "delta")
     with pytest.raises(ConfigError, match="ACCOUNTS_FILE: .*nowhere.yaml does not exist"):
         declared(load_settings(state_dir=tmp_path, accounts_file=tmp_path / "nowhere.yaml"))
+
+
+def test_a_secret_written_into_the_file_is_never_echoed_in_the_error(tmp_path: Path) -> None:
+    pem = "-----BEGIN EC PRIVATE KEY-----MHcCAQEEIAbc-----END EC PRIVATE KEY-----"
+    pasted = GOOD.replace("{env_prefix: BETA_}", "{api_secret: '" + pem + "'}")
+    prefix = GOOD.replace("{env_prefix: BETA_}", "{env_prefix: 'organizations/o/apiKeys/k'}")
+
+    for text in (pasted, prefix):
+        with pytest.raises(ConfigError) as caught:
+            load_accounts(write(tmp_path, text))
+        assert "account 'beta': credentials" in str(caught.value)
+        assert "MHcCAQEEIAbc" not in str(caught.value) and "apiKeys" not in str(caught.value)

@@ -31,6 +31,7 @@ from trader.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_RETRY_AFTER_SECONDS = 60.0
+MAX_HEADER_HOLD_SECONDS = 5.0  # x-ratelimit-reset: Coinbase's windows are a second long
 PUBLIC_PATHS = ("/api/v3/brokerage/market/", "/api/v3/brokerage/time")  # Coinbase's public endpoints
 
 
@@ -136,7 +137,8 @@ class _Session(requests.Session):
 
 def _held_for(response: requests.Response) -> float:
     """Seconds the exchange asks every request of this scope to wait: a 429's Retry-After (1 s without one), or
-    until x-ratelimit-reset when x-ratelimit-remaining is 0 (reset as epoch seconds or as seconds from now)."""
+    until x-ratelimit-reset when x-ratelimit-remaining is 0 (reset as epoch seconds or milliseconds, or as seconds
+    from now; at most MAX_HEADER_HOLD_SECONDS)."""
     if response.status_code == 429:
         after = _retry_after(response)
         return 1.0 if after is None else after
@@ -147,7 +149,12 @@ def _held_for(response: requests.Response) -> float:
         return 0.0
     if remaining > 0 or reset <= 0:
         return 0.0
-    return reset - time.time() if reset > 1e9 else reset
+    if reset > 1e11:  # epoch milliseconds
+        reset /= 1000
+    # Seconds from now, or an epoch time read against this machine's clock: a clock behind the exchange's would
+    # turn every exhausted window into a long hold for all bots, so a header never holds longer than a few seconds.
+    wait = reset - time.time() if reset > 1e9 else reset
+    return min(wait, MAX_HEADER_HOLD_SECONDS)
 
 
 def _quiet_sdk_logger() -> None:

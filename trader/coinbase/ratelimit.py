@@ -36,15 +36,18 @@ Scope = Literal["private", "public"]
 SCOPES: tuple[Scope, ...] = ("private", "public")
 DOCUMENTED_RPS: dict[Scope, float] = {"private": 30.0, "public": 10.0}
 MAX_PAUSE_SECONDS = 60.0  # a reset or Retry-After further away than this is not believed
+MAX_PAUSE_US = int(MAX_PAUSE_SECONDS * 1_000_000)
 REDIS_PREFIX = "perps-bot:ratelimit:coinbase"
 REDIS_RETRY_SECONDS = 5.0  # after Redis failed, ask it again no sooner than this (each try may wait for a timeout)
 
-# KEYS[1] the bucket; ARGV: refill per second, burst, pause (µs from now, 0 for none). Returns µs to wait (0: a
-# token was taken). Time is Redis's own, so bots on machines with different clocks share one bucket fairly.
+# KEYS[1] the bucket; ARGV: refill per second, burst, pause (µs from now, 0 for none), the longest wait (µs). Returns
+# µs to wait (0: a token was taken). Time is Redis's own, so bots on machines with different clocks share one bucket
+# fairly; a Redis clock that steps back (NTP, a failover) never makes a wait longer than the longest pause.
 _TAKE = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
 local rate, burst, pause = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_pause = tonumber(ARGV[4])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'paused_until')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
@@ -56,9 +59,9 @@ if pause > 0 and now + pause > paused_until then
   return 0
 end
 if now < paused_until then
-  return paused_until - now
+  return math.min(paused_until - now, max_pause)
 end
-tokens = math.min(burst, tokens + (now - at) * rate / 1000000)
+tokens = math.min(burst, math.max(tokens, 0) + math.max(now - at, 0) * rate / 1000000)
 local wait = 0
 if tokens >= 1 then
   tokens = tokens - 1
@@ -72,9 +75,10 @@ return wait
 
 
 def shape(limit: float) -> tuple[float, float]:
-    """(refill per second, burst) for a limit in requests per second: burst + refill <= limit."""
+    """(refill per second, burst) for a limit in requests per second: burst + refill == limit from 2 per second up;
+    below 2 per second, one token of burst and the limit as refill (a window may carry one request more)."""
     burst = max(1.0, math.floor(limit / 10))
-    return max(limit - burst, limit / 2), burst
+    return (limit - burst if limit >= 2 else limit), burst
 
 
 class _LocalBucket:
@@ -114,10 +118,11 @@ class _RedisBucket:
         self._script = client.register_script(_TAKE)
 
     def take(self) -> float:
-        return int(self._script(keys=[self.key], args=[self.rate, self.burst, 0])) / 1_000_000
+        return int(self._script(keys=[self.key], args=[self.rate, self.burst, 0, MAX_PAUSE_US])) / 1_000_000
 
     def pause(self, seconds: float) -> None:
-        self._script(keys=[self.key], args=[self.rate, self.burst, max(1, int(seconds * 1_000_000))])
+        pause = max(1, int(seconds * 1_000_000))
+        self._script(keys=[self.key], args=[self.rate, self.burst, pause, MAX_PAUSE_US])
 
 
 class RateLimiter:
@@ -131,6 +136,7 @@ class RateLimiter:
         key_fingerprint: str = "anonymous",
         host: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        public_bucket: _LocalBucket | None = None,
     ) -> None:
         self.limits = dict(limits)
         self.waits: Counter[str] = Counter()  # per scope: requests that had to wait
@@ -138,6 +144,8 @@ class RateLimiter:
         self._sleep = sleep
         self._count_lock = threading.Lock()
         self._local = {scope: _LocalBucket(limit) for scope, limit in self.limits.items()}
+        if public_bucket is not None:  # one per process: every client of this host counts against it
+            self._local["public"] = public_bucket
         self._shared: dict[Scope, _RedisBucket] = {}
         self._redis_down = False
         self._retry_redis_at = 0.0
@@ -225,15 +233,22 @@ def limits_for(max_rps: float | None) -> dict[Scope, float]:
 
 _limiters: dict[tuple[Any, ...], RateLimiter] = {}
 _limiters_lock = threading.Lock()
+_public_buckets: dict[float, _LocalBucket] = {}
 
 
 def shared_limiter(max_rps: float | None, redis_url: str | None, key_name: str | None) -> RateLimiter:
-    """The process's limiter for these settings: the broker and the market data of one bot share it."""
+    """The process's limiter for these settings and key. Every limiter of the process shares one public bucket (the
+    market data's keyless client and the broker's keyed one count against one per-IP limit); the private bucket is
+    the key's. (Coinbase counts private requests per user: bots with several keys of one user each get the limit.)"""
     fingerprint = key_fingerprint(key_name)
     identity = (max_rps, redis_url, fingerprint)
+    limits = limits_for(max_rps)
     with _limiters_lock:
         if identity not in _limiters:
-            _limiters[identity] = RateLimiter(limits_for(max_rps), redis_url=redis_url, key_fingerprint=fingerprint)
+            public = _public_buckets.setdefault(limits["public"], _LocalBucket(limits["public"]))
+            _limiters[identity] = RateLimiter(
+                limits, redis_url=redis_url, key_fingerprint=fingerprint, public_bucket=public
+            )
         return _limiters[identity]
 
 

@@ -46,6 +46,7 @@ from trader.domain import Candle, Fill, Order, OrderRequest, OrderType, Product,
 from trader.drills.crash_points import ENV as CRASH_ENV
 from trader.drills.crash_points import arm, crash_point, parse_plan
 from trader.ledger import Ledger, TradingSession
+from trader.ledger.fills import FillsRecorded
 from trader.market import ReplayMarketData
 from trader.market.source import DEFAULT_REPLAY_FILE, load_candles_csv
 from trader.orders.path import OrderPath
@@ -174,6 +175,10 @@ class CrashPointLedger(Ledger):
         if self.sessions_read_wall is None:
             self.sessions_read_wall = time.time()
         return sessions
+
+    def apply_order_with_fills(self, order: Order, fills: list[Fill], session_id: str | None) -> FillsRecorded:
+        crash_point("before_record_fills")  # the order path's answer and fills, written together
+        return super().apply_order_with_fills(order, fills, session_id)
 
     def record_fills(self, fills: list[Fill], session_id: str | None = None) -> int:
         crash_point("before_record_fills")

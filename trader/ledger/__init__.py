@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trader.ledger.base import OPEN_STATUSES, DuplicateClientOrderId, LedgerError
+from trader.ledger.base import LEDGER_UNANSWERED, OPEN_STATUSES, DuplicateClientOrderId, LedgerError
 from trader.ledger.checkpoints import Book
 from trader.ledger.ledger import Ledger
 from trader.ledger.models import (
@@ -17,6 +17,7 @@ from trader.ledger.models import (
 )
 
 __all__ = [
+    "LEDGER_UNANSWERED",
     "OPEN_STATUSES",
     "BalanceSnapshot",
     "Book",

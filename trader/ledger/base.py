@@ -7,12 +7,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
 from trader.domain import OrderStatus
 from trader.errors import TraderError
 from trader.ledger.db import make_engine
 from trader.ledger.db import migrate as migrate_database
+
+# The database did not answer (down, busy past its timeout, refused the connection): worth asking again later.
+LEDGER_UNANSWERED: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
 OPEN_STATUSES = (OrderStatus.PENDING_SUBMIT.value, OrderStatus.OPEN.value, OrderStatus.PARTIALLY_FILLED.value)
 

@@ -80,10 +80,12 @@ def insert_fills(session: Session, fills: list[Fill], session_id: str | None) ->
     for symbol, position in positions.items():
         values = position.model_dump()
         if symbol in held:
-            connection.execute(_MOVE_POSITION, {**values, "key": values.pop("symbol")})
+            values["key"] = values.pop("symbol")
+            connection.execute(_MOVE_POSITION, values)
         else:
             connection.execute(insert(_POSITIONS), values)
-    return FillsRecorded(len(new), {symbol: position.quantity for symbol, position in positions.items()})
+    moved = {symbol: canonical_decimal(position.quantity) for symbol, position in positions.items()}
+    return FillsRecorded(len(new), moved)  # quantities as the ledger stores them
 
 
 class FillsMixin(LedgerBase):

@@ -25,7 +25,8 @@ REDIS = "redis://127.0.0.1:6379/12"
 
 
 def busiest_second(times: list[float]) -> int:
-    """The most grants any one-second window [t, t + 1) holds, t a grant's own time."""
+    """The most grants any one-second window [t, t + 1) holds, t a grant's own time. Times are read after acquire()
+    returns, so a thread descheduled between a grant and its reading can shift one grant: callers allow one more."""
     ordered = sorted(times)
     most, start = 0, 0
     for end, at in enumerate(ordered):
@@ -63,7 +64,7 @@ def test_a_bucket_never_lets_a_second_carry_more_than_its_limit_and_counts_the_w
     times = grants([limiter], 70)
 
     rate, burst = shape(40.0)
-    assert busiest_second(times) <= 40
+    assert busiest_second(times) <= 40 + 1
     assert max(times) - min(times) >= (70 - burst) / rate * 0.95  # it waited: 70 grants cannot go at once
     assert limiter.waits["private"] >= 70 - burst - 1 and limiter.wait_seconds["private"] > 1.0
     assert limiter.waits["public"] == 0
@@ -78,8 +79,8 @@ def test_limiters_sharing_redis_share_one_limit_and_separate_ones_do_not() -> No
     together = grants(shared, 15)
     apart = grants(alone, 15)
 
-    assert busiest_second(together) <= 30
-    assert busiest_second(apart) > 30  # four buckets of 30/s each: what a shared key must never do
+    assert busiest_second(together) <= 30 + 1
+    assert busiest_second(apart) > 30 + 10  # four buckets of 30/s each: what a shared key must never do
 
 
 def test_the_public_bucket_is_shared_per_host_apart_from_the_private_one() -> None:
@@ -88,7 +89,7 @@ def test_the_public_bucket_is_shared_per_host_apart_from_the_private_one() -> No
 
     public = grants(limiters, 6, "public")
 
-    assert busiest_second(public) <= 10
+    assert busiest_second(public) <= 10 + 1
     assert all(limiter.waits["private"] == 0 for limiter in limiters)
 
 
@@ -99,7 +100,7 @@ def test_redis_going_away_falls_back_to_the_process_bucket_logged_once(caplog: p
         times = grants([limiter], 20)
 
     assert not limiter.shared
-    assert busiest_second(times) <= 50
+    assert busiest_second(times) <= 50 + 1
     said = [r.getMessage() for r in caplog.records if "Redis did not answer" in r.getMessage()]
     assert len(said) == 1, said
 
@@ -148,8 +149,12 @@ def test_the_exchanges_ratelimit_headers_hold_requests_before_it_answers_429(
 
 
 def test_rate_limit_max_rps_lowers_the_limit_and_the_exporter_counts_the_waits(
-    tmp_path: Path, cdp_key: CdpKey, start_exchange: Callable[..., AdvancedTradeServer]
+    tmp_path: Path,
+    cdp_key: CdpKey,
+    start_exchange: Callable[..., AdvancedTradeServer],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)  # this process's own bucket, the one looked up below
     server = start_exchange()
     broker = broker_on(server, cdp_key, tmp_path, rate_limit_max_rps=5)
     limiter = shared_limiter(5, None, cdp_key.name)

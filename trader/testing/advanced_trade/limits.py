@@ -44,7 +44,7 @@ class RequestLimit:
             headers = {
                 "x-ratelimit-limit": str(limit),
                 "x-ratelimit-remaining": str(max(limit - len(seen), 0)),
-                "x-ratelimit-reset": f"{reset:.3f}",
+                "x-ratelimit-reset": f"{math.ceil(reset * 1000) / 1000:.3f}",  # rounded up: never early
             }
         if not admitted:
             headers["Retry-After"] = _seconds(max(reset - now, 0.001))
