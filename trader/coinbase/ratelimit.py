@@ -52,6 +52,9 @@ local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'paused_until')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
 local paused_until = tonumber(state[3]) or 0
+if paused_until > now + max_pause then
+  paused_until = 0  -- set before the clock stepped back: no pause is ever longer than the longest
+end
 if pause > 0 and now + pause > paused_until then
   paused_until = now + pause
   redis.call('HSET', KEYS[1], 'paused_until', paused_until)

@@ -172,3 +172,23 @@ def test_rate_limit_max_rps_lowers_the_limit_and_the_exporter_counts_the_waits(
     scrape = generate_latest(BotMetrics().registry).decode()
     line = next(x for x in scrape.splitlines() if x.startswith('perps_bot_rate_limit_waits_total{scope="private"}'))
     assert float(line.split()[-1]) >= 12 - burst - 1
+
+
+def test_a_redis_clock_that_steps_back_an_hour_does_not_hold_anyone() -> None:
+    import redis
+
+    key = f"test-{uuid.uuid4().hex}"
+    limiter = RateLimiter({"private": 30.0, "public": 10.0}, redis_url=REDIS, key_fingerprint=key)
+    client = redis.Redis.from_url(REDIS)
+    seconds, micros = client.time()
+    now = seconds * 1_000_000 + micros
+    bucket = f"{ratelimit.REDIS_PREFIX}:private:{key}"
+    # As left by bots before Redis's clock went back an hour: a refill time and a pause an hour "ahead".
+    client.hset(bucket, mapping={"tokens": "0", "at": str(now + 3_600_000_000), "paused_until": str(now + 3_600_000_000)})
+
+    started = time.monotonic()
+    limiter.acquire("private")
+    limiter.acquire("private")
+
+    assert time.monotonic() - started < 1.0
+    client.delete(bucket)
