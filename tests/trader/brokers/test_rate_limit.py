@@ -184,7 +184,8 @@ def test_a_redis_clock_that_steps_back_an_hour_does_not_hold_anyone() -> None:
     now = seconds * 1_000_000 + micros
     bucket = f"{ratelimit.REDIS_PREFIX}:private:{key}"
     # As left by bots before Redis's clock went back an hour: a refill time and a pause an hour "ahead".
-    client.hset(bucket, mapping={"tokens": "0", "at": str(now + 3_600_000_000), "paused_until": str(now + 3_600_000_000)})
+    ahead = str(now + 3_600_000_000)
+    client.hset(bucket, mapping={"tokens": "0", "at": ahead, "paused_until": ahead})
 
     started = time.monotonic()
     limiter.acquire("private")
