@@ -46,6 +46,8 @@ _POSITIONS = PositionRecord.__table__  # type: ignore[attr-defined]
 _SEEN = select(_FILLS.c.trade_id).where(_FILLS.c.trade_id.in_(bindparam("ids", expanding=True)))
 _POSITIONS_OF = select(_POSITIONS).where(_POSITIONS.c.symbol.in_(bindparam("symbols", expanding=True)))
 _MOVE_POSITION = update(_POSITIONS).where(_POSITIONS.c.symbol == bindparam("key"))
+_INSERT_FILLS = insert(_FILLS)
+_INSERT_POSITION = insert(_POSITIONS)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def insert_fills(session: Session, fills: list[Fill], session_id: str | None) ->
             new.append(fill)
     if not new:
         return FillsRecorded()
-    connection.execute(insert(_FILLS), [fill_values(fill, session_id) for fill in new])
+    connection.execute(_INSERT_FILLS, [fill_values(fill, session_id) for fill in new])
     symbols = list({fill.symbol for fill in new})
     held = {
         row.symbol: PositionRecord(**row._mapping) for row in connection.execute(_POSITIONS_OF, {"symbols": symbols})
@@ -83,7 +85,7 @@ def insert_fills(session: Session, fills: list[Fill], session_id: str | None) ->
             values["key"] = values.pop("symbol")
             connection.execute(_MOVE_POSITION, values)
         else:
-            connection.execute(insert(_POSITIONS), values)
+            connection.execute(_INSERT_POSITION, values)
     moved = {symbol: canonical_decimal(position.quantity) for symbol, position in positions.items()}
     return FillsRecorded(len(new), moved)  # quantities as the ledger stores them
 

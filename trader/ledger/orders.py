@@ -155,11 +155,9 @@ def _apply(session: Session, orders: list[Order]) -> None:
         if order.order_id:  # an answer without the exchange's id keeps the one recorded
             answer["exchange_order_id"] = order.order_id
         if connection.execute(_UPDATE_BY_CLIENT_ID, answer).rowcount == 0:
-            row = order_row(order, status=str(order.status), created_at=order.created_at)
-            row.exchange_order_id = order.order_id or None
-            for field in ("filled_quantity", "average_fill_price", "fees", "reject_reason", "updated_at"):
-                setattr(row, field, answer[field])
-            session.add(row)
+            fields = {name: value for name, value in answer.items() if name != "key"}
+            fields.setdefault("exchange_order_id", None)
+            session.add(order_row(order, created_at=order.created_at, **fields))
             session.flush()
 
 

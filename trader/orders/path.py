@@ -146,13 +146,9 @@ class OrderPath:
         self._answered(True)
         try:
             fills = self._fills_of(order)
-        except BaseException:
-            self.ledger.apply_order(order)  # the answer is kept whatever went wrong reading its fills
-            raise
-        # The answer and its fills in one transaction: one commit per order instead of two.
-        try:
+            # The answer and its fills in one transaction: one commit per order instead of two.
             applied = self.ledger.apply_order_with_fills(order, fills, session_id)
-        except Exception:  # e.g. a reconciliation imported a fill meanwhile: the answer is kept, the fill sync follows
+        except BaseException:  # reading or writing the fills failed: the answer is kept, the fill sync follows
             self.ledger.apply_order(order)
             raise
         return OrderOutcome(request, order.status, "", order, applied.new, tuple(fills), applied.positions)
