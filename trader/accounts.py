@@ -183,18 +183,11 @@ def settings_for(
 
 
 def _account_field(message: str) -> str:
-    """A Settings error line ("RISK_MAX_POSITION_USD: must be ...") in the file's words (risk.max_position_usd)."""
-    variable, _, rest = message.partition(": ")
-    name = variable.lower()
+    """A Settings error line in the file's words: RISK_MAX_POSITION_USD -> risk.max_position_usd,
+    STRATEGY_FAST_WINDOW -> strategy.fast_window, PERPS_PROFILE -> profile."""
     for key, field in STRATEGY_FIELDS.items():
-        if name == field:
-            return f"strategy.{key}: {rest}"
-    if name.startswith("risk_"):
-        return f"risk.{name.removeprefix('risk_')}: {rest}"
-    if name == "perps_profile":
-        return f"profile: {rest}"
-    for key, field in STRATEGY_FIELDS.items():  # a rule across fields: its variables in the file's words
         message = message.replace(field.upper(), f"strategy.{key}")
+    message = message.replace("PERPS_PROFILE", "profile")
     return re.sub(r"\bRISK_([A-Z0-9_]+)", lambda m: f"risk.{m.group(1).lower()}", message)
 
 

@@ -27,7 +27,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any, Literal
 
 log = logging.getLogger(__name__)
@@ -138,13 +137,11 @@ class RateLimiter:
         redis_url: str | None = None,
         key_fingerprint: str = "anonymous",
         host: str | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         public_bucket: _LocalBucket | None = None,
     ) -> None:
         self.limits = dict(limits)
         self.waits: Counter[str] = Counter()  # per scope: requests that had to wait
         self.wait_seconds: dict[str, float] = dict.fromkeys(SCOPES, 0.0)  # per scope: seconds spent waiting
-        self._sleep = sleep
         self._count_lock = threading.Lock()
         self._local = {scope: _LocalBucket(limit) for scope, limit in self.limits.items()}
         if public_bucket is not None:  # one per process: every client of this host counts against it
@@ -152,7 +149,6 @@ class RateLimiter:
         self._shared: dict[Scope, _RedisBucket] = {}
         self._redis_down = False
         self._retry_redis_at = 0.0
-        self.redis_url = redis_url
         if redis_url:
             import redis
 
@@ -176,7 +172,7 @@ class RateLimiter:
             if pause <= 0:
                 break
             pause = min(pause, MAX_PAUSE_SECONDS)
-            self._sleep(pause)
+            time.sleep(pause)
             waited += pause
         if waited:
             with self._count_lock:
