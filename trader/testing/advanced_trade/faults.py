@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from trader.testing.advanced_trade.limits import rate_limited
 from trader.testing.advanced_trade.wire import JsonObject, _Answer, _compact_json, _seconds
 
 FaultKind = Literal["429", "500", "503", "timeout", "malformed", "error"]
@@ -46,8 +47,7 @@ class Fault:
     def answer(self, processed: _Answer | None, path: str) -> _Answer:
         """The answer this fault gives instead of `processed` (the real answer when the request was processed)."""
         if self.kind == "429":
-            body = {"error": "RATE_LIMIT_EXCEEDED", "error_details": "", "message": "Too many requests"}
-            return _Answer(429, body, headers={"Retry-After": _seconds(self.retry_after)})
+            return rate_limited({"Retry-After": _seconds(self.retry_after)})
         if self.kind == "500":
             return _Answer(500, {"error": "INTERNAL", "error_details": "", "message": "Internal server error"})
         if self.kind == "503":

@@ -52,5 +52,6 @@ class RequestLimit:
 
 
 def rate_limited(headers: dict[str, str]) -> _Answer:
+    """Coinbase's 429 answer, with these headers (Retry-After, x-ratelimit-*)."""
     body = {"error": "RATE_LIMIT_EXCEEDED", "error_details": "", "message": "Too many requests"}
     return _Answer(429, body, headers=headers)

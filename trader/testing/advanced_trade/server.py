@@ -49,7 +49,6 @@ from trader.testing.advanced_trade.wire import (
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ("/api/v3/brokerage/market/", "/api/v3/brokerage/time")
 RATE_LIMITED = "rate_limited"  # a RecordedRequest's fault when the server's own limit answered it 429
 
 DEFAULT_PERMISSIONS: Mapping[str, Any] = {
@@ -356,7 +355,7 @@ class AdvancedTradeServer(_Endpoints):
             body, body_error = None, error
         if body is not None:
             call = replace(call, body=body)
-        admitted, limit_headers = self._admit(call.path, handler.client_address[0])
+        admitted, limit_headers = self._admit(call, handler.client_address[0])
         with self._lock:
             fault = next((f for f in self._faults if f.matches(method, call.path)), None) if admitted else None
             if fault is not None:
@@ -388,9 +387,12 @@ class AdvancedTradeServer(_Endpoints):
         except OSError:  # the client gave up (e.g. timed out during an injected hang)
             handler.close_connection = True
 
-    def _admit(self, path: str, client_ip: str) -> tuple[bool, dict[str, str]]:
+    def _admit(self, call: _Call, client_ip: str) -> tuple[bool, dict[str, str]]:
         """Coinbase's limits, when set: public endpoints per client IP, the rest per API key (limits.py)."""
-        public = path.startswith(PUBLIC_PATHS)
+        if self.rate_limit is None and self.public_rate_limit is None:
+            return True, {}
+        route, _ = self._find_route(call.method, call.path)
+        public = route is not None and route.scope == "public"
         limit = self.public_rate_limit if public else self.rate_limit
         if limit is None:
             return True, {}
