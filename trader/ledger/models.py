@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import BigInteger, LargeBinary, MetaData, String, Text
+from sqlalchemy import BigInteger, Index, LargeBinary, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -40,6 +40,21 @@ def money(*, nullable: bool = False, default: Decimal | None = None) -> Any:
     return Field(default=... if required else default, sa_type=DecimalType, nullable=nullable)
 
 
+DEFAULT_ACCOUNT = "default"  # the one account of a single-bot install, and the owner of rows older than accounts
+
+
+def account_column(*, primary_key: bool = False, index: bool = True) -> Any:
+    """The account a row belongs to (every ledger table has one; Ledger scopes every query by it). Tables whose
+    composite key or index starts with the account need no index of their own."""
+    return Field(
+        default=DEFAULT_ACCOUNT,
+        primary_key=primary_key,
+        index=index and not primary_key,
+        sa_type=String(64),
+        sa_column_kwargs={"server_default": DEFAULT_ACCOUNT},
+    )
+
+
 def timestamp(*, nullable: bool = False, index: bool = False) -> Any:
     """An aware-UTC timestamp column."""
     return Field(default=None if nullable else ..., sa_type=UTCDateTime, nullable=nullable, index=index)
@@ -48,6 +63,7 @@ def timestamp(*, nullable: bool = False, index: bool = False) -> Any:
 class TradingSession(LedgerModel, table=True):
     __tablename__ = "trading_sessions"
 
+    account: str = account_column()
     id: str = Field(primary_key=True)
     profile: str
     broker: str
@@ -64,9 +80,11 @@ class TradingSession(LedgerModel, table=True):
 
 class OrderRecord(LedgerModel, table=True):
     __tablename__ = "orders"
+    __table_args__ = (UniqueConstraint("account", "client_order_id", name="uq_orders_account_client_order_id"),)
 
+    account: str = account_column(index=False)
     id: int | None = Field(default=None, primary_key=True)
-    client_order_id: str = Field(unique=True)
+    client_order_id: str  # unique per account (uq_orders_account_client_order_id)
     exchange_order_id: str | None = Field(default=None, index=True)
     session_id: str | None = Field(default=None, foreign_key="trading_sessions.id")
     symbol: str
@@ -90,9 +108,11 @@ class OrderRecord(LedgerModel, table=True):
 
 class FillRecord(LedgerModel, table=True):
     __tablename__ = "fills"
+    __table_args__ = (UniqueConstraint("account", "trade_id", name="uq_fills_account_trade_id"),)
 
+    account: str = account_column(index=False)
     id: int | None = Field(default=None, primary_key=True)
-    trade_id: str = Field(unique=True)
+    trade_id: str  # unique per account (uq_fills_account_trade_id)
     exchange_order_id: str
     client_order_id: str = Field(index=True)
     symbol: str
@@ -108,6 +128,7 @@ class FillRecord(LedgerModel, table=True):
 class PositionRecord(LedgerModel, table=True):
     __tablename__ = "positions"
 
+    account: str = account_column(primary_key=True)
     symbol: str = Field(primary_key=True)
     quantity: Decimal = money(default=Decimal(0))
     average_entry_price: Decimal = money(default=Decimal(0))
@@ -118,6 +139,7 @@ class PositionRecord(LedgerModel, table=True):
 class BalanceSnapshot(LedgerModel, table=True):
     __tablename__ = "balance_snapshots"
 
+    account: str = account_column()
     id: int | None = Field(default=None, primary_key=True)
     snapshot_id: str = Field(index=True)
     session_id: str | None = None
@@ -131,9 +153,11 @@ class BalanceSnapshot(LedgerModel, table=True):
 
 class Incident(LedgerModel, table=True):
     __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_account_fingerprint", "account", "fingerprint"),)
 
+    account: str = account_column(index=False)
     id: int | None = Field(default=None, primary_key=True)
-    fingerprint: str = Field(index=True)
+    fingerprint: str  # indexed with the account (ix_incidents_account_fingerprint)
     severity: str
     title: str
     detail: str = Field(sa_type=Text)
@@ -149,6 +173,7 @@ class Incident(LedgerModel, table=True):
 class ChecklistRun(LedgerModel, table=True):
     __tablename__ = "checklist_runs"
 
+    account: str = account_column()
     id: int | None = Field(default=None, primary_key=True)
     checklist: str
     flow_run_id: str | None = None
@@ -163,6 +188,7 @@ class StateEntry(LedgerModel, table=True):
 
     __tablename__ = "state_entries"
 
+    account: str = account_column(primary_key=True)
     key: str = Field(primary_key=True, sa_type=String(512))
     value: bytes = Field(sa_type=LargeBinary)
     checksum: str = Field(sa_type=String(64))
@@ -175,6 +201,7 @@ class Checkpoint(LedgerModel, table=True):
 
     __tablename__ = "checkpoints"
 
+    account: str = account_column()
     id: str = Field(primary_key=True, sa_type=String(64))
     created_at: datetime = timestamp(index=True)
     session_id: str | None = None

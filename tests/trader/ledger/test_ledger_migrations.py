@@ -14,7 +14,7 @@ from sqlalchemy import inspect
 from trader.ledger.db import alembic_config, make_engine, migrate
 from trader.ledger.models import LedgerModel
 
-HEAD = "0003"  # the newest migration
+HEAD = "0004"  # the newest migration
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LEDGER_TABLES = {
     "trading_sessions",
