@@ -10,10 +10,20 @@
         profile: spot                    # default: the environment's (PERPS_PROFILE)
         strategy: {fast_window: 5, slow_window: 20, position_size_usd: 250}
         risk: {max_position_usd: 2000, daily_loss_limit_pct: 2}   # any RISK_* setting, without the prefix
+        metrics_port: 9110               # default: METRICS_PORT + the account's position in the file (0, 1, 2...)
 
 With no file there is one account, named by ACCOUNT (`default`), with the environment's settings: nothing changes
-for a single bot. Every mistake is one line naming the file, the account and the field, with the fix; the
-values of credentials never appear in the file, in errors or in logs.
+for a single bot.
+
+Two bots on one machine never share a local file or a port: a declared account's STATE_DIR is
+`<STATE_DIR>/accounts/<name>` (heartbeat.json, the paper exchange's account, the flag files, the warm journal) and
+its LOG_DIR `<LOG_DIR>/accounts/<name>` (perps_bot.log rotates per process); its metrics port is the file's
+`metrics_port`, else METRICS_PORT + its position in the file, so adding an account at the end moves no other's.
+The ledger database and the cold tier stay the machine's (DATABASE_URL, COLD_STORAGE_URL, or their defaults under
+the machine's STATE_DIR): rows and prefixes there are scoped by account, and one backup covers every account.
+
+Every mistake is one line naming the file, the account and the field, with the fix; the values of credentials never
+appear in the file, in errors or in logs.
 """
 
 from __future__ import annotations
@@ -80,6 +90,7 @@ class AccountSpec(BaseModel):
     profile: Profile | None = None
     strategy: dict[str, Any] = Field(default_factory=dict)
     risk: dict[str, Any] = Field(default_factory=dict)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _coinbase_needs_a_key(self) -> AccountSpec:
@@ -149,17 +160,23 @@ def settings_for(
     profile: str | None = None,
     environ: Mapping[str, str] | None = None,
     secret: SecretLookup | None = None,
+    index: int = 0,
     **overrides: Any,
 ) -> Settings:
     """The settings this account's bot runs with: the environment's, with the account's name, broker, symbols,
-    profile, strategy, risk limits and key (from its env prefix or Secret blocks). ConfigError, one line, naming
-    the account and the field."""
+    profile, strategy, risk limits and key (from its env prefix or Secret blocks), its own state and log folders
+    and metrics port (index: its position in the file). ConfigError, one line, naming the account and the field."""
     who = f"account {spec.name!r}"
+    try:
+        machine = load_settings(**overrides)
+    except ConfigError as error:
+        raise ConfigError(f"{who}: {error}") from None
     fields: dict[str, Any] = {
         "account": spec.name,
         "broker": spec.broker,
         "trading_symbols": ",".join(spec.symbols),
         "profile": spec.profile or profile,
+        **own_files(machine, spec, index),
     }
     for key, value in spec.strategy.items():
         if key not in STRATEGY_FIELDS:
@@ -172,7 +189,7 @@ def settings_for(
             )
         fields[f"risk_{key}"] = value
     try:
-        settings = load_settings(**overrides, **fields)
+        settings = load_settings(**{**overrides, **fields})
     except ConfigError as error:
         raise ConfigError(f"{who}: {_account_field(str(error))}") from None
     if spec.broker == "coinbase":
@@ -180,6 +197,36 @@ def settings_for(
         keys = _credentials(who, spec.credentials, os.environ if environ is None else environ, secret)
         settings = settings.model_copy(update=keys)
     return settings
+
+
+def own_files(machine: Settings, spec: AccountSpec, index: int) -> dict[str, Any]:
+    """The account's own STATE_DIR, LOG_DIR and metrics port on this machine; the machine's ledger and cold tier
+    (fixed here, or their defaults would follow the account's STATE_DIR into a ledger of its own)."""
+    port = spec.metrics_port
+    if port is None:
+        port = machine.metrics_port + index if machine.metrics_port else 0  # 0: a free port each, as METRICS_PORT=0
+    return {
+        "state_dir": machine.state_dir / "accounts" / spec.name,
+        "log_dir": machine.log_dir / "accounts" / spec.name,
+        "database_url": machine.database_url,
+        "cold_storage_url": machine.cold_storage_url,
+        "metrics_port": port,
+    }
+
+
+def _check_ports(path: Path, specs: list[AccountSpec], base_port: int) -> None:
+    """ConfigError when two accounts would export metrics on one port (a file's metrics_port or base + position)."""
+    if not base_port and all(spec.metrics_port is None for spec in specs):
+        return
+    owner: dict[int, str] = {}
+    for index, spec in enumerate(specs):
+        port = spec.metrics_port if spec.metrics_port is not None else base_port + index if base_port else 0
+        if port and port in owner:
+            raise ConfigError(
+                f"{path}: account {spec.name!r}: metrics_port: {port} is taken by account {owner[port]!r} "
+                f"(METRICS_PORT {base_port} + position in the file, unless metrics_port is set); give each its own"
+            )
+        owner[port] = spec.name
 
 
 def _account_field(message: str) -> str:
@@ -247,6 +294,11 @@ def declared(settings: Settings) -> list[AccountSpec] | None:
     return load_accounts(path)
 
 
+# What an account takes from the settings it is chosen from: the machine's folders, ledger, cold tier and base port.
+MACHINE_FIELDS = ("state_dir", "log_dir", "database_url", "cold_storage_url", "metrics_port")
+ALL_ACCOUNTS = "all"
+
+
 def account_settings(
     settings: Settings, name: str, *, profile: str | None = None, secret: SecretLookup | None = None
 ) -> Settings:
@@ -259,19 +311,43 @@ def account_settings(
                 f"{settings.account!r}; declare it there"
             )
         return settings
-    for spec in specs:
+    for index, spec in enumerate(specs):
         if spec.name == name:
-            return settings_for(spec, profile=profile, secret=secret)
+            _check_ports(settings.accounts_file, specs, settings.metrics_port)
+            return settings_for(spec, profile=profile, secret=secret, index=index, **_machine(settings))
     names = ", ".join(spec.name for spec in specs)
     raise ConfigError(f"account {name!r} is not declared in {settings.accounts_file} (declared: {names}); add it there")
 
 
+def selected_accounts(
+    settings: Settings, account: str | None, *, profile: str | None = None, secret: SecretLookup | None = None
+) -> list[Settings]:
+    """The settings of each account a runbook run works on: None or "all" is every declared account (without a file,
+    the environment's one), a name is that account only. ConfigError, one line, before anything is done."""
+    if account is not None and account != ALL_ACCOUNTS:
+        return [account_settings(settings, account, profile=profile, secret=secret)]
+    specs = declared(settings)
+    if specs is None:
+        return [settings]
+    _check_ports(settings.accounts_file, specs, settings.metrics_port)
+    return [
+        settings_for(spec, profile=profile, secret=secret, index=index, **_machine(settings))
+        for index, spec in enumerate(specs)
+    ]
+
+
+def _machine(settings: Settings) -> dict[str, Any]:
+    return {field: getattr(settings, field) for field in MACHINE_FIELDS}
+
+
 __all__ = [
+    "ALL_ACCOUNTS",
     "AccountSpec",
     "Credentials",
     "account_settings",
     "check_symbols",
     "declared",
     "load_accounts",
+    "selected_accounts",
     "settings_for",
 ]

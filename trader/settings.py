@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     # One account = one lease = one active bot (DESIGN.md "The bot's contract"); the id keys the lease row.
     account: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     accounts_file: Path = Path("accounts.yaml")  # the declared accounts (trader/accounts.py); none: just `account`
+    # How many accounts a runbook flow works on at once (one task run each; flows/accounts.py).
+    accounts_max_concurrency: int = Field(4, ge=1, le=64)
     lease_ttl_seconds: float = Field(30.0, gt=0)
     restart_max_per_hour: int = Field(5, gt=0)
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from trader.accounts import account_settings, check_symbols, declared, load_accounts, settings_for
+from trader.accounts import (
+    account_settings,
+    check_symbols,
+    declared,
+    load_accounts,
+    selected_accounts,
+    settings_for,
+)
 from trader.errors import ConfigError
 from trader.settings import load_settings
 
@@ -182,3 +189,53 @@ def test_a_secret_written_into_the_file_is_never_echoed_in_the_error(tmp_path: P
             load_accounts(write(tmp_path, text))
         assert "account 'beta': credentials" in str(caught.value)
         assert "MHcCAQEEIAbc" not in str(caught.value) and "apiKeys" not in str(caught.value)
+
+
+def test_two_declared_accounts_never_share_a_local_file_or_a_metrics_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        tmp_path,
+        GOOD.replace("    risk: {max_position_usd: 2000", "    metrics_port: 9200\n    risk: {max_position_usd: 2000"),
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BETA_COINBASE_KEY_FILE", "/keys/beta.json")
+    settings = load_settings(state_dir=tmp_path / "state", log_dir=tmp_path / "logs", metrics_port=9102)
+
+    alpha, beta, gamma = selected_accounts(settings, None, secret=lambda name: SecretStr("x"))
+
+    assert alpha.state_dir == tmp_path / "state" / "accounts" / "alpha"
+    assert beta.log_dir == tmp_path / "logs" / "accounts" / "beta"
+    assert (alpha.metrics_port, beta.metrics_port, gamma.metrics_port) == (9200, 9103, 9104)
+    # one ledger and one cold tier for every account: the machine's, not a file under each account's folder
+    assert {a.database_url for a in (alpha, beta, gamma)} == {settings.database_url}
+    assert {a.cold_storage_url for a in (alpha, beta, gamma)} == {settings.cold_storage_url}
+    assert account_settings(settings, "beta", secret=lambda name: SecretStr("x")).state_dir == beta.state_dir
+
+
+def test_a_metrics_port_two_accounts_would_share_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        tmp_path,
+        GOOD.replace("    risk: {max_position_usd: 2000", "    metrics_port: 9103\n    risk: {max_position_usd: 2000"),
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(state_dir=tmp_path, metrics_port=9102)
+
+    with pytest.raises(ConfigError, match=r"account 'beta': metrics_port: 9103 is taken by account 'alpha'"):
+        selected_accounts(settings, "all")
+
+
+def test_all_or_no_account_selects_every_declared_one_and_a_name_only_that_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(state_dir=tmp_path)
+    assert selected_accounts(settings, None) == [settings]  # no file: the environment's one account
+    assert selected_accounts(settings, "default") == [settings]
+    write(tmp_path, GOOD.split("  - name: beta")[0])
+
+    assert [a.account for a in selected_accounts(settings, "all")] == ["alpha"]
+    with pytest.raises(ConfigError, match=r"account 'nope' is not declared in accounts.yaml \(declared: alpha\)"):
+        selected_accounts(settings, "nope")
