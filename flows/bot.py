@@ -15,15 +15,17 @@ import threading
 from prefect import flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed, State
 
-from flows.hooks import LEASE_HELD_STATE, incident_on_crashed, incident_on_failure
+from flows.hooks import BAD_INPUT_STATE, LEASE_HELD_STATE, incident_on_crashed, incident_on_failure
 from prefect_adapter.artifacts import markdown_artifact_job
 from prefect_adapter.controls import bot_controls
 from prefect_adapter.orchestrator import TIMEOUT_SECONDS, OrchestratorPoller
 from prefect_adapter.runs import current_flow_run_id, flow_run_url
-from prefect_adapter.secrets import load_settings
+from prefect_adapter.secrets import load_settings, secret_block_value, with_secret_blocks
 from tasks.bot import reconcile_before_trading
 from tasks.supervision import apply_restart_policy
+from trader.accounts import account_settings
 from trader.bot import CycleReport
+from trader.errors import ConfigError
 from trader.ledger.lease import LeaseHeld
 from trader.logs import configure_logging
 from trader.runtime import build_bot, start_metrics
@@ -76,10 +78,21 @@ def trading_bot(
     reduce_only: bool = False,
     dry_run: bool = False,
     restart_of: str | None = None,
+    account: str | None = None,
 ) -> dict | State:
-    """Run the bot until cancelled (or max_cycles): reconcile first, then cycle in plain Python."""
+    """Run the bot of `account` (default: the environment's ACCOUNT) until cancelled (or max_cycles): reconcile
+    first, then cycle in plain Python."""
     logger = get_run_logger()
     settings = load_settings(profile=profile, risk_reduce_only_mode=True if reduce_only else None)
+    if account is not None:
+        try:
+            settings = account_settings(settings, account, profile=profile, secret=secret_block_value)
+        except ConfigError as error:
+            logger.error("%s", error)
+            return Failed(message=str(error), name=BAD_INPUT_STATE)
+        settings = with_secret_blocks(settings)
+        if reduce_only:
+            settings = settings.model_copy(update={"risk_reduce_only_mode": True})
     configure_logging(settings.log_file, stderr=False)
     # Started by the restart automation (deployments/automations.py): the restart policy decides before anything.
     restart = apply_restart_policy(settings, restart_of) if restart_of else None

@@ -6,13 +6,16 @@ the runbook's on-demand "take a checkpoint now" from the UI or `prefect deployme
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from typing import Any
 
+from prefect import flow, get_run_logger
+from prefect.states import State
+
+from flows.accounts import for_each_account
 from flows.hooks import RUNBOOK_HOOKS
-from prefect_adapter.artifacts import publish_markdown
+from prefect_adapter.artifacts import account_key, publish_markdown
 from tasks.checkpoint import create_checkpoint
-from tasks.ledger import migrate_ledger
-from trader.settings import load_settings
+from trader.settings import Settings
 from trader.state.checkpoint_render import checkpoint_markdown
 
 
@@ -23,11 +26,24 @@ from trader.state.checkpoint_render import checkpoint_markdown
     timeout_seconds=300,
     **RUNBOOK_HOOKS,
 )
-def checkpoint(profile: str = "dev", reason: str = "scheduled", with_broker: bool = True) -> str:
+def checkpoint(
+    profile: str = "dev", reason: str = "scheduled", with_broker: bool = True, account: str | None = None
+) -> str | dict[str, Any] | State:
+    """Checkpoint each account (unset or "all": every declared account; a name: that one); returns its id."""
+    return for_each_account(
+        "checkpoint",
+        account,
+        profile,
+        lambda settings: checkpoint_account(settings, reason, with_broker),
+        figures=lambda checkpoint_id: {"checkpoint": checkpoint_id},
+    )
+
+
+def checkpoint_account(settings: Settings, reason: str, with_broker: bool) -> str:
     """Create a checkpoint (ledger positions and open orders, broker balances); returns its id."""
-    settings = load_settings(profile=profile)
-    migrate_ledger(settings)
     info = create_checkpoint(settings, reason, with_broker)
-    get_run_logger().info("checkpoint %s created: %d bytes, sha256 %s", info.id, info.size_bytes, info.sha256[:12])
-    publish_markdown("checkpoint", checkpoint_markdown(info, reason))
+    get_run_logger().info(
+        "checkpoint %s of %s created: %d bytes, sha256 %s", info.id, settings.account, info.size_bytes, info.sha256[:12]
+    )
+    publish_markdown(account_key("checkpoint", settings.account), checkpoint_markdown(info, reason))
     return info.id

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 BOT_FLOW = "trading-bot"
 # The state name of a bot run refused because another live bot holds the account: that bot trades, nothing is down.
 LEASE_HELD_STATE = "LeaseHeld"
+# The state name of a run refused for its parameters (an undeclared account): the operator's typo, nothing is down.
+BAD_INPUT_STATE = "BadInput"
 
 
 def flow_fingerprint(flow_name: str) -> str:
@@ -78,8 +80,9 @@ def _open(flow: Any, flow_run: Any, state: Any, *, crashed: bool) -> None:
 
 def incident_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """on_failure hook: open (or update) the flow's incident with the state message as evidence; a bot run refused
-    because another bot holds the account opens none (that bot is trading: not "bot offline")."""
-    if getattr(state, "name", None) == LEASE_HELD_STATE:
+    because another bot holds the account opens none (that bot is trading: not "bot offline"), nor does a run refused
+    for its parameters (an undeclared account: nothing written)."""
+    if getattr(state, "name", None) in (LEASE_HELD_STATE, BAD_INPUT_STATE):
         _run_logger(flow, flow_run).warning("refused, no incident: %s", getattr(state, "message", ""))
         return
     _open(flow, flow_run, state, crashed=False)

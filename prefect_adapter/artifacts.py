@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
+
+DEFAULT_ACCOUNT = "default"
+
+
+def account_key(key: str, account: str) -> str:
+    """The artifact key of one account's result: `key` for the default account (as before accounts), else
+    `key-<account>` in Prefect's key alphabet (lowercase letters, digits, dashes)."""
+    if account == DEFAULT_ACCOUNT:
+        return key
+    return f"{key}-{re.sub(r'[^a-z0-9-]', '-', account.lower())}"
 
 
 def publish_markdown(key: str, markdown: str, description: str | None = None) -> None:

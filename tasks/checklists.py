@@ -13,7 +13,7 @@ from datetime import datetime
 
 from prefect import task
 
-from prefect_adapter.artifacts import publish_table
+from prefect_adapter.artifacts import account_key, publish_table
 from tasks.policies import LOCAL_CHECK, NETWORK_READ
 from trader.alerts.incidents import IncidentDesk, report_checks
 from trader.alerts.severity import IncidentKind, Severity
@@ -82,7 +82,7 @@ def market_data_quality(settings: Settings, previous_gate_failed: int | None) ->
             max_age_seconds=settings.risk_max_data_age_seconds,
         )
         publish_table(
-            DATA_QUALITY_ARTIFACT,
+            account_key(DATA_QUALITY_ARTIFACT, settings.account),
             quality.rows,
             description=f"market data quality, profile {settings.profile}: {quality.result.evidence}"[:2000],
         )

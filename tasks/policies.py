@@ -72,6 +72,8 @@ class TaskPolicy:
 
 # A check of files on this machine (log file, heartbeat, disk): nothing to wait out, so no retry.
 LOCAL_CHECK = TaskPolicy()
+# One account's share of a runbook run (tasks/accounts.py): its own tasks retry; the share is never run twice.
+ACCOUNT_SHARE = TaskPolicy()
 # A read of the broker, the database or the cold tier: 2, 4, 8 s for a blip (checklists, reports, checkpoints).
 NETWORK_READ = TaskPolicy(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
 # The audit's broker reads and idempotent repairs: longer backoff, jitter, and only a transient error is retried.

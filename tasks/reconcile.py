@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from prefect import task
 
-from prefect_adapter.artifacts import publish_markdown, publish_table
+from prefect_adapter.artifacts import account_key, publish_markdown, publish_table
 from tasks.policies import ALERT, AUDIT, LEDGER_WRITE
 from trader.alerts.incidents import IncidentDesk
 from trader.brokers.base import Broker
@@ -33,10 +33,13 @@ def audit_ledger(settings: Settings, broker: Broker, balance_tolerance_quote: De
 
 
 @task(name="publish-reconcile-report", **ALERT.options())
-def publish_report(report: AuditReport, profile: str) -> None:
-    """A table artifact (one row per difference, or one "no differences" row) and a markdown summary."""
-    publish_table(DIFFERENCES_ARTIFACT, report.rows(), description=f"profile {profile}: {report.summary()}")
-    publish_markdown(SUMMARY_ARTIFACT, report.markdown(), description=f"profile {profile}")
+def publish_report(report: AuditReport, settings: Settings) -> None:
+    """A table artifact (one row per difference, or one "no differences" row) and a markdown summary, keyed by the
+    account (account_key)."""
+    where = f"account {settings.account}, profile {settings.profile}"
+    differences = account_key(DIFFERENCES_ARTIFACT, settings.account)
+    publish_table(differences, report.rows(), description=f"{where}: {report.summary()}")
+    publish_markdown(account_key(SUMMARY_ARTIFACT, settings.account), report.markdown(), description=where)
 
 
 @task(name="update-drift-incident", tags=["ledger"], **LEDGER_WRITE.options())
