@@ -42,7 +42,7 @@ def test_metrics_file_is_rewritten_every_cycle_and_served_by_the_standalone_expo
     )
 
     assert ran.returncode == 0, ran.stderr
-    assert "perps_bot_cycles_total 3.0" in metrics_file.read_text()
+    assert 'perps_bot_cycles_total{account="default"} 3.0' in metrics_file.read_text()
     assert json.loads(Path(f"{metrics_file}.health.json").read_text())["active_positions"] is not None
 
     port = free_port()
@@ -66,7 +66,7 @@ def test_metrics_file_is_rewritten_every_cycle_and_served_by_the_standalone_expo
                     exporter.stderr and exporter.stderr.read()
                 )
                 time.sleep(0.2)
-        assert "perps_bot_cycles_total 3.0" in scrape
+        assert 'perps_bot_cycles_total{account="default"} 3.0' in scrape
     finally:
         exporter.terminate()
         exporter.wait(timeout=10)

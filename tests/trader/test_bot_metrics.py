@@ -58,14 +58,14 @@ def test_a_running_bot_is_scraped_over_http_and_reports_unhealthy_once_stopped(t
     status, text = scrape(f"{server.url}/metrics")
     assert status == 200
     positions = sum(1 for p in exchange.positions() if p.quantity)
-    assert sample(text, "perps_bot_position_count") == positions
-    assert sample(text, 'perps_bot_api_latency_seconds_count{method="candles"}') >= 40
+    assert sample(text, 'perps_bot_position_count{account="default"}') == positions
+    assert sample(text, 'perps_bot_api_latency_seconds_count{account="default",method="candles"}') >= 40
     # startup reconciliation's reads go through the metered broker too
-    assert sample(text, 'perps_bot_api_latency_seconds_count{method="list_open_orders"}') >= 1
-    assert sample(text, "perps_bot_cycles_total") == summary.cycles == 40
-    assert sample(text, "perps_bot_data_gate_checks_total") == 40
-    assert sample(text, 'perps_bot_guard_level{guard="error_rate"}') == 0
-    assert sample(text, "perps_bot_last_checkpoint_age_seconds") >= 0
+    assert sample(text, 'perps_bot_api_latency_seconds_count{account="default",method="list_open_orders"}') >= 1
+    assert sample(text, 'perps_bot_cycles_total{account="default"}') == summary.cycles == 40
+    assert sample(text, 'perps_bot_data_gate_checks_total{account="default"}') == 40
+    assert sample(text, 'perps_bot_guard_level{account="default",guard="error_rate"}') == 0
+    assert sample(text, 'perps_bot_last_checkpoint_age_seconds{account="default"}') >= 0
 
     status, body = scrape(f"{server.url}/health")
     health = json.loads(body)
@@ -73,7 +73,7 @@ def test_a_running_bot_is_scraped_over_http_and_reports_unhealthy_once_stopped(t
     assert health["active_positions"] == positions and health["balance"] > 0 and health["uptime_seconds"] >= 0
     newest = bot.broker.candles("BTC-USD", 1)[-1].start
     assert health["last_data_update"] == newest.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert "perps_bot_cycles_total 40.0" in (tmp_path / "metrics.prom").read_text()
+    assert 'perps_bot_cycles_total{account="default"} 40.0' in (tmp_path / "metrics.prom").read_text()
 
     bot.stop()
     status, body = scrape(f"{server.url}/health")

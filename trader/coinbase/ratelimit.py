@@ -252,7 +252,8 @@ def shared_limiter(max_rps: float | None, redis_url: str | None, key_name: str |
 
 
 def totals() -> dict[Scope, tuple[int, float]]:
-    """Per scope, (requests that waited, seconds waited) over every limiter of this process: the exporter's counters."""
+    """Per scope, (requests that waited, seconds waited) over every limiter of this process: the exporter's counters,
+    which label them with the account of the bot exporting them (one bot, so one account, per process)."""
     with _limiters_lock:
         limiters = list(_limiters.values())
     return {

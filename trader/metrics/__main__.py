@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=9102, help="port (default 9102; 0 picks a free port)")
     parser.add_argument(
+        "--account",
+        default=None,
+        help="the bot's account (ACCOUNT) for the file-age gauges (default: the one the bot wrote in its health JSON)",
+    )
+    parser.add_argument(
         "--stale-after",
         type=float,
         default=DEFAULT_STALE_AFTER_SECONDS,
@@ -30,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.stale_after <= 0:
         parser.error("--stale-after must be above 0")
+    if args.account is not None and not args.account.strip():
+        parser.error("--account must name the bot's account (ACCOUNT)")
     try:
-        server = serve_metrics_file(args.metrics_file, args.host, args.port, stale_after_seconds=args.stale_after)
+        server = serve_metrics_file(
+            args.metrics_file, args.host, args.port, account=args.account, stale_after_seconds=args.stale_after
+        )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """The Prometheus exporter and /health endpoint of one bot process, and the standalone --metrics-file exporter.
 
 BotMetrics keeps every metric in its own CollectorRegistry (never prometheus_client's global one), so two
-bots, or a bot and its tests, in one process never collide. Counters and histograms are prometheus_client's
+bots, or a bot and its tests, in one process never collide. Every perps_bot_* series carries an `account` label
+naming the bot's account (ACCOUNT), so one Prometheus scraping many bots tells them apart and alert rules can
+aggregate `by (account)`. Counters and histograms are prometheus_client's
 own (thread-safe); the gauges come from one collector that reads the last CycleTelemetry under a lock at
 scrape time, so ages (last cycle, last checkpoint, market data) grow between cycles.
 
@@ -11,7 +13,8 @@ comparison in an alert rule.
 
 write_metrics_file(PATH) writes the text exposition to PATH and the /health JSON to PATH.health.json beside
 it, each atomically (temporary file in the same folder, then os.replace). serve_metrics_file(PATH) serves
-both for when the bot runs elsewhere; its /health says "stale" (HTTP 503) when PATH stopped being updated.
+both for when the bot runs elsewhere; its /health says "stale" (HTTP 503) when PATH stopped being updated, and
+its own two gauges (file age, stale) carry the account the file's health JSON names.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ HealthStatus = Literal["starting", "healthy", "degraded", "halted", "unhealthy",
 # /health answers HTTP 503 for these and 200 for the rest.
 UNHEALTHY_STATUSES: frozenset[str] = frozenset({"unhealthy", "stale"})
 DEFAULT_STALE_AFTER_SECONDS = 180.0  # three 60 s cycles
+DEFAULT_ACCOUNT = "default"  # Settings.account's default: a single bot's account
+UNKNOWN_ACCOUNT = "unknown"  # the standalone exporter before any health JSON named the file's account
 GUARD_LEVEL_VALUE: dict[str, int] = {"ok": 0, "warning": 1, "critical": 2}
 TRIP_LEVELS: tuple[str, ...] = ("warning", "critical")
 
@@ -92,32 +97,46 @@ class _GaugeCollector:
         return self._families(True)
 
 
-def _rate_limit_families(with_samples: bool) -> list[Metric]:
-    """The Coinbase rate limiter's waits, per scope (private per key, public per IP), over this process."""
-    waits = CounterMetricFamily(
-        "perps_bot_rate_limit_waits", "Coinbase requests that waited for the shared rate limiter.", labels=["scope"]
-    )
-    seconds = CounterMetricFamily(
-        "perps_bot_rate_limit_wait_seconds", "Seconds Coinbase requests waited for the rate limiter.", labels=["scope"]
-    )
-    if with_samples:
-        for scope, (count, waited) in ratelimit.totals().items():
-            waits.add_metric([scope], count)
-            seconds.add_metric([scope], waited)
-    return [waits, seconds]
+def _rate_limit_families(account: str) -> Callable[[bool], list[Metric]]:
+    """The Coinbase rate limiter's waits, per scope (private per key, public per IP), over this process, labelled
+    with the exporting bot's account (one bot per process: one trading-bot/<account> deployment each)."""
+
+    def families(with_samples: bool) -> list[Metric]:
+        waits = CounterMetricFamily(
+            "perps_bot_rate_limit_waits",
+            "Coinbase requests that waited for the shared rate limiter.",
+            labels=["account", "scope"],
+        )
+        seconds = CounterMetricFamily(
+            "perps_bot_rate_limit_wait_seconds",
+            "Seconds Coinbase requests waited for the rate limiter.",
+            labels=["account", "scope"],
+        )
+        if with_samples:
+            for scope, (count, waited) in ratelimit.totals().items():
+                waits.add_metric([account, scope], count)
+                seconds.add_metric([account, scope], waited)
+        return [waits, seconds]
+
+    return families
 
 
 class BotMetrics:
-    """All metrics of one bot process in its own CollectorRegistry (never the global one)."""
+    """All metrics of one bot process in its own CollectorRegistry (never the global one), each series labelled
+    with the bot's account."""
 
     def __init__(
         self,
         *,
+        account: str = DEFAULT_ACCOUNT,
         clock: Callable[[], float] = time.time,
         stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
     ) -> None:
         if stale_after_seconds <= 0:
             raise ValueError(f"stale_after_seconds must be above 0, got {stale_after_seconds}")
+        if not account.strip():
+            raise ValueError("account must name the bot's account (ACCOUNT), got an empty name")
+        self.account = account
         self._clock = clock
         self.stale_after_seconds = stale_after_seconds
         self._lock = threading.Lock()
@@ -129,42 +148,58 @@ class BotMetrics:
 
         self.registry = CollectorRegistry()
         r = self.registry
+        # "account" first on every series; the account-only ones are this account's child, present (0) from start.
         self._api_latency = Histogram(
             "perps_bot_api_latency_seconds",
             "Broker and market-data API call latency.",
-            ["method"],
+            ["account", "method"],
             buckets=API_LATENCY_BUCKETS,
             registry=r,
         )
-        self._api_calls = Counter("perps_bot_api_calls_total", "API calls made.", ["method"], registry=r)
-        self._api_errors = Counter("perps_bot_api_errors_total", "API calls that failed.", ["method"], registry=r)
+        self._api_calls = Counter("perps_bot_api_calls_total", "API calls made.", ["account", "method"], registry=r)
+        self._api_errors = Counter(
+            "perps_bot_api_errors_total", "API calls that failed.", ["account", "method"], registry=r
+        )
         self._guard_trips = Counter(
-            "perps_bot_guard_trips_total", "Guards entering warning or critical.", ["guard", "level"], registry=r
+            "perps_bot_guard_trips_total",
+            "Guards entering warning or critical.",
+            ["account", "guard", "level"],
+            registry=r,
         )
         self._recovery = Histogram(
             "perps_bot_recovery_duration_seconds",
             "Duration of recoveries (engine, redis, postgres, s3, ...).",
-            ["kind"],
+            ["account", "kind"],
             buckets=RECOVERY_BUCKETS,
             registry=r,
         )
         self._cycle_duration = Histogram(
-            "perps_bot_cycle_duration_seconds", "Duration of one bot cycle.", buckets=CYCLE_BUCKETS, registry=r
+            "perps_bot_cycle_duration_seconds",
+            "Duration of one bot cycle.",
+            ["account"],
+            buckets=CYCLE_BUCKETS,
+            registry=r,
+        ).labels(account=account)
+        self._cycles = Counter("perps_bot_cycles_total", "Cycles finished.", ["account"], registry=r).labels(
+            account=account
         )
-        self._cycles = Counter("perps_bot_cycles_total", "Cycles finished.", registry=r)
-        self._gate_checks = Counter("perps_bot_data_gate_checks_total", "Market-data gate checks.", registry=r)
-        self._gate_failures = Counter("perps_bot_data_gate_failures_total", "Market-data gate failures.", registry=r)
+        self._gate_checks = Counter(
+            "perps_bot_data_gate_checks_total", "Market-data gate checks.", ["account"], registry=r
+        ).labels(account=account)
+        self._gate_failures = Counter(
+            "perps_bot_data_gate_failures_total", "Market-data gate failures.", ["account"], registry=r
+        ).labels(account=account)
         r.register(_GaugeCollector(self._gauge_families))
-        r.register(_GaugeCollector(_rate_limit_families))
+        r.register(_GaugeCollector(_rate_limit_families(account)))
 
     def observe_api_call(self, method: str, seconds: float, ok: bool) -> None:
         """Count one API call and its latency under its method name."""
         if seconds < 0 or not math.isfinite(seconds):
             raise ValueError(f"API call {method!r} took {seconds} s; a duration is finite and at least 0")
-        self._api_latency.labels(method=method).observe(seconds)
-        self._api_calls.labels(method=method).inc()
+        self._api_latency.labels(account=self.account, method=method).observe(seconds)
+        self._api_calls.labels(account=self.account, method=method).inc()
         if not ok:
-            self._api_errors.labels(method=method).inc()
+            self._api_errors.labels(account=self.account, method=method).inc()
 
     def record_cycle(self, t: CycleTelemetry) -> None:
         """Take a finished cycle's telemetry: gauges now show it, counters and the duration histogram add it."""
@@ -181,13 +216,13 @@ class BotMetrics:
         """Count a guard entering warning or critical."""
         if level not in TRIP_LEVELS:
             raise ValueError(f"guard {guard!r} tripped at level {level!r}; a trip is one of {', '.join(TRIP_LEVELS)}")
-        self._guard_trips.labels(guard=guard, level=level).inc()
+        self._guard_trips.labels(account=self.account, guard=guard, level=level).inc()
 
     def record_recovery(self, kind: str, seconds: float) -> None:
         """Observe how long one recovery took (kind: engine, redis, postgres, s3, ...)."""
         if seconds < 0 or not math.isfinite(seconds):
             raise ValueError(f"recovery {kind!r} took {seconds} s; a duration is finite and at least 0")
-        self._recovery.labels(kind=kind).observe(seconds)
+        self._recovery.labels(account=self.account, kind=kind).observe(seconds)
 
     def set_last_checkpoint(self, wall_time: float) -> None:
         """Note when the last checkpoint was written (the constructor's clock); its age is computed per scrape."""
@@ -210,7 +245,7 @@ class BotMetrics:
 
         def put(name: str, value: float | None, labels: list[str] | None = None) -> None:
             if value is not None and math.isfinite(value):
-                families[name].add_metric(labels or [], value)
+                families[name].add_metric([self.account, *(labels or [])], value)
 
         put("perps_bot_up", 0.0 if stopped else 1.0)
         put("perps_bot_uptime_seconds", max(now - started, 0.0))
@@ -236,7 +271,7 @@ class BotMetrics:
 
     def health(self) -> dict[str, Any]:
         """The runbook's /health JSON (status, uptime_seconds, active_positions, balance, last_data_update) plus
-        trading_state, guards, cycle, last_cycle_age_seconds, last_checkpoint_age_seconds and reason.
+        account, trading_state, guards, cycle, last_cycle_age_seconds, last_checkpoint_age_seconds and reason.
 
         Before the first cycle the per-cycle values are None (guards {}, cycle 0) and status is "starting".
         """
@@ -251,6 +286,7 @@ class BotMetrics:
             "active_positions": last.position_count if last else None,
             "balance": _finite(last.balance) if last else None,
             "last_data_update": _iso_z(last.last_data_update) if last and last.last_data_update else None,
+            "account": self.account,
             "trading_state": last.trading_state if last else None,
             "guards": dict(sorted(last.guard_levels.items())) if last else {},
             "cycle": last.cycle if last else 0,
@@ -291,7 +327,7 @@ class BotMetrics:
 
 
 def _gauge_labels(name: str) -> list[str]:
-    return {"perps_bot_trading_state": ["state"], "perps_bot_guard_level": ["guard"]}.get(name, [])
+    return ["account", *{"perps_bot_trading_state": ["state"], "perps_bot_guard_level": ["guard"]}.get(name, [])]
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -312,18 +348,26 @@ def health_file_for(path: Path) -> Path:
 
 
 class MetricsFileSource:
-    """The latest --metrics-file and its health JSON, as a MetricsSource for a standalone exporter."""
+    """The latest --metrics-file and its health JSON, as a MetricsSource for a standalone exporter.
+
+    Its own gauges carry the file's account: `account` when given, else the one the health JSON names (the bot
+    writes it), else "unknown" (no health JSON yet).
+    """
 
     def __init__(
         self,
         path: Path,
         *,
+        account: str | None = None,
         stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
         clock: Callable[[], float] = time.time,  # compared with the file's modification time: wall clock
     ) -> None:
         if stale_after_seconds <= 0:
             raise ValueError(f"stale_after_seconds must be above 0, got {stale_after_seconds}")
+        if account is not None and not account.strip():
+            raise ValueError("account must name the bot's account (ACCOUNT), got an empty name")
         self.path = path
+        self.account = account
         self.stale_after_seconds = stale_after_seconds
         self._clock = clock
         self._registry = CollectorRegistry()
@@ -337,18 +381,34 @@ class MetricsFileSource:
             return None
         return max(self._clock() - mtime, 0.0)
 
+    def file_account(self) -> str:
+        """The served file's account: the one given, else the one its health JSON names, else "unknown"."""
+        if self.account is not None:
+            return self.account
+        try:
+            written = json.loads(health_file_for(self.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # missing, unreadable or not JSON: health() says which
+            return UNKNOWN_ACCOUNT
+        named = written.get("account") if isinstance(written, dict) else None
+        return named if isinstance(named, str) and named.strip() else UNKNOWN_ACCOUNT
+
     def _file_families(self, with_samples: bool) -> list[Metric]:
         age_family = GaugeMetricFamily(
-            "perps_bot_metrics_file_age_seconds", "Seconds since the served --metrics-file was updated."
+            "perps_bot_metrics_file_age_seconds",
+            "Seconds since the served --metrics-file was updated.",
+            labels=["account"],
         )
         stale_family = GaugeMetricFamily(
-            "perps_bot_metrics_file_stale", "1 when the --metrics-file is missing or older than the threshold."
+            "perps_bot_metrics_file_stale",
+            "1 when the --metrics-file is missing or older than the threshold.",
+            labels=["account"],
         )
         if with_samples:
+            account = self.file_account()
             age = self.file_age_seconds()
             if age is not None:
-                age_family.add_metric([], age)
-            stale_family.add_metric([], 1.0 if age is None or age > self.stale_after_seconds else 0.0)
+                age_family.add_metric([account], age)
+            stale_family.add_metric([account], 1.0 if age is None or age > self.stale_after_seconds else 0.0)
         return [age_family, stale_family]
 
     def render(self) -> bytes:
@@ -372,7 +432,12 @@ class MetricsFileSource:
         }
         age = self.file_age_seconds()
         if age is None:
-            return {**result, "metrics_file_age_seconds": None, "reason": f"metrics file {self.path} does not exist"}
+            return {
+                **result,
+                "account": self.account or UNKNOWN_ACCOUNT,
+                "metrics_file_age_seconds": None,
+                "reason": f"metrics file {self.path} does not exist",
+            }
         health_path = health_file_for(self.path)
         try:
             written = json.loads(health_path.read_text(encoding="utf-8"))
@@ -384,6 +449,10 @@ class MetricsFileSource:
         except ValueError as error:  # includes json.JSONDecodeError and UnicodeDecodeError
             result["status"] = "unhealthy"
             result["reason"] = f"health file {health_path} is not valid JSON ({error})"
+        if self.account is not None:
+            result["account"] = self.account
+        elif not isinstance(result.get("account"), str) or not result["account"].strip():
+            result["account"] = UNKNOWN_ACCOUNT
         result["metrics_file_age_seconds"] = round(age, 3)
         if age > self.stale_after_seconds:
             result["status"] = "stale"
@@ -518,10 +587,13 @@ def serve_metrics_file(
     host: str = "127.0.0.1",
     port: int = 9102,
     *,
+    account: str | None = None,
     stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
 ) -> MetricsServer:
-    """Start a standalone exporter serving the latest contents of a --metrics-file and its health JSON."""
-    server = MetricsServer(MetricsFileSource(path, stale_after_seconds=stale_after_seconds), host, port).start()
+    """Start a standalone exporter serving the latest contents of a --metrics-file and its health JSON (its own
+    gauges labelled with `account`, or the account the bot wrote into the health JSON)."""
+    source = MetricsFileSource(path, account=account, stale_after_seconds=stale_after_seconds)
+    server = MetricsServer(source, host, port).start()
     if not path.exists():
         log.warning("metrics file %s does not exist yet; /health answers unhealthy until the bot writes it", path)
     return server

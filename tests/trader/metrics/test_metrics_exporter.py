@@ -23,17 +23,17 @@ def test_cycle_values_appear_on_metrics_after_record_cycle(metrics: BotMetrics, 
 
     assert before.status == after.status == 200
     assert after.content_type.startswith("text/plain")
-    assert value(before.body, "perps_bot_position_count") is None
-    assert value(after.body, "perps_bot_position_count") == 3
-    assert value(after.body, "perps_bot_daily_pnl_pct") == -0.8
-    assert value(after.body, "perps_bot_balance") == 9876.5
-    assert value(after.body, "perps_bot_error_rate_pct") == 1.5
-    assert value(after.body, "perps_bot_order_success_pct") == 98.0
-    assert value(after.body, "perps_bot_market_data_age_seconds") == 4.0
-    assert value(after.body, "perps_bot_cycles_total") == 1
-    assert value(after.body, "perps_bot_cycle_duration_seconds_count") == 1
-    assert value(after.body, "perps_bot_cycle_duration_seconds_sum") == pytest.approx(0.12)
-    assert value(after.body, "perps_bot_up") == 1
+    assert value(before.body, "perps_bot_position_count", account="default") is None
+    assert value(after.body, "perps_bot_position_count", account="default") == 3
+    assert value(after.body, "perps_bot_daily_pnl_pct", account="default") == -0.8
+    assert value(after.body, "perps_bot_balance", account="default") == 9876.5
+    assert value(after.body, "perps_bot_error_rate_pct", account="default") == 1.5
+    assert value(after.body, "perps_bot_order_success_pct", account="default") == 98.0
+    assert value(after.body, "perps_bot_market_data_age_seconds", account="default") == 4.0
+    assert value(after.body, "perps_bot_cycles_total", account="default") == 1
+    assert value(after.body, "perps_bot_cycle_duration_seconds_count", account="default") == 1
+    assert value(after.body, "perps_bot_cycle_duration_seconds_sum", account="default") == pytest.approx(0.12)
+    assert value(after.body, "perps_bot_up", account="default") == 1
 
 
 def test_trading_state_and_guard_levels_are_gauges_per_label(metrics: BotMetrics, server: MetricsServer) -> None:
@@ -46,12 +46,12 @@ def test_trading_state_and_guard_levels_are_gauges_per_label(metrics: BotMetrics
 
     body = get(server.url + "/metrics").body
 
-    assert value(body, "perps_bot_guard_level", guard="daily_loss") == 1
-    assert value(body, "perps_bot_guard_level", guard="error_rate") == 2
-    assert value(body, "perps_bot_guard_level", guard="latency") == 0
-    assert value(body, "perps_bot_trading_state", state="reduce_only") == 1
-    assert value(body, "perps_bot_trading_state", state="trading") == 0
-    assert value(body, "perps_bot_trading_state", state="halted") == 0
+    assert value(body, "perps_bot_guard_level", account="default", guard="daily_loss") == 1
+    assert value(body, "perps_bot_guard_level", account="default", guard="error_rate") == 2
+    assert value(body, "perps_bot_guard_level", account="default", guard="latency") == 0
+    assert value(body, "perps_bot_trading_state", account="default", state="reduce_only") == 1
+    assert value(body, "perps_bot_trading_state", account="default", state="trading") == 0
+    assert value(body, "perps_bot_trading_state", account="default", state="halted") == 0
 
 
 def test_unknown_values_are_absent_not_nan(metrics: BotMetrics, server: MetricsServer) -> None:
@@ -75,8 +75,8 @@ def test_market_data_age_keeps_growing_until_the_next_cycle(
 
     body = get(server.url + "/metrics").body
 
-    assert value(body, "perps_bot_market_data_age_seconds") == 34.0
-    assert value(body, "perps_bot_last_cycle_age_seconds") == 30.0
+    assert value(body, "perps_bot_market_data_age_seconds", account="default") == 34.0
+    assert value(body, "perps_bot_last_cycle_age_seconds", account="default") == 30.0
 
 
 def test_api_latency_histogram_counts_calls_per_method(metrics: BotMetrics, server: MetricsServer) -> None:
@@ -86,15 +86,17 @@ def test_api_latency_histogram_counts_calls_per_method(metrics: BotMetrics, serv
 
     body = get(server.url + "/metrics").body
 
-    assert value(body, "perps_bot_api_latency_seconds_count", method="get_candles") == 2
-    assert value(body, "perps_bot_api_latency_seconds_bucket", method="get_candles", le="0.005") == 1
-    assert value(body, "perps_bot_api_latency_seconds_bucket", method="get_candles", le="0.5") == 2
-    assert value(body, "perps_bot_api_latency_seconds_bucket", method="place_order", le="1.0") == 0
-    assert value(body, "perps_bot_api_latency_seconds_bucket", method="place_order", le="5.0") == 1
-    assert value(body, "perps_bot_api_latency_seconds_sum", method="place_order") == pytest.approx(1.2)
-    assert value(body, "perps_bot_api_calls_total", method="get_candles") == 2
-    assert value(body, "perps_bot_api_errors_total", method="place_order") == 1
-    assert value(body, "perps_bot_api_errors_total", method="get_candles") is None
+    assert value(body, "perps_bot_api_latency_seconds_count", account="default", method="get_candles") == 2
+    assert value(body, "perps_bot_api_latency_seconds_bucket", account="default", method="get_candles", le="0.005") == 1
+    assert value(body, "perps_bot_api_latency_seconds_bucket", account="default", method="get_candles", le="0.5") == 2
+    assert value(body, "perps_bot_api_latency_seconds_bucket", account="default", method="place_order", le="1.0") == 0
+    assert value(body, "perps_bot_api_latency_seconds_bucket", account="default", method="place_order", le="5.0") == 1
+    assert value(body, "perps_bot_api_latency_seconds_sum", account="default", method="place_order") == pytest.approx(
+        1.2
+    )
+    assert value(body, "perps_bot_api_calls_total", account="default", method="get_candles") == 2
+    assert value(body, "perps_bot_api_errors_total", account="default", method="place_order") == 1
+    assert value(body, "perps_bot_api_errors_total", account="default", method="get_candles") is None
 
 
 def test_guard_trips_are_counted_with_guard_and_level_labels(metrics: BotMetrics, server: MetricsServer) -> None:
@@ -105,9 +107,9 @@ def test_guard_trips_are_counted_with_guard_and_level_labels(metrics: BotMetrics
 
     body = get(server.url + "/metrics").body
 
-    assert value(body, "perps_bot_guard_trips_total", guard="daily_loss", level="warning") == 2
-    assert value(body, "perps_bot_guard_trips_total", guard="daily_loss", level="critical") == 1
-    assert value(body, "perps_bot_guard_trips_total", guard="error_rate", level="warning") == 1
+    assert value(body, "perps_bot_guard_trips_total", account="default", guard="daily_loss", level="warning") == 2
+    assert value(body, "perps_bot_guard_trips_total", account="default", guard="daily_loss", level="critical") == 1
+    assert value(body, "perps_bot_guard_trips_total", account="default", guard="error_rate", level="warning") == 1
 
 
 def test_guard_trip_at_level_ok_is_refused(metrics: BotMetrics) -> None:
@@ -117,10 +119,10 @@ def test_guard_trip_at_level_ok_is_refused(metrics: BotMetrics) -> None:
 
 def test_last_checkpoint_age_grows_with_the_clock(metrics: BotMetrics, server: MetricsServer, clock: Clock) -> None:
     metrics.set_last_checkpoint(clock.now)
-    first = value(get(server.url + "/metrics").body, "perps_bot_last_checkpoint_age_seconds")
+    first = value(get(server.url + "/metrics").body, "perps_bot_last_checkpoint_age_seconds", account="default")
     clock.advance(95)
 
-    second = value(get(server.url + "/metrics").body, "perps_bot_last_checkpoint_age_seconds")
+    second = value(get(server.url + "/metrics").body, "perps_bot_last_checkpoint_age_seconds", account="default")
 
     assert first == 0
     assert second == 95
@@ -129,7 +131,7 @@ def test_last_checkpoint_age_grows_with_the_clock(metrics: BotMetrics, server: M
 def test_uptime_grows_with_the_clock(metrics: BotMetrics, server: MetricsServer, clock: Clock) -> None:
     clock.advance(3600)
 
-    assert value(get(server.url + "/metrics").body, "perps_bot_uptime_seconds") == 3600
+    assert value(get(server.url + "/metrics").body, "perps_bot_uptime_seconds", account="default") == 3600
 
 
 def test_recovery_durations_are_observed_per_kind(metrics: BotMetrics, server: MetricsServer) -> None:
@@ -138,10 +140,10 @@ def test_recovery_durations_are_observed_per_kind(metrics: BotMetrics, server: M
 
     body = get(server.url + "/metrics").body
 
-    assert value(body, "perps_bot_recovery_duration_seconds_count", kind="redis") == 1
-    assert value(body, "perps_bot_recovery_duration_seconds_sum", kind="engine") == 45.0
-    assert value(body, "perps_bot_recovery_duration_seconds_bucket", kind="engine", le="30.0") == 0
-    assert value(body, "perps_bot_recovery_duration_seconds_bucket", kind="engine", le="60.0") == 1
+    assert value(body, "perps_bot_recovery_duration_seconds_count", account="default", kind="redis") == 1
+    assert value(body, "perps_bot_recovery_duration_seconds_sum", account="default", kind="engine") == 45.0
+    assert value(body, "perps_bot_recovery_duration_seconds_bucket", account="default", kind="engine", le="30.0") == 0
+    assert value(body, "perps_bot_recovery_duration_seconds_bucket", account="default", kind="engine", le="60.0") == 1
 
 
 def test_data_gate_counters_add_each_cycles_checks(metrics: BotMetrics, server: MetricsServer) -> None:
@@ -150,14 +152,14 @@ def test_data_gate_counters_add_each_cycles_checks(metrics: BotMetrics, server: 
 
     body = get(server.url + "/metrics").body
 
-    assert value(body, "perps_bot_data_gate_checks_total") == 5
-    assert value(body, "perps_bot_data_gate_failures_total") == 1
+    assert value(body, "perps_bot_data_gate_checks_total", account="default") == 5
+    assert value(body, "perps_bot_data_gate_failures_total", account="default") == 1
 
 
 def test_mark_stopped_drops_up_to_zero(metrics: BotMetrics, server: MetricsServer) -> None:
     metrics.mark_stopped()
 
-    assert value(get(server.url + "/metrics").body, "perps_bot_up") == 0
+    assert value(get(server.url + "/metrics").body, "perps_bot_up", account="default") == 0
 
 
 def test_unknown_path_is_404(server: MetricsServer) -> None:
@@ -199,9 +201,9 @@ def test_two_bots_in_one_process_keep_their_own_registries(clock: Clock) -> None
 
         first_body, second_body = get(first.url + "/metrics").body, get(second.url + "/metrics").body
 
-    assert value(first_body, "perps_bot_position_count") == 5
-    assert value(second_body, "perps_bot_position_count") == 1
-    assert value(second_body, "perps_bot_api_calls_total", method="get_candles") is None
+    assert value(first_body, "perps_bot_position_count", account="default") == 5
+    assert value(second_body, "perps_bot_position_count", account="default") == 1
+    assert value(second_body, "perps_bot_api_calls_total", account="default", method="get_candles") is None
     assert REGISTRY.get_sample_value("perps_bot_position_count") is None
     assert REGISTRY.get_sample_value("perps_bot_cycles_total") is None
 
@@ -226,4 +228,4 @@ def test_scrapes_while_the_bot_records_from_another_thread(metrics: BotMetrics, 
         thread.join()
 
     assert {answer.status for answer in answers} == {200}
-    assert all(value(answer.body, "perps_bot_up") == 1 for answer in answers[:20])
+    assert all(value(answer.body, "perps_bot_up", account="default") == 1 for answer in answers[:20])

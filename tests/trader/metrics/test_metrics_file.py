@@ -21,7 +21,7 @@ def test_write_metrics_file_writes_exposition_and_health_json(metrics: BotMetric
 
     metrics.write_metrics_file(path)
 
-    assert value(path.read_bytes(), "perps_bot_position_count") == 4
+    assert value(path.read_bytes(), "perps_bot_position_count", account="default") == 4
     assert json.loads(health_file_for(path).read_text())["active_positions"] == 4
     assert health_file_for(path) == tmp_path / "run" / "perps_bot.prom.health.json"
     assert sorted(p.name for p in path.parent.iterdir()) == ["perps_bot.prom", "perps_bot.prom.health.json"]
@@ -70,10 +70,10 @@ def test_serve_metrics_file_serves_the_latest_file_contents(metrics: BotMetrics,
         server.stop()
 
     assert (first.status, second.status, health.status) == (200, 200, 200)
-    assert value(first.body, "perps_bot_position_count") == 1
-    assert value(second.body, "perps_bot_position_count") == 6
-    assert value(second.body, "perps_bot_metrics_file_stale") == 0
-    age = value(second.body, "perps_bot_metrics_file_age_seconds")
+    assert value(first.body, "perps_bot_position_count", account="default") == 1
+    assert value(second.body, "perps_bot_position_count", account="default") == 6
+    assert value(second.body, "perps_bot_metrics_file_stale", account="default") == 0
+    age = value(second.body, "perps_bot_metrics_file_age_seconds", account="default")
     assert age is not None and 0 <= age < 60
     body = health.json()
     assert (body["status"], body["active_positions"], body["balance"]) == ("healthy", 6, 10100.0)
@@ -96,8 +96,8 @@ def test_file_not_updated_for_longer_than_the_threshold_is_stale(metrics: BotMet
     assert (health.status, health.json()["status"]) == (503, "stale")
     assert health.json()["reason"].startswith(f"metrics file {path} not updated for 600 s")
     assert health.json()["metrics_file_age_seconds"] >= 600
-    assert value(scrape.body, "perps_bot_metrics_file_stale") == 1
-    assert value(scrape.body, "perps_bot_position_count") == 2  # the last values stay visible
+    assert value(scrape.body, "perps_bot_metrics_file_stale", account="default") == 1
+    assert value(scrape.body, "perps_bot_position_count", account="default") == 2  # the last values stay visible
 
 
 def test_bot_that_stopped_writes_an_unhealthy_health_file(metrics: BotMetrics, tmp_path: Path) -> None:
@@ -123,9 +123,9 @@ def test_missing_metrics_file_is_unhealthy_and_scrapes_only_the_file_gauges(tmp_
 
     assert (health.status, health.json()["status"]) == (503, "unhealthy")
     assert {"status", "uptime_seconds", "active_positions", "balance", "last_data_update"} <= set(health.json())
-    assert value(scrape.body, "perps_bot_metrics_file_stale") == 1
-    assert value(scrape.body, "perps_bot_metrics_file_age_seconds") is None
-    assert value(scrape.body, "perps_bot_up") is None
+    assert value(scrape.body, "perps_bot_metrics_file_stale", account="unknown") == 1  # no health JSON names it
+    assert value(scrape.body, "perps_bot_metrics_file_age_seconds", account="unknown") is None
+    assert "perps_bot_up" not in scrape.body.decode()
 
 
 def test_file_source_staleness_follows_its_clock(metrics: BotMetrics, tmp_path: Path) -> None:
@@ -165,7 +165,7 @@ def test_python_m_trader_metrics_serves_the_file_until_interrupted(metrics: BotM
             process.wait()
 
     assert banner.startswith(f"serving {path} on http://127.0.0.1:")
-    assert value(scrape.body, "perps_bot_position_count") == 9
+    assert value(scrape.body, "perps_bot_position_count", account="default") == 9
     assert health.json()["active_positions"] == 9
     assert exit_code == 0
 

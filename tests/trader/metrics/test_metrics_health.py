@@ -9,6 +9,7 @@ from trader.metrics import BotMetrics, MetricsServer
 
 RUNBOOK_KEYS = {"status", "uptime_seconds", "active_positions", "balance", "last_data_update"}
 EXTRA_KEYS = {
+    "account",
     "trading_state",
     "guards",
     "cycle",
