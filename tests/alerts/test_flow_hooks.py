@@ -44,7 +44,7 @@ def test_a_failed_flow_posts_the_runbook_block_kit_message(
     (post,) = slack.posts()
     blocks = post.body["blocks"]
     header, what, evidence, actions, _context, button_row = blocks
-    assert header["text"]["text"] == "SEV-1: flow trading-bot failed"
+    assert header["text"]["text"] == "[default] SEV-1: flow trading-bot failed"
     assert "Bot offline" in what["text"]["text"]
     assert "RuntimeError: exchange answered 503 on /orders for 5 minutes" in evidence["text"]["text"]
     assert "Halt trading if not already stopped" in actions["text"]["text"]
@@ -52,7 +52,7 @@ def test_a_failed_flow_posts_the_runbook_block_kit_message(
     url = button_row["elements"][0]["url"]
     assert url.endswith(f"/runs/flow-run/{state.state_details.flow_run_id}")
     assert url.startswith("http")
-    assert post.body["text"].startswith("SEV-1 incident #1: flow trading-bot failed - Flow run encountered")
+    assert post.body["text"].startswith("[default] SEV-1 incident #1: flow trading-bot failed - Flow run encountered")
     assert url in post.body["text"]
     assert SECRET not in json.dumps([r.body for r in slack.requests])
     assert SECRET not in caplog.text
@@ -67,8 +67,10 @@ def test_failing_again_replies_in_the_thread_and_passing_resolves_it(alerts_env:
 
     root, update, resolved = slack.posts()
     assert update.body["thread_ts"] == resolved.body["thread_ts"]
-    assert update.body["text"].startswith("update: flow trading-bot failed happened again")
-    assert resolved.body["text"].startswith("resolved: flow trading-bot failed (passes again; SEV-1 incident #1)")
+    assert update.body["text"].startswith("[default] update: flow trading-bot failed happened again")
+    assert resolved.body["text"].startswith(
+        "[default] resolved: flow trading-bot failed (passes again; SEV-1 incident #1)"
+    )
     assert Ledger(alerts_env).open_incidents() == []
     assert "thread_ts" not in root.body
     assert slack.calls("chat.update")[0].body["ts"] == update.body["thread_ts"]  # the root, marked resolved
@@ -82,7 +84,7 @@ def test_the_crash_hook_of_another_flow_opens_a_sev2_and_never_raises(alerts_env
     incident_on_crashed(object(), object(), None)  # nonsense in: logged, never raised
 
     (post,) = slack.posts()
-    assert post.body["blocks"][0]["text"]["text"] == "SEV-2: flow daily-checklist crashed"
+    assert post.body["blocks"][0]["text"]["text"] == "[default] SEV-2: flow daily-checklist crashed"
     assert "aborted by an interrupt signal" in post.body["blocks"][2]["text"]["text"]
 
 

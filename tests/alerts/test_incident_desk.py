@@ -48,9 +48,9 @@ def test_same_fingerprint_twice_is_one_post_and_one_threaded_reply(desk: Inciden
     assert first == second
     root, reply = slack.posts()
     assert "thread_ts" not in root.body
-    assert root.body["blocks"][0]["text"]["text"] == "SEV-2: account telemetry stalled"
+    assert root.body["blocks"][0]["text"]["text"] == "[default] SEV-2: account telemetry stalled"
     assert reply.body["thread_ts"] == desk.ledger.open_incidents()[0].slack_ts
-    assert reply.body["text"].startswith("update: account telemetry stalled")
+    assert reply.body["text"].startswith("[default] update: account telemetry stalled")
     assert "20 minutes" in reply.body["text"]
 
 
@@ -62,7 +62,7 @@ def test_resolve_posts_in_the_thread_and_closes_the_ledger_incident(desk: Incide
 
     resolve = slack.posts()[-1]
     assert resolve.body["thread_ts"] == ts
-    assert resolve.body["text"].startswith("resolved: account telemetry stalled (passes again")
+    assert resolve.body["text"].startswith("[default] resolved: account telemetry stalled (passes again")
     assert slack.calls("chat.update")[0].body["ts"] == ts
     assert desk.ledger.open_incidents() == []
     assert desk.resolve("telemetry") is False
@@ -128,9 +128,9 @@ def test_webhook_updates_are_new_messages_prefixed_update(ledger: Ledger, slack:
     desk.resolve("telemetry")
 
     texts = [r.body["text"] for r in slack.calls("webhook")]
-    assert texts[0].startswith("SEV-2 incident #1: account telemetry stalled")
-    assert texts[1].startswith("update: account telemetry stalled")
-    assert texts[2].startswith("resolved: account telemetry stalled")
+    assert texts[0].startswith("[default] SEV-2 incident #1: account telemetry stalled")
+    assert texts[1].startswith("[default] update: account telemetry stalled")
+    assert texts[2].startswith("[default] resolved: account telemetry stalled")
 
 
 def test_notifier_choice_is_bot_then_webhook_then_log(monkeypatch: pytest.MonkeyPatch) -> None:

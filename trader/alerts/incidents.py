@@ -1,4 +1,8 @@
-"""The incident desk: record an incident in the ledger first, then tell the operator; never fail the caller."""
+"""The incident desk: record an incident in the ledger first, then tell the operator; never fail the caller.
+
+An incident belongs to the account of the ledger the desk writes through (Ledger(..., account=...)): the same
+fingerprint in two accounts is two incidents, opened, announced and resolved apart, and every message names it.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +30,14 @@ def _failure(error: BaseException) -> str:
 
 @contextmanager
 def open_incident_desk(settings: Settings, *, migrate: bool = True) -> Iterator[IncidentDesk]:
-    """The desk on a ledger of its own at DATABASE_URL, its connections closed when the work is done."""
-    with Ledger(settings.database_url, migrate=migrate) as ledger:
+    """The desk on a ledger of its own at DATABASE_URL for the settings' account (ACCOUNT), its connections closed
+    when the work is done."""
+    with Ledger(settings.database_url, account=settings.account, migrate=migrate) as ledger:
         yield IncidentDesk.on(ledger, settings)
 
 
 class IncidentDesk:
-    """Opens, updates and resolves incidents in the ledger and announces them through one Notifier.
+    """Opens, updates and resolves incidents of the ledger's account and announces them through one Notifier.
 
     The ledger is the record: an announcement that fails leaves the incident `notified=False` for
     deliver_pending(). No method raises; a failure is logged and reported in the return value.
@@ -42,9 +47,15 @@ class IncidentDesk:
         self.ledger = ledger
         self.notifier = notifier
 
+    @property
+    def account(self) -> str:
+        """The account every incident of this desk belongs to: its ledger's."""
+        return self.ledger.account
+
     @classmethod
     def on(cls, ledger: Ledger, settings: Settings) -> IncidentDesk:
-        """The desk on this ledger with the notifier the settings choose (Slack bot > webhook > log)."""
+        """The desk on this ledger (its account's incidents) with the notifier the settings choose (Slack bot >
+        webhook > log)."""
         return cls(ledger, notifier_from_settings(settings))
 
     def raise_incident(
@@ -65,7 +76,13 @@ class IncidentDesk:
             incident_id = self.ledger.open_incident(fingerprint, level, title, redact(evidence), source, _now())
             row = self._open_row(incident_id)
         except Exception as error:
-            log.error("incident %s (%s) could not be recorded: %s", fingerprint, title, _failure(error))
+            log.error(
+                "incident %s (%s) of account %s could not be recorded: %s",
+                fingerprint,
+                title,
+                self.account,
+                _failure(error),
+            )
             self._announce_unrecorded(kind, title, evidence, fingerprint, flow_run_url, severity)
             return None
         if row is None:  # resolved by someone else in between: nothing left to announce
@@ -83,7 +100,7 @@ class IncidentDesk:
             rows = [row for row in self.ledger.open_incidents() if row.fingerprint == fingerprint]
             resolved = self.ledger.resolve_incident(fingerprint, _now())
         except Exception as error:
-            log.error("incident %s could not be resolved: %s", fingerprint, _failure(error))
+            log.error("incident %s of account %s could not be resolved: %s", fingerprint, self.account, _failure(error))
             return False
         for row in rows:
             if not row.notified:  # the operator never heard of it; the ledger keeps the record
@@ -92,7 +109,12 @@ class IncidentDesk:
             try:
                 self.notifier.resolve(notice, row.slack_ts)
             except Exception as error:
-                log.warning("incident #%d resolved, but the operator was not told: %s", notice.id, _failure(error))
+                log.warning(
+                    "incident #%d of account %s resolved, but the operator was not told: %s",
+                    notice.id,
+                    notice.account,
+                    _failure(error),
+                )
         return resolved
 
     def deliver_pending(self) -> int:
@@ -100,7 +122,7 @@ class IncidentDesk:
         try:
             pending = [row for row in self.ledger.open_incidents() if not row.notified]
         except Exception as error:
-            log.error("could not read pending incidents: %s", _failure(error))
+            log.error("could not read pending incidents of account %s: %s", self.account, _failure(error))
             return 0
         return sum(self._announce(IncidentNotice.from_record(row)) for row in pending)
 
@@ -111,12 +133,19 @@ class IncidentDesk:
         try:
             ts = self.notifier.send(notice)
         except Exception as error:
-            log.warning("incident #%d kept for later delivery: %s", notice.id, _failure(error))
+            log.warning(
+                "incident #%d of account %s kept for later delivery: %s", notice.id, notice.account, _failure(error)
+            )
             return False
         try:
             self.ledger.mark_incident_notified(notice.id, ts)
         except Exception as error:
-            log.error("incident #%d was announced but not marked notified: %s", notice.id, _failure(error))
+            log.error(
+                "incident #%d of account %s was announced but not marked notified: %s",
+                notice.id,
+                notice.account,
+                _failure(error),
+            )
         return True
 
     def _announce_unrecorded(
@@ -132,15 +161,23 @@ class IncidentDesk:
         try:
             level = severity or severity_for(kind)
             note = f"{evidence}\n(not recorded: the ledger is unavailable)"
-            self.notifier.send(IncidentNotice(0, fingerprint, level, str(kind), title, redact(note), flow_run_url))
+            notice = IncidentNotice(self.account, 0, fingerprint, level, str(kind), title, redact(note), flow_run_url)
+            self.notifier.send(notice)
         except Exception as error:
-            log.error("incident %s was neither recorded nor announced: %s", fingerprint, _failure(error))
+            log.error(
+                "incident %s of account %s was neither recorded nor announced: %s",
+                fingerprint,
+                self.account,
+                _failure(error),
+            )
 
     def _announce_update(self, notice: IncidentNotice, ts: str | None) -> None:
         try:
             self.notifier.update(notice, ts)
         except Exception as error:
-            log.warning("incident #%d: update not delivered: %s", notice.id, _failure(error))
+            log.warning(
+                "incident #%d of account %s: update not delivered: %s", notice.id, notice.account, _failure(error)
+            )
 
 
 class CheckLike(Protocol):

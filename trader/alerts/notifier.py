@@ -1,4 +1,8 @@
-"""Telling the operator: a Notifier protocol with log, Slack (bot token) and incoming-webhook implementations."""
+"""Telling the operator: a Notifier protocol with log, Slack (bot token) and incoming-webhook implementations.
+
+Every message names the incident's account first (`[alpha] SEV-2: ...`, `[alpha] update: ...`): one channel hears
+from every account's bots and flows, and the same check failing in two accounts is two incidents.
+"""
 
 from __future__ import annotations
 
@@ -43,8 +47,9 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 @dataclass(frozen=True)
 class IncidentNotice:
-    """What a notifier is told about one incident of the ledger."""
+    """What a notifier is told about one incident of the ledger (of one account)."""
 
+    account: str
     id: int
     fingerprint: str
     severity: str
@@ -59,7 +64,8 @@ class IncidentNotice:
         """The notice for a ledger incident (its source holds the kind and the flow run URL)."""
         assert row.id is not None
         kind, url = decode_source(row.source)
-        return cls(row.id, row.fingerprint, row.severity, kind, row.title, row.detail, url, row.status == "resolved")
+        resolved = row.status == "resolved"
+        return cls(row.account, row.id, row.fingerprint, row.severity, kind, row.title, row.detail, url, resolved)
 
 
 def encode_source(kind: str, flow_run_url: str | None) -> str:
@@ -95,11 +101,17 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def account_tag(incident: IncidentNotice) -> str:
+    """The prefix naming the incident's account in every message: `[alpha]`."""
+    return f"[{_escape(incident.account)}]"
+
+
 def fallback_text(incident: IncidentNotice) -> str:
     """The plain-text version of an incident (notifications, screen readers, the webhook)."""
     evidence = incident.evidence.strip().splitlines()[0] if incident.evidence.strip() else "no evidence recorded"
     text = (
-        f"{incident.severity} incident #{incident.id}: {_escape(incident.title)} - {_escape(_clip(evidence, 300))}. "
+        f"{account_tag(incident)} {incident.severity} incident #{incident.id}: {_escape(incident.title)} - "
+        f"{_escape(_clip(evidence, 300))}. "
         f"First actions: {'; '.join(first_actions(incident.severity))}."
     )
     if incident.flow_run_url:
@@ -111,18 +123,23 @@ def incident_blocks(incident: IncidentNotice) -> list[dict[str, Any]]:
     """Block Kit for a new incident: severity header, what failed, evidence, first actions, flow-run button."""
     level = SEVERITY_MATRIX[incident.severity]  # type: ignore[index]
     actions = "\n".join(f"• {action}" for action in level.first_actions)
-    context = f"incident #{incident.id} · {incident.kind} · `{_escape(incident.fingerprint)}`"
+    context = f"account {_escape(incident.account)} · incident #{incident.id} · {incident.kind} · "
+    context += f"`{_escape(incident.fingerprint)}`"
     evidence = _clip(incident.evidence.strip() or "no evidence recorded", MAX_EVIDENCE_CHARS)
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _clip(f"{incident.severity}: {incident.title}", 150)},
+            "text": {
+                "type": "plain_text",
+                "text": _clip(f"[{incident.account}] {incident.severity}: {incident.title}", 150),
+            },
         },
         {
             "type": "section",
             "text": {
                 "type": "mrkdwn",
-                "text": f"*What failed:* {_escape(incident.title)}\n*{incident.severity}:* {_escape(level.criteria)}",
+                "text": f"*Account:* {_escape(incident.account)}\n*What failed:* {_escape(incident.title)}\n"
+                f"*{incident.severity}:* {_escape(level.criteria)}",
             },
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Evidence*\n```{_escape(evidence)}```"}},
@@ -152,12 +169,15 @@ def incident_blocks(incident: IncidentNotice) -> list[dict[str, Any]]:
 def update_text(incident: IncidentNotice) -> str:
     """The reply when an open incident happens again."""
     evidence = _escape(_clip(incident.evidence.strip(), MAX_EVIDENCE_CHARS))
-    return f"update: {_escape(incident.title)} happened again - {evidence}"
+    return f"{account_tag(incident)} update: {_escape(incident.title)} happened again - {evidence}"
 
 
 def resolve_text(incident: IncidentNotice) -> str:
     """The message when the check passes again."""
-    return f"resolved: {_escape(incident.title)} (passes again; {incident.severity} incident #{incident.id})"
+    return (
+        f"{account_tag(incident)} resolved: {_escape(incident.title)} "
+        f"(passes again; {incident.severity} incident #{incident.id})"
+    )
 
 
 # --- implementations ------------------------------------------------------------------------------------------------
@@ -283,11 +303,17 @@ class SlackNotifier:
             self._call("chat.postMessage", channel=self.channel, text=text)
             return
         self._call("chat.postMessage", channel=self.channel, text=text, thread_ts=ts)
-        header = {"type": "header", "text": {"type": "plain_text", "text": _clip(f"RESOLVED: {incident.title}", 150)}}
+        title = f"[{incident.account}] RESOLVED: {incident.title}"
+        header = {"type": "header", "text": {"type": "plain_text", "text": _clip(title, 150)}}
         try:  # the root message shows it is over; the thread reply above is what matters
             self._call("chat.update", channel=self.channel, ts=ts, text=text, blocks=[header])
         except AlertDeliveryError as error:
-            log.warning("incident #%d: could not mark the Slack message resolved: %s", incident.id, error)
+            log.warning(
+                "incident #%d of account %s: could not mark the Slack message resolved: %s",
+                incident.id,
+                incident.account,
+                error,
+            )
 
 
 def _redact_blocks(blocks: list[dict[str, Any]], secret: str) -> list[dict[str, Any]]:
@@ -307,7 +333,7 @@ class WebhookNotifier:
     """Posts incidents to a Slack incoming webhook.
 
     An incoming webhook cannot read back a message id, so there are no threads: an update or a resolve is a new
-    message in the channel, prefixed "update:" or "resolved:".
+    message in the channel, prefixed "[account] update:" or "[account] resolved:".
     """
 
     def __init__(self, url: SecretStr | str, *, timeout: int = DEFAULT_TIMEOUT_SECONDS) -> None:
