@@ -62,16 +62,19 @@ def _message_template() -> str:
     bot = SEVERITY_MATRIX[severity_for(IncidentKind.BOT_OFFLINE)]
     other = SEVERITY_MATRIX[severity_for(IncidentKind.FLOW_CRASHED)]
 
-    def line(level: Any) -> str:
+    def line(level: Any, everyone: str) -> str:
+        # The account leads like the incident desk's own messages ("[alpha] SEV-1 ..."): the run's `account`
+        # parameter, else the bot's single account or, for a runbook flow, every declared account.
         return (
+            f"[' ~ (flow_run.parameters.account or '{everyone}') ~ '] "
             f"{level.severity} flow run crashed: ' ~ flow.name ~ '/' ~ flow_run.name ~ ' - ' ~ "
             f"(flow_run.state.message or 'no state message') ~ '. First actions: {'; '.join(level.first_actions)}. "
             f"Flow run: ' ~ ((flow_run|ui_url) or ('id ' ~ flow_run.id))"
         )
 
     return (
-        f"{{% if flow.name == 'trading-bot' %}}{{{{ ('{line(bot)}) | tojson }}}}"
-        f"{{% else %}}{{{{ ('{line(other)}) | tojson }}}}{{% endif %}}"
+        f"{{% if flow.name == 'trading-bot' %}}{{{{ ('{line(bot, 'default')}) | tojson }}}}"
+        f"{{% else %}}{{{{ ('{line(other, 'all accounts')}) | tojson }}}}{{% endif %}}"
     )
 
 

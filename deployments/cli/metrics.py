@@ -22,5 +22,7 @@ def serve_metrics_file(settings: Settings, args: argparse.Namespace) -> int:
             settings.metrics_host,
             "--port",
             str(settings.metrics_port),
+            "--account",
+            settings.account,
         ]
     )

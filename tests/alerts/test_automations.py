@@ -48,11 +48,11 @@ def test_a_crashed_flow_run_reaches_slack_through_the_automation(slack: SlackRec
     ensure_crash_automation(bot_settings(slack), slack_api_url=slack.base_url)
 
     @flow(name="trading-bot")
-    def stand_in() -> None:
+    def stand_in(account: str = "default") -> None:
         pass
 
     with get_client(sync_client=True) as client:
-        run = client.create_flow_run(stand_in)
+        run = client.create_flow_run(stand_in, parameters={"account": "alpha"})
         client.set_flow_run_state(run.id, Crashed(message="process exited with code -9"), force=True)
 
     deadline = time.monotonic() + 90  # the server's trigger and action services run on their own loop
@@ -60,7 +60,7 @@ def test_a_crashed_flow_run_reaches_slack_through_the_automation(slack: SlackRec
         time.sleep(0.5)
     (post,) = slack.posts()
     assert post.body["channel"] == "#trading-alerts"
-    assert post.body["text"].startswith("SEV-1 flow run crashed: trading-bot/")
+    assert post.body["text"].startswith("[alpha] SEV-1 flow run crashed: trading-bot/")  # the run's account
     assert "process exited with code -9" in post.body["text"]
     assert "Halt trading if not already stopped" in post.body["text"]
     assert str(run.id) in post.body["text"]  # the UI link, or the id on a server without a UI URL

@@ -170,7 +170,8 @@ def test_rate_limit_max_rps_lowers_the_limit_and_the_exporter_counts_the_waits(
     assert took >= (12 - burst) / rate * 0.95
     assert ratelimit.totals()["private"][0] - before >= 12 - burst - 1
     scrape = generate_latest(BotMetrics().registry).decode()
-    line = next(x for x in scrape.splitlines() if x.startswith('perps_bot_rate_limit_waits_total{scope="private"}'))
+    series = 'perps_bot_rate_limit_waits_total{account="default",scope="private"}'
+    line = next(x for x in scrape.splitlines() if x.startswith(series))
     assert float(line.split()[-1]) >= 12 - burst - 1
 
 
