@@ -58,7 +58,7 @@ def gate_run(window: int, cycles: int, *, gate: bool, symbols: str) -> tuple[lis
             risk_max_data_age_seconds=600,
         )
         exchange = SimulatedExchange(ReplayMarketData(start=window + 1, wrap=True))
-        bot = build_bot(settings, broker=exchange, ledger=Ledger(settings.database_url))
+        bot = build_bot(settings, broker=exchange, ledger=Ledger(settings.database_url, account=settings.account))
         if bot.gate is not None:
             bot.gate.warm_up()  # the import happens beside start-up (see TradingBot.start), not in a cycle
         bot.start()
@@ -97,7 +97,7 @@ def main() -> None:
             data_gate_enabled=False,
         )
         exchange = SimulatedExchange(ReplayMarketData(wrap=True))
-        bot = build_bot(settings, broker=exchange, ledger=Ledger(settings.database_url))
+        bot = build_bot(settings, broker=exchange, ledger=Ledger(settings.database_url, account=settings.account))
         guards = sorted(bot.risk.monitor.rules)
         bot.start()
         durations: list[float] = []

@@ -108,7 +108,7 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise RuntimeError("no ledger after 240 s; see up.out")
                 time.sleep(0.5)
-            self._ledger = Ledger(self.ledger_url, migrate=False)
+            self._ledger = Ledger(self.ledger_url, account=ACCOUNT, migrate=False)
         return self._ledger
 
     def check_alive(self) -> None:
@@ -270,7 +270,7 @@ def measure_takeover(folder: Path, env: dict[str, str]) -> tuple[float | None, s
         deadline = time.monotonic() + 120
         while ledger is None:
             if (work / "state" / "ledger.db").exists():
-                ledger = Ledger(ledger_url, migrate=False)
+                ledger = Ledger(ledger_url, account=ACCOUNT, migrate=False)
             elif time.monotonic() > deadline:
                 return None, "the first bot never created its ledger"
             time.sleep(0.2)

@@ -449,7 +449,7 @@ class EmbeddedStack:
             return None
         from trader.ledger import Ledger
 
-        ledger = Ledger(url, migrate=False)
+        ledger = Ledger(url, account=self.settings.account, migrate=False)
         try:
             lease = ledger.current_lease(self.settings.account)
         except Exception:  # an old or empty ledger: nothing to adopt

@@ -166,7 +166,7 @@ def ledger_lines(settings: Settings, root: Path, probe: Probe) -> list[Line]:
     from trader.ledger import Ledger
 
     try:
-        ledger = Ledger(url, migrate=False)
+        ledger = Ledger(url, account=settings.account, migrate=False)
     except Exception as error:  # any driver error: the ledger is the part that is down
         return [Line("lease", "DOWN", f"ledger: {_reason(error)}"), Line("incidents", "DOWN", "ledger unreachable")]
     try:

@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 @contextmanager
 def open_ledger(settings: Settings, *, migrate: bool = True) -> Iterator[Ledger]:
-    """The ledger for one piece of work (a task, a CLI command), its connections closed when the work ends."""
-    with Ledger(settings.database_url, migrate=migrate) as ledger:
+    """The ledger of the settings' account for one piece of work (a task, a CLI command), its connections closed
+    when the work ends."""
+    with Ledger(settings.database_url, account=settings.account, migrate=migrate) as ledger:
         yield ledger
 
 
@@ -82,7 +83,7 @@ def build_bot(
     broker = broker or build_broker(settings, persist=mode != "dry_run")
     mode = mode or ("paper" if broker.name == "simulated" else "live")
     checkpoints = state = incidents = None
-    ledger = ledger or Ledger(settings.database_url)
+    ledger = ledger or Ledger(settings.database_url, account=settings.account)
     if mode != "dry_run":
         state, checkpoints = build_state(settings)
         incidents = GuardIncidents(IncidentDesk.on(ledger, settings))

@@ -81,7 +81,7 @@ def checkpoint_create(settings: Settings, store: CheckpointStore, args: argparse
         from trader.runtime import build_broker
 
         broker = build_broker(settings)
-    with Ledger(settings.database_url) as ledger:
+    with Ledger(settings.database_url, account=settings.account) as ledger:
         snapshot = snapshot_from_ledger(ledger, broker)
     info = store.create(snapshot, reason=args.reason)
     out.print(
@@ -118,7 +118,7 @@ def checkpoint_restore(settings: Settings, store: CheckpointStore, checkpoint_id
         soft_wrap=True,
     )
     wanted = checkpoint_positions(snapshot)
-    with Ledger(settings.database_url) as ledger:
+    with Ledger(settings.database_url, account=settings.account) as ledger:
         for session in ledger.list_sessions():
             if session.status == "running" and not dry_run:
                 out.print(

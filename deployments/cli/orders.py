@@ -138,7 +138,7 @@ def _manual_order_path(settings: Settings, broker: Broker, command: str) -> Iter
     from trader.ledger.lease import Holder
     from trader.orders.path import OrderPath
 
-    ledger = Ledger(settings.database_url)
+    ledger = Ledger(settings.database_url, account=settings.account)
     try:
         try:
             lease = ledger.acquire_lease(settings.account, Holder.this_process("manual"), settings.lease_ttl_seconds)

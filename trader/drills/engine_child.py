@@ -229,7 +229,7 @@ def build_drill_bot(
     if broker is None:
         market = ReplayMarketData(settings.market_data_file, start=settings.market_data_start)
         broker = CrashPointExchange(market, state_path=state_dir / PAPER_EXCHANGE_FILE)
-    ledger = CrashPointLedger(settings.database_url)
+    ledger = CrashPointLedger(settings.database_url, account=settings.account)
     cold = CrashPointColdStore(state_dir / "cold")
     checkpoints = CheckpointStore(
         settings.database_url, cold, retention=settings.checkpoint_retention_count, compress=True, migrate=False

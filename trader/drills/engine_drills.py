@@ -156,9 +156,11 @@ def engine_crash(ctx: DrillContext) -> DrillResult:
     result.orders_recovered = int(recovery["orders_cancelled"])
 
     ctx.progress(0.8, "comparing the ledger with the paper exchange")
+    from trader.drills.engine_child import drill_settings
     from trader.ledger import Ledger
 
-    ledger = Ledger(f"sqlite:///{(folder / 'ledger.db').as_posix()}", migrate=False)
+    traded = drill_settings(folder)  # what the engine child ran on: its ledger file and its account
+    ledger = Ledger(traded.database_url, account=traded.account, migrate=False)
     try:
         after = paper_exchange_truth(folder / "paper_exchange.json")
         report = compare(ledger, after)

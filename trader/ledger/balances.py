@@ -1,4 +1,5 @@
-"""The Ledger's balance snapshots: every currency of the account, valued in the quote currency, at one moment."""
+"""The Ledger's balance snapshots: every currency of the Ledger's account, valued in the quote currency, at one
+moment."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class BalancesMixin(LedgerBase):
             price = prices.get(balance.currency, Decimal(0))
             rows.append(
                 {
+                    "account": self.account,
                     "snapshot_id": snapshot_id,
                     "session_id": session_id,
                     "taken_at": taken_at,
@@ -47,7 +49,11 @@ class BalancesMixin(LedgerBase):
         start = datetime.combine(day, time.min, tzinfo=UTC)
         first = (
             select(BalanceSnapshot.snapshot_id)
-            .where(BalanceSnapshot.taken_at >= start, BalanceSnapshot.taken_at < start + timedelta(days=1))
+            .where(
+                BalanceSnapshot.account == self.account,
+                BalanceSnapshot.taken_at >= start,
+                BalanceSnapshot.taken_at < start + timedelta(days=1),
+            )
             .order_by(col(BalanceSnapshot.taken_at), col(BalanceSnapshot.id))
             .limit(1)
         )
@@ -56,20 +62,26 @@ class BalancesMixin(LedgerBase):
             if snapshot_id is None:
                 return None
             values = session.exec(
-                select(col(BalanceSnapshot.value_quote)).where(BalanceSnapshot.snapshot_id == snapshot_id)
+                select(col(BalanceSnapshot.value_quote)).where(
+                    BalanceSnapshot.account == self.account, BalanceSnapshot.snapshot_id == snapshot_id
+                )
             ).all()
         return sum(values, Decimal(0))
 
     def balance_snapshot(self, snapshot_id: str) -> list[BalanceSnapshot]:
         """The rows (one per currency) of one balance snapshot."""
-        query = select(BalanceSnapshot).where(BalanceSnapshot.snapshot_id == snapshot_id)
+        query = select(BalanceSnapshot).where(
+            BalanceSnapshot.account == self.account, BalanceSnapshot.snapshot_id == snapshot_id
+        )
         with self._transaction() as session:
             return list(session.exec(query.order_by(col(BalanceSnapshot.id))).all())
 
     def balance_snapshots_between(self, start: datetime, end: datetime) -> list[BalanceSnapshot]:
         """The rows of every balance snapshot taken in [start, end), in the order they were taken."""
         query = select(BalanceSnapshot).where(
-            col(BalanceSnapshot.taken_at) >= start, col(BalanceSnapshot.taken_at) < end
+            BalanceSnapshot.account == self.account,
+            col(BalanceSnapshot.taken_at) >= start,
+            col(BalanceSnapshot.taken_at) < end,
         )
         with self._transaction() as session:
             return list(session.exec(query.order_by(col(BalanceSnapshot.taken_at), col(BalanceSnapshot.id))).all())
@@ -80,14 +92,14 @@ class BalancesMixin(LedgerBase):
         moment = (BalanceSnapshot.snapshot_id, BalanceSnapshot.taken_at)
         older = (
             select(*moment)
-            .where(col(BalanceSnapshot.taken_at) <= at)
+            .where(BalanceSnapshot.account == self.account, col(BalanceSnapshot.taken_at) <= at)
             .distinct()
             .order_by(col(BalanceSnapshot.taken_at).desc())
             .limit(limit)
         )
         newer = (
             select(*moment)
-            .where(col(BalanceSnapshot.taken_at) > at)
+            .where(BalanceSnapshot.account == self.account, col(BalanceSnapshot.taken_at) > at)
             .distinct()
             .order_by(col(BalanceSnapshot.taken_at))
             .limit(limit)

@@ -1,7 +1,12 @@
-"""What every section of the Ledger shares: its engine, one short transaction per call, its errors."""
+"""What every section of the Ledger shares: its engine, its account, one short transaction per call, its errors.
+
+Invariant: a Ledger reads and writes only the rows of its own account (every section filters and sets
+`account == self.account`); the lease methods alone name their account explicitly.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,9 +19,14 @@ from trader.domain import OrderStatus
 from trader.errors import TraderError
 from trader.ledger.db import make_engine
 from trader.ledger.db import migrate as migrate_database
+from trader.ledger.models import DEFAULT_ACCOUNT
 
 # The database did not answer (down, busy past its timeout, refused the connection): worth asking again later.
 LEDGER_UNANSWERED: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
+# The same names Settings.account accepts (trader/settings.py); the column is String(64).
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+ACCOUNT_MAX_LENGTH = 64
 
 OPEN_STATUSES = (OrderStatus.PENDING_SUBMIT.value, OrderStatus.OPEN.value, OrderStatus.PARTIALLY_FILLED.value)
 
@@ -33,6 +43,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def valid_account(account: str) -> str:
+    """The account name, or LedgerError saying what a name may hold."""
+    if len(account) > ACCOUNT_MAX_LENGTH or not ACCOUNT_NAME.fullmatch(account):
+        raise LedgerError(
+            f"account {account!r} is not a valid account name: use 1 to {ACCOUNT_MAX_LENGTH} letters, digits, "
+            "'_', '.' or '-' (the ACCOUNT setting)"
+        )
+    return account
+
+
 def require(name: str, value: str, allowed: tuple[str, ...]) -> None:
     """LedgerError unless value is one of allowed."""
     if value not in allowed:
@@ -40,11 +60,13 @@ def require(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 class LedgerBase:
-    """The engine and the transactions the sections of the Ledger (trader/ledger/ledger.py) run their queries in."""
+    """The engine and the transactions the sections of the Ledger (trader/ledger/ledger.py) run their queries in,
+    and the account every one of those queries is scoped to."""
 
     engine: Engine
 
-    def __init__(self, database_url: str, *, migrate: bool = True) -> None:
+    def __init__(self, database_url: str, *, account: str = DEFAULT_ACCOUNT, migrate: bool = True) -> None:
+        self.account = valid_account(account)
         if migrate:
             migrate_database(database_url)
         self.database_url = database_url

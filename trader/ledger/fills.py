@@ -1,4 +1,5 @@
-"""The Ledger's fills and the positions they build (average-cost accounting)."""
+"""The Ledger's fills and the positions they build (average-cost accounting); a trade id names a fill within the
+Ledger's account, and a position is the account's holding of one symbol."""
 
 from __future__ import annotations
 
@@ -40,12 +41,20 @@ def _apply_fill(position: PositionRecord, fill: Fill) -> None:
 
 
 # Fills are recorded on the bot's hot path (every order that fills): prebuilt statements on the session's connection,
-# with no ORM rows loaded or flushed. The unique trade id dedupes; positions are read, moved and written back.
+# with no ORM rows loaded or flushed. The trade id, unique per account, dedupes; the account's positions are read,
+# moved and written back. The account's parameter is not named `account`: an UPDATE would SET a key named after a
+# column.
 _FILLS = FillRecord.__table__  # type: ignore[attr-defined]
 _POSITIONS = PositionRecord.__table__  # type: ignore[attr-defined]
-_SEEN = select(_FILLS.c.trade_id).where(_FILLS.c.trade_id.in_(bindparam("ids", expanding=True)))
-_POSITIONS_OF = select(_POSITIONS).where(_POSITIONS.c.symbol.in_(bindparam("symbols", expanding=True)))
-_MOVE_POSITION = update(_POSITIONS).where(_POSITIONS.c.symbol == bindparam("key"))
+_SEEN = select(_FILLS.c.trade_id).where(
+    _FILLS.c.account == bindparam("of_account"), _FILLS.c.trade_id.in_(bindparam("ids", expanding=True))
+)
+_POSITIONS_OF = select(_POSITIONS).where(
+    _POSITIONS.c.account == bindparam("of_account"), _POSITIONS.c.symbol.in_(bindparam("symbols", expanding=True))
+)
+_MOVE_POSITION = update(_POSITIONS).where(
+    _POSITIONS.c.account == bindparam("of_account"), _POSITIONS.c.symbol == bindparam("key")
+)
 _INSERT_FILLS = insert(_FILLS)
 _INSERT_POSITION = insert(_POSITIONS)
 
@@ -58,12 +67,14 @@ class FillsRecorded:
     positions: dict[str, Decimal] = field(default_factory=dict)
 
 
-def insert_fills(session: Session, fills: list[Fill], session_id: str | None) -> FillsRecorded:
-    """Inside the caller's transaction: the fills with new trade ids, and the positions they move."""
+def insert_fills(session: Session, fills: list[Fill], session_id: str | None, account: str) -> FillsRecorded:
+    """Inside the caller's transaction: the account's fills with new trade ids, and the account's positions they
+    move."""
     if not fills:
         return FillsRecorded()
     connection = session.connection()
-    seen = set(connection.execute(_SEEN, {"ids": list({fill.trade_id for fill in fills})}).scalars())
+    ids = list({fill.trade_id for fill in fills})
+    seen = set(connection.execute(_SEEN, {"of_account": account, "ids": ids}).scalars())
     new: list[Fill] = []
     for fill in sorted(fills, key=lambda f: f.filled_at):
         if fill.trade_id not in seen:
@@ -71,18 +82,17 @@ def insert_fills(session: Session, fills: list[Fill], session_id: str | None) ->
             new.append(fill)
     if not new:
         return FillsRecorded()
-    connection.execute(_INSERT_FILLS, [fill_values(fill, session_id) for fill in new])
+    connection.execute(_INSERT_FILLS, [fill_values(fill, session_id, account) for fill in new])
     symbols = list({fill.symbol for fill in new})
-    held = {
-        row.symbol: PositionRecord(**row._mapping) for row in connection.execute(_POSITIONS_OF, {"symbols": symbols})
-    }
-    positions = {symbol: held.get(symbol) or PositionRecord(symbol=symbol) for symbol in symbols}
+    rows = connection.execute(_POSITIONS_OF, {"of_account": account, "symbols": symbols})
+    held = {row.symbol: PositionRecord(**row._mapping) for row in rows}
+    positions = {symbol: held.get(symbol) or PositionRecord(account=account, symbol=symbol) for symbol in symbols}
     for fill in new:
         _apply_fill(positions[fill.symbol], fill)
     for symbol, position in positions.items():
         values = position.model_dump()
         if symbol in held:
-            values["key"] = values.pop("symbol")
+            values["key"], values["of_account"] = values.pop("symbol"), values.pop("account")
             connection.execute(_MOVE_POSITION, values)
         else:
             connection.execute(_INSERT_POSITION, values)
@@ -96,11 +106,12 @@ class FillsMixin(LedgerBase):
         if not fills:
             return 0
         with self._transaction() as session:
-            return insert_fills(session, fills, session_id).new
+            return insert_fills(session, fills, session_id, self.account).new
 
     def list_fills(self, session_id: str | None = None) -> list[FillRecord]:
         """Every fill, or those of one trading session, in execution order."""
-        query = select(FillRecord).order_by(col(FillRecord.filled_at), col(FillRecord.id))
+        query = select(FillRecord).where(FillRecord.account == self.account)
+        query = query.order_by(col(FillRecord.filled_at), col(FillRecord.id))
         if session_id is not None:
             query = query.where(FillRecord.session_id == session_id)
         with self._transaction() as session:
@@ -108,7 +119,7 @@ class FillsMixin(LedgerBase):
 
     def fills_after(self, at: datetime) -> list[FillRecord]:
         """The fills executed strictly after `at`, in execution order."""
-        query = select(FillRecord).where(col(FillRecord.filled_at) > at)
+        query = select(FillRecord).where(FillRecord.account == self.account, col(FillRecord.filled_at) > at)
         with self._transaction() as session:
             return list(session.exec(query.order_by(col(FillRecord.filled_at), col(FillRecord.id))).all())
 
@@ -118,7 +129,8 @@ class FillsMixin(LedgerBase):
         if not ids:
             return {}
         with self._transaction() as session:
-            rows = session.exec(select(FillRecord).where(col(FillRecord.trade_id).in_(ids))).all()
+            query = select(FillRecord).where(FillRecord.account == self.account, col(FillRecord.trade_id).in_(ids))
+            rows = session.exec(query).all()
         return {row.trade_id: row for row in rows}
 
     def fill_times_among(self, times: Iterable[datetime]) -> set[datetime]:
@@ -126,31 +138,35 @@ class FillsMixin(LedgerBase):
         moments = list(times)
         if not moments:
             return set()
-        query = select(FillRecord.filled_at).where(col(FillRecord.filled_at).in_(moments))
+        query = select(FillRecord.filled_at).where(
+            FillRecord.account == self.account, col(FillRecord.filled_at).in_(moments)
+        )
         with self._transaction() as session:
             return set(session.exec(query).all())
 
     def last_fill_time(self) -> datetime | None:
         """When the newest recorded fill executed, or None before the first fill."""
         with self._transaction() as session:
-            return session.exec(select(func.max(FillRecord.filled_at))).one()
+            query = select(func.max(FillRecord.filled_at)).where(FillRecord.account == self.account)
+            return session.exec(query).one()
 
     def positions(self) -> dict[str, Position]:
         """Non-zero positions by symbol."""
         with self._transaction() as session:
-            rows = session.exec(select(PositionRecord)).all()
+            rows = session.exec(select(PositionRecord).where(PositionRecord.account == self.account)).all()
         return {row.symbol: position_of(row) for row in rows if row.quantity != 0}
 
     def realized_pnl(self, symbol: str) -> Decimal:
         """Realized PnL of a product net of every fee, in its quote currency; 0 if never traded."""
         with self._transaction() as session:
-            row = session.get(PositionRecord, symbol)
+            row = session.get(PositionRecord, (self.account, symbol))
         return row.realized_pnl if row is not None else Decimal(0)
 
     def set_position(self, symbol: str, quantity: Decimal, average_entry_price: Decimal, at: datetime) -> None:
         """Overwrite a position with the broker's truth (reconciliation); realized PnL is kept."""
         with self._transaction() as session:
-            row = session.get(PositionRecord, symbol) or PositionRecord(symbol=symbol, updated_at=at)
+            key = (self.account, symbol)  # the primary key's order: (account, symbol)
+            row = session.get(PositionRecord, key) or PositionRecord(account=self.account, symbol=symbol, updated_at=at)
             row.quantity = quantity
             row.average_entry_price = average_entry_price
             row.updated_at = at

@@ -1,6 +1,9 @@
 """The trading ledger: every session, order, fill, position, balance snapshot, incident, checklist run,
 checkpoint and account lease, and the only code that speaks SQL to the ledger database.
 
+One database holds many accounts; a Ledger is opened for one of them (`account`, default "default") and reads and
+writes only that account's rows. The lease methods alone take the account they act on.
+
 The Ledger is put together from one section per area (trader/ledger/sessions.py, orders.py, fills.py,
 balances.py, incidents.py, checkpoints.py, housekeeping.py, and the lease below); records become domain objects
 in trader/ledger/mappers.py.
@@ -31,7 +34,7 @@ class Ledger(
     CheckpointsMixin,
     HousekeepingMixin,
 ):
-    """The bot's durable record on SQLite or PostgreSQL; every method is one short transaction."""
+    """One account's durable record on SQLite or PostgreSQL; every method is one short transaction."""
 
     # --- the account lease (one active bot per account; trader/ledger/lease.py) -----------------------------------
 

@@ -59,9 +59,10 @@ def order_of(row: OrderRecord) -> Order:
     )
 
 
-def fill_values(fill: Fill, session_id: str | None) -> dict[str, Any]:
-    """A fills row's columns for a fill of this trading session (None: imported from the broker)."""
+def fill_values(fill: Fill, session_id: str | None, account: str) -> dict[str, Any]:
+    """A fills row's columns for a fill of the account's trading session (None: imported from the broker)."""
     return {
+        "account": account,
         "trade_id": fill.trade_id,
         "exchange_order_id": fill.order_id,
         "client_order_id": fill.client_order_id,
