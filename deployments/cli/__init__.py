@@ -21,10 +21,11 @@ from deployments.cli.checkpoint import checkpoint_command
 from deployments.cli.emergency import EMERGENCY_COMMANDS, emergency_command
 from deployments.cli.metrics import serve_metrics_file
 from deployments.cli.orders import account_snapshot, apply_order_edit, preview_order
+from trader.accounts import ALL_ACCOUNTS
 from trader.domain import OrderType, Side, TimeInForce
 from trader.errors import ConfigError, OrderRejected, TraderError
 from trader.ledger.lease import LeaseHeld
-from trader.settings import PROFILES, load_settings
+from trader.settings import PROFILES, Settings, load_settings
 
 EXIT_BAD_INPUT = 2
 
@@ -60,17 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
         "per part, exit 0 healthy, 1 degraded, 2 nothing reachable; checkpoint: list|create|restore; "
         "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]; "
         "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file; "
-        "accounts list|check: the accounts ACCOUNTS_FILE declares",
+        "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers",
     )
     parser.add_argument(
         "action",
         nargs="?",
         help="with checkpoint: list, create, or restore ID; with kill-switch/reduce-only: on|off|status; "
-        "with accounts: list or check; "
+        "with accounts: list, check or deployments; "
         "with drill: the scenario (redis-outage, engine-crash, postgres-outage, s3-outage, exchange-degradation, all)",
     )
     parser.add_argument("checkpoint_id", nargs="?", metavar="ID", help="with checkpoint restore: the checkpoint id")
     parser.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: PERPS_PROFILE or dev)")
+    parser.add_argument(
+        "--account",
+        help="the declared account (ACCOUNTS_FILE) a command works on (default: ACCOUNT); with cancel-all and "
+        "flatten also all; required for those when accounts are declared",
+    )
     mode = parser.add_argument_group("bot")
     mode.add_argument("--dev-fast", action="store_true", help="run one cycle and exit (smoke test)")
     mode.add_argument(
@@ -124,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     up = parser.add_argument_group("embedded stack (perps-bot up)")
     up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
+    accounts = parser.add_argument_group("accounts (perps-bot accounts list | check | deployments)")
+    accounts.add_argument(
+        "--prefect-file",
+        type=Path,
+        help="with accounts deployments: where to write the generated prefect file (default prefect.accounts.yaml in "
+        "the project); then: prefect deploy --all --prefect-file PATH",
+    )
     return parser
 
 
@@ -136,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             risk_reduce_only_mode=True if args.reduce_only else None,
             metrics_file=args.metrics_file,
         )
+        settings = _chosen_account(settings, args)
         if args.standby and (args.command != "run" or _order_tooling(args)):
             what = args.command if args.command != "run" else "the order tooling"
             raise ConfigError(f"--standby: only for the bot (perps-bot --profile P --standby), not with {what}")
@@ -154,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "accounts":
             from deployments.cli.accounts import accounts_command
 
-            return accounts_command(settings, args.action, args.profile)
+            return accounts_command(settings, args.action, args.profile, args.prefect_file)
         if args.command == "checkpoint":
             return checkpoint_command(settings, args)
         if args.command in EMERGENCY_COMMANDS:
@@ -178,6 +192,27 @@ def main(argv: list[str] | None = None) -> int:
     except TraderError as error:
         print(f"perps-bot: error: {error}", file=sys.stderr)
         return 1
+
+
+def _chosen_account(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings of --account's declared account (ConfigError, one line, when it is not declared); all, for
+    cancel-all and flatten, is resolved by the emergency command itself."""
+    if args.account is None:
+        return settings
+    if args.command in ("accounts", "up", "status"):
+        raise ConfigError(f"--account: not for perps-bot {args.command} (it covers every declared account)")
+    if args.account == ALL_ACCOUNTS:
+        if args.command not in EMERGENCY_COMMANDS:
+            raise ConfigError(f"--account all: only with an emergency command, not with {args.command}")
+        return settings
+    from prefect_adapter.secrets import secret_block_value
+    from trader.accounts import account_settings
+
+    chosen = account_settings(settings, args.account, profile=args.profile, secret=secret_block_value)
+    kept = {"risk_reduce_only_mode": True} if args.reduce_only else {}
+    if args.metrics_file is not None:
+        kept["metrics_file"] = args.metrics_file
+    return chosen.model_copy(update=kept) if kept else chosen
 
 
 def _order_tooling(args: argparse.Namespace) -> bool:

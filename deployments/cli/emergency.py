@@ -38,17 +38,53 @@ def emergency_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.checkpoint_id is not None:
         raise ConfigError(f"{args.command}: unexpected argument {args.checkpoint_id!r}")
     configure_logging(settings.log_file, stderr=False)
+    accounts = emergency_accounts(settings, args)
     if args.command == "kill-switch":
-        return switch_command(settings, "kill_switch", args.action, args.note)
+        return switch_command(accounts, "kill_switch", args.action, args.note)
     if args.command == "reduce-only":
-        return switch_command(settings, "reduce_only", args.action, args.note)
+        return switch_command(accounts, "reduce_only", args.action, args.note)
+    # --account all: each account in turn; the worst exit code (an error still stops at once, as for one account)
+    return max([_one_account(account, args) for account in accounts])
+
+
+def _one_account(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "cancel-all":
         return cancel_all_command(settings, args.note)
     return flatten_command(settings, args)
 
 
-def switch_command(settings: Settings, switch: Switch, action: str, note: str) -> int:
-    """on: flag file + Prefect Variable (+ cancel-all for the kill switch), SEV-1 incident; off: cleared, resolved."""
+def emergency_accounts(settings: Settings, args: argparse.Namespace) -> list[Settings]:
+    """The accounts an emergency command works on, as the emergency flows decide (flows/emergency.py): without an
+    accounts file the environment's one; the switches are every declared account's (their flag files; a name is
+    refused: the Variable reaches every bot, a flag file only this machine's); cancel-all and flatten need --account
+    (a name, or all) when accounts are declared. settings: already the named account's when --account names one."""
+    from prefect_adapter.secrets import secret_block_value
+    from trader.accounts import ALL_ACCOUNTS, declared, selected_accounts
+
+    specs = declared(settings)
+    account = getattr(args, "account", None)
+    if specs is None:
+        return [settings]
+    if args.command in ("kill-switch", "reduce-only"):
+        if account not in (None, ALL_ACCOUNTS):
+            raise ConfigError(
+                f"{args.command}: --account {account}: the switch is every account's (its Prefect Variable reaches "
+                f"every bot); leave --account out, or stop one account with cancel-all or flatten --account {account}"
+            )
+        return selected_accounts(settings, ALL_ACCOUNTS, profile=args.profile, secret=secret_block_value)
+    if account is None:
+        names = ", ".join(spec.name for spec in specs)
+        raise ConfigError(
+            f"{args.command}: --account: required with {settings.accounts_file} (declared: {names}); name one, or all"
+        )
+    if account == ALL_ACCOUNTS:
+        return selected_accounts(settings, ALL_ACCOUNTS, profile=args.profile, secret=secret_block_value)
+    return [settings]
+
+
+def switch_command(accounts: list[Settings], switch: Switch, action: str, note: str) -> int:
+    """on: each account's flag file + the Prefect Variable (+ cancel-all of each account for the kill switch), a
+    SEV-1 incident per account; off: cleared, resolved."""
     from trader.emergency.procedures import (
         ENV_NAMES,
         PROCEDURES,
@@ -61,33 +97,34 @@ def switch_command(settings: Settings, switch: Switch, action: str, note: str) -
     )
 
     if action == "status":
-        return switch_status(settings, switch)
+        return max(switch_status(settings, switch) for settings in accounts)
     enabled = action == "on"
-    changes = [set_switch(settings, switch, enabled, reason=note or "perps-bot")]
+    flags = [set_switch(settings, switch, enabled, reason=note or "perps-bot") for settings in accounts]
     variable, problem = write_variable(switch, enabled)
-    if variable is not None:
-        changes.append(variable)
-    rows = [c.row() for c in changes]
-    cancelled = None
-    if enabled and switch == "kill_switch":
-        cancelled = operator_cancel_all(settings)
-        rows += cancelled.rows()
     procedure = PROCEDURES[switch]
-    print_rows(f"Emergency {procedure} {action}", rows)
-    for change in changes:
-        say(change.describe())
+    for settings, flag in zip(accounts, flags, strict=True):
+        changes = [flag] if variable is None else [flag, variable]
+        rows = [c.row() for c in changes]
+        cancelled = None
+        if enabled and switch == "kill_switch":
+            cancelled = operator_cancel_all(settings)
+            rows += cancelled.rows()
+        who = f" ({settings.account})" if len(accounts) > 1 else ""
+        print_rows(f"Emergency {procedure} {action}{who}", rows)
+        for change in changes:
+            say(change.describe())
+        if cancelled is not None:
+            say(cancelled.summary())
+        if enabled:
+            _incident(settings, procedure, TITLES[switch], note, rows)
+        else:
+            resolved = resolve_incidents(with_secret_blocks(settings), RESOLVED_BY[switch])
+            say(f"incidents resolved{who}: {', '.join(resolved) or 'none were open'}")
     if problem:
         done = "set" if enabled else "cleared"
         say(f"[yellow]the flag file was {done}; the Prefect Variable {switch} was not: {problem}[/]")
-    if cancelled is not None:
-        say(cancelled.summary())
-    if enabled:
-        _incident(settings, procedure, TITLES[switch], note, rows)
-    else:
-        resolved = resolve_incidents(with_secret_blocks(settings), RESOLVED_BY[switch])
-        say(f"incidents resolved: {', '.join(resolved) or 'none were open'}")
-        if switch_in_environment(settings, switch):
-            say(f"[yellow]{ENV_NAMES[switch]} is set in this environment: the switch stays ON where it is set[/]")
+    if not enabled and switch_in_environment(accounts[0], switch):
+        say(f"[yellow]{ENV_NAMES[switch]} is set in this environment: the switch stays ON where it is set[/]")
     return 0
 
 
@@ -136,6 +173,8 @@ def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
             say("flatten: not confirmed, nothing done")
             return 1
     request_id = args.request_id or f"cli-{uuid.uuid4().hex[:16]}"
+    if settings.account != "default":  # accounts on one Coinbase key must not derive the same exits' ids (as the flow)
+        request_id = f"{request_id}-{settings.account}"
     variable, problem = write_variable("reduce_only", True)
     result = flatten_account(settings, request_id=request_id, symbols=symbols)
     rows = ([variable.row()] if variable is not None else []) + result.rows()
