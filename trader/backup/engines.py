@@ -3,8 +3,10 @@ SQLite (the online backup API).
 
 Invariant: the row counts and per-table checksums of a dump are taken in the same snapshot as the dump
 (PostgreSQL: pg_dump runs on the snapshot exported by the transaction that counts; SQLite: counted on the backup
-copy itself), and a restored copy is counted the same way (md5 over every row's md5 in primary-key order), so a
-restore test compares like with like. A PostgreSQL password goes to the tools in PGPASSWORD, never on a command line.
+copy itself), and a restored copy is counted the same way (md5 over every row's md5 in primary-key order; the rows
+of ACCOUNT_TABLES per account), so a restore test compares like with like. These statements are generic over the
+catalog (every table, its primary key, whether it has an `account` column): they must run in the dump's own
+snapshot, which no Ledger can join. A PostgreSQL password goes to the tools in PGPASSWORD, never on a command line.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -30,7 +33,7 @@ from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from trader.backup.models import BackupError, Engine, Progress, Restored, TableStats, no_progress
+from trader.backup.models import ACCOUNT_TABLES, BackupError, Engine, Progress, Restored, TableStats, no_progress
 
 
 class DatabaseEngine(Protocol):
@@ -180,7 +183,9 @@ SELECT n.nspname, c.relname, format('%%I.%%I', n.nspname, c.relname),
           FROM pg_index i
           CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = c.oid AND i.indisprimary)
+         WHERE i.indrelid = c.oid AND i.indisprimary),
+       EXISTS (SELECT 1 FROM pg_attribute a
+                WHERE a.attrelid = c.oid AND a.attname = 'account' AND a.attnum > 0 AND NOT a.attisdropped)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
  ORDER BY 1, 2
@@ -199,7 +204,7 @@ def _postgres_stats(connection: Connection, report: Progress) -> TableStats:
     """Row counts and md5 checksums of every user table, in this connection's snapshot."""
     tables = connection.exec_driver_sql(_PG_TABLES).all()
     stats = TableStats()
-    for done, (schema, table, qualified, primary_key) in enumerate(tables, start=1):
+    for done, (schema, table, qualified, primary_key, has_account) in enumerate(tables, start=1):
         key = table if schema == "public" else f"{schema}.{table}"
         order = primary_key or "_row_::text"
         count, checksum = connection.exec_driver_sql(
@@ -208,6 +213,9 @@ def _postgres_stats(connection: Connection, report: Progress) -> TableStats:
         ).one()
         stats.row_counts[key] = int(count)
         stats.checksums[key] = str(checksum)
+        if key in ACCOUNT_TABLES and has_account:
+            grouped = connection.exec_driver_sql(f'SELECT "account", count(*) FROM {qualified} GROUP BY "account"')
+            stats.add_account_counts(key, [(str(account), int(rows)) for account, rows in grouped])
         report("snapshot", done, len(tables))
     return stats
 
@@ -353,11 +361,19 @@ def _sqlite_stats(connection: sqlite3.Connection, report: Progress) -> TableStat
         columns = connection.execute(f"PRAGMA table_info({_sqlite_quote(table)})").fetchall()
         primary_key = [column[1] for column in sorted(columns, key=lambda c: c[5]) if column[5] > 0]
         order = ", ".join(_sqlite_quote(c) for c in primary_key) or "rowid"
+        # The rows are read anyway: ACCOUNT_TABLES' accounts are tallied from them (no GROUP BY of its own).
+        names = [column[1] for column in columns]
+        at = names.index("account") if table in ACCOUNT_TABLES and "account" in names else None
+        per_account: Counter[str] = Counter()
         table_digest, count = hashlib.md5(usedforsecurity=False), 0
         for row in connection.execute(f"SELECT * FROM {_sqlite_quote(table)} ORDER BY {order}"):
             table_digest.update(hashlib.md5(repr(row).encode(), usedforsecurity=False).hexdigest().encode())
             count += 1
+            if at is not None:
+                per_account[row[at]] += 1
         stats.row_counts[table] = count
         stats.checksums[table] = table_digest.hexdigest()
+        if at is not None:
+            stats.add_account_counts(table, per_account.items())
         report("snapshot", done, len(tables))
     return stats

@@ -1,5 +1,5 @@
-"""Backups of the ledger database to the cold tier, verified before they count, kept 30 daily and 12 monthly, and
-a restore test that proves a backup restores to the same rows.
+"""Backups of the ledger database (every account's rows) to the cold tier, verified before they count, kept 30
+daily and 12 monthly, and a restore test that proves a backup restores to the same rows, account by account.
 
 A backup is two objects: the dump `backups/<kind>/<timestamp>.dump` (PostgreSQL, `pg_dump --format=custom`) or
 `.sqlite` (SQLite online backup API), then its manifest `backups/<kind>/<timestamp>.manifest.json`.
@@ -163,6 +163,7 @@ class BackupManager:
             verified=True,
             verified_at=datetime.now(UTC),
             timings={"dump_seconds": round(dump.dump_seconds, 3), "verify_seconds": round(verify_seconds, 3)},
+            account_row_counts={account: dict(tables) for account, tables in dump.stats.account_counts.items()},
         )
         manifest = json.dumps(info.to_manifest(), indent=2, sort_keys=True).encode()
         self.cold.put(dump.manifest_name, manifest)  # last: only now does the backup count
@@ -295,6 +296,8 @@ class BackupManager:
             download_seconds=download_seconds,
             restore_seconds=restore_seconds,
             compare_seconds=compare_seconds,
+            expected_account_counts=dict(info.account_row_counts),
+            restored_account_counts=dict(stats.account_counts),
         )
         if report.ok:
             log.info("%s", report.summary())

@@ -2,13 +2,17 @@
 
 Invariant: a `BackupInfo` read from a manifest counts as a backup only with `verified: true`, which the manager
 writes only after the uploaded dump was read back and its sha256 matched; `compare_with_manifest` is the one rule
-by which a restored copy agrees with its manifest (same tables, same row counts, same per-table checksums).
+by which a restored copy agrees with its manifest (same tables, same row counts, same per-table checksums, and for
+every account the same rows in each of ACCOUNT_TABLES).
+
+A backup is the whole database, every account's rows: a dump cannot be split by account. Its manifest records each
+account's rows of ACCOUNT_TABLES, counted in the dump's own snapshot, so a restore test proves every account whole.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +30,11 @@ PREFIX = "backups"
 KEEP_DAILY = 30
 KEEP_MONTHLY = 12  # full backups count as monthly
 ORPHAN_GRACE = timedelta(days=1)  # a dump without a verified manifest this old is a failed run's leftover
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: account_row_counts
+# The tables whose rows a manifest counts per account (an operator's "is my account's history in this backup").
+ACCOUNT_TABLES = ("orders", "fills", "positions", "checkpoints")
+# account -> table -> rows
+AccountCounts = dict[str, dict[str, int]]
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 CHECKSUM_METHOD = "md5 over each row's md5 in primary-key order (PostgreSQL: row::text; SQLite: repr of the row)"
 _NAME = re.compile(r"^backups/(daily|monthly|full)/(\d{8}T\d{6}Z)\.(dump|sqlite|manifest\.json)$")
@@ -54,6 +62,12 @@ class TableStats:
 
     row_counts: dict[str, int] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)
+    account_counts: AccountCounts = field(default_factory=dict)  # ACCOUNT_TABLES' rows per account
+
+    def add_account_counts(self, table: str, counts: Iterable[tuple[str, int]]) -> None:
+        """Record one table's (account, rows) pairs; every account seen gets every table of ACCOUNT_TABLES."""
+        for account, rows in counts:
+            self.account_counts.setdefault(account, dict.fromkeys(ACCOUNT_TABLES, 0))[table] = int(rows)
 
 
 @dataclass
@@ -102,6 +116,7 @@ class BackupInfo:
     verified: bool
     verified_at: datetime | None
     timings: dict[str, float] = field(default_factory=dict)
+    account_row_counts: AccountCounts = field(default_factory=dict)  # empty in manifests older than version 2
 
     @property
     def total_rows(self) -> int:
@@ -133,6 +148,10 @@ class BackupInfo:
             verified=data.get("verified") is True,
             verified_at=datetime.fromisoformat(verified_at) if verified_at else None,
             timings=dict(data.get("timings", {})),
+            account_row_counts={
+                account: {table: int(rows) for table, rows in tables.items()}
+                for account, tables in data.get("account_row_counts", {}).items()
+            },
         )
 
 
@@ -151,13 +170,16 @@ class RestoreReport:
     download_seconds: float
     restore_seconds: float
     compare_seconds: float
+    expected_account_counts: AccountCounts = field(default_factory=dict)
+    restored_account_counts: AccountCounts = field(default_factory=dict)
 
     def summary(self) -> str:
         rows = sum(self.restored_counts.values())
         if self.ok:
+            accounts = f" and {len(self.restored_account_counts)} accounts" if self.expected_account_counts else ""
             return (
-                f"Restore test passed: {self.backup} restored {rows} rows in {len(self.restored_counts)} tables, "
-                "counts and checksums match the manifest"
+                f"Restore test passed: {self.backup} restored {rows} rows in {len(self.restored_counts)} tables"
+                f"{accounts}, counts and checksums match the manifest"
             )
         return f"Restore test FAILED for {self.backup}: " + "; ".join(self.mismatches)
 
@@ -193,4 +215,17 @@ def compare_with_manifest(info: BackupInfo, restored: TableStats) -> list[str]:
             )
         elif info.table_checksums.get(table) != restored.checksums[table]:
             mismatches.append(f"{table}: checksum {restored.checksums[table][:12]} differs from the manifest's")
+    if info.account_row_counts:  # a manifest from before accounts has none to compare
+        mismatches += _account_mismatches(info.account_row_counts, restored.account_counts)
+    return mismatches
+
+
+def _account_mismatches(expected: AccountCounts, restored: AccountCounts) -> list[str]:
+    mismatches = []
+    for account in sorted(set(expected) | set(restored)):
+        for table in ACCOUNT_TABLES:
+            want = expected.get(account, {}).get(table, 0)
+            got = restored.get(account, {}).get(table, 0)
+            if want != got:
+                mismatches.append(f"account {account}: {table}: {got} rows restored, manifest says {want}")
     return mismatches

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trader.backup import BackupInfo, RestoreReport
+from trader.backup.models import ACCOUNT_TABLES, AccountCounts
 
 
 def size_text(size_bytes: int) -> str:
@@ -27,7 +28,7 @@ def backup_markdown(info: BackupInfo, pruned: list[str]) -> str:
         "|---|---:|---|",
     ]
     lines += [f"| {t} | {n} | `{info.table_checksums.get(t, '')[:12]}` |" for t, n in sorted(info.row_counts.items())]
-    return "\n".join(lines)
+    return "\n".join(lines + _accounts_table(info.account_row_counts, info.account_row_counts))
 
 
 def restore_markdown(report: RestoreReport) -> str:
@@ -48,4 +49,20 @@ def restore_markdown(report: RestoreReport) -> str:
         lines.append(
             f"| {table} | {report.expected_counts.get(table, '-')} | {report.restored_counts.get(table, '-')} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _accounts_table(report.expected_account_counts, report.restored_account_counts))
+
+
+def _accounts_table(expected: AccountCounts, restored: AccountCounts) -> list[str]:
+    """Rows per account of ACCOUNT_TABLES; a restored count that differs from the manifest's shows both."""
+    if not expected and not restored:
+        return []  # a manifest from before accounts
+    lines = ["", "## Per account", "", "| account | " + " | ".join(ACCOUNT_TABLES) + " |"]
+    lines.append("|---|" + "---:|" * len(ACCOUNT_TABLES))
+    for account in sorted(set(expected) | set(restored)):
+        cells = []
+        for table in ACCOUNT_TABLES:
+            want = expected.get(account, {}).get(table, 0)
+            got = restored.get(account, {}).get(table, 0)
+            cells.append(str(got) if got == want else f"**{got}** (manifest {want})")
+        lines.append(f"| {account} | " + " | ".join(cells) + " |")
+    return lines

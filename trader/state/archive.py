@@ -5,6 +5,9 @@ An archive is gzip'd JSON lines, one StateRecord per line (key, value as text, c
 plus a manifest with the key count and the sha256 of the stored bytes. `archive()` deletes the keys from the
 warm and hot tiers only after the object was written AND read back with a matching sha256, so a failed upload
 never loses a key. `restore()` verifies the sha256 and every record's checksum before writing anything back.
+
+Archives are named `state/archive/<name>` in the store it is given: StateManager.from_settings gives it the
+account's view (trader/state/cold.py AccountObjectStore), so they sit under `accounts/<account>/state/archive/`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Protocol
 
 from trader.errors import TraderError
 from trader.state.base import BatchResult, ObjectStore, StateRecord, decode_value
-from trader.state.cold import FallbackObjectStore
+from trader.state.cold import AccountObjectStore, FallbackObjectStore
 
 log = logging.getLogger(__name__)
 PREFIX = "state/archive/"
@@ -65,7 +68,7 @@ class ColdArchive:
     def on_recovery(self, listener: Callable[[str, float], None]) -> None:
         """Call `listener("s3", seconds)` when the cold store comes back after an outage (a store with a local
         fallback; a plain folder or S3 store has no recovery to report)."""
-        if isinstance(self.cold, FallbackObjectStore):
+        if isinstance(self.cold, FallbackObjectStore | AccountObjectStore):
             self.cold.on_recovery(listener)
 
     def archive(self, pattern: str, *, name: str | None = None) -> ArchiveInfo | None:

@@ -11,7 +11,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from trader.ledger.models import DEFAULT_ACCOUNT
+
+if TYPE_CHECKING:
+    from trader.settings import Settings
 
 
 def encode_value(value: Any) -> bytes:
@@ -97,3 +103,12 @@ class ObjectStore(Protocol):
     def delete(self, name: str) -> None: ...
 
     def ping(self) -> bool: ...
+
+
+def account_state_dir(settings: Settings) -> Path:
+    """The folder of the account's local state files (write journal, cold fallback): STATE_DIR itself for the
+    default account, where its files were before accounts (a journal left pending by an upgrade is still
+    replayed), STATE_DIR/accounts/<account> for any other."""
+    if settings.account == DEFAULT_ACCOUNT:
+        return settings.state_dir
+    return settings.state_dir / "accounts" / settings.account

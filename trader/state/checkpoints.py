@@ -3,8 +3,13 @@ counters) kept in the warm tier (the `checkpoints` table) and copied to the cold
 
 Stored bytes are the snapshot as canonical JSON (sorted keys, no spaces), gzip-compressed (mtime 0, so the same
 snapshot gives the same bytes) when compression is on; `sha256` and `size_bytes` cover the stored bytes. The cold
-tier holds `checkpoints/<id>.json.gz` (or `.json`) and `checkpoints/<id>.manifest.json` (the row without the
-payload), so a checkpoint can be identified from the cold tier alone.
+tier holds `accounts/<account>/checkpoints/<id>.json.gz` (or `.json`) and `<id>.manifest.json` beside it (the row
+without the payload), so a checkpoint can be identified from the cold tier alone.
+
+Invariant: a CheckpointStore is one account's: its Ledger reads, prunes and writes only that account's rows, and
+its cold copies go under that account's prefix, so no id of another account is ever listed, read, restored or
+pruned. A row keeps the cold copy's full name (cold_key): copies written before accounts (`checkpoints/<id>…` at
+the store's root, rows of the default account) still restore.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from trader.errors import TraderError
 from trader.ledger import Checkpoint, Ledger, OrderRecord
+from trader.ledger.models import DEFAULT_ACCOUNT
 from trader.state.base import ObjectStore, TierUnavailable
-from trader.state.cold import ColdStorageError, cold_store_from_settings
+from trader.state.cold import ColdStorageError, account_store, cold_store_from_settings
 
 if TYPE_CHECKING:
     from trader.brokers.base import Broker
@@ -221,13 +227,15 @@ def _order_dict(order: OrderRecord) -> dict[str, Any]:
 
 
 class CheckpointStore:
-    """Create, list, verify and restore checkpoints in the ledger database (warm) with a copy in `cold`."""
+    """Create, list, verify and restore one account's checkpoints in the ledger database (warm) with a copy in
+    `cold` (the whole store, or this account's view of it: the copies go under accounts/<account>/ either way)."""
 
     def __init__(
         self,
         database_url: str,
         cold: ObjectStore,
         *,
+        account: str = DEFAULT_ACCOUNT,
         retention: int = 10,
         compress: bool = True,
         migrate: bool = True,
@@ -235,8 +243,10 @@ class CheckpointStore:
         if retention < 1:
             raise CheckpointError(f"retention must be at least 1 (got {retention})")
         self.database_url = database_url
-        self.ledger = Ledger(database_url, migrate=migrate)  # the warm copies: its checkpoints table
-        self.cold = cold
+        self.account = account
+        # The warm copies: the checkpoints table, through a Ledger scoped to the account.
+        self.ledger = Ledger(database_url, account=account, migrate=migrate)
+        self.cold = account_store(cold, account)
         self.retention = retention
         self.compress = compress
         self.last_create_ms: float | None = None
@@ -256,6 +266,7 @@ class CheckpointStore:
         checkpoint_id = new_checkpoint_id(created_at)
         payload = encode_snapshot(snapshot, compress=self.compress)
         row = Checkpoint(
+            account=self.account,
             id=checkpoint_id,
             created_at=created_at,
             session_id=session_id,
@@ -266,12 +277,12 @@ class CheckpointStore:
             payload=payload,
             cold_key=None,
         )
-        cold_key = f"checkpoints/{checkpoint_id}.json{'.gz' if self.compress else ''}"
+        name = f"checkpoints/{checkpoint_id}.json{'.gz' if self.compress else ''}"
         try:
-            self.cold.put(cold_key, payload)
-            row.cold_key = cold_key
+            self.cold.put(name, payload)
+            row.cold_key = self.cold.stored_name(name)
             manifest = CheckpointInfo.of(row).manifest()
-            self.cold.put(_manifest_key(checkpoint_id), json.dumps(manifest, sort_keys=True).encode())
+            self.cold.put(f"checkpoints/{checkpoint_id}.manifest.json", json.dumps(manifest, sort_keys=True).encode())
         except (TierUnavailable, ColdStorageError) as error:
             log.warning(
                 "checkpoint %s: cold copy not written (%s); the warm copy is the only one", checkpoint_id, error
@@ -293,11 +304,11 @@ class CheckpointStore:
     def _prune(self) -> None:
         doomed = [(row.id, row.cold_key) for row in self.ledger.prune_checkpoints(keep=self.retention)]
         for checkpoint_id, cold_key in doomed:
-            for key in (cold_key, _manifest_key(checkpoint_id)):
-                if key is None:
-                    continue
+            if cold_key is None:
+                continue  # no cold copy was written, nor its manifest
+            for key in (cold_key, _manifest_key(cold_key, checkpoint_id)):
                 try:
-                    self.cold.delete(key)
+                    self.cold.store.delete(key)  # by its full name: copies from before accounts sit at the root
                 except (TierUnavailable, ColdStorageError) as error:
                     log.warning("checkpoint %s: cold copy %s not deleted (%s)", checkpoint_id, key, error)
         if doomed:
@@ -310,13 +321,18 @@ class CheckpointStore:
         return [CheckpointInfo.of(row) for row in self.ledger.checkpoints()]
 
     def get(self, checkpoint_id: str) -> CheckpointInfo:
-        row = self.ledger.get_checkpoint(checkpoint_id)
+        row = self._row(checkpoint_id)
         if row is None:
             raise CheckpointNotFound(f"no checkpoint {checkpoint_id}; {self._newest_good_hint()}")
         return CheckpointInfo.of(row)
 
-    def _verified(self, checkpoint_id: str) -> _Verified:
+    def _row(self, checkpoint_id: str) -> Checkpoint | None:
+        """This account's checkpoint with that id; another account's id is no checkpoint here."""
         row = self.ledger.get_checkpoint(checkpoint_id)
+        return row if row is not None and row.account == self.account else None
+
+    def _verified(self, checkpoint_id: str) -> _Verified:
+        row = self._row(checkpoint_id)
         if row is None:
             raise CheckpointNotFound(f"no checkpoint {checkpoint_id}")
         info = CheckpointInfo.of(row)
@@ -327,7 +343,7 @@ class CheckpointStore:
         if info.cold_key is None:
             raise CheckpointCorrupt(f"{warm_problem}; no cold copy")
         try:
-            snapshot = self._check(self.cold.get(info.cold_key), info)
+            snapshot = self._check(self.cold.store.get(info.cold_key), info)
         except CheckpointCorrupt as error:
             raise CheckpointCorrupt(f"{warm_problem}; cold copy {info.cold_key}: {error}") from None
         except (TierUnavailable, ColdStorageError) as error:
@@ -384,11 +400,12 @@ class CheckpointStore:
 def checkpoint_store_from_settings(
     settings: Settings, *, on_availability: Callable[[bool], None] | None = None, cold: ObjectStore | None = None
 ) -> CheckpointStore:
-    """DATABASE_URL (warm), COLD_STORAGE_URL (cold, unless a store is passed), CHECKPOINT_RETENTION_COUNT,
-    CHECKPOINT_ENABLE_COMPRESSION."""
+    """ACCOUNT's checkpoints: DATABASE_URL (warm), COLD_STORAGE_URL (cold, unless a store is passed; copies under
+    accounts/<account>/), CHECKPOINT_RETENTION_COUNT, CHECKPOINT_ENABLE_COMPRESSION."""
     return CheckpointStore(
         settings.database_url,
         cold if cold is not None else cold_store_from_settings(settings, on_availability=on_availability),
+        account=settings.account,
         retention=settings.checkpoint_retention_count,
         compress=settings.checkpoint_enable_compression,
     )
@@ -397,5 +414,7 @@ def checkpoint_store_from_settings(
 _Verified = tuple[CheckpointInfo, dict[str, Any], Source, list[str]]
 
 
-def _manifest_key(checkpoint_id: str) -> str:
-    return f"checkpoints/{checkpoint_id}.manifest.json"
+def _manifest_key(cold_key: str, checkpoint_id: str) -> str:
+    """The manifest beside a cold copy: `<folder of cold_key>/<id>.manifest.json`."""
+    folder, _, _ = cold_key.rpartition("/")
+    return f"{folder}/{checkpoint_id}.manifest.json" if folder else f"{checkpoint_id}.manifest.json"

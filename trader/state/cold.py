@@ -4,6 +4,10 @@ S3 outage (objects written locally and queued, uploaded by `sync()` once S3 answ
 Invariant: a reader sees a whole object or none of it, whether it was stored from bytes (`put`) or streamed from
 a file in chunks (`put_file`: a temp file renamed into place, or an S3 multipart upload completed in one call).
 
+An account's objects (checkpoint copies, state archives) live under `accounts/<account>/`: AccountObjectStore is
+that account's view of the store, and sees, lists and deletes nothing outside it. Backups (the whole database,
+every account) stay at the store's root.
+
 Log phrases the runbook greps (logger `trader.state.cold`): "S3 outage detected", "local storage fallback",
 "S3 recovery", "Synced N objects to S3".
 """
@@ -25,7 +29,7 @@ from typing import IO, Any, Literal, Protocol, overload
 from trader.errors import ConfigError, TraderError
 from trader.fsio import atomic_write, atomic_writer
 from trader.settings import Settings
-from trader.state.base import ObjectStore, TierUnavailable
+from trader.state.base import ObjectStore, TierUnavailable, account_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -590,6 +594,69 @@ class FallbackObjectStore:
         return self.primary.ping() or self.local.ping()
 
 
+# --- one account's view ------------------------------------------------------------------------------------------
+
+ACCOUNTS_PREFIX = "accounts"
+
+
+def account_prefix(account: str) -> str:
+    """Where an account's objects live in the cold store: `accounts/<account>/`."""
+    try:
+        check_name(f"{ACCOUNTS_PREFIX}/{account}")
+    except ColdStorageError:
+        raise ColdStorageError(
+            f"account {account!r} cannot name a cold-store folder (no '/', no leading '.')"
+        ) from None
+    return f"{ACCOUNTS_PREFIX}/{account}/"
+
+
+class AccountObjectStore:
+    """One account's view of a cold store: name N is stored as `accounts/<account>/N` in `store`; list() answers
+    names without that prefix and only from under it."""
+
+    def __init__(self, store: ObjectStore, account: str) -> None:
+        self.store = store
+        self.account = account
+        self.prefix = account_prefix(account)
+        self.name = store.name
+
+    def stored_name(self, name: str) -> str:
+        """The object's name in the underlying store (what a checkpoint row keeps as its cold_key)."""
+        return self.prefix + check_name(name)
+
+    def put(self, name: str, data: bytes) -> str:
+        return self.store.put(self.stored_name(name), data)
+
+    def get(self, name: str) -> bytes:
+        return self.store.get(self.stored_name(name))
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [name.removeprefix(self.prefix) for name in self.store.list(self.prefix + prefix)]
+
+    def delete(self, name: str) -> None:
+        self.store.delete(self.stored_name(name))
+
+    def ping(self) -> bool:
+        return self.store.ping()
+
+    def on_recovery(self, listener: Callable[[str, float], None]) -> None:
+        """As FallbackObjectStore.on_recovery when the underlying store has a local fallback; else nothing to do."""
+        if isinstance(self.store, FallbackObjectStore):
+            self.store.on_recovery(listener)
+
+
+def account_store(store: ObjectStore, account: str) -> AccountObjectStore:
+    """The account's view of store; a view already of this account is returned as it is, never nested."""
+    if isinstance(store, AccountObjectStore):
+        if store.account != account:
+            raise ColdStorageError(
+                f"cold store view of account {store.account!r} was handed to account {account!r}: pass the "
+                "store itself (cold_store_from_settings), not another account's view"
+            )
+        return store
+    return AccountObjectStore(store, account)
+
+
 @overload
 def cold_store_from_settings(
     settings: Settings, *, on_availability: Callable[[bool], None] | None = None, fallback: Literal[False]
@@ -609,13 +676,15 @@ def cold_store_from_settings(
     fallback: bool = True,
 ) -> ObjectStore:
     """COLD_STORAGE_URL s3://bucket/prefix -> S3Store (endpoint from COLD_STORAGE_ENDPOINT_URL), wrapped in a
-    FallbackObjectStore on STATE_DIR/cold_fallback unless fallback=False; anything else is a local folder."""
+    FallbackObjectStore on <the account's state folder>/cold_fallback unless fallback=False; anything else is a
+    local folder. The whole store: an account's objects go through account_store()."""
     url = settings.cold_storage_url
     if url.startswith("s3://"):
         s3 = S3Store(url, endpoint_url=settings.cold_storage_endpoint_url)
         if not fallback:
             return s3
-        return FallbackObjectStore(s3, settings.state_dir / "cold_fallback", on_availability)
+        # Each account's own queue: bots of two accounts on one STATE_DIR never rewrite each other's queue file.
+        return FallbackObjectStore(s3, account_state_dir(settings) / "cold_fallback", on_availability)
     if "://" in url and not url.startswith("file://"):
         raise ConfigError(f"COLD_STORAGE_URL: expected a folder path or s3://bucket/prefix (got {url!r})")
     return LocalFolderStore(Path(url.removeprefix("file://")))

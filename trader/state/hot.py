@@ -1,4 +1,9 @@
-"""HOT tier: a bounded in-process LRU (MemoryCache) or Redis (RedisCache); both keep whole StateRecords."""
+"""HOT tier: a bounded in-process LRU (MemoryCache) or Redis (RedisCache); both keep whole StateRecords.
+
+Invariant: a RedisCache reads, lists and deletes only keys under its own prefix; the state of an account lives
+under `state:<account>:` (state_prefix), the default account's included, so no key of one account is ever another's
+(an account name holds no ':').
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from trader.ledger.models import DEFAULT_ACCOUNT
 from trader.state.base import BatchResult, StateRecord, TierUnavailable
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -32,6 +38,13 @@ RecordRow = tuple[str, bytes | memoryview | str, str, int, int]
 def record_row(record: StateRecord) -> RecordRow:
     micros = (record.updated_at - _EPOCH) // _MICROSECOND
     return (record.key, record.value, record.checksum, record.version, micros)
+
+
+def state_prefix(account: str) -> str:
+    """The Redis key prefix of one account's state: `state:<account>:`."""
+    if not account or ":" in account:
+        raise ValueError(f"account {account!r} cannot name a Redis prefix: use the ACCOUNT setting's letters")
+    return f"state:{account}:"
 
 
 class _Stamps(dict[int, datetime]):
@@ -175,7 +188,7 @@ class RedisCache:
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "state:", socket_timeout: float = 0.5) -> None:
+    def __init__(self, url: str, prefix: str = state_prefix(DEFAULT_ACCOUNT), socket_timeout: float = 0.5) -> None:
         self.url = url
         self.prefix = prefix
         # One immediate retry lets a pooled connection broken by a Redis restart reconnect; no backoff sleeps,

@@ -38,10 +38,12 @@ from trader.state.base import (
     StateRecord,
     StorageTier,
     TierUnavailable,
+    account_state_dir,
     checksum,
     encode_value,
 )
-from trader.state.hot import MemoryCache, RedisCache, glob_regex
+from trader.state.cold import account_store
+from trader.state.hot import MemoryCache, RedisCache, glob_regex, state_prefix
 from trader.state.journal import JournalEntry, Op, ReplayResult, WriteJournal
 from trader.state.warm import SqlWarmStore
 
@@ -157,16 +159,21 @@ class StateManager:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, cold: ObjectStore | None = None) -> StateManager:
-        """RedisCache when REDIS_URL is set (else MemoryCache), SqlWarmStore on DATABASE_URL, journal in STATE_DIR;
-        `cold` (COLD_STORAGE_URL's store) enables archive() and restore_archive()."""
-        hot: StorageTier = RedisCache(settings.redis_url) if settings.redis_url else MemoryCache()
-        warm = SqlWarmStore(settings.database_url, settings.state_batch_size)
+        """The state of ACCOUNT: RedisCache under state:<account>: when REDIS_URL is set (else MemoryCache),
+        SqlWarmStore on DATABASE_URL's rows of the account, journal in the account's state folder; `cold`
+        (COLD_STORAGE_URL's store) enables archive() and restore_archive() under accounts/<account>/."""
+        account = settings.account
+        hot: StorageTier = (
+            RedisCache(settings.redis_url, prefix=state_prefix(account)) if settings.redis_url else MemoryCache()
+        )
+        warm = SqlWarmStore(settings.database_url, settings.state_batch_size, account=account)
         try:
             warm.ensure_schema()
         except TierUnavailable as error:
             log.warning("PostgreSQL outage detected at startup (warm tier %s): %s", warm.name, error)
-        journal = WriteJournal(settings.state_dir / "warm-journal.jsonl")
-        return cls(hot, warm, journal=journal, batch_size=settings.state_batch_size, cold=cold)
+        journal = WriteJournal(account_state_dir(settings) / "warm-journal.jsonl")
+        scoped = account_store(cold, account) if cold is not None else None
+        return cls(hot, warm, journal=journal, batch_size=settings.state_batch_size, cold=scoped)
 
     # --- public operations -----------------------------------------------------------------------------------
 

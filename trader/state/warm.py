@@ -1,4 +1,9 @@
-"""WARM tier: the state_entries table on SQLite or PostgreSQL, written with one bulk upsert per batch."""
+"""WARM tier: the state_entries table on SQLite or PostgreSQL, written with one bulk upsert per batch.
+
+Invariant: a SqlWarmStore reads and writes only its account's rows: every statement (reads, upserts, key listing,
+deletes, the export scan, clear) filters on or sets `account`, and upserts conflict on (account, key), the table's
+primary key, so the same key in two accounts is two independent entries.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +16,31 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from trader.ledger.db import make_engine, migrate
-from trader.ledger.models import StateEntry
+from trader.ledger.models import DEFAULT_ACCOUNT, StateEntry
 from trader.state.base import BatchResult, StateRecord, TierUnavailable
 from trader.state.hot import RecordRow, glob_regex, rows_to_records
 
 _TABLE: Table = StateEntry.metadata.tables["state_entries"]
-_COLUMNS = ("key", "value", "checksum", "version", "updated_at")
+_COLUMNS = ("account", "key", "value", "checksum", "version", "updated_at")
+_KEY = _TABLE.c.key
 # Below SQLite's 32766 and PostgreSQL's 65535 bind parameters per statement: a huge STATE_BATCH_SIZE is split.
 _MAX_BIND_PARAMS = 30_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # The full scan of an export: updated_at as µs since the epoch (exact: the numeric EXTRACT of PostgreSQL 14+;
-# SQLite keeps naive UTC text, converted in Python). No ORDER BY: a sequential scan, rows in storage order.
+# SQLite keeps naive UTC text, converted in Python). No ORDER BY: one account's rows in storage order (on the primary
+# key's (account, key) index when the table holds many accounts). The account is the one bind parameter.
 # On PostgreSQL values (canonical JSON) travel as text: half the bytes of bytea's hex and a third of its
 # client-side cost; a value that is not UTF-8 fails the text scan, which the bytea one then completes.
 _MICROS_SQL = '(EXTRACT(EPOCH FROM "updated_at") * 1000000)::bigint'
 _EXPORT_PG_TEXT = (
-    f'SELECT "key", convert_from("value", \'UTF8\'), "checksum", "version", {_MICROS_SQL} FROM "state_entries"'
+    f'SELECT "key", convert_from("value", \'UTF8\'), "checksum", "version", {_MICROS_SQL} FROM "state_entries" '
+    'WHERE "account" = %s'
 )
-_EXPORT_PG_BYTES = f'SELECT "key", "value", "checksum", "version", {_MICROS_SQL} FROM "state_entries"'
-_EXPORT_SQLITE = 'SELECT "key", "value", "checksum", "version", "updated_at" FROM "state_entries"'
+_EXPORT_PG_BYTES = (
+    f'SELECT "key", "value", "checksum", "version", {_MICROS_SQL} FROM "state_entries" WHERE "account" = %s'
+)
+_EXPORT_SQLITE = 'SELECT "key", "value", "checksum", "version", "updated_at" FROM "state_entries" WHERE "account" = ?'
 
 
 class _NotText(Exception):
@@ -45,12 +55,16 @@ def _unavailable(error: Exception) -> bool:
 
 
 class SqlWarmStore:
-    """state_entries through SQLAlchemy: bulk upserts, IN reads per batch, glob keys via GLOB (SQLite) or LIKE."""
+    """One account's state_entries through SQLAlchemy: bulk upserts, IN reads per batch, glob keys via GLOB (SQLite)
+    or LIKE."""
 
-    def __init__(self, database_url: str, batch_size: int = 1000, *, connect_timeout: int = 3) -> None:
+    def __init__(
+        self, database_url: str, batch_size: int = 1000, *, account: str = DEFAULT_ACCOUNT, connect_timeout: int = 3
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
         self.database_url = database_url
+        self.account = account
         self.batch_size = batch_size
         url = make_url(database_url)
         self.dialect = url.get_backend_name()
@@ -87,7 +101,7 @@ class SqlWarmStore:
         try:
             with self.engine.connect() as connection:
                 for chunk in self._chunks(list(dict.fromkeys(keys))):
-                    rows = connection.execute(select(_TABLE).where(_TABLE.c.key.in_(chunk)))
+                    rows = connection.execute(select(_TABLE).where(_TABLE.c.account == self.account, _KEY.in_(chunk)))
                     for row in rows:
                         found[row.key] = StateRecord(
                             key=row.key,
@@ -140,13 +154,15 @@ class SqlWarmStore:
                 cursor: Any = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
                 try:
                     if not server_side:
-                        cursor.execute(sql)
+                        cursor.execute(sql, (self.account,))
                     declare = f"DECLARE state_export NO SCROLL CURSOR FOR {sql}; " if server_side else ""
                     held: list[Any] = []
                     while True:
                         wanted = size + 1 - len(held)
                         if server_side:
-                            cursor.execute(f"{declare}FETCH FORWARD {wanted} FROM state_export")
+                            # The account is bound in the DECLARE only (a FETCH has no parameters).
+                            params = (self.account,) if declare else None
+                            cursor.execute(f"{declare}FETCH FORWARD {wanted} FROM state_export", params)
                             declare = ""
                             rows = held + cursor.fetchall()
                         else:
@@ -196,7 +212,7 @@ class SqlWarmStore:
         try:
             with self.engine.connect() as connection:
                 for chunk in self._chunks(list(dict.fromkeys(keys))):
-                    query = select(_TABLE.c.key, _TABLE.c.version).where(_TABLE.c.key.in_(chunk))
+                    query = select(_KEY, _TABLE.c.version).where(_TABLE.c.account == self.account, _KEY.in_(chunk))
                     found.update({key: int(version) for key, version in connection.execute(query)})
         except SQLAlchemyError as error:
             if _unavailable(error):
@@ -205,7 +221,7 @@ class SqlWarmStore:
         return found
 
     def _upsert_sql(self, rows: int) -> str:
-        """INSERT … VALUES (…) × rows ON CONFLICT (key) DO UPDATE: the statement the dialects' insert() builds.
+        """INSERT … VALUES (…) × rows ON CONFLICT (account, key) DO UPDATE: what the dialects' insert() builds.
 
         Written as text because SQLAlchemy cannot cache a multi-row VALUES statement: compiling one for 1000
         rows costs ~150 ms, five times the database's own work.
@@ -213,10 +229,10 @@ class SqlWarmStore:
         mark = "%s" if self.dialect == "postgresql" else "?"
         row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
         names = ", ".join(f'"{name}"' for name in _COLUMNS)
-        updates = ", ".join(f'"{name}" = excluded."{name}"' for name in _COLUMNS[1:])
+        updates = ", ".join(f'"{name}" = excluded."{name}"' for name in _COLUMNS[2:])
         return (
             f'INSERT INTO "{_TABLE.name}" ({names}) VALUES {", ".join([row] * rows)} '
-            f'ON CONFLICT ("key") DO UPDATE SET {updates}'
+            f'ON CONFLICT ("account", "key") DO UPDATE SET {updates}'
         )
 
     def put_many(self, records: Sequence[StateRecord]) -> BatchResult:
@@ -231,8 +247,9 @@ class SqlWarmStore:
         for start in range(0, len(latest), rows_per_statement):
             chunk = list(latest.values())[start : start + rows_per_statement]
             params: list[Any] = []
+            account = self.account
             for r in chunk:
-                params += [r.key, r.value, r.checksum, r.version, self._stamp(r.updated_at)]
+                params += [account, r.key, r.value, r.checksum, r.version, self._stamp(r.updated_at)]
             try:
                 with self.engine.begin() as connection:
                     connection.exec_driver_sql(self._upsert_sql(len(chunk)), tuple(params))
@@ -250,7 +267,7 @@ class SqlWarmStore:
         for chunk in self._chunks(list(dict.fromkeys(keys))):
             try:
                 with self.engine.begin() as connection:
-                    connection.execute(delete(_TABLE).where(_TABLE.c.key.in_(chunk)))
+                    connection.execute(delete(_TABLE).where(_TABLE.c.account == self.account, _KEY.in_(chunk)))
             except SQLAlchemyError as error:
                 if _unavailable(error):
                     raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
@@ -261,15 +278,15 @@ class SqlWarmStore:
 
     def keys(self, pattern: str = "*") -> list[str]:
         """Keys matching a Redis-style glob: narrowed in SQL (GLOB or a LIKE superset), decided by the glob regex."""
-        query = select(_TABLE.c.key)
+        query = select(_KEY).where(_TABLE.c.account == self.account)
         if pattern != "*":
             if self.dialect == "sqlite" and not any(c in pattern for c in "[]\\"):
-                query = query.where(_TABLE.c.key.op("GLOB")(pattern))  # same * and ? as Redis, case-sensitive
+                query = query.where(_KEY.op("GLOB")(pattern))  # same * and ? as Redis, case-sensitive
             else:
-                query = query.where(_TABLE.c.key.like(_like_superset(pattern), escape="\\"))
+                query = query.where(_KEY.like(_like_superset(pattern), escape="\\"))
         try:
             with self.engine.connect() as connection:
-                found = list(connection.execute(query.order_by(_TABLE.c.key)).scalars())
+                found = list(connection.execute(query.order_by(_KEY)).scalars())
         except SQLAlchemyError as error:
             if _unavailable(error):
                 raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error
@@ -286,10 +303,10 @@ class SqlWarmStore:
         return True
 
     def clear(self) -> None:
-        """Delete every state entry (tests and drills)."""
+        """Delete every state entry of this account (tests and drills); other accounts' entries stay."""
         try:
             with self.engine.begin() as connection:
-                connection.execute(delete(_TABLE))
+                connection.execute(delete(_TABLE).where(_TABLE.c.account == self.account))
         except SQLAlchemyError as error:
             if _unavailable(error):
                 raise TierUnavailable(f"{self.name} warm tier is unreachable: {_first_line(error)}") from error

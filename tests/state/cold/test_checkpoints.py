@@ -97,9 +97,9 @@ def test_create_then_restore_returns_the_snapshot(make_store: Any, cold: LocalFo
     assert restored.snapshot == SNAPSHOT
     assert restored.source == "warm" and restored.notes == []
     assert info.compressed is compress
-    assert info.cold_key == f"checkpoints/{info.id}.json{'.gz' if compress else ''}"
+    assert info.cold_key == f"accounts/default/checkpoints/{info.id}.json{'.gz' if compress else ''}"
     assert cold.get(info.cold_key) == encode_snapshot(SNAPSHOT, compress=compress)
-    manifest = json.loads(cold.get(f"checkpoints/{info.id}.manifest.json"))
+    manifest = json.loads(cold.get(f"accounts/default/checkpoints/{info.id}.manifest.json"))
     assert manifest["sha256"] == info.sha256 and manifest["size_bytes"] == info.size_bytes
     assert info.duration_ms is not None and store.last_create_ms == info.duration_ms
     assert store.last_restore_ms == restored.duration_ms
@@ -133,8 +133,10 @@ def test_retention_keeps_the_newest_and_deletes_older_cold_copies(make_store: An
 
     kept = [c.id for c in made[2:]]
     assert [c.id for c in store.list()] == kept[::-1]
-    assert sorted(cold.list("checkpoints/")) == sorted(
-        name for cid in kept for name in (f"checkpoints/{cid}.json.gz", f"checkpoints/{cid}.manifest.json")
+    assert sorted(cold.list("accounts/default/checkpoints/")) == sorted(
+        name
+        for cid in kept
+        for name in (f"accounts/default/checkpoints/{cid}.json.gz", f"accounts/default/checkpoints/{cid}.manifest.json")
     )
     assert store.restore(made[-1].id) == {"n": 4}
 

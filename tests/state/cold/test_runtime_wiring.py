@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from trader.runtime import build_state
 from trader.settings import load_settings
-from trader.state.cold import FallbackObjectStore
+from trader.state.cold import AccountObjectStore, FallbackObjectStore
 
 if TYPE_CHECKING:
     from tests.state.cold.conftest import MotoS3
@@ -21,7 +21,8 @@ def test_an_s3_outage_sets_system_s3_available_in_state_and_recovers(s3_outage: 
         cold_storage_endpoint_url=s3_outage.endpoint,
     )
     state, checkpoints = build_state(settings)
-    cold = checkpoints.cold
+    assert isinstance(checkpoints.cold, AccountObjectStore) and checkpoints.cold.prefix == "accounts/default/"
+    cold = checkpoints.cold.store
     assert isinstance(cold, FallbackObjectStore)
     s3_outage.stop()
 
@@ -32,6 +33,6 @@ def test_an_s3_outage_sets_system_s3_available_in_state_and_recovers(s3_outage: 
     s3_outage.start()
     assert cold.sync() == 2  # payload and manifest
     assert state.get("system:s3_available") is True
-    assert any(key.endswith(f"{info.id}.manifest.json") for key in s3_outage.keys(""))
+    assert any(key.endswith(f"accounts/default/checkpoints/{info.id}.manifest.json") for key in s3_outage.keys(""))
     checkpoints.dispose()
     state.close()

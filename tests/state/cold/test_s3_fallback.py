@@ -190,8 +190,8 @@ def test_checkpoints_made_during_the_outage_reach_s3_after_recovery(
     assert state["system:s3_available"] is True
     uploaded = s3_outage.read(f"{PREFIX}/{info.cold_key}")
     assert hashlib.sha256(uploaded).hexdigest() == info.sha256
-    assert s3_outage.keys(f"{PREFIX}/checkpoints/") == sorted(
-        [f"{PREFIX}/{info.cold_key}", f"{PREFIX}/checkpoints/{info.id}.manifest.json"]
+    assert s3_outage.keys(f"{PREFIX}/accounts/default/checkpoints/") == sorted(
+        [f"{PREFIX}/{info.cold_key}", f"{PREFIX}/accounts/default/checkpoints/{info.id}.manifest.json"]
     )
     store.dispose()
 
