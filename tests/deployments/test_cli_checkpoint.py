@@ -70,7 +70,7 @@ def test_create_then_list_shows_the_table(home: Path) -> None:
     assert [re.search(r"cp-[0-9a-f-]+", row).group(0) for row in rows] == [second, first]  # type: ignore[union-attr]
     assert "before-deploy" in rows[1] and "manual" in rows[0] and "yes" in rows[0]
     assert warm_row(home, first).sha256[:12] in rows[1]
-    assert (home / "var/state/cold/checkpoints" / f"{first}.json.gz").exists()
+    assert (home / "var/state/cold/accounts/default/checkpoints" / f"{first}.json.gz").exists()
 
 
 def test_create_with_the_broker_records_paper_balances(home: Path) -> None:

@@ -184,6 +184,8 @@ def test_each_account_journals_in_its_own_folder(settings_of: Callable[..., Sett
     assert paths["default"] == tmp_path / "state"  # where the journal was before accounts: a pending one replays
     assert paths["alpha"] == tmp_path / "state" / "accounts" / "alpha"
     assert len(set(paths.values())) == 3
+    declared = settings_of("alpha").model_copy(update={"state_dir": tmp_path / "state" / "accounts" / "alpha"})
+    assert account_state_dir(declared) == declared.state_dir  # settings_for's own folder is not nested again
 
 
 def test_a_checkpoint_copied_before_accounts_still_restores_from_its_root_level_cold_key(tmp_path: Path) -> None:

@@ -109,6 +109,8 @@ def account_state_dir(settings: Settings) -> Path:
     """The folder of the account's local state files (write journal, cold fallback): STATE_DIR itself for the
     default account, where its files were before accounts (a journal left pending by an upgrade is still
     replayed), STATE_DIR/accounts/<account> for any other."""
-    if settings.account == DEFAULT_ACCOUNT:
-        return settings.state_dir
-    return settings.state_dir / "accounts" / settings.account
+    folder = settings.state_dir
+    # A declared account's settings already have their own folder (trader/accounts.py settings_for): not nested again.
+    if settings.account == DEFAULT_ACCOUNT or folder.parts[-2:] == ("accounts", settings.account):
+        return folder
+    return folder / "accounts" / settings.account
