@@ -4,6 +4,11 @@ A backup counts only once the object read back from the cold tier matches the du
 written with `verified: true`; the result artifact says so. Settings (DATABASE_URL, COLD_STORAGE_URL, STATE_DIR)
 come from the environment. Backups never use the local S3 fallback: during an outage the upload task retries
 with backoff and, if S3 stays down, the run fails (an incident), instead of reporting a backup that is not in S3.
+
+No `account` parameter and no per-account mapping, unlike the other runbook flows (flows/accounts.py): every account's
+rows live in the one ledger database and a backup is one consistent dump of all of it (pg_dump or SQLite's online
+backup), so one run covers every declared account. Dumping per account would take N snapshots at N moments, and
+restoring them would not give back one consistent database.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from prefect.client.schemas.filters import (
 from sqlalchemy import create_engine, inspect, text
 
 from flows.checklists import daily_checklist
+from flows.emergency import emergency_cancel_all, emergency_kill_switch
 from flows.reconcile import reconcile
 
 ACCOUNTS = ("alpha", "beta", "gamma")
@@ -134,3 +135,30 @@ def test_an_undeclared_account_fails_the_run_with_one_line_and_writes_nothing(en
         or not inspect(create_engine(env["url"])).get_table_names()
     )
     assert not env["state"].exists()
+
+
+def test_cancel_all_with_declared_accounts_never_guesses_which(env: dict[str, Any]) -> None:
+    state = emergency_cancel_all(profile="dev", return_state=True)
+
+    assert state.is_failed()
+    assert state.message == (
+        f"emergency-cancel-all: account: required with {env['tmp'] / 'accounts.yaml'} (declared: alpha, beta, gamma); "
+        "name one, or all"
+    )
+    assert not env["state"].exists()
+
+
+def test_the_kill_switch_is_every_accounts_and_refuses_one_name(env: dict[str, Any], clean_variables: None) -> None:
+    refused = emergency_kill_switch(account="alpha", return_state=True)
+    assert refused.is_failed() and "the kill-switch switch is every account's" in str(refused.message)
+    assert not env["state"].exists()
+
+    state = emergency_kill_switch(reason="test", return_state=True)
+
+    assert state.is_completed(), state.message
+    assert all((env["state"] / "accounts" / name / "KILL_SWITCH").exists() for name in ACCOUNTS)
+    summary = artifact_tables(state.state_details.flow_run_id, "emergency-kill-switch-accounts")
+    assert [row["account"] for row in summary["emergency-kill-switch-accounts"]] == list(ACCOUNTS)
+    cleared = emergency_kill_switch(enabled=False, return_state=True)
+    assert cleared.is_completed(), cleared.message
+    assert not any((env["state"] / "accounts" / name / "KILL_SWITCH").exists() for name in ACCOUNTS)
