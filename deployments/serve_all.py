@@ -77,6 +77,13 @@ def deployment_entries(prefect_yaml: Path = PREFECT_YAML, settings: Settings | N
     return entries
 
 
+def bot_deployment_names(settings: Settings | None = None) -> list[str]:
+    """The bot deployments deployment_entries() makes: trading-bot/<account> each, or trading-bot/paper alone."""
+    return [
+        f"trading-bot/{e['name']}" for e in deployment_entries(settings=settings) if e["entrypoint"] == BOT_ENTRYPOINT
+    ]
+
+
 def write_prefect_file(path: Path = ACCOUNTS_PREFECT_YAML, settings: Settings | None = None) -> list[dict[str, Any]]:
     """prefect.yaml with its deployments as deployment_entries() gives them, written to `path` for workers."""
     import yaml

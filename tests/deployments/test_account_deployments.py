@@ -18,7 +18,7 @@ import yaml
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from deployments.cli import main
-from deployments.serve_all import PREFECT_YAML, deployment_entries, runner_deployments
+from deployments.serve_all import PREFECT_YAML, bot_deployment_names, deployment_entries, runner_deployments
 from trader.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,7 @@ def test_each_declared_account_gets_its_trading_bot_deployment_naming_it(account
     assert found["beta"]["parameters"]["profile"] == "canary" and found["alpha"]["parameters"]["profile"] == "dev"
     assert all(e["concurrency_limit"] == 1 and "paper" in e["tags"] for e in found.values())
     assert "account:gamma" in found["gamma"]["tags"]
+    assert bot_deployment_names() == ["trading-bot/alpha", "trading-bot/beta", "trading-bot/gamma"]
     others = [e for e in entries if e["entrypoint"] != "flows/bot.py:trading_bot"]
     assert len(others) == len(yaml.safe_load(PREFECT_YAML.read_text())["deployments"]) - 1
 
@@ -78,6 +79,7 @@ def test_without_an_accounts_file_the_single_bot_deployment_is_unchanged(
 
     assert entries == yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
     assert list(bots(entries)) == ["paper"] and "account" not in bots(entries)["paper"]["parameters"]
+    assert bot_deployment_names() == ["trading-bot/paper"]
 
 
 def test_the_cli_writes_the_same_deployments_into_the_workers_prefect_file(
