@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
 )
 from sqlalchemy import create_engine, inspect, text
 
+from flows.bot import trading_bot
 from flows.checklists import daily_checklist
 from flows.emergency import emergency_cancel_all, emergency_kill_switch
 from flows.reconcile import reconcile
@@ -162,3 +163,16 @@ def test_the_kill_switch_is_every_accounts_and_refuses_one_name(env: dict[str, A
     cleared = emergency_kill_switch(enabled=False, return_state=True)
     assert cleared.is_completed(), cleared.message
     assert not any((env["state"] / "accounts" / name / "KILL_SWITCH").exists() for name in ACCOUNTS)
+
+
+def test_a_declared_accounts_bot_keeps_its_files_in_its_own_folder(env: dict[str, Any]) -> None:
+    refused = trading_bot(profile="dev", account="nope", max_cycles=1, return_state=True)
+    assert refused.is_failed() and str(refused.message).startswith("account 'nope' is not declared in")
+
+    state = trading_bot(profile="dev", account="beta", max_cycles=3, cycle_interval_seconds=0, return_state=True)
+
+    assert state.is_completed(), state.message
+    assert state.result()["cycles"] == 3
+    assert (env["state"] / "accounts" / "beta" / "heartbeat.json").exists()
+    assert not (env["state"] / "heartbeat.json").exists()
+    assert not (env["state"] / "accounts" / "alpha").exists()
