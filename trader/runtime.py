@@ -134,7 +134,8 @@ def start_metrics(settings: Settings, bot: TradingBot) -> MetricsServer | None:
     from trader.errors import ConfigError
     from trader.metrics.exporter import BotMetrics, MetricsServer
 
-    bot.attach_metrics(BotMetrics(stale_after_seconds=max(180.0, 3 * settings.cycle_interval_seconds)))
+    stale_after = max(180.0, 3 * settings.cycle_interval_seconds)
+    bot.attach_metrics(BotMetrics(account=settings.account, stale_after_seconds=stale_after))
     if not settings.metrics_enabled:
         return None
     assert bot.metrics is not None

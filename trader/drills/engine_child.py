@@ -232,7 +232,12 @@ def build_drill_bot(
     ledger = CrashPointLedger(settings.database_url, account=settings.account)
     cold = CrashPointColdStore(state_dir / "cold")
     checkpoints = CheckpointStore(
-        settings.database_url, cold, retention=settings.checkpoint_retention_count, compress=True, migrate=False
+        settings.database_url,
+        cold,
+        account=settings.account,
+        retention=settings.checkpoint_retention_count,
+        compress=True,
+        migrate=False,
     )
     state = StateManager.from_settings(settings, cold=cold)
     return CrashPointBot(

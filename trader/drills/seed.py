@@ -71,7 +71,7 @@ def latest_checkpoint_entries(settings: Settings) -> tuple[str | None, dict[str,
     try:
         # migrate=False and no local fallback: reading the live checkpoints must not write anything live.
         cold = cold_store_from_settings(settings, fallback=False)
-        store = CheckpointStore(settings.database_url, cold, migrate=False)
+        store = CheckpointStore(settings.database_url, cold, account=settings.account, migrate=False)
         info = store.latest_good()
         if info is None:
             return None, {}, "the live profile has no verified checkpoint"

@@ -606,6 +606,7 @@ def s3_outage(ctx: DrillContext) -> DrillResult:
         checkpoints = CheckpointStore(
             inputs.namespace.database_url,
             cold,
+            account=inputs.settings.account,
             retention=inputs.settings.checkpoint_retention_count,
             compress=inputs.settings.checkpoint_enable_compression,
         )
