@@ -2,8 +2,10 @@
 
     @flow(on_failure=[incident_on_failure], on_crashed=[incident_on_crashed], on_completion=[resolve_on_completion])
 
-Settings (DATABASE_URL, SLACK_*) come from the environment. A hook never raises and never waits long: the ledger
-write comes first, Slack calls have short timeouts, and an announcement that fails is delivered by the next hook.
+Settings (DATABASE_URL, SLACK_*) come from the environment. A run whose `account` parameter names one account
+(`trading-bot/<account>`, or a runbook run for that account) files its incident under that account; a run for every
+account (unset or "all") under the environment's ACCOUNT. A hook never raises and never waits long: the ledger write
+comes first, Slack calls have short timeouts, and an announcement that fails is delivered by the next hook.
 A run whose process dies (OOM, SIGKILL) runs no hook at all: deployments/automations.py covers that case.
 """
 
@@ -16,8 +18,11 @@ from typing import Any
 
 from prefect_adapter.runs import flow_run_url
 from prefect_adapter.secrets import load_settings
+from trader.accounts import ALL_ACCOUNTS, declared
 from trader.alerts import IncidentDesk, IncidentKind, redact
 from trader.alerts.incidents import open_incident_desk
+from trader.errors import ConfigError
+from trader.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +54,37 @@ def _run_logger(flow: Any, flow_run: Any) -> logging.Logger | logging.LoggerAdap
         return log
 
 
+def run_account(flow_run: Any) -> str | None:
+    """The one account a run works on (its `account` parameter), or None for every account (unset or "all")."""
+    account = (getattr(flow_run, "parameters", None) or {}).get("account")
+    return account if isinstance(account, str) and account and account != ALL_ACCOUNTS else None
+
+
+def desk_settings(settings: Settings, account: str | None) -> Settings:
+    """The settings whose account the incident belongs to: the run's account when it is declared (or, without an
+    accounts file, the environment's own), else the environment's.
+
+    Only the name changes: an account's ledger and Slack are the machine's (trader/accounts.py own_files), and a hook
+    must not wait on the account's key or Secret blocks. An undeclared name never gets here as a failure worth an
+    incident (its run ends BadInput), but should one arrive it is filed where the operator looks by default.
+    """
+    if account is None or account == settings.account:
+        return settings
+    try:
+        specs = declared(settings)
+    except ConfigError:  # a broken accounts file must not cost the incident: it goes to the environment's account
+        specs = None
+    if specs is None or account not in {spec.name for spec in specs}:
+        log.warning("incident of a run for account %r filed under %r (not declared)", account, settings.account)
+        return settings
+    return settings.model_copy(update={"account": account})
+
+
 @contextmanager
-def _incident_desk() -> Iterator[IncidentDesk]:
-    """The incident desk on a ledger of its own, disposed when the hook is done; pending announcements sent first."""
-    with open_incident_desk(load_settings()) as desk:
+def _incident_desk(account: str | None = None) -> Iterator[IncidentDesk]:
+    """The incident desk of `account` (None: the environment's) on a ledger of its own, disposed when the hook is
+    done; pending announcements sent first."""
+    with open_incident_desk(desk_settings(load_settings(), account)) as desk:
         desk.deliver_pending()
         yield desk
 
@@ -65,7 +97,7 @@ def _open(flow: Any, flow_run: Any, state: Any, *, crashed: bool) -> None:
             f"{getattr(state, 'message', None) or f'the flow run {what} without a message'}\n"
             f"flow run {getattr(flow_run, 'name', '?')} ({flow_run.id}), state {getattr(state, 'name', what)}"
         )
-        with _incident_desk() as desk:
+        with _incident_desk(run_account(flow_run)) as desk:
             incident_id = desk.raise_incident(
                 incident_kind(name, crashed),
                 f"flow {name} {what}",
@@ -97,7 +129,7 @@ def resolve_on_completion(flow: Any, flow_run: Any, state: Any) -> None:
     """on_completion hook: the flow passes again, so resolve its incident (a message in the incident's thread)."""
     try:
         name = str(getattr(flow, "name", "unknown-flow"))
-        with _incident_desk() as desk:
+        with _incident_desk(run_account(flow_run)) as desk:
             resolved = desk.resolve(flow_fingerprint(name))
         if resolved:
             _run_logger(flow, flow_run).info("incident for flow %s resolved", name)
