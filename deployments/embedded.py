@@ -1,4 +1,9 @@
-"""perps-bot up: a local Prefect server (SQLite), every deployment of prefect.yaml served, the bot running.
+"""perps-bot up: a local Prefect server (SQLite), every deployment of prefect.yaml served, the bots running.
+
+The bots are the deployments serve_all.bot_deployment_names() lists: one `trading-bot/<account>` per account
+ACCOUNTS_FILE declares, or `trading-bot/paper` without the file. With `--workers N` the same deployments run the
+production way instead of served: the server (on the ledger's PostgreSQL when it is one), the `gpt-trader` process
+pool and N Prefect workers (deployments/workers.py).
 
 `up` supervises what it starts. A server or runner that dies is started again with backoff (1, 2, 4 ... 30 s) while
 the bot trades on; SIGTERM or SIGINT stops the bot between cycles, then the runner, then the server, and leaves no
@@ -25,11 +30,12 @@ from typing import Any
 
 from rich.console import Console
 
+from deployments import workers as worker_layout
 from trader.fsio import atomic_write
 from trader.settings import Settings
 
 out = Console(highlight=False)
-BOT_DEPLOYMENT = "trading-bot/paper"
+BOT_DEPLOYMENT = "trading-bot/paper"  # the one bot without an accounts file
 UP_FILE = Path("var") / "prefect" / "up.json"
 BACKOFF_CAP_SECONDS = 30.0
 HEALTHY_AFTER_SECONDS = 60.0  # a part that ran this long before dying restarts after 1 s again
@@ -95,15 +101,29 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_bot_run(profile: str, env: dict[str, str], timeout: float = 120) -> str:
-    """Trigger trading-bot/paper once the runner has registered it; return the flow run id."""
+def bot_deployments(settings: Settings) -> dict[str, str]:
+    """deployment name -> the account its bot trades: trading-bot/<account> for each declared account, or
+    trading-bot/paper -> the environment's ACCOUNT."""
+    from deployments.serve_all import BOT_ENTRYPOINT, deployment_entries
+
+    return {
+        f"trading-bot/{entry['name']}": str((entry.get("parameters") or {}).get("account") or settings.account)
+        for entry in deployment_entries(settings=settings)
+        if entry["entrypoint"] == BOT_ENTRYPOINT
+    }
+
+
+def start_bot_run(profile: str, env: dict[str, str], timeout: float = 120, deployment: str = BOT_DEPLOYMENT) -> str:
+    """Trigger the bot deployment once the runner (or `prefect deploy`) has registered it; return the flow run id.
+
+    An account's own profile (its `profile:` in ACCOUNTS_FILE) still wins over this one in the run itself."""
     os.environ.update({k: env[k] for k in ("PREFECT_API_URL", "PREFECT_HOME")})
     from prefect.deployments import run_deployment
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            run = run_deployment(BOT_DEPLOYMENT, parameters={"profile": profile}, timeout=0)
+            run = run_deployment(deployment, parameters={"profile": profile}, timeout=0)
             return str(run.id)  # type: ignore[union-attr]  # sync call returns a FlowRun
         except Exception:
             if time.monotonic() > deadline:
@@ -227,11 +247,14 @@ class StopRequested(BaseException):
 
 @dataclass
 class Part:
-    """A supervised child of `up`: the Prefect server or the runner."""
+    """A supervised child of `up`: the Prefect server, the runner, or a worker (its own env, folder, health port)."""
 
     name: str
     module_args: list[str]
     log_file: Path
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    health_port: int | None = None
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -248,14 +271,15 @@ class Part:
 
 @dataclass
 class EmbeddedStack:
-    """The server, the runner and the bot run that one `perps-bot up` owns."""
+    """The server, the runner (or the workers) and the bot runs that one `perps-bot up` owns."""
 
     settings: Settings
     port: int
     start_bot: bool
     root: Path
-    run_id: str | None = None
-    adopted_pid: int | None = None
+    workers: int = 0
+    run_ids: dict[str, str] = field(default_factory=dict)  # bot deployment -> its run
+    adopted_pids: list[int] = field(default_factory=list)
     stopping: str | None = None
     armed: bool = True
     parts: list[Part] = field(default_factory=list)
@@ -266,13 +290,44 @@ class EmbeddedStack:
         self.env = prefect_env(self.home, self.port)
         self.api_url = self.env["PREFECT_API_URL"]
         self.up_file = (self.root / UP_FILE).resolve()
+        self.bots = bot_deployments(self.settings)
+        self.prefect_database: str | None = None
         self.server = Part(
             "Prefect server",
             ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             self.logs / "prefect-server.log",
         )
-        self.runner = Part("runner", ["deployments.serve_all"], self.logs / "serve.log")
-        self.parts = [self.server, self.runner]
+        self.runner: Part | None = None
+        self.worker_parts: list[Part] = []
+        if self.workers:
+            self.prefect_database = worker_layout.prefect_database_url(self.settings.database_url)
+            if self.prefect_database is not None:
+                self.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.prefect_database
+            shared = worker_layout.machine_env(self.settings, self.root)
+            self.env.update(shared)  # `prefect deploy` resolves GPT_TRADER_HOME; bots started here read the same
+            for index in range(1, self.workers + 1):
+                folder = worker_layout.worker_folder(self.root, index)
+                port = worker_layout.free_port()
+                self.worker_parts.append(
+                    Part(
+                        f"worker {worker_layout.worker_name(index)}",
+                        worker_layout.worker_args(index),
+                        folder / "worker.log",
+                        env=worker_layout.worker_env(self.env, shared, folder, port),
+                        cwd=folder,
+                        health_port=port,
+                    )
+                )
+            self.clients = list(self.worker_parts)
+        else:
+            self.runner = Part("runner", ["deployments.serve_all"], self.logs / "serve.log")
+            self.clients = [self.runner]
+        self.parts = [self.server, *self.clients]
+
+    @property
+    def run_id(self) -> str | None:
+        """The first bot's run (up.json's flow_run_id, as before accounts)."""
+        return next(iter(self.run_ids.values()), None)
 
     # --- the command ------------------------------------------------------------------------------------------
 
@@ -311,29 +366,64 @@ class EmbeddedStack:
         # A second signal changes nothing: the stop already runs against its own deadline.
 
     def _start(self) -> None:
-        with out.status(f"starting the Prefect server on 127.0.0.1:{self.port} (first start migrates SQLite, ~20 s)"):
+        database = "SQLite"
+        if self.prefect_database is not None:
+            worker_layout.ensure_prefect_database(self.settings.database_url)
+            database = f"PostgreSQL database {self.prefect_database.rsplit('/', 1)[-1]}"
+        with out.status(f"starting the Prefect server on 127.0.0.1:{self.port} (first start migrates {database})"):
             self._spawn(self.server)
             wait_for_api(self.port, timeout=180, process=self.server.process)
         self._write_up_file()  # status can find the stack while the rest starts
-        out.print(f"Prefect UI: http://127.0.0.1:{self.port}  (logs in {self.logs})")
-        if self.start_bot and self.settings.metrics_enabled:
+        out.print(f"Prefect UI: http://127.0.0.1:{self.port} on {database}  (logs in {self.logs})")
+        if self.start_bot and self.settings.metrics_enabled and self.bots == {BOT_DEPLOYMENT: self.settings.account}:
             exporter = f"http://{self.settings.metrics_host}:{self.settings.metrics_port}"
             out.print(f"bot metrics: {exporter}/metrics, health: {exporter}/health (served by the trading-bot run)")
-        with out.status("registering and serving the deployments of prefect.yaml"):
-            self._spawn(self.runner)
-            _ensure_automations(self.env)
-            if self.start_bot:
-                self.run_id = self._live_bot_run() or start_bot_run(self.settings.profile, self.env)
+        if self.workers:
+            self._start_workers()
+        else:
+            with out.status("registering and serving the deployments of prefect.yaml"):
+                assert self.runner is not None
+                self._spawn(self.runner)
+                _ensure_automations(self.env)
+        if self.start_bot:
+            with out.status(f"starting {', '.join(self.bots)}"):
+                for deployment, account in self.bots.items():
+                    run_id = self._live_bot_run(account) or start_bot_run(
+                        self.settings.profile, self.env, deployment=deployment
+                    )
+                    self.run_ids[deployment] = run_id
         self._write_up_file()
-        if self.run_id is not None:
-            out.print(f"trading-bot running in paper mode: http://127.0.0.1:{self.port}/runs/flow-run/{self.run_id}")
+        for deployment, run_id in self.run_ids.items():
+            out.print(f"{deployment} running in paper mode: http://127.0.0.1:{self.port}/runs/flow-run/{run_id}")
+        logs = "var/workers/w<i>/logs" if self.workers else str(self.settings.log_dir)
         out.print(
-            f"bot log: {self.settings.log_file}; state: {self.settings.state_dir}; "
+            f"bot logs: {logs}; state: {self.settings.state_dir}; "
             "Ctrl-C or SIGTERM stops everything; perps-bot status shows each part"
         )
 
+    def _start_workers(self) -> None:
+        """The production layout's order (docs/deploy.md): pool, automations, deployments, then the workers."""
+        with out.status(f"work pool {worker_layout.WORK_POOL}, automations, prefect deploy --all"):
+            worker_layout.create_work_pool(self.env)
+            _ensure_automations(self.env)
+            names = worker_layout.deploy_for_workers(self.env, self.settings, self.root)
+        out.print(f"deployed for the {worker_layout.WORK_POOL} pool: {len(names)} deployments")
+        with out.status(f"starting {self.workers} worker(s)"):
+            for part in self.worker_parts:
+                assert part.cwd is not None
+                part.cwd.mkdir(parents=True, exist_ok=True)
+                self._spawn(part)
+            for part in self.worker_parts:
+                assert part.health_port is not None
+                deadline = time.monotonic() + 120
+                while not worker_layout.worker_healthy(part.health_port):
+                    if not part.running() or time.monotonic() > deadline:
+                        raise RuntimeError(f"{part.name} did not become healthy; see {part.log_file}")
+                    time.sleep(0.5)
+                out.print(f"{part.name}: pid {part.pid}, health http://127.0.0.1:{part.health_port}/health")
+
     def _supervise(self) -> None:
-        """Restart a dead server or runner with backoff; the bot's flow-run process is left to trade on."""
+        """Restart a dead server, runner or worker with backoff; the bots' flow-run processes trade on."""
         while True:
             reap_adopted(self._managed())
             for part in self.parts:
@@ -342,8 +432,10 @@ class EmbeddedStack:
             now = time.monotonic()
             if self.server.restart_at is not None and now >= self.server.restart_at:
                 self._restart(self.server)
-            elif self.runner.restart_at is not None and now >= self.runner.restart_at and self.server.running():
-                self._restart(self.runner)
+            elif self.server.running():
+                for part in self.clients:
+                    if part.restart_at is not None and now >= part.restart_at:
+                        self._restart(part)
             time.sleep(0.5)
 
     def _died(self, part: Part) -> None:
@@ -354,7 +446,7 @@ class EmbeddedStack:
         delay = min(BACKOFF_CAP_SECONDS, 2.0 ** (part.quick_deaths - 1))
         if part is self.server:
             _kill_group(pid)  # whatever the dead server left in its group would hold the port
-        # Not the runner's group: the bot's flow-run process is in it and keeps trading while the runner is away.
+        # Not a runner's or worker's group: a bot's flow-run process may be in it and trades on while it is away.
         part.process = None
         part.restart_at = time.monotonic() + delay
         self._log(
@@ -383,22 +475,21 @@ class EmbeddedStack:
     # --- stopping ---------------------------------------------------------------------------------------------
 
     def _stop(self) -> None:
-        """The bot between cycles, then the runner, then the server, then anything still below `up`."""
+        """The bots between cycles, then the runner or workers, then the server, then anything still below `up`."""
         deadline = time.monotonic() + STOP_BUDGET_SECONDS
-        self._log(f"stopping ({self.stopping or 'exit'}): the bot between cycles, then the runner, then the server")
+        clients = "the workers" if self.workers else "the runner"
+        self._log(f"stopping ({self.stopping or 'exit'}): the bots between cycles, then {clients}, then the server")
         if self.server.running() and api_healthy(self.port):
             # Every live bot run, not only the first: a crashed run may have been followed by a restart.
             try:
-                runs = bot_runs(self.api_url, LIVE_STATES) or ([self.run_id] if self.run_id else [])
-                for run_id in runs:
-                    budget = max(1.0, deadline - 35 - time.monotonic())
-                    state = cancel_and_wait(run_id, timeout=budget, api_url=self.api_url)
+                runs = bot_runs(self.api_url, LIVE_STATES, deployments=list(self.bots)) or list(self.run_ids.values())
+                budget = max(1.0, deadline - 35 - time.monotonic())
+                for run_id, state in cancel_all_and_wait(runs, timeout=budget, api_url=self.api_url).items():
                     self._log(f"trading-bot run {run_id}: {state}")
             except (OSError, ValueError) as error:
-                self._log(f"[yellow]could not cancel the trading-bot run through the API: {error}[/]")
+                self._log(f"[yellow]could not cancel the trading-bot runs through the API: {error}[/]")
         bots = self._flow_run_pids()
-        if self.adopted_pid is not None and pid_alive(self.adopted_pid):
-            bots.append(self.adopted_pid)
+        bots.extend(pid for pid in self.adopted_pids if pid_alive(pid))
         if bots:
             # The bot takes SIGTERM as "stop between cycles" (flows/bot.py StopBetweenCycles).
             _signal(bots, signal.SIGTERM)
@@ -406,7 +497,8 @@ class EmbeddedStack:
             if left:
                 self._log(f"[yellow]flow-run process(es) {left} ignored SIGTERM; killing them[/]")
                 _signal(left, signal.SIGKILL)
-        self._stop_part(self.runner, min(time.monotonic() + 10, deadline - 10))
+        for part in self.clients:
+            self._stop_part(part, min(time.monotonic() + 10, deadline - 10))
         self._stop_part(self.server, min(time.monotonic() + 10, deadline - 3))
         left = descendants(os.getpid())
         if left:
@@ -422,7 +514,8 @@ class EmbeddedStack:
         if not part.running():
             return
         assert part.process is not None
-        _kill_group(part.process.pid, signal.SIGTERM)
+        # A Prefect worker stops cleanly on SIGINT (it turns SIGTERM into SIGINT itself; docs/deploy.md).
+        _kill_group(part.process.pid, signal.SIGINT if part in self.worker_parts else signal.SIGTERM)
         try:
             part.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -431,16 +524,17 @@ class EmbeddedStack:
             part.process.wait()
 
     def _flow_run_pids(self) -> list[int]:
-        """Everything below `up` except the server's tree and the runner itself: the flow-run processes."""
+        """Everything below `up` except the server's tree and the runner or workers themselves: the flow runs."""
         table = _proc_table()
         everything = descendants(os.getpid(), table)
         server = set(descendants(self.server.pid, table)) | {self.server.pid} if self.server.pid else set()
-        return [pid for pid in everything if pid not in server and pid != self.runner.pid]
+        clients = {part.pid for part in self.clients if part.pid is not None}
+        return [pid for pid in everything if pid not in server and pid not in clients]
 
     # --- helpers ----------------------------------------------------------------------------------------------
 
-    def _live_bot_run(self) -> str | None:
-        """The trading-bot run still trading from an earlier `up` (its lease fresh, its run Running), if any.
+    def _live_bot_run(self, account: str) -> str | None:
+        """The account's trading-bot run still trading from an earlier `up` (its lease fresh, its run Running).
 
         Starting another would only be refused by the lease; the stack adopts the live one instead.
         """
@@ -449,9 +543,9 @@ class EmbeddedStack:
             return None
         from trader.ledger import Ledger
 
-        ledger = Ledger(url, account=self.settings.account, migrate=False)
+        ledger = Ledger(url, account=account, migrate=False)
         try:
-            lease = ledger.current_lease(self.settings.account)
+            lease = ledger.current_lease(account)
         except Exception:  # an old or empty ledger: nothing to adopt
             return None
         finally:
@@ -470,11 +564,11 @@ class EmbeddedStack:
         )
         if lease.holder.on_this_node() and pid_alive(lease.holder.pid):
             # Not below this `up`, but the bot of this folder's ledger and Prefect database: stopped with the stack.
-            self.adopted_pid = lease.holder.pid
+            self.adopted_pids.append(lease.holder.pid)
         return str(run["id"])
 
     def _spawn(self, part: Part) -> None:
-        part.process = spawn(part.module_args, part.log_file, self.env, self.root)
+        part.process = spawn(part.module_args, part.log_file, part.env or self.env, part.cwd or self.root)
         part.started_at = time.monotonic()
 
     def _managed(self) -> set[int]:
@@ -488,10 +582,22 @@ class EmbeddedStack:
             "api_url": self.api_url,
             "ui_url": f"http://127.0.0.1:{self.port}",
             "server_pid": self.server.pid if self.server.running() else None,
-            "runner_pid": self.runner.pid if self.runner.running() else None,
+            "runner_pid": self.runner.pid if self.runner is not None and self.runner.running() else None,
             "flow_run_id": self.run_id,
+            "bots": self.run_ids,
+            "workers": [
+                {
+                    "name": part.name.removeprefix("worker "),
+                    "pid": part.pid if part.running() else None,
+                    "health_port": part.health_port,
+                    "folder": str(part.cwd),
+                    "restarts": part.restarts,
+                }
+                for part in self.worker_parts
+            ],
+            "prefect_database": "postgresql" if self.prefect_database else "sqlite",
             "profile": self.settings.profile,
-            "restarts": {"server": self.server.restarts, "runner": self.runner.restarts},
+            "restarts": {"server": self.server.restarts, "runner": self.runner.restarts if self.runner else 0},
             "updated_at": datetime.now(UTC).isoformat(),
         }
         atomic_write(self.up_file, json.dumps(record, indent=2), mode=0o644)
@@ -504,15 +610,28 @@ class EmbeddedStack:
             log.write(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%S}Z {plain}\n")
 
 
-def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool = True) -> int:
-    """Start server, runner and bot and supervise them; SIGTERM or Ctrl-C stops everything this command started."""
+def run_embedded_stack(settings: Settings, *, port: int = 4200, start_bot: bool = True, workers: int = 0) -> int:
+    """Start server, runner (or `workers` Prefect workers) and the bots and supervise them; SIGTERM or Ctrl-C stops
+    everything this command started."""
+    from trader.accounts import declared
+
     if settings.broker_kind != "simulated":
         out.print("[red]perps-bot up runs the paper stack; unset the Coinbase credentials or set BROKER=simulated[/]")
+        return 2
+    live = [spec.name for spec in declared(settings) or [] if spec.broker != "simulated"]
+    if live:
+        out.print(
+            f"[red]perps-bot up runs the paper stack; account(s) {', '.join(live)} in {settings.accounts_file} "
+            "trade on Coinbase: deploy them for workers (docs/deploy.md) or declare them broker: simulated[/]"
+        )
+        return 2
+    if workers < 0:
+        out.print(f"[red]--workers: {workers} is not a number of workers; give 1 or more[/]")
         return 2
     if port_in_use(port):
         out.print(f"[red]127.0.0.1:{port} is already in use; stop what runs there or pass --port[/]")
         return 2
-    return EmbeddedStack(settings, port, start_bot, Path.cwd()).run()
+    return EmbeddedStack(settings, port, start_bot, Path.cwd(), workers=workers).run()
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -528,17 +647,25 @@ def api_json(url: str, body: dict | None = None, timeout: float = 3) -> dict | l
         return json.loads(response.read() or b"null")
 
 
-def bot_runs(api_url: str, states: tuple[str, ...] | None = None, limit: int = 20) -> list[str]:
-    """Ids of trading-bot/paper runs (in these states), newest first; [] when the deployment is not registered."""
+def bot_runs(
+    api_url: str, states: tuple[str, ...] | None = None, limit: int = 20, deployments: list[str] | None = None
+) -> list[str]:
+    """Ids of the bot deployments' runs (in these states; default trading-bot/paper), newest first; [] when none
+    of the deployments is registered."""
     api = api_url.rstrip("/")
-    try:
-        deployment = api_json(f"{api}/deployments/name/{BOT_DEPLOYMENT}", timeout=REQUEST_TIMEOUT_SECONDS)
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return []
-        raise
-    assert isinstance(deployment, dict)
-    flow_runs: dict[str, Any] = {"deployment_id": {"any_": [deployment["id"]]}}
+    ids = []
+    for name in deployments or [BOT_DEPLOYMENT]:
+        try:
+            deployment = api_json(f"{api}/deployments/name/{name}", timeout=REQUEST_TIMEOUT_SECONDS)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                continue
+            raise
+        assert isinstance(deployment, dict)
+        ids.append(deployment["id"])
+    if not ids:
+        return []
+    flow_runs: dict[str, Any] = {"deployment_id": {"any_": ids}}
     if states:
         flow_runs["state"] = {"type": {"any_": list(states)}}
     runs = api_json(
@@ -547,6 +674,17 @@ def bot_runs(api_url: str, states: tuple[str, ...] | None = None, limit: int = 2
         timeout=REQUEST_TIMEOUT_SECONDS,
     )
     return [str(run["id"]) for run in runs] if isinstance(runs, list) else []
+
+
+def cancel_all_and_wait(run_ids: list[str], timeout: float = 40, api_url: str | None = None) -> dict[str, str]:
+    """Cancel every run at once (each bot stops between its own cycles), then wait for each; run id -> final state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not run_ids:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(run_ids))) as pool:
+        states = pool.map(lambda run_id: cancel_and_wait(run_id, timeout=timeout, api_url=api_url), run_ids)
+        return dict(zip(run_ids, states, strict=True))
 
 
 def cancel_and_wait(run_id: str, timeout: float = 40, api_url: str | None = None) -> str:

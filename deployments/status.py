@@ -4,6 +4,10 @@ Every probe has a timeout of a few seconds, so a stopped or paused Prefect serve
 server is the one named by PREFECT_API_URL, else the embedded stack's (var/prefect/up.json, written by
 `perps-bot up`), else 127.0.0.1:4200. The bot is judged from what it writes itself (heartbeat file, ledger lease),
 so status still tells a trading bot from a dead one while the orchestrator is away.
+
+With ACCOUNTS_FILE, each account's bot (`trading-bot/<account>`) is one line `bot:<account>`: its run, its lease,
+its last cycle and its guards, at the worst of their levels; the incidents line counts every account's. Under
+`perps-bot up --workers N` the runner line becomes one `worker` line per worker (its health endpoint).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from rich.console import Console
 from rich.text import Text
 
 from deployments.embedded import BOT_DEPLOYMENT, FINAL_STATES, LIVE_STATES, UP_FILE, api_json, pid_alive
+from trader.accounts import account_settings, declared, own_files
 from trader.errors import ConfigError
 from trader.settings import Settings
 
 out = Console(highlight=False)
 Level = Literal["OK", "WARN", "DOWN", "--"]
 STYLES: dict[Level, str] = {"OK": "green", "WARN": "yellow", "DOWN": "red", "--": "dim"}
+SEVERITY: dict[Level, int] = {"--": 0, "OK": 1, "WARN": 2, "DOWN": 3}
 TIMEOUT_SECONDS = 2.5
 RUNNER_POLL_STALE_SECONDS = 60.0
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_NOTHING = 0, 1, 2
@@ -71,22 +77,89 @@ def exit_code(lines: list[Line], probe: Probe) -> int:
 
 
 def collect(settings: Settings, root: Path, env_api_url: str | None) -> tuple[list[Line], Probe]:
-    """Probe the server, runner, bot run, lease, last cycle, guards and incidents."""
+    """Probe the server, runner (or workers), bot run, lease, last cycle, guards and incidents; one line per
+    account's bot when accounts are declared."""
     up = read_up_file(root)
     up_alive = up is not None and isinstance(up.get("pid"), int) and pid_alive(up["pid"])
+    live_up = up if up_alive else None
     api_url = (env_api_url or (up or {}).get("api_url") or "http://127.0.0.1:4200/api").rstrip("/")
     probe = Probe()
-    lines = [server_line(api_url, up if up_alive else None, probe)]
-    deployment = _get(f"{api_url}/deployments/name/{quote(BOT_DEPLOYMENT)}") if probe.server_up else None
-    lines.append(runner_line(deployment, up if up_alive else None, probe))
-    lines.append(bot_run_line(api_url, deployment, up if up_alive else None, probe))
-    heartbeat = read_heartbeat(_under(root, settings.state_dir) / "heartbeat.json")
-    lines.extend(ledger_lines(settings, root, probe))
-    lines.append(cycle_line(settings, heartbeat, probe))
-    lines.append(guards_line(heartbeat))
+    lines = [server_line(api_url, live_up, probe)]
+    bots = account_bots(settings)
+    deployments = {
+        name: _get(f"{api_url}/deployments/name/{quote(name)}") if probe.server_up else None for name in bots
+    }
+    workers = (live_up or {}).get("workers") or []
+    if workers:
+        lines.extend(worker_line(worker) for worker in workers)
+    else:
+        lines.append(runner_line(deployments, live_up, probe))
+    if declared_accounts(settings) is None:  # the one bot: a line per part, as before accounts
+        deployment = deployments[BOT_DEPLOYMENT]
+        lines.append(bot_run_line(api_url, deployment, live_up, probe))
+        heartbeat = read_heartbeat(_under(root, settings.state_dir) / "heartbeat.json")
+        lines.extend(ledger_lines(settings, root, probe))
+        lines.append(cycle_line(settings, heartbeat, probe))
+        lines.append(guards_line(heartbeat))
+    else:
+        incidents = []
+        for name, chosen in bots.items():
+            run = bot_run_line(api_url, deployments[name], live_up, probe, deployment_name=name)
+            heartbeat = read_heartbeat(_under(root, chosen.state_dir) / "heartbeat.json")
+            lease, incident = ledger_lines(chosen, root, probe)
+            incidents.append(incident)
+            parts = [run, lease, cycle_line(chosen, heartbeat, probe), guards_line(heartbeat)]
+            lines.append(account_line(chosen.account, parts))
+        lines.append(merged_incidents(list(bots.values()), incidents))
     # The incidents line came from ledger_lines; keep it last, as an operator reads top-down to "what is open".
     lines.sort(key=lambda line: line.part == "incidents")
     return lines, probe
+
+
+# --- accounts ---------------------------------------------------------------------------------------------------
+
+
+def declared_accounts(settings: Settings) -> list[Any] | None:
+    """The declared accounts, or None without an accounts file (or with one status cannot read: said elsewhere)."""
+    try:
+        return declared(settings)
+    except ConfigError:
+        return None
+
+
+def account_bots(settings: Settings) -> dict[str, Settings]:
+    """Bot deployment -> the settings of the account it trades: trading-bot/<account> each, or trading-bot/paper.
+
+    An account whose key cannot be read here (status needs none) still gets its own folders and port."""
+    specs = declared_accounts(settings)
+    if specs is None:
+        return {BOT_DEPLOYMENT: settings}
+    bots = {}
+    for index, spec in enumerate(specs):
+        try:
+            chosen = account_settings(settings, spec.name)
+        except ConfigError:
+            chosen = settings.model_copy(update={"account": spec.name, **own_files(settings, spec, index)})
+        bots[f"trading-bot/{spec.name}"] = chosen
+    return bots
+
+
+def account_line(account: str, parts: list[Line]) -> Line:
+    """One account's bot: its run, lease, last cycle and guards in one line, at the worst of their levels."""
+    worst = max((line.level for line in parts), key=lambda level: SEVERITY[level])
+    text = "; ".join(f"{line.part} {line.text}" for line in parts)
+    return Line(f"bot:{account}", worst, text)
+
+
+def merged_incidents(accounts: list[Settings], lines: list[Line]) -> Line:
+    """Every account's incidents line in one: WARN when any is open, DOWN when a ledger is unreachable."""
+    worst = max((line.level for line in lines), key=lambda level: SEVERITY[level])
+    if worst == "OK":
+        return Line("incidents", "OK", "none open")
+    shown = "; ".join(
+        f"{s.account}: {line.text}" for s, line in zip(accounts, lines, strict=True) if line.level != "OK"
+    )
+    return Line("incidents", worst, shown)
 
 
 # --- Prefect ----------------------------------------------------------------------------------------------------
@@ -104,24 +177,50 @@ def server_line(api_url: str, up: dict[str, Any] | None, probe: Probe) -> Line:
     return Line("server", "OK", f"{api_url} (Prefect {version}){again}")
 
 
-def runner_line(deployment: dict[str, Any] | None, up: dict[str, Any] | None, probe: Probe) -> Line:
+def runner_line(deployments: dict[str, dict[str, Any] | None], up: dict[str, Any] | None, probe: Probe) -> Line:
+    """The runner serving the bot deployments: alive, and each deployment polled within the last minute."""
     pid = (up or {}).get("runner_pid")
     process = f"pid {pid}" if pid else None
     if up is not None and not (isinstance(pid, int) and pid_alive(pid)):
         return Line("runner", "DOWN", "not running (perps-bot up restarts it)")
     if not probe.server_up:
         return Line("runner", "--" if process else "DOWN", f"{process or 'unknown'}; deployments unknown (no server)")
-    if deployment is None:
-        return Line("runner", "WARN", f"{BOT_DEPLOYMENT} is not registered (is deployments.serve_all running?)")
-    polled = _age(deployment.get("last_polled"))
-    state = str(deployment.get("status") or "unknown").lower()
+    missing = [name for name, deployment in deployments.items() if deployment is None]
+    if missing:
+        return Line("runner", "WARN", f"{', '.join(missing)} not registered (is deployments.serve_all running?)")
+    found = [d for d in deployments.values() if d is not None]
+    ages = [_age(d.get("last_polled")) for d in found]
+    polled = None if None in ages else max(a for a in ages if a is not None)
+    states = {str(d.get("status") or "unknown").lower() for d in found}
+    names = next(iter(deployments)) if len(deployments) == 1 else f"{len(deployments)} bot deployments"
     seen = f"polled {polled:.0f} s ago" if polled is not None else "never polled"
-    text = ", ".join(p for p in (process, f"{BOT_DEPLOYMENT} {state}", seen) if p)
+    text = ", ".join(p for p in (process, f"{names} {'/'.join(sorted(states))}", seen) if p)
     fresh = polled is not None and polled <= RUNNER_POLL_STALE_SECONDS
     return Line("runner", "OK" if fresh else "WARN", text)
 
 
-def bot_run_line(api_url: str, deployment: dict[str, Any] | None, up: dict[str, Any] | None, probe: Probe) -> Line:
+def worker_line(worker: dict[str, Any]) -> Line:
+    """A Prefect worker of `perps-bot up --workers N`: its process and its health endpoint (--with-healthcheck)."""
+    from deployments.workers import worker_healthy
+
+    name, pid, port = worker.get("name"), worker.get("pid"), worker.get("health_port")
+    if not (isinstance(pid, int) and pid_alive(pid)):
+        return Line("worker", "DOWN", f"{name}: not running (perps-bot up restarts it)")
+    healthy = isinstance(port, int) and worker_healthy(port, timeout=TIMEOUT_SECONDS)
+    restarts = worker.get("restarts") or 0
+    again = f", restarted {restarts}x by perps-bot up" if restarts else ""
+    verdict = "healthy" if healthy else "not answering /health (not polling the pool?)"
+    return Line("worker", "OK" if healthy else "WARN", f"{name}: pid {pid}, :{port}/health {verdict}{again}")
+
+
+def bot_run_line(
+    api_url: str,
+    deployment: dict[str, Any] | None,
+    up: dict[str, Any] | None,
+    probe: Probe,
+    deployment_name: str = BOT_DEPLOYMENT,
+) -> Line:
+    """The bot deployment's newest live run (else its newest run): Running is OK."""
     if not probe.server_up:
         return Line("bot run", "--", "unknown (no server)")
     run = None
@@ -137,10 +236,13 @@ def bot_run_line(api_url: str, deployment: dict[str, Any] | None, up: dict[str, 
             if found:
                 run = found[0]
                 break
-    if run is None and up is not None and up.get("flow_run_id"):
-        run = _get(f"{api_url}/flow_runs/{up['flow_run_id']}")
+    started = ((up or {}).get("bots") or {}).get(deployment_name) or (
+        (up or {}).get("flow_run_id") if deployment_name == BOT_DEPLOYMENT else None
+    )
+    if run is None and started:
+        run = _get(f"{api_url}/flow_runs/{started}")
     if run is None:
-        return Line("bot run", "WARN", f"no {BOT_DEPLOYMENT} run")
+        return Line("bot run", "WARN", f"no {deployment_name} run")
     state = run.get("state") or {}
     kind = str(state.get("type") or "UNKNOWN")
     url = f"{_ui_url(api_url)}/runs/flow-run/{run['id']}"

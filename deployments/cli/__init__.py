@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     up = parser.add_argument_group("embedded stack (perps-bot up)")
     up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the production layout locally (docs/deploy.md): the server on the ledger's PostgreSQL (database "
+        "<ledger>_prefect) or SQLite, the gpt-trader process pool, prefect deploy, N Prefect workers in var/workers/ "
+        "(default 0: serve the deployments from one runner)",
+    )
     accounts = parser.add_argument_group("accounts (perps-bot accounts list | check | deployments)")
     accounts.add_argument(
         "--prefect-file",
@@ -178,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from deployments.embedded import run_embedded_stack
 
-            return run_embedded_stack(settings, port=args.port, start_bot=not args.no_bot)
+            return run_embedded_stack(settings, port=args.port, start_bot=not args.no_bot, workers=args.workers)
         if args.account_snapshot:
             return account_snapshot(settings)
         if args.apply_order_edit:
