@@ -6,11 +6,11 @@ account's bot (and per worker), and SIGTERM leaves no process behind."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -218,7 +218,6 @@ def test_up_with_two_workers_runs_the_production_layout_and_both_accounts_trade(
     try:
         wait_for(both_trade(up, scratch_ledger), timeout=420, what="both accounts' bots fill an order", interval=1)
         assert up.process.poll() is None, up.log()
-        import json
 
         record = json.loads((tmp_path / "var" / "prefect" / "up.json").read_text())
 
