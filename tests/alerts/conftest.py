@@ -1,4 +1,4 @@
-"""Fixtures for alert tests: the Slack recorder, the environment the hooks read, and a Prefect test server."""
+"""Fixtures for alert tests: the Slack recorder, the environment the hooks read, and the session's Prefect server."""
 
 from __future__ import annotations
 
@@ -33,10 +33,28 @@ def alerts_env(monkeypatch: pytest.MonkeyPatch, slack: SlackRecorder, sqlite_url
     return sqlite_url
 
 
-@pytest.fixture(scope="package")
-def prefect_api() -> Iterator[None]:
-    """Prefect's own test harness: a temporary server (SQLite, with the automation services) for this package."""
-    from prefect.testing.utilities import prefect_test_harness
+@pytest.fixture
+def prefect_api(prefect_server: dict[str, str]) -> Iterator[None]:
+    """The session's Prefect server (tests/conftest.py; SQLite, with the automation services), without the crash
+    automation and its Webhook block when the test starts and after it ends: each test creates its own, pointing at
+    its own Slack recorder, and no later test's crashed run calls a recorder that is gone."""
+    remove_crash_automation()
+    yield
+    remove_crash_automation()
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+
+def remove_crash_automation() -> None:
+    """Delete the automation named AUTOMATION_NAME and the Webhook block named WEBHOOK_BLOCK_NAME, if present."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments.automations import AUTOMATION_NAME, WEBHOOK_BLOCK_NAME
+
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations_by_name(AUTOMATION_NAME):
+            client.delete_automation(automation.id)
+        try:
+            block = client.read_block_document_by_name(WEBHOOK_BLOCK_NAME, block_type_slug="webhook")
+        except ObjectNotFound:
+            return
+        client.delete_block_document(block.id)

@@ -72,13 +72,10 @@ def sqlite_ledger(sqlite_url: str) -> tuple[str, dict[str, int]]:
     return sqlite_url, fill_ledger(sqlite_url)
 
 
-@pytest.fixture(scope="module")
-def prefect_harness() -> Iterator[None]:
-    """A temporary Prefect API (SQLite) for the whole session, so flows run in-process and record artifacts."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def prefect_harness(prefect_server: dict[str, str]) -> None:
+    """The session's Prefect server (tests/conftest.py), so flows run in-process and record artifacts; a test reads
+    the artifacts of its own flow run."""
 
 
 @pytest.fixture

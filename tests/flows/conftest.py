@@ -1,9 +1,8 @@
-"""A real Prefect server on a free loopback port, and a runner serving prefect.yaml against it."""
+"""A runner serving prefect.yaml against the session's Prefect server (tests/conftest.py's prefect_server), and
+the paper bot's settings."""
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,39 +11,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 
-from deployments.embedded import prefect_env, spawn, stop_children, wait_for_api
+from deployments.embedded import spawn, stop_children
+from tests.conftest import ROOT, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Start `prefect server start` (SQLite in a temporary PREFECT_HOME); yield the env that points at it."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = prefect_env(home, port)
-    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
-    server = spawn(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log", env, ROOT
-    )
-    try:
-        wait_for_api(port, timeout=180, process=server)
-    except RuntimeError as error:
-        stop_children([server])
-        pytest.fail(f"Prefect server did not start: {error}; log: {(home / 'server.log').read_text()[-2000:]}")
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_HOME: home}):
-        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-        yield env
-    os.environ.pop("PREFECT_API_URL", None)
-    stop_children([server], grace=20)
+__all__ = ["ROOT", "free_port"]  # imported from here by the flows tests
 
 
 @pytest.fixture

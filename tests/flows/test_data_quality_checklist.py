@@ -1,10 +1,9 @@
-"""The daily checklist's "market data quality" item in-process under prefect_test_harness: the paper exchange's
+"""The daily checklist's "market data quality" item in-process on the session's Prefect server: the paper exchange's
 day of candles through the market-data suite, the bot's gate counters from its heartbeat, the data-quality table."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.checklists import daily_checklist
 from tasks.checklists import DATA_QUALITY_ARTIFACT
@@ -24,11 +22,10 @@ from trader.market.source import write_candles_csv
 ITEM = "market data quality"
 
 
-@pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
-    """One temporary Prefect API (SQLite) for this module."""
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def harness(prefect_server: dict[str, str]) -> None:
+    """The session's Prefect server (tests/conftest.py): flows run in-process against it; a test reads only the
+    artifacts of its own flow run."""
 
 
 @pytest.fixture

@@ -1,10 +1,9 @@
-"""daily-report, weekly-maintenance, monthly-maintenance and quarterly-review run in-process under
-prefect_test_harness on a SQLite ledger, a temporary state/log folder and a folder cold tier."""
+"""daily-report, weekly-maintenance, monthly-maintenance and quarterly-review run in-process against the session's
+Prefect server on a SQLite ledger, a temporary state/log folder and a folder cold tier."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.maintenance import daily_report_flow, monthly_maintenance, quarterly_review, weekly_maintenance
 from trader.domain import Balance, Fill, Liquidity, Side
@@ -21,11 +19,10 @@ from trader.ledger import Ledger
 from trader.state.cold import LocalFolderStore
 
 
-@pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
-    """One temporary Prefect API (SQLite) for the whole session."""
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def harness(prefect_server: dict[str, str]) -> None:
+    """The session's Prefect server (tests/conftest.py): flows run in-process against it; a test reads only the
+    artifacts of its own flow run."""
 
 
 @pytest.fixture

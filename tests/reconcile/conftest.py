@@ -49,10 +49,7 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
     built.dispose()
 
 
-@pytest.fixture(scope="module")
-def prefect_harness() -> Iterator[None]:
-    """A temporary Prefect API (SQLite) for the session, so the reconcile flow runs in-process and keeps artifacts."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def prefect_harness(prefect_server: dict[str, str]) -> None:
+    """The session's Prefect server (tests/conftest.py), so the reconcile flow runs in-process and keeps artifacts;
+    a test reads the artifacts of its own flow run."""

@@ -1,18 +1,16 @@
-"""The failover-drill flow under prefect_test_harness (one temporary Prefect API for this module) and
+"""The failover-drill flow on the session's Prefect server (tests/conftest.py) and
 `perps-bot drill` (deployments.cli.drill.drill_command) on the same live profile: artifacts, incidents, exit codes."""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 from rich.console import Console
 
 from deployments.cli.drill import drill_command
@@ -36,10 +34,10 @@ METRICS = {
 }
 
 
-@pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+@pytest.fixture
+def harness(prefect_server: dict[str, str]) -> None:
+    """The session's Prefect server (tests/conftest.py): flows run in-process against it; a test reads only the
+    artifacts of its own flow run."""
 
 
 @pytest.fixture
