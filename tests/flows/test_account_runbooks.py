@@ -5,6 +5,7 @@ written."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,20 @@ def artifact_tables(flow_run_id: Any, *keys: str) -> dict[str, list[dict[str, An
     return {a.key: json.loads(a.data) if isinstance(a.data, str) else a.data for a in found}  # type: ignore[misc]
 
 
-def account_task_runs(flow_run_id: Any, runbook: str) -> list[str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"{runbook}: ")),
-        )
-    return sorted(run.name for run in runs if run.state is not None and run.state.is_completed())
+def account_task_runs(flow_run_id: Any, runbook: str, expected: int, timeout: float = 30) -> list[str]:
+    """The flow run's completed per-account task runs; the server records task runs in the background, so this
+    waits (up to timeout) for `expected` of them rather than reading once right after the flow returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"{runbook}: ")),
+            )
+        done = sorted(run.name for run in runs if run.state is not None and run.state.is_completed())
+        if len(done) >= expected or time.monotonic() > deadline:
+            return done
+        time.sleep(0.2)
 
 
 def test_daily_checklist_without_an_account_runs_every_declared_account_and_one_summary(env: dict[str, Any]) -> None:
@@ -85,7 +93,8 @@ def test_daily_checklist_without_an_account_runs_every_declared_account_and_one_
     assert set(results) == set(ACCOUNTS)
     assert all("preflight" in statuses and "backup age" in statuses for statuses in results.values())
     run_id = state.state_details.flow_run_id
-    assert account_task_runs(run_id, "daily-checklist") == [f"daily-checklist: {name}" for name in ACCOUNTS]
+    expected = [f"daily-checklist: {name}" for name in ACCOUNTS]
+    assert account_task_runs(run_id, "daily-checklist", len(ACCOUNTS)) == expected
     keys = ["daily-checklist-accounts", *(f"daily-checklist-{name}" for name in ACCOUNTS)]
     tables = artifact_tables(run_id, *keys)
     summary = tables["daily-checklist-accounts"]
@@ -106,7 +115,7 @@ def test_reconcile_without_an_account_reconciles_each_one_and_publishes_one_summ
     results = state.result()
     assert set(results) == set(ACCOUNTS) and all(r["differences"] == 0 for r in results.values())
     run_id = state.state_details.flow_run_id
-    assert account_task_runs(run_id, "reconcile") == [f"reconcile: {name}" for name in ACCOUNTS]
+    assert account_task_runs(run_id, "reconcile", len(ACCOUNTS)) == [f"reconcile: {name}" for name in ACCOUNTS]
     tables = artifact_tables(run_id, "reconcile-accounts", *(f"reconcile-differences-{name}" for name in ACCOUNTS))
     assert [(row["account"], row["status"]) for row in tables["reconcile-accounts"]] == [
         (name, "clean") for name in ACCOUNTS
