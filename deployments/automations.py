@@ -7,10 +7,11 @@ Always created (`perps-bot up` runs this module too):
     trading-bot runs: a proactive trigger that expects, for each flow run, another heartbeat (or a final state)
     within ZOMBIE_AFTER_SECONDS of its last `prefect.flow-run.heartbeat`; if none comes, ChangeFlowRunState ->
     Crashed. The bot runs with PREFECT_FLOWS_HEARTBEAT_FREQUENCY=BOT_HEARTBEAT_SECONDS (serve_all.py, prefect.yaml),
-    so a run whose machine died is Crashed after two missed heartbeats (a false alarm is harmless: the live bot
-    sets its run back to Running and the restart stands down on its lease, docs/supervision.md); two, not three, so
-    a lost machine's bots trade elsewhere within 90 s (tests/deployments/test_workers_failover.py). Only trading-bot
-    runs: other flows keep Prefect's default 180 s heartbeat on workers, which this window would crash.
+    so a run whose machine died is Crashed once a heartbeat is half an interval late (a false alarm costs a
+    restart run that stands down on the live bot's lease, which sets its run back to Running: docs/supervision.md);
+    not Prefect's example of three missed, so a lost machine's bots trade elsewhere within 90 s
+    (tests/deployments/test_workers_failover.py). Only trading-bot runs: other flows keep Prefect's default 180 s
+    heartbeat on workers, which this window would crash.
   * "gpt-trader: restart crashed bot runs": on `prefect.flow-run.Crashed` of a trading-bot run, RunDeployment with
     source "inferred" (the crashed run's own deployment) and the crashed run's parameters (a server-side Jinja
     template) plus restart_of=<crashed run id>. The new run applies the restart policy before it trades
@@ -50,9 +51,9 @@ SLACK_API = "https://slack.com/api/"
 
 BOT_FLOW = "trading-bot"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
-# Prefect refuses a heartbeat frequency below 30 s; two missed heartbeats make a zombie.
+# Prefect refuses a heartbeat frequency below 30 s; a heartbeat half an interval late makes a zombie.
 BOT_HEARTBEAT_SECONDS = 30
-ZOMBIE_AFTER_SECONDS = 2 * BOT_HEARTBEAT_SECONDS
+ZOMBIE_AFTER_SECONDS = BOT_HEARTBEAT_SECONDS + BOT_HEARTBEAT_SECONDS // 2
 ZOMBIE_AUTOMATION_NAME = "gpt-trader: crash zombie bot runs"
 RESTART_AUTOMATION_NAME = "gpt-trader: restart crashed bot runs"
 # The crashed run's parameters as they were, plus restart_of: rendered by the server when the automation fires.

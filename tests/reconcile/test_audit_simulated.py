@@ -277,3 +277,60 @@ def test_drift_opens_the_incident_and_a_clean_run_resolves_it(
 
     assert [i.id for i in ledger.open_incidents()] == ([incident.id] if drift else [])
     assert incident_id == (incident.id if drift else None)
+
+
+class ReadEarlier:
+    """The broker as the audit read it: its orders, fills, positions and balances frozen at construction, while the
+    exchange itself trades on (the running bot); anything else is asked of the live exchange."""
+
+    def __init__(self, exchange: SimulatedExchange) -> None:
+        self._exchange = exchange
+        self._open = exchange.list_open_orders()
+        self._fills = exchange.list_fills()
+        self._positions = exchange.positions()
+        self._balances = exchange.balances()
+
+    def list_open_orders(self) -> list[object]:
+        return list(self._open)
+
+    def list_fills(self, since: object = None) -> list[object]:
+        return [f for f in self._fills if since is None or f.filled_at >= since]  # type: ignore[operator]
+
+    def positions(self) -> list[object]:
+        return list(self._positions)
+
+    def balances(self) -> list[object]:
+        return list(self._balances)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._exchange, name)
+
+
+def test_a_fill_the_bot_records_after_the_broker_was_read_is_not_undone_by_the_position_repair(
+    exchange: SimulatedExchange, ledger: Ledger
+) -> None:
+    snapshot(ledger, exchange)
+    traded(exchange, ledger, market("bot-1"))  # long 0.01
+    read = ReadEarlier(exchange)  # the audit reads the broker ...
+    traded(exchange, ledger, market("bot-2", Side.SELL))  # ... then the bot sells and records it: flat
+
+    report = audit(read, ledger, exchange.now())  # type: ignore[arg-type]
+
+    assert "position_mismatch" not in [str(d.kind) for d in report.differences], kinds(report)
+    assert "BTC-USD" not in ledger.positions()  # still flat, as the exchange is: not set back to 0.01
+    assert run(exchange, ledger).differences == []  # and a later audit with a fresh read finds nothing
+
+
+def test_a_position_wrong_beside_a_fill_the_broker_has_not_answered_is_repaired_with_that_fill_kept(
+    exchange: SimulatedExchange, ledger: Ledger
+) -> None:
+    traded(exchange, ledger, market("bot-1", quantity="0.03"))
+    read = ReadEarlier(exchange)
+    traded(exchange, ledger, market("bot-2", Side.SELL))  # 0.01 sold after the read
+    ledger.set_position("BTC-USD", Decimal("5"), Decimal("1"), exchange.now())  # and the ledger's position is wrong
+
+    report = audit(read, ledger, exchange.now())  # type: ignore[arg-type]
+
+    (difference,) = [d for d in report.differences if str(d.kind) == "position_mismatch"]
+    assert (difference.ledger_value, difference.broker_value) == ("5.01", "0.03")  # compared as of the read
+    assert ledger.positions()["BTC-USD"].quantity == Decimal("0.02")  # the broker's 0.03, less the sale after it

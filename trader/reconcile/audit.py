@@ -43,7 +43,7 @@ from trader.alerts.severity import IncidentKind, Severity, severity_for
 from trader.brokers.base import Broker
 from trader.domain import Fill, Order, Position, Side
 from trader.errors import TraderError, UnknownSymbol
-from trader.ledger import BalanceSnapshot, Ledger
+from trader.ledger import BalanceSnapshot, FillRecord, Ledger
 from trader.ledger.mappers import fill_of
 from trader.ledger.types import canonical_decimal
 from trader.quality.gx_runtime import GateResult
@@ -229,8 +229,8 @@ def audit(
             log.error("reconcile input failed its data-quality check: %s", line)
 
     _audit_orders(broker, ledger, at, since, broker_open, broker_fills, report)
-    missing_fills = _audit_fills(ledger, since, broker_fills, report)
-    _audit_positions(ledger, at, broker_positions, missing_fills, report)
+    missing_fills, ledger_only = _audit_fills(ledger, since, broker_fills, report)
+    _audit_positions(ledger, at, broker_positions, missing_fills, ledger_only, report)
     _audit_balances(broker, ledger, since, broker_balances, missing_fills, quote_currency, report)
     for difference in report.differences:
         log.warning("reconcile %s", difference.row())
@@ -289,8 +289,11 @@ def _order_differences(check: OrderCheck, report: AuditReport) -> list[Differenc
 # --- fills -----------------------------------------------------------------------------------------------------
 
 
-def _audit_fills(ledger: Ledger, since: datetime, broker_fills: list[Fill], report: AuditReport) -> list[Fill]:
-    """Classify fill differences; import the fills the ledger is missing. Returns those missing fills."""
+def _audit_fills(
+    ledger: Ledger, since: datetime, broker_fills: list[Fill], report: AuditReport
+) -> tuple[list[Fill], list[FillRecord]]:
+    """Classify fill differences; import the fills the ledger is missing. Returns those missing fills, and the
+    ledger's fills the broker's answer lacks."""
     theirs = {f.trade_id: f for f in broker_fills}
     mine = {row.trade_id: row for row in ledger.fills_after(since)} | ledger.fills_by_trade_id(theirs)
     report.fills_checked = len(set(theirs) | set(mine))
@@ -323,13 +326,14 @@ def _audit_fills(ledger: Ledger, since: datetime, broker_fills: list[Fill], repo
                         kind, "fill", trade_id, fill.symbol, name, _text(a), _text(b), "none: fills are append-only"
                     )
                 )
-    for trade_id, row in mine.items():
-        if trade_id not in theirs and row.filled_at > since:
+    ledger_only = [row for trade_id, row in mine.items() if trade_id not in theirs]
+    for row in ledger_only:
+        if row.filled_at > since:
             report.differences.append(
                 Difference(
                     DifferenceKind.UNKNOWN_ON_EXCHANGE,
                     "fill",
-                    trade_id,
+                    row.trade_id,
                     row.symbol,
                     "fill",
                     f"{row.side} {row.quantity} @ {row.price} fee {row.fee} ({row.client_order_id})",
@@ -339,20 +343,34 @@ def _audit_fills(ledger: Ledger, since: datetime, broker_fills: list[Fill], repo
             )
     if report.repair and missing:
         ledger.record_fills(missing)
-    return missing
+    return missing, ledger_only
 
 
 # --- positions -------------------------------------------------------------------------------------------------
 
 
 def _audit_positions(
-    ledger: Ledger, at: datetime, broker_positions: dict[str, Position], missing_fills: list[Fill], report: AuditReport
+    ledger: Ledger,
+    at: datetime,
+    broker_positions: dict[str, Position],
+    missing_fills: list[Fill],
+    ledger_only: list[FillRecord],
+    report: AuditReport,
 ) -> None:
-    """Compare quantities after the missing fills (imported, or about to be): a missed fill is no position error."""
+    """Compare quantities after the missing fills (imported, or about to be): a missed fill is no position error.
+
+    The ledger's fills the broker's answer lacks are taken out before comparing and kept in a repair: the running
+    bot records fills after the broker was read (a fill between the two reads would otherwise be undone, the
+    position set to the broker's older view); one the broker never had is reported with the fills above."""
     expected = {symbol: p.quantity for symbol, p in ledger.positions().items()}
     if not report.repair:  # repaired: record_fills has already moved the ledger's positions
         for fill in missing_fills:
             expected[fill.symbol] = expected.get(fill.symbol, ZERO) + _signed(fill)
+    since_read: dict[str, Decimal] = {}
+    for row in ledger_only:
+        since_read[row.symbol] = since_read.get(row.symbol, ZERO) + _signed(fill_of(row))
+    for symbol, moved in since_read.items():
+        expected[symbol] = expected.get(symbol, ZERO) - moved
     symbols = sorted(set(expected) | set(broker_positions))
     report.positions_checked = len(symbols)
     for symbol in symbols:
@@ -375,7 +393,7 @@ def _audit_positions(
         )
         if report.repair:
             entry = position.average_entry_price if position is not None else ZERO
-            ledger.set_position(symbol, theirs, entry, at)
+            ledger.set_position(symbol, theirs + since_read.get(symbol, ZERO), entry, at)
 
 
 # --- balances --------------------------------------------------------------------------------------------------
