@@ -19,23 +19,12 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from deployments.cli import main
 from deployments.serve_all import PREFECT_YAML, bot_deployment_names, deployment_entries, runner_deployments
+from tests.paper_accounts import paper_accounts_yaml
 from trader.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = Path(sys.executable).parent / "prefect"
-ACCOUNTS_YAML = """
-accounts:
-  - name: alpha
-    broker: simulated
-    symbols: [BTC-USD]
-  - name: beta
-    broker: simulated
-    symbols: [ETH-USD]
-    profile: canary
-  - name: gamma
-    broker: simulated
-    symbols: [BTC-USD, ETH-USD]
-"""
+ACCOUNTS_YAML = paper_accounts_yaml(beta={"profile": "canary"})
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from deployments.embedded import descendants
 from deployments.workers import worker_healthy
 from tests.deployments.test_up_supervisor import free_port, port_free, start_time, wait_for
+from tests.paper_accounts import paper_accounts_yaml
 from trader.ledger import Ledger
 from trader.settings import Settings
 
@@ -31,15 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 PERPS_BOT = Path(sys.executable).parent / "perps-bot"
 ACCOUNTS = ("alpha", "beta")
-ACCOUNTS_YAML = """
-accounts:
-  - name: alpha
-    broker: simulated
-    symbols: [BTC-USD]
-  - name: beta
-    broker: simulated
-    symbols: [ETH-USD]
-"""
+ACCOUNTS_YAML = paper_accounts_yaml(ACCOUNTS)
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 

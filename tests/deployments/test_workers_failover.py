@@ -26,6 +26,7 @@ from uuid import UUID
 import psycopg2
 import pytest
 
+from tests.paper_accounts import paper_accounts_yaml
 from trader.drills.coherence import compare, paper_exchange_truth
 from trader.ledger import Ledger
 
@@ -34,18 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 ACCOUNTS = ("alpha", "beta", "gamma")
-ACCOUNTS_YAML = """
-accounts:
-  - name: alpha
-    broker: simulated
-    symbols: [BTC-USD]
-  - name: beta
-    broker: simulated
-    symbols: [ETH-USD]
-  - name: gamma
-    broker: simulated
-    symbols: [BTC-USD, ETH-USD]
-"""
+ACCOUNTS_YAML = paper_accounts_yaml()
 FAILOVER_GOAL_SECONDS = 90  # the issue's "within 90 s its bots trade on the other worker"
 
 

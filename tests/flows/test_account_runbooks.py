@@ -25,21 +25,10 @@ from flows.bot import trading_bot
 from flows.checklists import daily_checklist
 from flows.emergency import emergency_cancel_all, emergency_kill_switch
 from flows.reconcile import reconcile
+from tests.paper_accounts import paper_accounts_yaml
 
 ACCOUNTS = ("alpha", "beta", "gamma")
-ACCOUNTS_YAML = """
-accounts:
-  - name: alpha
-    broker: simulated
-    symbols: [BTC-USD]
-  - name: beta
-    broker: simulated
-    symbols: [ETH-USD]
-    strategy: {position_size_usd: 250}
-  - name: gamma
-    broker: simulated
-    symbols: [BTC-USD, ETH-USD]
-"""
+ACCOUNTS_YAML = paper_accounts_yaml(beta={"strategy": {"position_size_usd": 250}})
 
 
 @pytest.fixture

@@ -13,17 +13,10 @@ import pytest
 from prefect import flow
 
 from flows.hooks import incident_on_crashed, incident_on_failure, resolve_on_completion
+from tests.paper_accounts import paper_accounts_yaml
 from trader.ledger import Ledger
 
-ACCOUNTS_YAML = """
-accounts:
-  - name: alpha
-    broker: simulated
-    symbols: [BTC-USD]
-  - name: beta
-    broker: simulated
-    symbols: [ETH-USD]
-"""
+ACCOUNTS_YAML = paper_accounts_yaml(("alpha", "beta"))
 FAILED = SimpleNamespace(name="Failed", message="RuntimeError: exchange answered 503 for 5 minutes")
 
 
