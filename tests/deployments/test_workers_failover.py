@@ -272,6 +272,8 @@ def check_failover(cluster: Cluster, ledgers: dict[str, Ledger]) -> None:
     }
     assert set(pids.values()) <= set(descendants(cluster.processes["machine-1"].pid))  # machine-1 runs the bots
     cluster.start_worker("machine-2")
+    for name in ACCOUNTS:  # each has traded before the loss, so "exactly once" spans it
+        wait_for(f"{name}'s first order", lambda n=name: ledgers[n].list_orders(), 180)
     before = {name: len(ledgers[name].list_orders()) for name in ACCOUNTS}
 
     killed_at, killed_wall = time.monotonic(), time.time()
