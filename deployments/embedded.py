@@ -648,10 +648,11 @@ def api_json(url: str, body: dict | None = None, timeout: float = 3) -> dict | l
 
 
 def bot_runs(
-    api_url: str, states: tuple[str, ...] | None = None, limit: int = 20, deployments: list[str] | None = None
+    api_url: str, states: tuple[str, ...] | None = None, limit: int = 200, deployments: list[str] | None = None
 ) -> list[str]:
     """Ids of the bot deployments' runs (in these states; default trading-bot/paper), newest first; [] when none
-    of the deployments is registered."""
+    of the deployments is registered. The limit is the server's page maximum: with many accounts every live run
+    must be found (stopping `up` cancels each)."""
     api = api_url.rstrip("/")
     ids = []
     for name in deployments or [BOT_DEPLOYMENT]:

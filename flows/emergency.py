@@ -31,7 +31,7 @@ from prefect.states import State
 
 from flows.accounts import bad_input, choose_accounts, for_each_account
 from flows.hooks import RUNBOOK_HOOKS
-from prefect_adapter.artifacts import DEFAULT_ACCOUNT, account_key, publish_markdown, publish_table
+from prefect_adapter.artifacts import account_key, publish_markdown, publish_table
 from prefect_adapter.runs import current_flow_run_id, flow_run_url
 from tasks.emergency import (
     cancel_all_orders,
@@ -41,7 +41,8 @@ from tasks.emergency import (
     set_flag_file,
     set_prefect_variable,
 )
-from trader.accounts import ALL_ACCOUNTS, declared
+from trader.account_names import ALL_ACCOUNTS
+from trader.accounts import declared
 from trader.emergency.procedures import PROCEDURES, RESOLVED_BY, TITLES, CancelResult, Switch, SwitchChange
 from trader.emergency.render import (
     incident_evidence,
@@ -113,7 +114,7 @@ def emergency_flatten(
         "emergency-flatten",
         account,
         profile,
-        lambda s: _flatten_of(s, _account_request(request, s), symbols or s.symbols, variable, reason),
+        lambda s: _flatten_of(s, request, symbols or s.symbols, variable, reason),
         accounts=accounts,
         figures=_row,
     )
@@ -195,11 +196,6 @@ def _named_accounts(flow_name: str, account: str | None, profile: str) -> list[S
             f"{flow_name}: account: required with {accounts[0].accounts_file} (declared: {names}); name one, or all"
         )
     return accounts
-
-
-def _account_request(request_id: str, settings: Settings) -> str:
-    """The flatten's request id for this account: accounts on one Coinbase key must not derive the same exits' ids."""
-    return request_id if settings.account == DEFAULT_ACCOUNT else f"{request_id}-{settings.account}"
 
 
 def _cancel_all(settings: Settings) -> CancelResult:

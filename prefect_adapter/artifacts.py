@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-DEFAULT_ACCOUNT = "default"
+from trader.account_names import DEFAULT_ACCOUNT
 
 
 def account_key(key: str, account: str) -> str:

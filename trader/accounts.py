@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from trader.account_names import ALL_ACCOUNTS, account_name_problem
 from trader.errors import ConfigError
 from trader.settings import Profile, Settings, load_settings
 
-ACCOUNT_NAME = r"^[A-Za-z0-9_.-]{1,64}$"  # as ACCOUNT: it keys the lease, state and metrics
 STRATEGY_FIELDS = {
     "fast_window": "strategy_fast_window",
     "slow_window": "strategy_slow_window",
@@ -83,7 +83,7 @@ class AccountSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=ACCOUNT_NAME)
+    name: str
     broker: Literal["simulated", "coinbase"]
     credentials: Credentials | None = None
     symbols: list[str] = Field(min_length=1)
@@ -91,6 +91,14 @@ class AccountSpec(BaseModel):
     strategy: dict[str, Any] = Field(default_factory=dict)
     risk: dict[str, Any] = Field(default_factory=dict)
     metrics_port: int | None = Field(None, ge=1, le=65535)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        problem = account_name_problem(name)
+        if problem is not None:
+            raise ValueError(problem)
+        return name
 
     @model_validator(mode="after")
     def _coinbase_needs_a_key(self) -> AccountSpec:
@@ -296,7 +304,6 @@ def declared(settings: Settings) -> list[AccountSpec] | None:
 
 # What an account takes from the settings it is chosen from: the machine's folders, ledger, cold tier and base port.
 MACHINE_FIELDS = ("state_dir", "log_dir", "database_url", "cold_storage_url", "metrics_port")
-ALL_ACCOUNTS = "all"
 
 
 def account_settings(

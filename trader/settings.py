@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trader.account_names import DEFAULT_ACCOUNT, account_name_problem
 from trader.errors import ConfigError
 
 Profile = Literal["dev", "canary", "spot", "prod", "perps"]
@@ -118,7 +119,7 @@ class Settings(BaseSettings):
     slack_webhook_url: SecretStr | None = None
 
     # One account = one lease = one active bot (DESIGN.md "The bot's contract"); the id keys the lease row.
-    account: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    account: str = DEFAULT_ACCOUNT
     accounts_file: Path = Path("accounts.yaml")  # the declared accounts (trader/accounts.py); none: just `account`
     # How many accounts a runbook flow works on at once (one task run each; flows/accounts.py).
     accounts_max_concurrency: int = Field(4, ge=1, le=64)
@@ -141,6 +142,14 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("account", mode="after")
+    @classmethod
+    def _account_name(cls, value: str) -> str:
+        problem = account_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("coinbase_api_base", mode="after")
     @classmethod

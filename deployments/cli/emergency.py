@@ -173,8 +173,6 @@ def flatten_command(settings: Settings, args: argparse.Namespace) -> int:
             say("flatten: not confirmed, nothing done")
             return 1
     request_id = args.request_id or f"cli-{uuid.uuid4().hex[:16]}"
-    if settings.account != "default":  # accounts on one Coinbase key must not derive the same exits' ids (as the flow)
-        request_id = f"{request_id}-{settings.account}"
     variable, problem = write_variable("reduce_only", True)
     result = flatten_account(settings, request_id=request_id, symbols=symbols)
     rows = ([variable.row()] if variable is not None else []) + result.rows()

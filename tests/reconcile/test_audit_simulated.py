@@ -3,6 +3,8 @@ difference seeded, classified, repaired from the broker's truth, and never an or
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -280,17 +282,20 @@ def test_drift_opens_the_incident_and_a_clean_run_resolves_it(
 
 
 class ReadEarlier:
-    """The broker as the audit read it: its orders, fills, positions and balances frozen at construction, while the
-    exchange itself trades on (the running bot); anything else is asked of the live exchange."""
+    """The broker as the audit reads it while the bot trades on: at the audit's first broker read its orders, fills,
+    positions and balances are frozen, then `meanwhile` runs (the running bot trades and records it); anything else
+    is asked of the live exchange."""
 
-    def __init__(self, exchange: SimulatedExchange) -> None:
+    def __init__(self, exchange: SimulatedExchange, meanwhile: Callable[[], None]) -> None:
         self._exchange = exchange
-        self._open = exchange.list_open_orders()
-        self._fills = exchange.list_fills()
-        self._positions = exchange.positions()
-        self._balances = exchange.balances()
+        self._meanwhile = meanwhile
 
     def list_open_orders(self) -> list[object]:
+        self._open = self._exchange.list_open_orders()
+        self._fills = self._exchange.list_fills()
+        self._positions = self._exchange.positions()
+        self._balances = self._exchange.balances()
+        self._meanwhile()
         return list(self._open)
 
     def list_fills(self, since: object = None) -> list[object]:
@@ -311,12 +316,12 @@ def test_a_fill_the_bot_records_after_the_broker_was_read_is_not_undone_by_the_p
 ) -> None:
     snapshot(ledger, exchange)
     traded(exchange, ledger, market("bot-1"))  # long 0.01
-    read = ReadEarlier(exchange)  # the audit reads the broker ...
-    traded(exchange, ledger, market("bot-2", Side.SELL))  # ... then the bot sells and records it: flat
+    # The audit reads the broker, then the bot sells and records it: flat.
+    read = ReadEarlier(exchange, lambda: traded(exchange, ledger, market("bot-2", Side.SELL)))
 
     report = audit(read, ledger, exchange.now())  # type: ignore[arg-type]
 
-    assert "position_mismatch" not in [str(d.kind) for d in report.differences], kinds(report)
+    assert [str(d.kind) for d in report.differences if d.entity in ("position", "fill")] == [], kinds(report)
     assert "BTC-USD" not in ledger.positions()  # still flat, as the exchange is: not set back to 0.01
     assert run(exchange, ledger).differences == []  # and a later audit with a fresh read finds nothing
 
@@ -325,12 +330,29 @@ def test_a_position_wrong_beside_a_fill_the_broker_has_not_answered_is_repaired_
     exchange: SimulatedExchange, ledger: Ledger
 ) -> None:
     traded(exchange, ledger, market("bot-1", quantity="0.03"))
-    read = ReadEarlier(exchange)
-    traded(exchange, ledger, market("bot-2", Side.SELL))  # 0.01 sold after the read
-    ledger.set_position("BTC-USD", Decimal("5"), Decimal("1"), exchange.now())  # and the ledger's position is wrong
+    ledger.set_position("BTC-USD", Decimal("5"), Decimal("1"), exchange.now())  # the ledger's position is wrong
+    read = ReadEarlier(exchange, lambda: traded(exchange, ledger, market("bot-2", Side.SELL)))  # 0.01 sold after
 
     report = audit(read, ledger, exchange.now())  # type: ignore[arg-type]
 
     (difference,) = [d for d in report.differences if str(d.kind) == "position_mismatch"]
-    assert (difference.ledger_value, difference.broker_value) == ("5.01", "0.03")  # compared as of the read
+    assert (difference.ledger_value, difference.broker_value) == ("5", "0.03")  # compared as of the read
     assert ledger.positions()["BTC-USD"].quantity == Decimal("0.02")  # the broker's 0.03, less the sale after it
+    assert run(exchange, ledger).differences == []
+
+
+def test_a_ledger_fill_the_broker_never_had_does_not_hide_the_position_it_moved(
+    exchange: SimulatedExchange, ledger: Ledger
+) -> None:
+    traded(exchange, ledger, market("bot-1", quantity="0.03"))
+    # A fill only the ledger has, recorded well before the audit (a bug, a manual edit): the position moved by it.
+    (real,) = exchange.list_fills()
+    ledger.record_fills([replace(real, trade_id="phantom-1", quantity=Decimal("0.02"))])
+    assert ledger.positions()["BTC-USD"].quantity == Decimal("0.05")
+
+    report = run(exchange, ledger)
+
+    assert kinds(report) == [("position_mismatch", "position", "quantity"), ("unknown_on_exchange", "fill", "fill")]
+    (position,) = [d for d in report.differences if d.entity == "position"]
+    assert (position.ledger_value, position.broker_value) == ("0.05", "0.03")
+    assert ledger.positions()["BTC-USD"].quantity == Decimal("0.03")  # set to the broker's, the phantom not kept

@@ -62,7 +62,9 @@ def test_runbook_variables_are_read_from_the_environment(monkeypatch: pytest.Mon
         ("LEASE_TTL_SECONDS", "2", "LEASE_TTL_SECONDS: must be at least 3 cycle intervals (3 s"),
         ("RESTART_MAX_PER_HOUR", "five", "RESTART_MAX_PER_HOUR: must be a valid integer"),
         ("RESTART_MAX_PER_HOUR", "-1", "RESTART_MAX_PER_HOUR: must be greater than 0"),
-        ("ACCOUNT", "my account", "ACCOUNT: "),
+        ("ACCOUNT", "my account", "ACCOUNT: 'my account' is not an account name: use 1 to 64 lowercase"),
+        ("ACCOUNT", "..", "ACCOUNT: '..' is not an account name"),
+        ("ACCOUNT", "all", "ACCOUNT: 'all' is not an account name"),
     ],
 )
 def test_invalid_value_stops_startup_with_one_line_naming_the_variable(

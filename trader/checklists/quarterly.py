@@ -52,11 +52,12 @@ def performance(ledger: Ledger, now: datetime, days: int = 90) -> Section:
 
 
 def capacity_planning(ledger: Ledger, disk_path: Path, now: datetime, months: int = 3) -> Section:
-    """Database size, rows added per table per month, disk free, and months until the disk is 80% full."""
+    """Database size, rows added per table per month, disk free, and months until the disk is 80% full: the
+    database's and the machine's, so the rows of every account in it count (each account's run shows the same)."""
     import pandas as pd
 
     start = now - timedelta(days=30 * months)
-    dated = [{"table": table, "at": at} for table, at in ledger.rows_dated_between(start, now)]
+    dated = [{"table": table, "at": at} for table, at in ledger.rows_dated_between(start, now, every_account=True)]
     frame = pd.DataFrame(dated, columns=["table", "at"])
     rows: list[dict[str, Any]] = []
     if not frame.empty:
@@ -64,7 +65,7 @@ def capacity_planning(ledger: Ledger, disk_path: Path, now: datetime, months: in
         growth = frame.groupby(["table", "month"]).size().rename("rows_added")
         rows = [{"table": t, "month": m, "rows_added": int(n)} for (t, m), n in growth.items()]
     size = ledger.database_size()
-    counts = ledger.counts()
+    counts = ledger.counts(every_account=True)
     total_rows = sum(counts.values())
     added_per_month = len(frame) / months
     bytes_per_month = size / total_rows * added_per_month if total_rows else 0.0

@@ -29,7 +29,7 @@ from trader.errors import TraderError
 if TYPE_CHECKING:
     from trader.settings import Settings
 
-# RedisCache's default prefix: the live profile's keys are state:<key>.
+# Where every live key lives: an account's are state:<account>:<key> (trader/state/hot.py); a drill keeps out.
 LIVE_REDIS_PREFIX = "state:"
 
 

@@ -218,7 +218,7 @@ class DrillTiers:
             parsed = make_url(url)
             proxy = self._proxied(parsed.host or "127.0.0.1", parsed.port or 5432, "postgresql")
             url = parsed.set(host=proxy.host, port=proxy.port).render_as_string(hide_password=False)
-        warm = SqlWarmStore(url, self.settings.state_batch_size)
+        warm = SqlWarmStore(url, self.settings.state_batch_size, account=self.settings.account)
         self._stack.callback(warm.dispose)
         warm.ensure_schema()
         return warm

@@ -26,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
+from trader.account_names import DEFAULT_ACCOUNT
 from trader.brokers.base import Broker
 from trader.brokers.rules import fmt
 from trader.domain import Order, OrderRequest, OrderStatus, OrderType, Side, quantize_down
@@ -350,10 +351,12 @@ class FlattenResult:
         )
 
 
-def exit_client_order_id(request_id: str, symbol: str) -> str:
-    """The same id for the same (flatten request, symbol), so a retried flatten finds its order instead of selling
-    twice; short enough for Coinbase's client_order_id."""
-    digest = hashlib.sha256(f"{request_id}:{symbol}".encode()).hexdigest()[:20]
+def exit_client_order_id(request_id: str, symbol: str, account: str = DEFAULT_ACCOUNT) -> str:
+    """The same id for the same (flatten request, symbol, account), so a retried flatten finds its order instead of
+    selling twice; accounts on one Coinbase key flattened by one request never share an exit's id (the default
+    account's ids are as before accounts); short enough for Coinbase's client_order_id."""
+    scope = request_id if account == DEFAULT_ACCOUNT else f"{request_id}:{account}"
+    digest = hashlib.sha256(f"{scope}:{symbol}".encode()).hexdigest()[:20]
     return f"flatten-{symbol}-{digest}"
 
 
@@ -418,7 +421,7 @@ def _exit(
     request_id: str,
     result: FlattenResult,
 ) -> ExitOrder | None:
-    client_order_id = exit_client_order_id(request_id, symbol)
+    client_order_id = exit_client_order_id(request_id, symbol, ledger.account)
     existing = broker.find_order(client_order_id)
     if existing is not None:
         ledger.apply_order(existing)

@@ -6,7 +6,6 @@ Invariant: a Ledger reads and writes only the rows of its own account (every sec
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,18 +14,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
+from trader.account_names import DEFAULT_ACCOUNT, account_name_problem
 from trader.domain import OrderStatus
 from trader.errors import TraderError
 from trader.ledger.db import make_engine
 from trader.ledger.db import migrate as migrate_database
-from trader.ledger.models import DEFAULT_ACCOUNT
 
 # The database did not answer (down, busy past its timeout, refused the connection): worth asking again later.
 LEDGER_UNANSWERED: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
 
-# The same names Settings.account accepts (trader/settings.py); the column is String(64).
-ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-ACCOUNT_MAX_LENGTH = 64
 
 OPEN_STATUSES = (OrderStatus.PENDING_SUBMIT.value, OrderStatus.OPEN.value, OrderStatus.PARTIALLY_FILLED.value)
 
@@ -45,11 +41,9 @@ def now() -> datetime:
 
 def valid_account(account: str) -> str:
     """The account name, or LedgerError saying what a name may hold."""
-    if len(account) > ACCOUNT_MAX_LENGTH or not ACCOUNT_NAME.fullmatch(account):
-        raise LedgerError(
-            f"account {account!r} is not a valid account name: use 1 to {ACCOUNT_MAX_LENGTH} letters, digits, "
-            "'_', '.' or '-' (the ACCOUNT setting)"
-        )
+    problem = account_name_problem(account)
+    if problem is not None:
+        raise LedgerError(f"account: {problem} (the ACCOUNT setting)")
     return account
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import BigInteger, Index, LargeBinary, MetaData, String, Text, U
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from trader.account_names import DEFAULT_ACCOUNT
 from trader.ledger.types import DecimalType, UTCDateTime
 
 SessionMode = Literal["paper", "live", "dry_run"]
@@ -38,9 +39,6 @@ def money(*, nullable: bool = False, default: Decimal | None = None) -> Any:
     """A Decimal column for money or quantities."""
     required = default is None and not nullable
     return Field(default=... if required else default, sa_type=DecimalType, nullable=nullable)
-
-
-DEFAULT_ACCOUNT = "default"  # the one account of a single-bot install, and the owner of rows older than accounts
 
 
 def account_column(*, primary_key: bool = False, index: bool = True) -> Any:

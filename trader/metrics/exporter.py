@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from trader.account_names import DEFAULT_ACCOUNT
 from trader.coinbase import ratelimit
 from trader.errors import ConfigError
 from trader.fsio import atomic_write
@@ -50,7 +51,6 @@ HealthStatus = Literal["starting", "healthy", "degraded", "halted", "unhealthy",
 # /health answers HTTP 503 for these and 200 for the rest.
 UNHEALTHY_STATUSES: frozenset[str] = frozenset({"unhealthy", "stale"})
 DEFAULT_STALE_AFTER_SECONDS = 180.0  # three 60 s cycles
-DEFAULT_ACCOUNT = "default"  # Settings.account's default: a single bot's account
 UNKNOWN_ACCOUNT = "unknown"  # the standalone exporter before any health JSON named the file's account
 GUARD_LEVEL_VALUE: dict[str, int] = {"ok": 0, "warning": 1, "critical": 2}
 TRIP_LEVELS: tuple[str, ...] = ("warning", "critical")

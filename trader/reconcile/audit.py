@@ -27,7 +27,8 @@ Before any comparison the broker's answers go through the reconciliation inputs'
 artifact says why, and record_data_quality_incident() opens a DATA_QUALITY incident that a clean run resolves.
 
 An audit racing the bot (a fill between the broker's balance and fill reads) can show a transient difference;
-the next run clears it.
+the next run clears it. A fill the bot records after the broker was read is no difference: the ledger's fills are
+listed before the read, and positions are compared as of the read (see _audit_positions).
 """
 
 from __future__ import annotations
@@ -213,6 +214,9 @@ def audit(
     broker's truth when `repair`. Never places or cancels an order."""
     since = at - lookback
     report = AuditReport(at=at, repair=repair, balance_tolerance_quote=balance_tolerance_quote)
+    # The ledger's fills before the broker is read: a ledger fill that is not among them was recorded by the running
+    # bot after the read began, so the broker's answer may lack it without the ledger being wrong.
+    recorded_before_read = {row.trade_id for row in ledger.fills_after(since)}
     # Read everything the broker says first, so the repairs below work from one view of it.
     broker_open = broker.list_open_orders()
     broker_fills = broker.list_fills(since=since)
@@ -229,8 +233,8 @@ def audit(
             log.error("reconcile input failed its data-quality check: %s", line)
 
     _audit_orders(broker, ledger, at, since, broker_open, broker_fills, report)
-    missing_fills, ledger_only = _audit_fills(ledger, since, broker_fills, report)
-    _audit_positions(ledger, at, broker_positions, missing_fills, ledger_only, report)
+    missing_fills, since_read = _audit_fills(ledger, since, broker_fills, recorded_before_read, report)
+    _audit_positions(ledger, at, broker_positions, missing_fills, since_read, report)
     _audit_balances(broker, ledger, since, broker_balances, missing_fills, quote_currency, report)
     for difference in report.differences:
         log.warning("reconcile %s", difference.row())
@@ -290,10 +294,13 @@ def _order_differences(check: OrderCheck, report: AuditReport) -> list[Differenc
 
 
 def _audit_fills(
-    ledger: Ledger, since: datetime, broker_fills: list[Fill], report: AuditReport
+    ledger: Ledger, since: datetime, broker_fills: list[Fill], recorded_before_read: set[str], report: AuditReport
 ) -> tuple[list[Fill], list[FillRecord]]:
     """Classify fill differences; import the fills the ledger is missing. Returns those missing fills, and the
-    ledger's fills the broker's answer lacks."""
+    ledger's fills recorded after the broker was read (which its answer cannot hold yet).
+
+    A ledger fill the broker lacks that was already recorded before the read is unknown on the exchange (reported);
+    one recorded since is the running bot's latest trade, not a difference."""
     theirs = {f.trade_id: f for f in broker_fills}
     mine = {row.trade_id: row for row in ledger.fills_after(since)} | ledger.fills_by_trade_id(theirs)
     report.fills_checked = len(set(theirs) | set(mine))
@@ -327,8 +334,9 @@ def _audit_fills(
                     )
                 )
     ledger_only = [row for trade_id, row in mine.items() if trade_id not in theirs]
+    since_read = [row for row in ledger_only if row.trade_id not in recorded_before_read]
     for row in ledger_only:
-        if row.filled_at > since:
+        if row.filled_at > since and row.trade_id in recorded_before_read:
             report.differences.append(
                 Difference(
                     DifferenceKind.UNKNOWN_ON_EXCHANGE,
@@ -343,7 +351,7 @@ def _audit_fills(
             )
     if report.repair and missing:
         ledger.record_fills(missing)
-    return missing, ledger_only
+    return missing, since_read
 
 
 # --- positions -------------------------------------------------------------------------------------------------
@@ -354,20 +362,20 @@ def _audit_positions(
     at: datetime,
     broker_positions: dict[str, Position],
     missing_fills: list[Fill],
-    ledger_only: list[FillRecord],
+    recorded_since_read: list[FillRecord],
     report: AuditReport,
 ) -> None:
     """Compare quantities after the missing fills (imported, or about to be): a missed fill is no position error.
 
-    The ledger's fills the broker's answer lacks are taken out before comparing and kept in a repair: the running
-    bot records fills after the broker was read (a fill between the two reads would otherwise be undone, the
-    position set to the broker's older view); one the broker never had is reported with the fills above."""
+    The fills the running bot recorded after the broker was read are taken out before comparing and kept in a
+    repair (otherwise such a fill would be undone, the position set to the broker's older view). A ledger fill the
+    broker lacks that was there before the read stays in: the position it moved is compared, and repaired."""
     expected = {symbol: p.quantity for symbol, p in ledger.positions().items()}
     if not report.repair:  # repaired: record_fills has already moved the ledger's positions
         for fill in missing_fills:
             expected[fill.symbol] = expected.get(fill.symbol, ZERO) + _signed(fill)
     since_read: dict[str, Decimal] = {}
-    for row in ledger_only:
+    for row in recorded_since_read:
         since_read[row.symbol] = since_read.get(row.symbol, ZERO) + _signed(fill_of(row))
     for symbol, moved in since_read.items():
         expected[symbol] = expected.get(symbol, ZERO) - moved

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trader.ledger.models import DEFAULT_ACCOUNT
+from trader.account_names import DEFAULT_ACCOUNT
 
 if TYPE_CHECKING:
     from trader.settings import Settings

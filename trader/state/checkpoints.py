@@ -27,9 +27,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
+from trader.account_names import DEFAULT_ACCOUNT
 from trader.errors import TraderError
 from trader.ledger import Checkpoint, Ledger, OrderRecord
-from trader.ledger.models import DEFAULT_ACCOUNT
 from trader.state.base import ObjectStore, TierUnavailable
 from trader.state.cold import ColdStorageError, account_store, cold_store_from_settings
 

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from trader.ledger.models import DEFAULT_ACCOUNT
+from trader.account_names import DEFAULT_ACCOUNT
 from trader.state.base import BatchResult, StateRecord, TierUnavailable
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

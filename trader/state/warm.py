@@ -15,8 +15,9 @@ from sqlalchemy import Engine, Table, create_engine, delete, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from trader.account_names import DEFAULT_ACCOUNT
 from trader.ledger.db import make_engine, migrate
-from trader.ledger.models import DEFAULT_ACCOUNT, StateEntry
+from trader.ledger.models import StateEntry
 from trader.state.base import BatchResult, StateRecord, TierUnavailable
 from trader.state.hot import RecordRow, glob_regex, rows_to_records
 

@@ -274,6 +274,10 @@ def test_quarterly_sections(fresh_pg_url: str, tmp_path: Path) -> None:
     assert performance.result.status == "warn" and "net realized -1.00" in performance.result.evidence
     assert {r["symbol"] for r in performance.rows} >= {"BTC-USD", "ETH-USD"}
     assert {"table": "fills", "month": "2026-11", "rows_added": 5} in capacity.rows
+    # The database and the disk are every account's: another account's rows count in its growth too.
+    trade_history(Ledger(fresh_pg_url, account="beta", migrate=False))
+    both = quarterly.capacity_planning(ledger, tmp_path, NOW)
+    assert {"table": "fills", "month": "2026-11", "rows_added": 10} in both.rows
     assert "GiB free" in capacity.result.evidence and "rows/month" in capacity.result.evidence
     by_severity = {r["severity"]: r for r in incidents.rows}
     assert by_severity["SEV-2"]["median_hours_to_resolve"] == 2.0 and by_severity["SEV-1"]["still_open"] == 1

@@ -207,6 +207,33 @@ def test_flatten_twice_with_the_same_request_sends_one_set_of_exits(
     assert not second.reduce_only.changed
 
 
+def test_one_request_flattening_two_accounts_on_one_key_sends_each_its_own_exit_and_a_retry_finds_it(
+    settings: Settings, exchange: BatchRecordingExchange
+) -> None:
+    alpha, beta = (settings.model_copy(update={"account": name}) for name in ("alpha", "beta"))
+    alpha_ledger, beta_ledger = (
+        Ledger(settings.database_url, account="alpha"),
+        Ledger(settings.database_url, account="beta"),
+    )
+    buy(exchange, alpha_ledger, "0.02", "alpha-entry")
+    first = flatten(exchange, alpha_ledger, alpha, request_id="incident-7", symbols=[BTC])
+    buy(exchange, beta_ledger, "0.01", "beta-entry")  # the same key's other account, flattened by the same request
+
+    other = flatten(exchange, beta_ledger, beta, request_id="incident-7", symbols=[BTC])
+    retry = flatten(exchange, alpha_ledger, alpha, request_id="incident-7", symbols=[BTC])
+
+    assert [e.note for e in first.exits] == [e.note for e in other.exits] == ["sent"]
+    assert first.exits[0].client_order_id == exit_client_order_id("incident-7", BTC, "alpha")
+    assert other.exits[0].client_order_id == exit_client_order_id("incident-7", BTC, "beta")
+    assert first.exits[0].client_order_id != other.exits[0].client_order_id
+    assert [e.note for e in retry.exits] == ["already sent by an earlier attempt"]
+    assert retry.exits[0].order_id == first.exits[0].order_id
+    assert [f.quantity for f in exchange.list_fills() if f.side == Side.SELL] == [Decimal("0.02"), Decimal("0.01")]
+    # A single bot's ids are those from before accounts: a retry across the upgrade still finds its exit.
+    assert exit_client_order_id("incident-7", BTC) == exit_client_order_id("incident-7", BTC, "default")
+    assert beta_ledger.get_order(first.exits[0].client_order_id) is None  # each exit in its own account's ledger
+
+
 def test_flatten_floors_to_the_increment_and_never_sells_more_than_held(settings: Settings, ledger: Ledger) -> None:
     # A balance finer than the product's increment (Coinbase credits rewards that way): edit the paper account.
     path = settings.state_dir / "paper_exchange.json"

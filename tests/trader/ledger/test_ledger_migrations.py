@@ -290,3 +290,18 @@ def test_a_single_account_ledger_goes_back_to_0003_with_its_rows(empty_url: str)
         engine.dispose()
     assert "account" not in columns
     assert (fills, positions, keys) == (["t-1", "t-2"], ["BTC-USD"], ["bot:cycle"])
+
+
+def test_a_ledger_holding_another_account_refuses_to_go_back_to_0003_and_changes_nothing(empty_url: str) -> None:
+    migrate(empty_url)
+    with Ledger(empty_url, migrate=False) as default, Ledger(empty_url, account="beta", migrate=False) as beta:
+        default.record_fills([old_fill()])
+        beta.record_fills([old_fill()])  # the same trade id, another account: the old unique key cannot hold both
+
+    with pytest.raises(RuntimeError, match=r"refused: table \w+ holds rows of account\(s\) beta"):
+        command.downgrade(alembic_config(empty_url), "0003")
+
+    assert tables_and_revision(empty_url)[1] == HEAD
+    with Ledger(empty_url, migrate=False) as default, Ledger(empty_url, account="beta", migrate=False) as beta:
+        assert [f.trade_id for f in default.fills_after(T0 - timedelta(days=1))] == ["t-1"]
+        assert [f.trade_id for f in beta.fills_after(T0 - timedelta(days=1))] == ["t-1"]

@@ -54,7 +54,19 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Only a single-account ledger goes back: two accounts' rows could collide on the old keys.
+    # Only a single-account ledger goes back: two accounts' rows could collide on the old keys, and dropping the
+    # column would hand every account's orders and positions to the one bot of the old schema.
+    connection = op.get_bind()
+    for table in ("positions", "state_entries", "incidents", "fills", "orders", *INDEXED):
+        others = connection.execute(
+            sa.text(f"SELECT DISTINCT account FROM {table} WHERE account <> 'default' ORDER BY account LIMIT 5")
+        ).scalars()
+        names = ", ".join(others)
+        if names:
+            raise RuntimeError(
+                f"ledger downgrade below 0004 refused: table {table} holds rows of account(s) {names}; move or delete "
+                "every account's rows but 'default' first (nothing was changed)"
+            )
     for table, key in (("positions", "symbol"), ("state_entries", "key")):
         with op.batch_alter_table(table) as batch:
             batch.drop_constraint(f"pk_{table}", type_="primary")
