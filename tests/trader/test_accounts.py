@@ -92,7 +92,7 @@ def test_an_accounts_key_never_comes_from_the_environments_own_key(
             "account 'beta': account: missing: a coinbase account needs credentials (env_prefix or secret_blocks)",
         ),
         (GOOD.replace("symbols: [BTC-USD]", "symbols: []"), "account 'beta': symbols: List should have at least 1"),
-        (GOOD.replace("name: gamma", "name: 'gam ma'"), "account 'gam ma': name: 'gam ma' is not an account name: use 1"),
+        (GOOD.replace("name: gamma", "name: 'gam ma'"), "account 'gam ma': name: 'gam ma' is not an account name"),
         # The name is a path segment, a Redis key part, a metrics label and a deployment name: no way out of them.
         (GOOD.replace("name: gamma", "name: '..'"), "account '..': name: '..' is not an account name"),
         (GOOD.replace("name: gamma", "name: .hidden"), "account '.hidden': name: '.hidden' is not an account name"),
