@@ -130,10 +130,11 @@ def set_switch_variable(switch: Switch, enabled: bool, *, api_url: str | None = 
 
 
 def read_switch_values(client: SyncPrefectClient) -> dict[Switch, object]:
-    """The raw value of each switch Variable (None when it does not exist)."""
-    return {s: _value(client, VARIABLES[s]) for s in SWITCHES}
-
-
-def _value(client: SyncPrefectClient, name: str) -> object:
-    variable = client.read_variable_by_name(name)
-    return None if variable is None else variable.value
+    """The raw value of each switch Variable (None when it does not exist), in one request: every running bot
+    polls this, so with many bots each request saved is one per bot per poll on the server."""
+    names = [VARIABLES[s] for s in SWITCHES]
+    response = client.request(
+        "POST", "/variables/filter", json={"variables": {"name": {"any_": names}}, "limit": len(names)}
+    )
+    values = {row["name"]: row.get("value") for row in response.json()}
+    return {s: values.get(VARIABLES[s]) for s in SWITCHES}

@@ -19,6 +19,7 @@ from prefect.states import Cancelling
 from flows.bot import StopBetweenCycles
 from prefect_adapter.controls import BotControls
 from prefect_adapter.orchestrator import OrchestratorPoller
+from prefect_adapter.variables import read_switch_values
 from tests.flows.conftest import set_variable
 from trader.risk import RiskControls
 from trader.settings import Settings, load_settings
@@ -194,3 +195,20 @@ def test_a_cancel_in_the_ui_is_seen_by_the_poller_and_stops_between_cycles(proxy
     poller.close()
 
     assert stop.reason == "flow run is CANCELLING"
+
+
+def test_both_switch_variables_are_read_in_one_request_and_a_missing_one_is_none(
+    clean_variables: None, prefect_server: dict[str, str]
+) -> None:
+    requests: list[str] = []
+    set_variable("kill_switch", True)
+    with get_client(sync_client=True) as client:
+        client._client.event_hooks["request"].append(lambda request: requests.append(request.url.path))  # type: ignore[attr-defined]
+        only_one = read_switch_values(client)
+        set_variable("reduce_only", "true")
+        both = read_switch_values(client)
+
+    assert only_one == {"kill_switch": True, "reduce_only": None}
+    assert both == {"kill_switch": True, "reduce_only": "true"}
+    variable_requests = [path for path in requests if "/variables" in path]
+    assert variable_requests == ["/api/variables/filter"] * 2  # one request per read, not one per switch
