@@ -33,11 +33,12 @@ bot runs with 1 s cycles and the defaults an operator gets (data gate on, metric
 Goals: 50 bots on 2 cores with p99 cycle <= 20 ms; failover <= 90 s; max_lease_holders 1; duplicate_orders 0.
 The last line is one JSON object: bots, p99_cycle_ms, rss_mb_per_bot, api_rps_per_bot (the largest K measured),
 failover_s, max_lease_holders, duplicate_orders, and by_bots (the figures of each K). p99_cycle_ms is Prometheus'
-histogram_quantile over the bots' histograms where their buckets (10, 50, 100 ms) resolve it, else (99% of the cycles
-between 10 and 50 ms) the p99 of the logged cycles, which leans high (every order cycle is logged, 1 in 60 others);
-by_bots has both (p99_cycle_ms_histogram, p99_cycle_ms_logged).
-BENCH_POSTGRES_URL (default postgresql+psycopg2://postgres@127.0.0.1:5432/postgres) is where the scratch databases
-are created; both are dropped at the end, and every process started is stopped, also on Ctrl-C or an error.
+histogram_quantile over the bots' histograms (buckets at 5, 10, 20, 50, 100 ms); by_bots also has the p99 of the
+logged cycles (p99_cycle_ms_logged), which leans high (every order cycle is logged, 1 in 60 others).
+The scratch databases are created on a private PostgreSQL cluster the bench starts (initdb on a free port,
+max_connections 400: K bots hold about three ledger connections each, more than a stock server's 100 allows beside
+its other clients), or on BENCH_POSTGRES_URL when it is set; they are dropped at the end (the private cluster
+removed), and every process started is stopped, also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
@@ -73,10 +74,13 @@ sys.path.insert(0, str(ROOT))
 
 from deployments.automations import BOT_HEARTBEAT_SECONDS, ZOMBIE_AFTER_SECONDS  # noqa: E402
 from trader.drills.coherence import compare, paper_exchange_truth  # noqa: E402
+from trader.drills.services import PrivatePostgres  # noqa: E402
 from trader.ledger import Ledger  # noqa: E402
 
 BIN = Path(sys.executable).parent
-ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+# Where the scratch databases go: BENCH_POSTGRES_URL, else a private cluster of the bench's own (max_connections
+# PRIVATE_MAX_CONNECTIONS): K bots hold ~3 ledger connections each, past the 100 a stock server allows.
+PRIVATE_MAX_CONNECTIONS = 400
 GOAL_BOTS, GOAL_CORES, GOAL_P99_MS, GOAL_FAILOVER_S = 50, 2, 20.0, 90.0
 KEYS: tuple[str, ...] = ("bots", "p99_cycle_ms", "rss_mb_per_bot", "api_rps_per_bot", "failover_s")
 KEYS += ("max_lease_holders", "duplicate_orders")
@@ -215,12 +219,19 @@ class Stack:
     ledger_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     metrics_base: int = 0
+    admin_url: str = ""
+    private: PrivatePostgres | None = None
     _ledgers: dict[str, Ledger] = field(default_factory=dict)
 
     # databases and server
 
     def create_databases(self) -> None:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        self.admin_url = os.environ.get("BENCH_POSTGRES_URL", "")
+        if not self.admin_url:
+            self.private = PrivatePostgres({"max_connections": str(PRIVATE_MAX_CONNECTIONS)})
+            self.private.start()
+            self.admin_url = self.private.url
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
         tag = uuid.uuid4().hex[:10]
         with admin.connect() as connection:
             for kind in ("prefect", "ledger"):
@@ -228,7 +239,7 @@ class Stack:
                 connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
                 self.databases.append(name)
         admin.dispose()
-        base = make_url(ADMIN_URL)
+        base = make_url(self.admin_url)
         prefect_url = base.set(drivername="postgresql+asyncpg", database=self.databases[0])
         self.ledger_url = base.set(database=self.databases[1]).render_as_string(hide_password=False)
         self.metrics_base = free_port_range(len(self.accounts))
@@ -360,7 +371,7 @@ class Stack:
 
     def connections(self) -> dict[str, int]:
         """Connections to the scratch databases (ledger, prefect), all of the server's, and max_connections."""
-        admin = create_engine(ADMIN_URL, poolclass=NullPool)
+        admin = create_engine(self.admin_url, poolclass=NullPool)
         with admin.connect() as connection:
             query = "SELECT datname, count(*) FROM pg_stat_activity GROUP BY 1"
             rows: dict[str | None, int] = {name: int(n) for name, n in connection.exec_driver_sql(query).all()}
@@ -460,8 +471,10 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        if self.databases:
-            admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        if self.private is not None:
+            self.private.destroy()  # the databases with it
+        elif self.databases:
+            admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
             with admin.connect() as connection:
                 for name in self.databases:
                     connection.exec_driver_sql(
@@ -613,6 +626,7 @@ def measure(stack: Stack, bots: dict[str, Bot], window: float) -> dict[str, Any]
         "scraped": scraped,
         "cycles_per_s": count / elapsed,
         "le_10ms_pct": 100 * merged.get("0.01", 0.0) / count if count else math.nan,
+        "le_20ms_pct": 100 * merged.get("0.02", 0.0) / count if count else math.nan,
         "le_50ms_pct": 100 * merged.get("0.05", 0.0) / count if count else math.nan,
         "mean_ms": 1000 * merged.get("sum", 0.0) / count if count else math.nan,
         "p99_ms": histogram_quantile(0.99, merged),
@@ -645,8 +659,8 @@ def print_window(label: str, m: dict[str, Any], baseline: dict[str, Any] | None)
         print(
             f"  cycles: {m['cycles']:,.0f} in the window ({m['cycles_per_s']:.1f}/s, goal {k}/s at 1 s cycles; "
             f"{m['scraped']}/{k} exporters scraped); from the bots' histograms: mean {m['mean_ms']:.1f} ms, "
-            f"{m['le_10ms_pct']:.2f}% <= 10 ms, {m['le_50ms_pct']:.2f}% <= 50 ms, p99 ~{m['p99_ms']:.1f} ms "
-            f"(histogram_quantile; the buckets are 10/50/100 ms)"
+            f"{m['le_10ms_pct']:.2f}% <= 10 ms, {m['le_20ms_pct']:.2f}% <= 20 ms, {m['le_50ms_pct']:.2f}% <= 50 ms, "
+            f"p99 ~{m['p99_ms']:.1f} ms (histogram_quantile over buckets 5/10/20/50/100 ms)"
         )
         print(f"  exact durations: {exact_text}")
         c = m["connections"]
@@ -743,12 +757,10 @@ def in_process_cycles(stack: Stack, cycles: int, *, gate: bool) -> list[float]:
 
 
 def p99_estimate(m: dict[str, Any]) -> tuple[float, str]:
-    """p99 from the histograms where their buckets resolve it; else from the logged cycles (every order cycle, the
-    slowest kind, and every 60th: it leans high), with where it came from."""
-    logged = [ms for ms, _ in m["logged"]]
-    if m["le_10ms_pct"] >= 99 or m["le_50ms_pct"] < 99 or not logged:
-        return m["p99_ms"], "histogram_quantile"
-    return quantile(logged, 0.99), f"the {len(logged)} logged cycles; the histograms only say 99% <= 50 ms"
+    """p99 from the bots' histograms (buckets at 5, 10, 20, 50 and 100 ms resolve the 20 ms goal), with how much of
+    the window lies under the goal; the logged cycles (every order cycle, the slowest kind, and every 60th) lean high
+    and are printed beside it."""
+    return m["p99_ms"], f"histogram_quantile; {m['le_20ms_pct']:.2f}% of the cycles <= 20 ms"
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -3,11 +3,7 @@ ports, which the outage tests stop and restart for real (connection refused, not
 
 from __future__ import annotations
 
-import glob
-import shutil
 import signal
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +12,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine
 
-from trader.drills.namespace import DrillUnavailable
-from trader.drills.services import PrivateRedis, free_port
+from trader.drills.namespace import DrillError, DrillUnavailable
+from trader.drills.services import PrivatePostgres, PrivateRedis
 from trader.ledger.db import migrate
 from trader.state.hot import MemoryCache, RedisCache
 from trader.state.journal import WriteJournal
@@ -51,47 +47,20 @@ class RedisServer(PrivateRedis):
         self._process.send_signal(signal.SIGCONT)
 
 
-def _pg_binary(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is missing under /usr/lib/postgresql/*/bin: install postgresql", False)
-    return found[-1]
-
-
-class PostgresCluster:
-    """A throwaway PostgreSQL cluster (initdb as the postgres user, since we run as root) on a free port."""
+class PostgresCluster(PrivatePostgres):
+    """The drills' private PostgreSQL cluster; a missing PostgreSQL or a failed pg_ctl fails the test."""
 
     def __init__(self) -> None:
-        self.initdb = _pg_binary("initdb")
-        self.pg_ctl = _pg_binary("pg_ctl")
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="state-pg-"))
-        shutil.chown(self.root, "postgres", "postgres")
-        self.data = self.root / "data"
-        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
-        self.running = False
-        self._run([self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+        try:
+            super().__init__()
+        except DrillError as error:
+            pytest.fail(str(error), False)
 
     def _run(self, command: list[str]) -> None:
-        done = subprocess.run(["runuser", "-u", "postgres", "--", *command], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-800:]}", False)
-
-    def start(self) -> None:
-        assert not self.running, "already running"
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.root / "postgres.log")
-        self._run([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", log, "-w", "start"])
-        self.running = True
-
-    def stop(self) -> None:
-        if self.running:
-            self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
-            self.running = False
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            super()._run(command)
+        except DrillError as error:
+            pytest.fail(str(error), False)
 
 
 @pytest.fixture(scope="session")

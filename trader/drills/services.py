@@ -1,13 +1,16 @@
-"""Services a drill owns: a private redis-server on a free loopback port (no persistence), which the drill may stop
-and start for real, and the fallback store that times its own S3 sync."""
+"""Services a drill (or a test, or a bench) owns: a private redis-server on a free loopback port (no persistence) and
+a private PostgreSQL cluster, which it may stop and start for real, and the fallback store that times its own S3
+sync."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,6 +89,60 @@ class PrivateRedis:
                 self._process.kill()
                 self._process.wait(timeout=5)
         self._process = None
+
+
+def postgres_binary(name: str) -> str:
+    """PostgreSQL's server program `name` (initdb, pg_ctl) from the newest /usr/lib/postgresql/<version>/bin."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise DrillUnavailable(f"PostgreSQL's {name} is missing under /usr/lib/postgresql/*/bin: install postgresql")
+    return found[-1]
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1:<free port>, trust auth, fsync off, in a temporary folder
+    (initdb and the server run as the postgres user when this runs as root). `settings` are extra server settings
+    (max_connections...). stop() is a real outage (connections refused), start() the same data again."""
+
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        self.initdb = postgres_binary("initdb")
+        self.pg_ctl = postgres_binary("pg_ctl")
+        self.settings = settings or {}
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="private-pg-"))
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.data = self.root / "data"
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        self.running = False
+        self._run([self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"])
+
+    def _run(self, command: list[str]) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if self._as_postgres else []
+        done = subprocess.run([*prefix, *command], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DrillError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+
+    def start(self) -> None:
+        assert not self.running, "already running"
+        extra = "".join(f" -c {name}={value}" for name, value in self.settings.items())
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off{extra}"
+        log = str(self.root / "postgres.log")
+        self._run([self.pg_ctl, "-D", str(self.data), "-o", options, "-l", log, "-w", "start"])
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self._run([self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"])
+            self.running = False
+
+    def destroy(self) -> None:
+        """Stop the server and remove its folder."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class TimedFallbackStore(FallbackObjectStore):
