@@ -13,6 +13,14 @@ ACCOUNT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 RULE = "1 to 64 lowercase letters, digits, '_' or '-', starting with a letter or digit, and not 'all'"
 
 
+def valid_account_name(name: str) -> str:
+    """`name`, or ValueError saying what an account name may hold (a pydantic validator's way to refuse it)."""
+    problem = account_name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
 def account_name_problem(name: str) -> str | None:
     """What is wrong with `name` as an account name (None: nothing)."""
     if name == ALL_ACCOUNTS or re.fullmatch(ACCOUNT_NAME_PATTERN, name) is None:

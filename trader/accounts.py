@@ -37,7 +37,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from trader.account_names import ALL_ACCOUNTS, account_name_problem
+from trader.account_names import ALL_ACCOUNTS, valid_account_name
 from trader.errors import ConfigError
 from trader.settings import Profile, Settings, load_settings
 
@@ -95,10 +95,7 @@ class AccountSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        problem = account_name_problem(name)
-        if problem is not None:
-            raise ValueError(problem)
-        return name
+        return valid_account_name(name)
 
     @model_validator(mode="after")
     def _coinbase_needs_a_key(self) -> AccountSpec:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from trader.account_names import DEFAULT_ACCOUNT, account_name_problem
+from trader.account_names import DEFAULT_ACCOUNT, valid_account_name
 from trader.errors import ConfigError
 
 Profile = Literal["dev", "canary", "spot", "prod", "perps"]
@@ -146,10 +146,7 @@ class Settings(BaseSettings):
     @field_validator("account", mode="after")
     @classmethod
     def _account_name(cls, value: str) -> str:
-        problem = account_name_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
-        return value
+        return valid_account_name(value)
 
     @field_validator("coinbase_api_base", mode="after")
     @classmethod
