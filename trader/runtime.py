@@ -83,7 +83,10 @@ def build_bot(
     broker = broker or build_broker(settings, persist=mode != "dry_run")
     mode = mode or ("paper" if broker.name == "simulated" else "live")
     checkpoints = state = incidents = None
-    ledger = ledger or Ledger(settings.database_url, account=settings.account)
+    # A bot stopped mid-transaction (its machine lost) holds the lease row at most one TTL (trader/ledger/db.py).
+    ledger = ledger or Ledger(
+        settings.database_url, account=settings.account, idle_in_transaction_seconds=settings.lease_ttl_seconds
+    )
     if mode != "dry_run":
         state, checkpoints = build_state(settings)
         incidents = GuardIncidents(IncidentDesk.on(ledger, settings))

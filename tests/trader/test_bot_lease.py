@@ -78,3 +78,14 @@ def test_a_start_that_fails_before_its_session_opens_gives_the_lease_back_at_onc
     assert ledger.list_sessions() == []
     lease = ledger.acquire_lease(settings.account, Holder.this_process("bot"), 30)  # no TTL to wait out
     assert lease.token == 2
+
+
+def test_the_bots_own_ledger_caps_a_stalled_transaction_at_its_lease_ttl(settings: Settings, pg_url: str) -> None:
+    on_pg = settings.model_copy(update={"database_url": pg_url, "lease_ttl_seconds": 12.5})
+    bot = build_bot(on_pg, broker=SimulatedExchange(ReplayMarketData()), mode="dry_run")
+    try:
+        with bot.ledger.engine.connect() as connection:
+            cap = connection.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+    finally:
+        bot.ledger.dispose()
+    assert cap == "12500ms"  # a machine lost mid-transaction holds the lease row no longer than the lease itself

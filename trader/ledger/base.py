@@ -17,7 +17,7 @@ from sqlmodel import Session
 from trader.account_names import DEFAULT_ACCOUNT, account_name_problem
 from trader.domain import OrderStatus
 from trader.errors import TraderError
-from trader.ledger.db import make_engine
+from trader.ledger.db import IDLE_IN_TRANSACTION_SECONDS, make_engine
 from trader.ledger.db import migrate as migrate_database
 
 # The database did not answer (down, busy past its timeout, refused the connection): worth asking again later.
@@ -59,12 +59,19 @@ class LedgerBase:
 
     engine: Engine
 
-    def __init__(self, database_url: str, *, account: str = DEFAULT_ACCOUNT, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        account: str = DEFAULT_ACCOUNT,
+        migrate: bool = True,
+        idle_in_transaction_seconds: float = IDLE_IN_TRANSACTION_SECONDS,
+    ) -> None:
         self.account = valid_account(account)
         if migrate:
             migrate_database(database_url)
         self.database_url = database_url
-        self.engine = make_engine(database_url)
+        self.engine = make_engine(database_url, idle_in_transaction_seconds=idle_in_transaction_seconds)
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:

@@ -20,17 +20,32 @@ from sqlalchemy.engine import URL, make_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_URL = "sqlite:///var/state/ledger.db"
+# A ledger session that sits inside a transaction longer than this is ended by PostgreSQL, and its row locks with it.
+# Every ledger transaction is a few statements with no network call between them, so only a process that stopped
+# mid-transaction (its machine lost, partitioned or frozen) gets there: without the cap, the lease row it locked in
+# check_fence would stay locked until TCP gave up on the connection (hours), and no successor could take the
+# account's lease. The bot sets it to its lease TTL (trader/runtime.py), so a successor waits at most that long.
+IDLE_IN_TRANSACTION_SECONDS = 30.0
+IDLE_SETTING = "idle_in_transaction_session_timeout"
 # pg_advisory_lock key for ledger migrations (advisory locks are per database): "GPTLEDGR" as a bigint.
 MIGRATION_LOCK_KEY = 0x4750544C45444752
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the ledger: SQLite in WAL mode with foreign keys on, PostgreSQL with pre-ping."""
+def make_engine(url: str, *, idle_in_transaction_seconds: float = IDLE_IN_TRANSACTION_SECONDS) -> Engine:
+    """An engine for the ledger: SQLite in WAL mode with foreign keys on, PostgreSQL with pre-ping and a cap on how
+    long a session may sit idle inside a transaction (see IDLE_IN_TRANSACTION_SECONDS)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         if parsed.get_driver_name() == "psycopg2":
+            idle_ms = max(1, round(idle_in_transaction_seconds * 1000))
+            options = " ".join(filter(None, (str(parsed.query.get("options", "")), f"-c {IDLE_SETTING}={idle_ms}")))
             # execute_batch for multi-row UPDATE/DELETE: one round trip per page instead of one per row.
-            return create_engine(parsed, pool_pre_ping=True, executemany_mode="values_plus_batch")
+            return create_engine(
+                parsed.difference_update_query(["options"]),
+                pool_pre_ping=True,
+                executemany_mode="values_plus_batch",
+                connect_args={"options": options},
+            )
         return create_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -161,3 +163,65 @@ def test_an_order_is_refused_when_less_than_a_third_of_the_ttl_is_left(ledger: L
         ledger.record_pending(order("late-1"), None, datetime.now(UTC), fence=lease.fence)
     renewed = ledger.renew_lease(lease.fence, 0.9)
     ledger.record_pending(order("late-1"), None, datetime.now(UTC), fence=renewed.fence)
+
+
+# A holder whose machine is lost mid-transaction: the process is frozen (SIGSTOP: its connection stays open, as behind
+# a network partition) right after check_fence locked the lease row, before its commit.
+FROZEN_HOLDER = """
+import sys
+import threading
+from datetime import UTC, datetime
+from trader.ledger import Ledger
+from trader.ledger.lease import Holder, check_fence
+
+ledger = Ledger(sys.argv[1], migrate=False, idle_in_transaction_seconds=float(sys.argv[2]))
+lease = ledger.acquire_lease("default", Holder("bot", "lost-host", 4242), 1.0)
+with ledger._transaction() as session:
+    check_fence(session, lease.fence, datetime.now(UTC))
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def frozen_holder(url: str, idle_seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_HOLDER, url, str(idle_seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGSTOP)
+    return holder
+
+
+@pytest.mark.parametrize("idle_seconds", [2.0, 3600.0])
+def test_a_holder_frozen_inside_a_transaction_keeps_the_lease_row_only_until_its_idle_cap(
+    fresh_pg_url: str, idle_seconds: float
+) -> None:
+    Ledger(fresh_pg_url).dispose()  # migrated
+    holder = frozen_holder(fresh_pg_url, idle_seconds)
+    successor = Ledger(fresh_pg_url, migrate=False)
+    taken: list[int] = []
+    time.sleep(1.1)  # past the frozen holder's 1 s TTL (wall-clock expiry): only its row lock stands in the way
+    try:
+        thread = threading.Thread(
+            target=lambda: taken.append(successor.acquire_lease("default", bot(pid=777, host="host-b"), 30).token),
+            daemon=True,
+        )
+        started = time.monotonic()
+        thread.start()
+        thread.join(timeout=8)  # the 2 s cap with room to spare; the uncapped holder would hold the row for hours
+        if idle_seconds < 60:
+            # PostgreSQL ended the frozen session after its cap: the lock went with it, the successor took over.
+            assert taken == [2], f"the successor was still waiting after {time.monotonic() - started:.1f} s"
+        else:
+            # Without a cap the frozen holder keeps the row locked (until TCP gives up: hours); what the cap is for.
+            assert taken == [] and thread.is_alive()
+    finally:
+        holder.kill()  # the connection closes: a still-waiting successor gets the row now
+        holder.wait()
+        thread.join(timeout=10)
+        successor.dispose()
+    assert taken == [2] and not thread.is_alive()
+    assert [e.event for e in Ledger(fresh_pg_url, migrate=False).lease_history("default")][-2:] == ["acquired"] * 2
