@@ -51,7 +51,9 @@ SLACK_API = "https://slack.com/api/"
 
 BOT_FLOW = "trading-bot"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
-# Prefect refuses a heartbeat frequency below 30 s; a heartbeat half an interval late makes a zombie.
+# Prefect refuses a heartbeat frequency below 30 s; a heartbeat half an interval late makes a zombie. The bot also
+# sends the same event every 5 s from its orchestrator poller (prefect_adapter/orchestrator.py), so a live bot
+# outlasts a Prefect server outage of up to 40 s (heartbeats sent while the server is down are lost).
 BOT_HEARTBEAT_SECONDS = 30
 ZOMBIE_AFTER_SECONDS = BOT_HEARTBEAT_SECONDS + BOT_HEARTBEAT_SECONDS // 2
 ZOMBIE_AUTOMATION_NAME = "gpt-trader: crash zombie bot runs"
@@ -134,13 +136,16 @@ def ensure_crash_automation(settings: Settings | None = None, *, slack_api_url: 
     return existing
 
 
-def _bot_runs() -> dict[str, str]:
+def _bot_runs(flow: str = BOT_FLOW) -> dict[str, str]:
     """Related-resource filter: events of runs of the trading-bot flow (any deployment, any account)."""
-    return {"prefect.resource.role": "flow", "prefect.resource.name": BOT_FLOW}
+    return {"prefect.resource.role": "flow", "prefect.resource.name": flow}
 
 
-def zombie_automation() -> Any:
-    """Prefect's documented zombie automation for trading-bot runs: no heartbeat in ZOMBIE_AFTER_SECONDS -> Crashed."""
+def zombie_automation(
+    *, flow: str = BOT_FLOW, within: float = ZOMBIE_AFTER_SECONDS, name: str = ZOMBIE_AUTOMATION_NAME
+) -> Any:
+    """Prefect's documented zombie automation for trading-bot runs: no heartbeat in ZOMBIE_AFTER_SECONDS -> Crashed.
+    (flow, within and name are for tests: a window of seconds on a flow of their own.)"""
     from datetime import timedelta
 
     from prefect.automations import Automation, EventTrigger, Posture
@@ -148,10 +153,10 @@ def zombie_automation() -> Any:
     from prefect.events.actions import ChangeFlowRunState
 
     return Automation(
-        name=ZOMBIE_AUTOMATION_NAME,
+        name=name,
         description=(
-            f"trading-bot runs send {HEARTBEAT_EVENT} every {BOT_HEARTBEAT_SECONDS} s; one that stops for "
-            f"{ZOMBIE_AFTER_SECONDS} s without a final state is marked Crashed (deployments/automations.py)"
+            f"{flow} runs send {HEARTBEAT_EVENT} every {BOT_HEARTBEAT_SECONDS} s (the bot's poller every 5 s); one "
+            f"that stops for {within:g} s without a final state is marked Crashed (deployments/automations.py)"
         ),
         trigger=EventTrigger(
             after={HEARTBEAT_EVENT},
@@ -163,18 +168,18 @@ def zombie_automation() -> Any:
                 "prefect.flow-run.Crashed",
             },
             match={"prefect.resource.id": ["prefect.flow-run.*"]},
-            match_related=_bot_runs(),  # type: ignore[arg-type]
+            match_related=_bot_runs(flow),  # type: ignore[arg-type]
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+            within=timedelta(seconds=within),
         ),
         actions=[
             ChangeFlowRunState(
                 name=None,
                 force=False,  # the documented automation: the server's orchestration rules still apply
                 state=StateType.CRASHED,
-                message=f"no heartbeat for {ZOMBIE_AFTER_SECONDS} s: the bot's process or machine is gone (zombie)",
+                message=f"no heartbeat for {within:g} s: the bot's process or machine is gone (zombie)",
             )
         ],
     )

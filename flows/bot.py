@@ -64,8 +64,11 @@ class StopBetweenCycles:
         return self.reason is not None
 
 
+BOT_FLOW_NAME = "trading-bot"  # the zombie automation matches its runs' heartbeats by it
+
+
 @flow(
-    name="trading-bot",
+    name=BOT_FLOW_NAME,
     log_prints=False,
     persist_result=False,
     on_failure=[incident_on_failure],
@@ -100,7 +103,7 @@ def trading_bot(
         return Completed(message=restart.reason)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
     run_id = current_flow_run_id()
-    poller = OrchestratorPoller(run_id, logger)
+    poller = OrchestratorPoller(run_id, logger, heartbeat_flow=BOT_FLOW_NAME)
     # env and flag files every cycle OR the Variables as the poller last read them: the cycle never calls the API
     bot.controls = bot_controls(settings, poller.variables, poller.run_log)
     exporter = start_metrics(settings, bot)  # /metrics and /health on METRICS_HOST:METRICS_PORT (9102)

@@ -17,11 +17,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 
 from prefect_adapter.variables import SwitchVariables, VariableReading, VariablesUnavailable, read_switch_values
 from trader.emergency.procedures import Switch
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 2.0
 TIMEOUT_SECONDS = 2.0
+# The bot's own flow-run heartbeat (besides Prefect's every 30 s, its minimum): the zombie automation crashes a run
+# 45 s after its last heartbeat (deployments/automations.py), and heartbeats sent while the server is down are lost,
+# so a heartbeat every 5 s keeps a live bot from being declared dead by a server outage shorter than 40 s.
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 RUN_LOG_CAPACITY = 500
 JOB_CAPACITY = 16
 
@@ -90,9 +96,17 @@ class OrchestratorPoller:
         timeout_seconds: float = TIMEOUT_SECONDS,
         log_capacity: int = RUN_LOG_CAPACITY,
         api_url: str | None = None,
+        heartbeat_flow: str | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> None:
-        """Built in the flow's thread: the client and the thread take that thread's Prefect settings and run context."""
+        """Built in the flow's thread: the client and the thread take that thread's Prefect settings and run context.
+        heartbeat_flow: the flow's name; with it, the run's heartbeat event goes out every heartbeat_seconds while
+        the run is Running (the zombie automation matches the flow by name)."""
         self.flow_run_id = UUID(flow_run_id) if flow_run_id else None
+        self.heartbeat_flow = heartbeat_flow
+        self.heartbeat_seconds = heartbeat_seconds
+        self.heartbeats = 0  # heartbeat events the API accepted
+        self._last_heartbeat: float | None = None
         self.run_logger = run_logger
         self.interval_seconds = interval_seconds
         self.client = SwitchVariables(timeout_seconds, api_url=api_url)
@@ -203,9 +217,35 @@ class OrchestratorPoller:
     def _read(self, client: SyncPrefectClient) -> tuple[StateType | None, dict[Switch, object]]:
         state = None
         if self.flow_run_id is not None:
-            run_state = client.read_flow_run(self.flow_run_id).state
-            state = run_state.type if run_state is not None else None
+            run = client.read_flow_run(self.flow_run_id)
+            state = run.state.type if run.state is not None else None
+            if state == StateType.RUNNING and not self._stopping.is_set():
+                self._heartbeat(client, run)
         return state, read_switch_values(client)
+
+    def _heartbeat(self, client: SyncPrefectClient, run: FlowRun) -> None:
+        """The run's heartbeat event, as Prefect's own heartbeat thread sends it, when one is due."""
+        now = time.monotonic()
+        if self.heartbeat_flow is None or (
+            self._last_heartbeat is not None and now - self._last_heartbeat < self.heartbeat_seconds
+        ):
+            return
+        related = [{"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow"}]
+        related[0]["prefect.resource.name"] = self.heartbeat_flow
+        if run.deployment_id is not None:
+            deployment = f"prefect.deployment.{run.deployment_id}"
+            related.append({"prefect.resource.id": deployment, "prefect.resource.role": "deployment"})
+        event = {
+            "id": str(uuid4()),
+            "occurred": datetime.now(UTC).isoformat(),
+            "event": HEARTBEAT_EVENT,
+            "resource": {"prefect.resource.id": f"prefect.flow-run.{run.id}", "prefect.resource.name": run.name},
+            "related": related,
+            "payload": {},
+        }
+        client.request("POST", "/events", json=[event])
+        self._last_heartbeat = now
+        self.heartbeats += 1
 
     def _publish(self, reading: VariableReading, cancel: str | None) -> None:
         with self._changed:

@@ -26,7 +26,7 @@ from trader.settings import Settings
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
-UP_READY = "trading-bot running"  # what `perps-bot up` prints once the bot's flow run has been started
+UP_READY = "trading-bot/paper running"  # what `perps-bot up` prints once the bot's flow run has been started
 UP_START_TIMEOUT = 240.0
 UP_STOP_TIMEOUT = 60.0
 

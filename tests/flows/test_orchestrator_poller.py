@@ -14,8 +14,10 @@ from urllib.parse import urlsplit
 import pytest
 from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.states import Cancelling
+from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelling, Running
 
+from deployments.automations import ensure_automation, zombie_automation
 from flows.bot import StopBetweenCycles
 from prefect_adapter.controls import BotControls
 from prefect_adapter.orchestrator import OrchestratorPoller
@@ -212,3 +214,61 @@ def test_both_switch_variables_are_read_in_one_request_and_a_missing_one_is_none
     assert both == {"kill_switch": True, "reduce_only": "true"}
     variable_requests = [path for path in requests if "/variables" in path]
     assert variable_requests == ["/api/variables/filter"] * 2  # one request per read, not one per switch
+
+
+def test_the_pollers_heartbeats_keep_a_live_run_from_the_zombie_automation_and_their_end_lets_it_crash(
+    prefect_server: dict[str, str],
+) -> None:
+    """The zombie automation (here with a 10 s window, Prefect's least, on a flow of the test's own) crashes a run
+    whose heartbeats stop; the poller's heartbeats, every 1 s here, are what keep a live run Running past it."""
+
+    @flow(name="poller-heartbeat-target")
+    def target() -> None:
+        pass
+
+    automation = ensure_automation(
+        zombie_automation(flow="poller-heartbeat-target", within=10, name="test: zombie poller-heartbeat-target")
+    )
+    api = f"{prefect_server['PREFECT_API_URL']}"
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(target)
+            client.set_flow_run_state(run.id, Running(), force=True)
+            poller = OrchestratorPoller(
+                str(run.id),
+                api_url=api,
+                interval_seconds=0.2,
+                heartbeat_flow="poller-heartbeat-target",
+                heartbeat_seconds=1,
+            ).start()
+            try:
+                started = time.monotonic()
+                wait_until(lambda: time.monotonic() - started > 25, 30, "two and a half zombie windows")
+                state = client.read_flow_run(run.id).state
+                assert state is not None and state.type == StateType.RUNNING, "a heartbeating run was crashed"
+                assert poller.heartbeats >= 20
+            finally:
+                poller.close()
+            stopped = time.monotonic()  # the process is gone: no more heartbeats
+            wait_until(
+                lambda: (s := client.read_flow_run(run.id).state) is not None and s.type == StateType.CRASHED,
+                60,
+                "the zombie automation crashing the run whose heartbeats stopped",
+            )
+            assert time.monotonic() - stopped >= 9  # not before its window
+            events = client.request(
+                "POST",
+                "/events/filter",
+                json={
+                    "filter": {
+                        "event": {"name": ["prefect.flow-run.heartbeat"]},
+                        "resource": {"id": [f"prefect.flow-run.{run.id}"]},
+                    }
+                },
+            ).json()["events"]
+        assert len(events) >= 15
+        flows = [r for r in events[0]["related"] if r["prefect.resource.role"] == "flow"]
+        assert flows and flows[0]["prefect.resource.name"] == "poller-heartbeat-target"
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_automation(automation)
