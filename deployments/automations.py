@@ -37,6 +37,7 @@ import sys
 from typing import Any
 from uuid import UUID
 
+from prefect_adapter.orchestrator import HEARTBEAT_EVENT, HEARTBEAT_SECONDS
 from prefect_adapter.secrets import with_secret_blocks
 from trader.alerts.notifier import SLACK_API_URL_ENV, redact
 from trader.alerts.severity import SEVERITY_MATRIX, IncidentKind, severity_for
@@ -50,7 +51,6 @@ CRASHED_EVENT = "prefect.flow-run.Crashed"
 SLACK_API = "https://slack.com/api/"
 
 BOT_FLOW = "trading-bot"
-HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 # Prefect refuses a heartbeat frequency below 30 s; a heartbeat half an interval late makes a zombie. The bot also
 # sends the same event every 5 s from its orchestrator poller (prefect_adapter/orchestrator.py), so a live bot
 # outlasts a Prefect server outage of up to 40 s (heartbeats sent while the server is down are lost).
@@ -155,8 +155,9 @@ def zombie_automation(
     return Automation(
         name=name,
         description=(
-            f"{flow} runs send {HEARTBEAT_EVENT} every {BOT_HEARTBEAT_SECONDS} s (the bot's poller every 5 s); one "
-            f"that stops for {within:g} s without a final state is marked Crashed (deployments/automations.py)"
+            f"{flow} runs send {HEARTBEAT_EVENT} every {BOT_HEARTBEAT_SECONDS} s (the bot's poller every "
+            f"{HEARTBEAT_SECONDS:g} s); one that stops for {within:g} s without a final state is marked Crashed "
+            "(deployments/automations.py)"
         ),
         trigger=EventTrigger(
             after={HEARTBEAT_EVENT},

@@ -15,7 +15,7 @@ import threading
 from prefect import flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed, State
 
-from flows.hooks import BAD_INPUT_STATE, LEASE_HELD_STATE, incident_on_crashed, incident_on_failure
+from flows.hooks import BAD_INPUT_STATE, BOT_FLOW, LEASE_HELD_STATE, incident_on_crashed, incident_on_failure
 from prefect_adapter.artifacts import markdown_artifact_job
 from prefect_adapter.controls import bot_controls
 from prefect_adapter.orchestrator import TIMEOUT_SECONDS, OrchestratorPoller
@@ -64,11 +64,8 @@ class StopBetweenCycles:
         return self.reason is not None
 
 
-BOT_FLOW_NAME = "trading-bot"  # the zombie automation matches its runs' heartbeats by it
-
-
 @flow(
-    name=BOT_FLOW_NAME,
+    name=BOT_FLOW,  # the zombie automation matches its runs' heartbeats by it
     log_prints=False,
     persist_result=False,
     on_failure=[incident_on_failure],
@@ -103,7 +100,7 @@ def trading_bot(
         return Completed(message=restart.reason)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
     run_id = current_flow_run_id()
-    poller = OrchestratorPoller(run_id, logger, heartbeat_flow=BOT_FLOW_NAME)
+    poller = OrchestratorPoller(run_id, logger, heartbeat_flow=BOT_FLOW)
     # env and flag files every cycle OR the Variables as the poller last read them: the cycle never calls the API
     bot.controls = bot_controls(settings, poller.variables, poller.run_log)
     exporter = start_metrics(settings, bot)  # /metrics and /health on METRICS_HOST:METRICS_PORT (9102)

@@ -230,8 +230,8 @@ class OrchestratorPoller:
             self._last_heartbeat is not None and now - self._last_heartbeat < self.heartbeat_seconds
         ):
             return
-        related = [{"prefect.resource.id": f"prefect.flow.{run.flow_id}", "prefect.resource.role": "flow"}]
-        related[0]["prefect.resource.name"] = self.heartbeat_flow
+        flow = {"prefect.resource.role": "flow", "prefect.resource.name": self.heartbeat_flow}
+        related = [{"prefect.resource.id": f"prefect.flow.{run.flow_id}", **flow}]
         if run.deployment_id is not None:
             deployment = f"prefect.deployment.{run.deployment_id}"
             related.append({"prefect.resource.id": deployment, "prefect.resource.role": "deployment"})
