@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
+from tests.trader.ledger.test_ledger_queries import a_checkpoint
 from trader.domain import Balance, Fill, Liquidity, Order, OrderRequest, OrderStatus, OrderType, Side
-from trader.ledger import Checkpoint, Ledger, LedgerError
+from trader.ledger import Ledger, LedgerError
 from trader.ledger.lease import Holder
 
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
@@ -68,19 +68,6 @@ def a_fill(trade_id: str, quantity: str, price: str, at: datetime) -> Fill:
         fee=Decimal("1"),
         liquidity=Liquidity.MAKER,
         filled_at=at,
-    )
-
-
-def a_checkpoint(checkpoint_id: str, at: datetime) -> Checkpoint:
-    payload = checkpoint_id.encode()
-    return Checkpoint(
-        id=checkpoint_id,
-        created_at=at,
-        reason="scheduled",
-        compressed=False,
-        size_bytes=len(payload),
-        sha256=hashlib.sha256(payload).hexdigest(),
-        payload=payload,
     )
 
 
