@@ -58,8 +58,12 @@ BOT_HEARTBEAT_SECONDS = 30
 ZOMBIE_AFTER_SECONDS = BOT_HEARTBEAT_SECONDS + BOT_HEARTBEAT_SECONDS // 2
 ZOMBIE_AUTOMATION_NAME = "gpt-trader: crash zombie bot runs"
 RESTART_AUTOMATION_NAME = "gpt-trader: restart crashed bot runs"
-# The crashed run's parameters as they were, plus restart_of: rendered by the server when the automation fires.
-RESTART_PARAMETERS_TEMPLATE = "{{ dict(flow_run.parameters, restart_of=(flow_run.id | string)) | tojson }}"
+# The crashed run's parameters as they were, plus restart_of and the Crashed event's id: rendered by the server when
+# the automation fires. Prefect delivers an event at least once, so one Crashed event can start two runs; the event
+# id lets the restart policy keep the first and stand the copy down (tasks/supervision.py).
+RESTART_PARAMETERS_TEMPLATE = (
+    "{{ dict(flow_run.parameters, restart_of=(flow_run.id | string), restart_event=(event.id | string)) | tojson }}"
+)
 
 
 def _message_template() -> str:

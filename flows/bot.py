@@ -79,6 +79,7 @@ def trading_bot(
     dry_run: bool = False,
     restart_of: str | None = None,
     account: str | None = None,
+    restart_event: str | None = None,
 ) -> dict | State:
     """Run the bot of `account` (default: the environment's ACCOUNT) until cancelled (or max_cycles): reconcile
     first, then cycle in plain Python."""
@@ -95,7 +96,7 @@ def trading_bot(
             settings = settings.model_copy(update={"risk_reduce_only_mode": True})
     configure_logging(settings.log_file, stderr=False)
     # Started by the restart automation (deployments/automations.py): the restart policy decides before anything.
-    restart = apply_restart_policy(settings, restart_of) if restart_of else None
+    restart = apply_restart_policy(settings, restart_of, restart_event) if restart_of else None
     if restart is not None and not restart.restart:
         return Completed(message=restart.reason)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)

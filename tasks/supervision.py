@@ -12,10 +12,16 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from prefect_adapter.runs import current_flow_run_id, flow_run_history, flow_run_url, set_flow_run_running
+from prefect_adapter.runs import (
+    current_flow_run_id,
+    first_restart,
+    flow_run_history,
+    flow_run_url,
+    set_flow_run_running,
+)
 from tasks.policies import RESTART_DECISION
 from trader.settings import Settings
-from trader.supervision import CrashedRun, RestartDecision, RestartSupervisor
+from trader.supervision import CrashedRun, RestartDecision, RestartPolicy, RestartSupervisor, decide
 
 
 def crashed_run_facts(flow_run_id: str, supervisor: RestartSupervisor, settings: Settings) -> CrashedRun:
@@ -47,10 +53,27 @@ def _revive(flow_run_id: str, logger: Any) -> None:
         logger.error("flow run %s still trades but stays marked Crashed (%s): cancel it by hand", flow_run_id, error)
 
 
+def copy_of_restart(restart_of: str, restart_event: str | None) -> CrashedRun | None:
+    """The crashed run as a copy of its restart sees it, when another run was started first for the same Crashed
+    event; None for the restart itself (and for runs started without the event's id)."""
+    if restart_event is None:
+        return None
+    first = first_restart(restart_of, restart_event)
+    if first is None or first == current_flow_run_id():
+        return None
+    return CrashedRun(flow_run_id=restart_of, restarted_by=first)
+
+
 @task(name="restart-policy", **RESTART_DECISION.options())
-def apply_restart_policy(settings: Settings, restart_of: str) -> RestartDecision:
-    """Decide whether this run (started by the restart automation) trades; wait out the backoff if it does."""
+def apply_restart_policy(settings: Settings, restart_of: str, restart_event: str | None = None) -> RestartDecision:
+    """Decide whether this run (started by the restart automation) trades; wait out the backoff if it does.
+    A copy of a restart (one Crashed event delivered twice) stands down before it looks at anything else."""
     logger = get_run_logger()
+    copy = copy_of_restart(restart_of, restart_event)
+    if copy is not None:
+        decision = decide(RestartPolicy.from_settings(settings), copy, [])
+        logger.warning("restart policy: %s", decision.reason)
+        return decision
     with RestartSupervisor.opened(settings) as supervisor:
         crashed = crashed_run_facts(restart_of, supervisor, settings)
         new_run = current_flow_run_id()

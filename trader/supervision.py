@@ -76,6 +76,7 @@ class CrashedRun:
     state_message: str | None = None
     holder_alive: bool = False  # its process still holds the account's lease: Prefect's Crashed is false
     other_holder: str | None = None  # another live bot holds the account (a --standby took over): who
+    restarted_by: str | None = None  # another run already restarts it for the same Crashed event (a delivered copy)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,12 @@ def restart_history(detail: str | None, now: datetime) -> list[datetime]:
 
 def decide(policy: RestartPolicy, crashed: CrashedRun, history: list[datetime]) -> RestartDecision:
     """Restart, skip or refuse, from the crashed run's facts and the restarts of the last hour."""
+    if crashed.restarted_by is not None:
+        return RestartDecision(
+            "skip",
+            f"run {crashed.flow_run_id} is already restarted by run {crashed.restarted_by} for the same Crashed event "
+            "(the orchestrator delivered that event twice): this copy does not trade",
+        )
     stopped_by = next((s for s in crashed.state_history if s.upper() in NOT_RESTARTED_AFTER), None)
     if stopped_by is not None:
         why = "an operator cancelled it" if stopped_by.upper() != "COMPLETED" else "it had completed"

@@ -27,6 +27,7 @@ import psycopg2
 import pytest
 
 from tests.paper_accounts import paper_accounts_yaml
+from tests.restarts import restarts_of
 from trader.drills.coherence import compare, paper_exchange_truth
 from trader.ledger import Ledger
 
@@ -238,13 +239,8 @@ def trading(ledger: Ledger, run_id: UUID, cycles: int) -> int | None:
 
 
 def restart_of(deployment_id: UUID, crashed: UUID) -> Any:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-    found = [r for r in runs if r.parameters.get("restart_of") == str(crashed)]
-    assert len(found) <= 1, f"{len(found)} restarts of one crashed run"
+    """The run the restart automation started for `crashed` (copies of it stand down), or None yet."""
+    found = restarts_of(deployment_id, crashed)
     return found[0] if found else None
 
 

@@ -14,10 +14,9 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 
 from deployments.automations import (
     BOT_HEARTBEAT_SECONDS,
@@ -25,6 +24,7 @@ from deployments.automations import (
     ZOMBIE_AUTOMATION_NAME,
     ensure_supervision_automations,
 )
+from tests.restarts import bot_runs, restarts_of
 from trader.drills.coherence import compare, paper_exchange_truth
 from trader.ledger import Ledger
 from trader.supervision import restarts_fingerprint
@@ -62,22 +62,23 @@ def automations(prefect_server: dict[str, str]) -> Iterator[dict[str, UUID]]:
     with get_client(sync_client=True) as client:
         for automation_id in ids.values():
             client.delete_automation(automation_id)
+        # nothing of this test trades into the next one: its runs still queued or running are cancelled
+        deployment = client.read_deployment_by_name("trading-bot/paper")
+        for run in bot_runs(deployment.id):
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(run.id, Cancelled() if run.state.is_scheduled() else Cancelling(), force=True)
+                wait_state(run.id, {StateType.CANCELLED, StateType.CRASHED, StateType.COMPLETED, StateType.FAILED})
 
 
-def bot_runs(deployment_id: UUID) -> list[FlowRun]:
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])), limit=200
-        )
-
-
-def restart_of(deployment_id: UUID, crashed: UUID, timeout: float) -> FlowRun | None:
-    """The run the restart automation started for `crashed`, or None when none appears within timeout."""
+def restart_of(deployment_id: UUID, crashed: UUID, timeout: float, copies: list[UUID] | None = None) -> FlowRun | None:
+    """The run the restart automation started for `crashed` (the first created), or None when none appears within
+    timeout; copies started for the same Crashed event are added to `copies`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [r for r in bot_runs(deployment_id) if r.parameters.get("restart_of") == str(crashed)]
-        assert len(found) <= 1, f"{len(found)} restarts of one crashed run: {[r.id for r in found]}"
+        found = restarts_of(deployment_id, crashed)
         if found:
+            if copies is not None:
+                copies.extend(r.id for r in found[1:] if r.id not in copies)
             return found[0]
         time.sleep(0.5)
     return None
@@ -123,6 +124,7 @@ def test_five_sigkills_in_a_row_each_restart_trades_and_the_ledger_matches_the_e
     assert deployment_id is not None
     ledger = Ledger(served_deployments["DATABASE_URL"])
     killed: list[UUID] = []
+    copies: list[UUID] = []  # runs started a second time for one Crashed event: Prefect's, and one made here
     try:
         for kill in range(KILLS):
             pid = wait_trading(ledger, run.id)
@@ -134,9 +136,12 @@ def test_five_sigkills_in_a_row_each_restart_trades_and_the_ledger_matches_the_e
             assert (
                 wait_state(run.id, {StateType.CRASHED, StateType.COMPLETED, StateType.CANCELLED}) is StateType.CRASHED
             )
-            new = restart_of(deployment_id, run.id, timeout=60)
+            new = restart_of(deployment_id, run.id, timeout=60, copies=copies)
             assert new is not None, f"no restart of crashed run {run.id}"
             assert {k: new.parameters[k] for k in parameters} == parameters  # the same parameters
+            if kill == 1:  # the automation's action run again for the same event, as an at-least-once delivery does
+                made = run_deployment("trading-bot/paper", parameters=new.parameters, timeout=0)
+                copies.append(made.id)
             run = new
 
         wait_trading(ledger, run.id)  # the fifth restart trades too
@@ -144,6 +149,14 @@ def test_five_sigkills_in_a_row_each_restart_trades_and_the_ledger_matches_the_e
             client.set_flow_run_state(run.id, Cancelling(), force=True)
         assert wait_state(run.id, {StateType.CANCELLED, StateType.CRASHED, StateType.COMPLETED}) is StateType.CANCELLED
         assert restart_of(deployment_id, run.id, timeout=15) is None, "a cancelled run was restarted"
+        for crashed in killed:  # copies that appeared after their restart was found
+            restart_of(deployment_id, crashed, timeout=1, copies=copies)
+        for copy in copies:  # each stands down once it gets the deployment's slot, and never trades
+            assert wait_state(copy, {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED}) is StateType.COMPLETED
+            assert ledger.find_session_by_flow_run(str(copy)) is None
+        with get_client(sync_client=True) as client:
+            message = client.read_flow_run(made.id).state.message  # type: ignore[union-attr]
+        assert message is not None and "already restarted by run" in message, message
 
         sessions = [ledger.find_session_by_flow_run(str(r)) for r in [*killed, run.id]]
         assert all(s is not None and s.cycles >= 3 for s in sessions)

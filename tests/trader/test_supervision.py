@@ -129,6 +129,18 @@ def test_a_cancelled_or_finished_run_is_never_restarted_and_nothing_is_written(
     assert slack.posts() == []
 
 
+def test_a_copy_of_a_restart_stands_down_whatever_else_is_true(ledger: Ledger, slack: SlackRecorder) -> None:
+    """One Crashed event delivered twice started two runs: the later one writes nothing and never trades."""
+    run = CrashedRun("run-x", ("RUNNING", "CRASHED"), 5.0, "running", restarted_by="run-first")
+
+    decision = supervisor(ledger, slack).decide_and_record(run, new_run_id="run-copy", now=T0)
+
+    assert decision.verdict == "skip" and not decision.restart
+    assert "already restarted by run run-first" in decision.reason
+    assert ledger.open_incidents() == [] and slack.posts() == []
+    assert decide(POLICY, CrashedRun("run-x", ("RUNNING", "CRASHED"), 5.0, "running"), []).restart  # without it: yes
+
+
 def test_a_run_whose_process_still_holds_the_lease_is_not_restarted(ledger: Ledger, slack: SlackRecorder) -> None:
     """A false Crashed (the zombie automation after an API outage): the holder renews, so no second bot starts."""
     ledger.acquire_lease("default", Holder.this_process("bot", flow_run_id="run-alive"), 30)
