@@ -40,7 +40,8 @@ class StopBetweenCycles:
     """True once the run is being cancelled: by the runner's SIGTERM or by CANCELLING seen by the poller.
 
     Prefect's engine turns SIGTERM into an exception wherever the code is; the bot takes SIGTERM
-    over while it cycles so a cancel in the UI stops it between cycles, never inside one. Called
+    over from before its first cycle until the flow returns, so a cancel in the UI stops it between
+    cycles, never inside one, and ends Cancelled, not Crashed. Called
     between cycles and in the sleep between them: it only reads the poller's last-known state.
     """
 
@@ -137,34 +138,40 @@ def trading_bot(
             log.info(line, *args)
             poller.run_log.info(line, *args)  # bounded: an outage drops the oldest lines, never blocks the cycle
 
-    status = "crashed"
+    # The SIGTERM handler stays until the flow returns: the runner answers a cancel with SIGTERM too, and one that
+    # lands while the stopped bot hands over its last lines would otherwise end a clean cancel as Crashed.
     try:
-        summary = bot.run(max_cycles, interval_seconds=cycle_interval_seconds, should_stop=stop, on_cycle=progress)
-        status = "stood_down" if bot.lease_lost else "stopped"
-    finally:
+        status = "crashed"
         try:
-            bot.stop(status, note=stop.reason or bot.lease_lost)
+            summary = bot.run(max_cycles, interval_seconds=cycle_interval_seconds, should_stop=stop, on_cycle=progress)
+            status = "stood_down" if bot.lease_lost else "stopped"
         finally:
-            stop.restore()
-            if exporter is not None:
-                exporter.stop()
-            if status == "crashed":
-                poller.close(flush_seconds=0)
-    result = {
-        "cycles": summary.cycles,
-        "orders": summary.orders,
-        "fills": summary.fills,
-        "stopped_by": stop.reason or summary.stopped_by,
-        "session_id": bot.last_session_id,
-        "run_log_dropped": poller.run_log.dropped,
-    }
-    if run_id is not None:
-        artifact = markdown_artifact_job("trading-bot-session", session_markdown(result), f"profile {profile}", run_id)
-        poller.submit("trading-bot-session artifact", artifact)
-    poller.run_log.info("trading-bot finished: %s", result)
-    poller.close()  # bounded: the run's last lines and the artifact wait at most a few seconds for the API
-    if stop.reason:
-        return Cancelled(message=f"stopped cleanly between cycles after {summary.cycles} cycles ({stop.reason})")
-    if bot.lease_lost:
-        return Completed(message=f"stood down after {summary.cycles} cycles: {bot.lease_lost}", data=result)
-    return result
+            try:
+                bot.stop(status, note=stop.reason or bot.lease_lost)
+            finally:
+                if exporter is not None:
+                    exporter.stop()
+                if status == "crashed":
+                    poller.close(flush_seconds=0)
+        result = {
+            "cycles": summary.cycles,
+            "orders": summary.orders,
+            "fills": summary.fills,
+            "stopped_by": stop.reason or summary.stopped_by,
+            "session_id": bot.last_session_id,
+            "run_log_dropped": poller.run_log.dropped,
+        }
+        if run_id is not None:
+            artifact = markdown_artifact_job(
+                "trading-bot-session", session_markdown(result), f"profile {profile}", run_id
+            )
+            poller.submit("trading-bot-session artifact", artifact)
+        poller.run_log.info("trading-bot finished: %s", result)
+        poller.close()  # bounded: the run's last lines and the artifact wait at most a few seconds for the API
+        if stop.reason:
+            return Cancelled(message=f"stopped cleanly between cycles after {summary.cycles} cycles ({stop.reason})")
+        if bot.lease_lost:
+            return Completed(message=f"stood down after {summary.cycles} cycles: {bot.lease_lost}", data=result)
+        return result
+    finally:
+        stop.restore()
