@@ -42,6 +42,12 @@ HEALTHY_AFTER_SECONDS = 60.0  # a part that ran this long before dying restarts 
 STOP_BUDGET_SECONDS = 55.0  # SIGTERM of `up` to nothing left: within a supervisor's usual 60 s
 
 
+# A run of a deployment whose concurrency slot is taken (a bot's restart while the crashed run still holds it) is
+# set AwaitingConcurrencySlot and tried again after this many seconds: part of every restart's and failover's time.
+SLOT_WAIT_VARIABLE = "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS"
+SLOT_WAIT_SECONDS = "5"
+
+
 def prefect_env(home: Path, port: int) -> dict[str, str]:
     """Environment for every process of the embedded stack: its own PREFECT_HOME and API URL."""
     env = dict(os.environ)
@@ -54,6 +60,8 @@ def prefect_env(home: Path, port: int) -> dict[str, str]:
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
             "PREFECT_SERVER_API_PORT": str(port),
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            # a restart that finds its crashed run's slot not yet released asks again in 5 s, not Prefect's 30
+            SLOT_WAIT_VARIABLE: SLOT_WAIT_SECONDS,
             "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "1",
         }
     )

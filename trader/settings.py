@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     accounts_max_concurrency: int = Field(4, ge=1, le=64)
     lease_ttl_seconds: float = Field(30.0, gt=0)
     restart_max_per_hour: int = Field(5, gt=0)
+    restart_backoff_max_seconds: float = Field(30.0, ge=0)  # the longest wait before a crash loop's next restart
 
     trading_symbols: str = "BTC-USD"
     cycle_interval_seconds: float = Field(60.0, ge=0)

@@ -55,8 +55,8 @@ class RestartPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RestartPolicy:
-        """The policy with RESTART_MAX_PER_HOUR from the settings."""
-        return cls(max_per_hour=settings.restart_max_per_hour)
+        """The policy with RESTART_MAX_PER_HOUR and RESTART_BACKOFF_MAX_SECONDS from the settings."""
+        return cls(max_per_hour=settings.restart_max_per_hour, max_delay_seconds=settings.restart_backoff_max_seconds)
 
     def delay_seconds(self, restarts_in_window: int, ran_seconds: float) -> float:
         """Seconds to wait before the next restart: 0 after a stable run, else exponential in the hour's restarts."""

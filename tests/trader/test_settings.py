@@ -23,6 +23,7 @@ RUNBOOK_VARIABLES = [
     "CYCLE_INTERVAL_SECONDS",
     "LEASE_TTL_SECONDS",
     "RESTART_MAX_PER_HOUR",
+    "RESTART_BACKOFF_MAX_SECONDS",
     "ACCOUNT",
 ]
 
@@ -62,6 +63,7 @@ def test_runbook_variables_are_read_from_the_environment(monkeypatch: pytest.Mon
         ("LEASE_TTL_SECONDS", "2", "LEASE_TTL_SECONDS: must be at least 3 cycle intervals (3 s"),
         ("RESTART_MAX_PER_HOUR", "five", "RESTART_MAX_PER_HOUR: must be a valid integer"),
         ("RESTART_MAX_PER_HOUR", "-1", "RESTART_MAX_PER_HOUR: must be greater than 0"),
+        ("RESTART_BACKOFF_MAX_SECONDS", "-2", "RESTART_BACKOFF_MAX_SECONDS: must be greater than or equal to 0"),
         ("ACCOUNT", "my account", "ACCOUNT: 'my account' is not an account name: use 1 to 64 lowercase"),
         ("ACCOUNT", "..", "ACCOUNT: '..' is not an account name"),
         ("ACCOUNT", "all", "ACCOUNT: 'all' is not an account name"),

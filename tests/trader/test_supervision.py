@@ -62,6 +62,16 @@ def test_crash_loop_backs_off_exponentially_and_a_stable_run_restarts_at_once() 
     assert decide(policy, crash(99, ran=600), history).delay_seconds == 0
 
 
+def test_the_backoff_cap_and_the_hourly_cap_come_from_the_settings() -> None:
+    from trader.settings import Settings
+
+    policy = RestartPolicy.from_settings(Settings(restart_max_per_hour=7, restart_backoff_max_seconds=4))
+
+    assert (policy.max_per_hour, policy.max_delay_seconds) == (7, 4)
+    assert [policy.delay_seconds(n, QUICK) for n in range(4)] == [2, 4, 4, 4]
+    assert RestartPolicy.from_settings(Settings()).max_delay_seconds == 30
+
+
 def test_cap_refuses_and_every_restart_is_an_update_of_one_sev1_thread(ledger: Ledger, slack: SlackRecorder) -> None:
     decisions = [
         supervisor(ledger, slack).decide_and_record(crash(n), new_run_id=f"new-{n}", now=T0 + timedelta(minutes=n))
