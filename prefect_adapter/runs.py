@@ -88,8 +88,8 @@ def first_restart(restart_of: str, restart_event: str) -> str | None:
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # a restart is scheduled for the moment it is created
             limit=RECENT_RUNS,
         )
-    copies = [run for run in runs if all(run.parameters.get(key) == value for key, value in wanted.items())]
-    if not copies:
+    started = [run for run in runs if all(run.parameters.get(key) == value for key, value in wanted.items())]
+    if not started:
         return this
-    first = min(copies, key=lambda run: (run.created or datetime.max.replace(tzinfo=UTC), str(run.id)))
+    first = min(started, key=lambda run: (run.created or datetime.max.replace(tzinfo=UTC), str(run.id)))
     return str(first.id)
