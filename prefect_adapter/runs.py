@@ -1,10 +1,15 @@
-"""Flow runs as Prefect sees them: this run's id, a run's page in the UI, a crashed run's history, a revived run."""
+"""Flow runs as Prefect sees them: this run's id, a run's page in the UI, a crashed run's history, a revived run, a
+deployment's runs and the first restart of a crash."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 # The newest runs of a deployment searched for copies of a restart: copies are created within seconds of each other.
 RECENT_RUNS = 200
@@ -67,29 +72,34 @@ def set_flow_run_running(flow_run_id: str, message: str) -> None:
         client.set_flow_run_state(UUID(flow_run_id), Running(message=message), force=True)
 
 
-def first_restart(restart_of: str, restart_event: str) -> str | None:
-    """The id of the first-created run of this run's deployment started for the Crashed event `restart_event` of run
-    `restart_of`, None outside a deployment run. Prefect delivers events at least once: two runs for one event are
-    one restart and a copy, and every copy finds the same first run here."""
+def deployment_runs(deployment_id: UUID, limit: int = RECENT_RUNS) -> list[FlowRun]:
+    """The deployment's runs, the latest expected start first (a restart is scheduled for the moment it is created)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.sorting import FlowRunSort
 
-    this = current_flow_run_id()
-    if this is None:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+        )
+
+
+def first_restart(this_run: str, restart_of: str, restart_event: str) -> str | None:
+    """The id of the first-created run of this_run's deployment started for the Crashed event `restart_event` of run
+    `restart_of`, None when this_run belongs to no deployment. Prefect delivers events at least once: two runs for
+    one event are one restart and a copy, and every copy finds the same first run here."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_flow_run(UUID(this_run)).deployment_id
+    if deployment_id is None:
         return None
     wanted = {"restart_of": restart_of, "restart_event": restart_event}
-    with get_client(sync_client=True) as client:
-        deployment_id = client.read_flow_run(UUID(this)).deployment_id
-        if deployment_id is None:
-            return None
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # a restart is scheduled for the moment it is created
-            limit=RECENT_RUNS,
-        )
+    runs = deployment_runs(deployment_id)
     started = [run for run in runs if all(run.parameters.get(key) == value for key, value in wanted.items())]
     if not started:
-        return this
+        return this_run
     first = min(started, key=lambda run: (run.created or datetime.max.replace(tzinfo=UTC), str(run.id)))
     return str(first.id)

@@ -56,10 +56,11 @@ def _revive(flow_run_id: str, logger: Any) -> None:
 def copy_of_restart(restart_of: str, restart_event: str | None) -> CrashedRun | None:
     """The crashed run as a copy of its restart sees it, when another run was started first for the same Crashed
     event; None for the restart itself (and for runs started without the event's id)."""
-    if restart_event is None:
+    this = current_flow_run_id()
+    if restart_event is None or this is None:
         return None
-    first = first_restart(restart_of, restart_event)
-    if first is None or first == current_flow_run_id():
+    first = first_restart(this, restart_of, restart_event)
+    if first is None or first == this:
         return None
     return CrashedRun(flow_run_id=restart_of, restarted_by=first)
 

@@ -10,14 +10,10 @@ if TYPE_CHECKING:
 
 
 def bot_runs(deployment_id: UUID) -> list[FlowRun]:
-    """The deployment's runs (at most 200)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    """The deployment's runs (at most 200), as the restart policy reads them."""
+    from prefect_adapter.runs import deployment_runs
 
-    with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])), limit=200
-        )
+    return deployment_runs(deployment_id, limit=200)
 
 
 def run_events(run_id: UUID) -> str:
