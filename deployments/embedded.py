@@ -307,6 +307,7 @@ class EmbeddedStack:
         )
         self.runner: Part | None = None
         self.worker_parts: list[Part] = []
+        self.fork_servers: list[Part] = []  # one per worker: its flow runs are forks of it (deployments/forkserver.py)
         if self.workers:
             self.prefect_database = worker_layout.prefect_database_url(self.settings.database_url)
             if self.prefect_database is not None:
@@ -316,6 +317,15 @@ class EmbeddedStack:
             for index in range(1, self.workers + 1):
                 folder = worker_layout.worker_folder(self.root, index)
                 port = worker_layout.free_port()
+                self.fork_servers.append(
+                    Part(
+                        f"fork server w{index}",
+                        worker_layout.fork_server_args(folder),
+                        folder / "forkserver.log",
+                        env=worker_layout.worker_env(self.env, shared, folder, port),
+                        cwd=folder,
+                    )
+                )
                 self.worker_parts.append(
                     Part(
                         f"worker {worker_layout.worker_name(index)}",
@@ -326,7 +336,7 @@ class EmbeddedStack:
                         health_port=port,
                     )
                 )
-            self.clients = list(self.worker_parts)
+            self.clients = [*self.worker_parts, *self.fork_servers]  # stopped in this order
         else:
             self.runner = Part("runner", ["deployments.serve_all"], self.logs / "serve.log")
             self.clients = [self.runner]
@@ -416,7 +426,18 @@ class EmbeddedStack:
             _ensure_automations(self.env)
             names = worker_layout.deploy_for_workers(self.env, self.settings, self.root)
         out.print(f"deployed for the {worker_layout.WORK_POOL} pool: {len(names)} deployments")
-        with out.status(f"starting {self.workers} worker(s)"):
+        with out.status(f"starting {self.workers} worker(s) and their fork servers"):
+            for part in self.fork_servers:
+                assert part.cwd is not None
+                part.cwd.mkdir(parents=True, exist_ok=True)
+                self._spawn(part)
+            for part in self.fork_servers:  # ready before the workers, so the first bots are forks too
+                assert part.cwd is not None
+                deadline = time.monotonic() + 120
+                while not worker_layout.fork_server_socket(part.cwd).exists():
+                    if not part.running() or time.monotonic() > deadline:
+                        raise RuntimeError(f"{part.name} did not become ready; see {part.log_file}")
+                    time.sleep(0.2)
             for part in self.worker_parts:
                 assert part.cwd is not None
                 part.cwd.mkdir(parents=True, exist_ok=True)

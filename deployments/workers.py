@@ -15,6 +15,7 @@ checkout (GPT_TRADER_HOME, prefect.yaml's pull step), not into the worker's fold
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from deployments import forkserver
 from deployments.serve_all import PROJECT_ROOT, write_prefect_file
 from trader.settings import Settings
 
@@ -107,8 +109,21 @@ def worker_args(index: int) -> list[str]:
     return ["prefect", "worker", "start", "--pool", WORK_POOL, "--name", worker_name(index), "--with-healthcheck"]
 
 
+def fork_server_socket(folder: Path) -> Path:
+    """The Unix socket of the fork server beside a worker (deployments/forkserver.py)."""
+    return folder / "fork.sock"
+
+
+def fork_server_args(folder: Path) -> list[str]:
+    """The fork server of the worker in `folder`, as `python -m` arguments."""
+    return ["deployments.forkserver", "serve", "--socket", str(fork_server_socket(folder))]
+
+
 def worker_env(stack_env: dict[str, str], shared: dict[str, str], folder: Path, health_port: int) -> dict[str, str]:
-    """One worker's environment: the stack's, the machine's shared files, its own logs and health port."""
+    """One worker's environment: the stack's, the machine's shared files, its own logs, health port and fork server.
+
+    prefect.yaml's job command is `python -m deployments.forkserver launch`: this interpreter's folder goes first
+    on PATH so `python` is the one with the project installed."""
     env = {**stack_env, **shared}
     env.update(
         {
@@ -116,6 +131,8 @@ def worker_env(stack_env: dict[str, str], shared: dict[str, str], folder: Path, 
             "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
             "PREFECT_WORKER_WEBSERVER_PORT": str(health_port),
             "PYTHONPATH": str(PROJECT_ROOT),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), stack_env.get("PATH", os.defpath)]),
+            forkserver.SOCKET_ENV: str(fork_server_socket(folder)),
         }
     )
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", WORKER_QUERY_SECONDS)

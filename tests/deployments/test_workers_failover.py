@@ -57,6 +57,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def pid_alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,24 +167,39 @@ class Cluster:
         wait_for("the Prefect server on PostgreSQL", lambda: healthy(f"{self.env['PREFECT_API_URL']}/health"), 180)
 
     def start_worker(self, name: str) -> dict[str, str]:
-        """`prefect worker start --with-healthcheck` in its own working directory, logs and health port."""
+        """A machine as docs/deploy.md sets it up: its fork server, then `prefect worker start --with-healthcheck`,
+        each in the machine's own working directory, with its own logs and health port."""
         home = self.folder / name
         health = free_port()
+        fork_socket = home / "fork.sock"
         env = {
             **self.env,
             "LOG_DIR": str(home / "logs"),
             "PREFECT_WORKER_WEBSERVER_PORT": str(health),
             "PREFECT_WORKER_QUERY_SECONDS": "2",  # as docs/deploy.md's unit: a restart waits 2 s for a worker, not 10
+            "PATH": f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', os.defpath)}",  # prefect.yaml's `python -m ...`
+            "GPT_TRADER_FORK_SERVER": str(fork_socket),
         }
+        self.spawn(
+            f"{name}-forkserver",
+            [sys.executable, "-m", "deployments.forkserver", "serve", "--socket", str(fork_socket)],
+            env,
+            home,
+        )
+        wait_for(f"{name}'s fork server", fork_socket.exists, 90)
         args = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "gpt-trader", "--name", name]
         self.spawn(name, [*args, "--with-healthcheck"], env, home)
         wait_for(f"worker {name}'s health check", lambda: healthy(f"http://127.0.0.1:{health}/health"), 90)
         return env
 
-    def kill_machine(self, name: str) -> None:
-        """The machine is gone: SIGKILL the worker's process group and every process it started. Prefect's process
-        worker starts each flow run in a session of its own (a group-wide signal must not beat its own handling), so
-        the bots are found as the worker's descendants; the tree is frozen first so nothing escapes in between."""
+    def machine_pids(self, name: str) -> set[int]:
+        """Everything below the machine's worker and its fork server (launchers, and the bots forked for them)."""
+        return {pid for part in (name, f"{name}-forkserver") for pid in descendants(self.processes[part].pid)}
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL the worker's process group and every process it started (the runs' launchers). Prefect's process
+        worker may start a flow run in a session of its own, so they are found as the worker's descendants; the tree
+        is frozen first so nothing escapes in between."""
         process = self.processes.pop(name)
         tree = [process.pid, *descendants(process.pid)]
         for pid in tree:
@@ -185,6 +208,11 @@ class Cluster:
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+    def kill_fork_server(self, name: str) -> None:
+        process = self.processes.pop(f"{name}-forkserver")
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
     def stop(self) -> None:
@@ -266,14 +294,18 @@ def check_failover(cluster: Cluster, ledgers: dict[str, Ledger]) -> None:
         name: wait_for(f"{name} trading on machine-1", lambda n=name: trading(ledgers[n], runs[n], 3), 180)
         for name in ACCOUNTS
     }
-    assert set(pids.values()) <= set(descendants(cluster.processes["machine-1"].pid))  # machine-1 runs the bots
+    # machine-1 runs the bots, each a fork of its fork server (deployments/forkserver.py), not a fresh interpreter
+    assert set(pids.values()) <= set(descendants(cluster.processes["machine-1-forkserver"].pid))
     cluster.start_worker("machine-2")
     for name in ACCOUNTS:  # each has traded before the loss, so "exactly once" spans it
         wait_for(f"{name}'s first order", lambda n=name: ledgers[n].list_orders(), 180)
     before = {name: len(ledgers[name].list_orders()) for name in ACCOUNTS}
 
     killed_at, killed_wall = time.monotonic(), time.time()
-    cluster.kill_machine("machine-1")  # worker and bots, no goodbye
+    cluster.kill_worker("machine-1")  # the worker and the runs' launchers, no goodbye ...
+    # ... and each bot, a fork of the fork server that still runs, ends itself with its launcher: none trades on
+    wait_for("machine-1's bots gone with their launchers", lambda: not any(pid_alive(p) for p in pids.values()), 10)
+    cluster.kill_fork_server("machine-1")  # then the rest of the machine
     moved: dict[str, float] = {}
     new_runs: dict[str, UUID] = {}
     deadline = killed_at + 240
@@ -292,7 +324,7 @@ def check_failover(cluster: Cluster, ledgers: dict[str, Ledger]) -> None:
     print(f"timeline after the kill (s): {json.dumps(timeline(runs, new_runs, killed_wall))}")
     assert max(moved.values()) <= FAILOVER_GOAL_SECONDS, moved
     assert {flow_run(runs[name]).state.type.value for name in ACCOUNTS} == {"CRASHED"}  # the zombie automation
-    survivor = set(descendants(cluster.processes["machine-2"].pid))
+    survivor = cluster.machine_pids("machine-2")
     assert {trading(ledgers[n], new_runs[n], 1) for n in ACCOUNTS} <= survivor  # the bots moved to machine-2
 
     for name in ACCOUNTS:  # every account trades on after the move ...
@@ -321,8 +353,10 @@ def check_failover(cluster: Cluster, ledgers: dict[str, Ledger]) -> None:
     with get_client(sync_client=True) as client:
         for run_id in new_runs.values():
             client.set_flow_run_state(run_id, Cancelling(), force=True)
-    for name in ACCOUNTS:  # ... and stops: then each side has every order and fill exactly once
+    for name in ACCOUNTS:  # ... and stops (the cancel's SIGTERM reaches the fork through its launcher) ...
         wait_for(f"{name}'s bot stopped", lambda n=name: flow_run(new_runs[n]).state.is_final(), 120)
+        assert flow_run(new_runs[name]).state.type.value == "CANCELLED"
+    for name in ACCOUNTS:  # ... then each side has every order and fill exactly once
         truth = paper_exchange_truth(Path(cluster.env["STATE_DIR"]) / "accounts" / name / "paper_exchange.json")
         report = compare(ledgers[name], truth)
         assert report.match, f"{name}: {report.summary()}"
