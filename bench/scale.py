@@ -82,7 +82,7 @@ BIN = Path(sys.executable).parent
 # PRIVATE_MAX_CONNECTIONS): K bots hold ~3 ledger connections each, past the 100 a stock server allows.
 PRIVATE_MAX_CONNECTIONS = 400
 GOAL_BOTS, GOAL_CORES, GOAL_P99_MS, GOAL_FAILOVER_S = 50, 2, 20.0, 90.0
-KEYS: tuple[str, ...] = ("bots", "p99_cycle_ms", "rss_mb_per_bot", "api_rps_per_bot", "failover_s")
+KEYS: tuple[str, ...] = ("bots", "p99_cycle_ms", "rss_mb_per_bot", "pss_mb_per_bot", "api_rps_per_bot", "failover_s")
 KEYS += ("max_lease_holders", "duplicate_orders")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") / 1024
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -214,6 +214,8 @@ class Stack:
     accounts: list[str]
     server: subprocess.Popen[bytes] | None = None
     worker_processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    fork_servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # worker name -> its fork server
+    use_fork_server: bool = True
     seen: set[tuple[int, str]] = field(default_factory=set)  # every process of ours ever seen, for the cleanup
     databases: list[str] = field(default_factory=list)
     ledger_url: str = ""
@@ -315,6 +317,22 @@ class Stack:
             "PREFECT_WORKER_WEBSERVER_PORT": str(free_port()),
         }
         env.pop("PREFECT_API_DATABASE_CONNECTION_URL")
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', os.defpath)}"  # prefect.yaml's `python -m ...` command
+        if self.use_fork_server:  # as perps-bot up --workers and docs/deploy.md: one beside each worker
+            sock = home / "fork.sock"
+            env["GPT_TRADER_FORK_SERVER"] = str(sock)
+            serve = [sys.executable, "-m", "deployments.forkserver", "serve", "--socket", str(sock)]
+            log = (home / "forkserver.log").open("ab")
+            fork = subprocess.Popen(
+                serve, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            self.fork_servers[name] = fork
+            self._remember(fork.pid)
+            deadline = time.monotonic() + 120
+            while not sock.exists():
+                if fork.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the fork server of {name} did not start; see {home / 'forkserver.log'}")
+                time.sleep(0.2)
         command = [str(BIN / "prefect"), "worker", "start", "--pool", "gpt-trader", "--name", name]
         command += ["--with-healthcheck", "--limit", str(limit)]
         out = (home / "worker.log").open("ab")
@@ -406,6 +424,7 @@ class Stack:
             account, lease.holder.flow_run_id, lease.holder.pid, port=self.metrics_base + self.accounts.index(account)
         )
         owners = {process.pid: name for name, process in self.worker_processes.items()}
+        owners.update({process.pid: name for name, process in self.fork_servers.items()})  # a forked bot's parent
         pid = bot.pid
         while pid > 1 and pid not in owners and (fields := proc_stat(pid)) is not None:
             pid = int(fields[1])
@@ -434,9 +453,13 @@ class Stack:
         if pid and (ident := identity(pid)) is not None:
             self.seen.add(ident)
 
+    def machine_processes(self) -> list[subprocess.Popen[bytes]]:
+        """The workers and their fork servers."""
+        return [*self.worker_processes.values(), *self.fork_servers.values()]
+
     def remember_tree(self) -> None:
         kids = children_map()
-        for root in [p.pid for p in self.worker_processes.values()] + ([self.server.pid] if self.server else []):
+        for root in [p.pid for p in self.machine_processes()] + ([self.server.pid] if self.server else []):
             for pid in [root, *descendants(root, kids)]:
                 self._remember(pid)
 
@@ -456,7 +479,7 @@ class Stack:
         for ledger in self._ledgers.values():
             ledger.dispose()
         self.remember_tree()
-        for process in [*self.worker_processes.values(), *([self.server] if self.server else [])]:
+        for process in [*self.machine_processes(), *([self.server] if self.server else [])]:
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
@@ -467,7 +490,7 @@ class Stack:
             if same_process(ident):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(ident[0], signal.SIGKILL)
-        for process in [*self.worker_processes.values(), *([self.server] if self.server else [])]:
+        for process in [*self.machine_processes(), *([self.server] if self.server else [])]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -586,7 +609,7 @@ def measure(stack: Stack, bots: dict[str, Bot], window: float) -> dict[str, Any]
     log = stack.folder / "server.log"
     offset, _ = access_count(log, 0)
     before = snapshot(stack, bots)
-    rss_samples: list[tuple[int, int, int, int]] = []
+    rss_samples: list[tuple[int, int, int, int, int]] = []
     while time.monotonic() - before.wall < window:
         time.sleep(min(5.0, max(0.0, window - (time.monotonic() - before.wall))))
         server = [stack.server.pid, *descendants(stack.server.pid)]
@@ -596,6 +619,7 @@ def measure(stack: Stack, bots: dict[str, Bot], window: float) -> dict[str, Any]
                 sum(pss_kb(b.pid) for b in bots.values()),
                 sum(rss_kb(p) for p in server),
                 sum(rss_kb(p.pid) for p in stack.worker_processes.values()),
+                sum(rss_kb(p.pid) for p in stack.fork_servers.values()),
             )
         )
     connections = stack.connections() if bots else {}
@@ -614,7 +638,7 @@ def measure(stack: Stack, bots: dict[str, Bot], window: float) -> dict[str, Any]
             merged[bound] = merged.get(bound, 0.0) + end[bound] - start.get(bound, 0.0)
     count = merged.get("+Inf", 0.0)
     k = max(len(bots), 1)
-    last = rss_samples[-1] if rss_samples else (0, 0, 0, 0)
+    last = rss_samples[-1] if rss_samples else (0, 0, 0, 0, 0)
     logged = logged_cycles(before.logs)
     return {
         "bots": len(bots),
@@ -635,6 +659,7 @@ def measure(stack: Stack, bots: dict[str, Bot], window: float) -> dict[str, Any]
         "pss_mb": last[1] / 1024 / k,
         "server_rss_mb": last[2] / 1024,
         "worker_rss_mb": last[3] / 1024,
+        "fork_server_rss_mb": last[4] / 1024,
         "requests": sum(requests.values()),
         "api_rps": sum(requests.values()) / elapsed,
         "top_requests": requests.most_common(6),
@@ -669,9 +694,10 @@ def print_window(label: str, m: dict[str, Any], baseline: dict[str, Any] | None)
             f"{c['prefect']}; {c['all']} of max_connections {c['max']} in use on the server (other work included)"
         )
         print(
-            f"  memory per bot (its one flow-run process): {m['rss_mb']:.0f} MB RSS, {m['pss_mb']:.0f} MB PSS; "
-            f"{k} bots: {k * m['rss_mb'] / 1024:.1f} GB RSS (machine MemAvailable now "
-            f"{mem_available_mb() / 1024:.1f} GB)"
+            f"  memory per bot (its one flow-run process): {m['rss_mb']:.0f} MB RSS, {m['pss_mb']:.0f} MB PSS "
+            f"(PSS shares pages among the processes using them: forks of one fork server share its imports); "
+            f"{k} bots: {k * m['pss_mb'] / 1024:.1f} GB PSS; fork servers {m['fork_server_rss_mb']:.0f} MB RSS "
+            f"(machine MemAvailable now {mem_available_mb() / 1024:.1f} GB)"
         )
     base = baseline or {}
 
@@ -781,6 +807,9 @@ def failover(stack: Stack, bots: dict[str, Bot]) -> tuple[float | None, str, dic
     worker = stack.worker_processes[victim]
     kids = children_map()
     group = [worker.pid, *descendants(worker.pid, kids)]
+    fork = stack.fork_servers.pop(victim, None)  # the machine is lost: its fork server and the bots forked from it
+    if fork is not None:
+        group += [fork.pid, *descendants(fork.pid, kids)]
     stray = sorted({b.pid for b in moved.values()} - set(group))
     for pid in group:  # freeze first, so nothing below it reacts to its parent's death before it dies too
         with contextlib.suppress(ProcessLookupError):
@@ -792,6 +821,8 @@ def failover(stack: Stack, bots: dict[str, Bot]) -> tuple[float | None, str, dic
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     worker.wait()
+    if fork is not None:
+        fork.wait()
     print(
         f"failover: SIGKILL of worker {victim} (pid {worker.pid}): its process group and the {len(group) - 1} "
         f"processes below it ({len(moved)} bots; bots per worker before: {dict(sorted(per_worker.items()))})"
@@ -908,6 +939,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--window", type=float, default=None, help="seconds per window (default 60, quick 20)")
     parser.add_argument("--no-failover", action="store_true")
+    parser.add_argument(
+        "--no-fork-server", action="store_true", help="each flow run a fresh interpreter, as before the fork server"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (the databases are dropped)")
     args = parser.parse_args(argv)
     try:
@@ -922,7 +956,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a SIGTERM cleans up as Ctrl-C does
     most = steps[-1]
     folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    stack = Stack(folder, [f"bot{n:02d}" for n in range(most)])
+    stack = Stack(folder, [f"bot{n:02d}" for n in range(most)], use_fork_server=not args.no_fork_server)
     print(
         f"scratch folder {folder}; {os.cpu_count()} cores, {mem_available_mb() / 1024:.1f} GB available, "
         f"load average {load_average()} before the bench (other work on this machine counts in every CPU figure)"
@@ -957,7 +991,7 @@ def main(argv: list[str] | None = None) -> int:
         print_window("baseline", baseline, None)
         for k in steps:
             new = [a for a in stack.accounts[:k] if a not in bots]
-            per_bot = by_bots[max(by_bots)]["rss_mb"] if by_bots else 400.0
+            per_bot = by_bots[max(by_bots)]["pss_mb"] if by_bots else 400.0  # PSS: forks share their imports
             if mem_available_mb() < len(new) * per_bot * 1.3 + 2048:
                 print(
                     f"{k} bots: NOT RUN: {len(new)} more bots need ~{len(new) * per_bot / 1024:.1f} GB at "
@@ -1012,6 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
                 bots=top,
                 p99_cycle_ms=by_bots[top]["p99_cycle_ms"],
                 rss_mb_per_bot=by_bots[top]["rss_mb"],
+                pss_mb_per_bot=by_bots[top]["pss_mb"],
                 api_rps_per_bot=by_bots[top]["api_rps_per_bot"],
             )
         if not args.no_failover and bots:
@@ -1044,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    print(json.dumps({**figures, "by_bots": by_bots}))
+    print(json.dumps({**figures, "fork_server": not args.no_fork_server, "by_bots": by_bots}))
     return 0
 
 

@@ -621,8 +621,9 @@ class EmbeddedStack:
                     "health_port": part.health_port,
                     "folder": str(part.cwd),
                     "restarts": part.restarts,
+                    "fork_server_pid": fork.pid if fork.running() else None,
                 }
-                for part in self.worker_parts
+                for part, fork in zip(self.worker_parts, self.fork_servers, strict=True)
             ],
             "prefect_database": "postgresql" if self.prefect_database else "sqlite",
             "profile": self.settings.profile,

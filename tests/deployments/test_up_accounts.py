@@ -121,6 +121,16 @@ def fills(url: str, account: str) -> int:
         ledger.dispose()
 
 
+def lease_holder_pid(url: str, account: str) -> int | None:
+    """The pid of the process holding the account's lease (its bot), or None."""
+    ledger = Ledger(url, account=account, migrate=False)
+    try:
+        lease = ledger.current_lease(account)
+        return lease.holder.pid if lease is not None else None
+    finally:
+        ledger.dispose()
+
+
 def both_trade(up: Up, url: str) -> Callable[[], Any]:
     return lambda: up.process.poll() is not None or all(fills(url, account) >= 1 for account in ACCOUNTS)
 
@@ -221,6 +231,10 @@ def test_up_with_two_workers_runs_the_production_layout_and_both_accounts_trade(
         assert sorted(record["bots"]) == ["trading-bot/alpha", "trading-bot/beta"]
         for name, folder in (("w1", "w1"), ("w2", "w2")):
             assert (tmp_path / "var" / "workers" / folder / "worker.log").exists(), name
+        # each bot is a fork of its worker's fork server (deployments/forkserver.py), not a fresh interpreter
+        forks = {pid for w in workers for pid in descendants(w["fork_server_pid"])}
+        holders = {lease_holder_pid(scratch_ledger, account) for account in ACCOUNTS}
+        assert holders <= forks, (holders, forks)
         result = up.status()
         lines = status_lines(result)
         assert result.returncode == 0, result.stdout + result.stderr
