@@ -216,6 +216,7 @@ class Stack:
     worker_processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     fork_servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # worker name -> its fork server
     use_fork_server: bool = True
+    data_gate: bool = True  # the operator's default; off shows what the gate costs at this size
     seen: set[tuple[int, str]] = field(default_factory=set)  # every process of ours ever seen, for the cleanup
     databases: list[str] = field(default_factory=list)
     ledger_url: str = ""
@@ -265,6 +266,7 @@ class Stack:
                 "ACCOUNTS_FILE": str(self.folder / "accounts.yaml"),
                 "METRICS_ENABLED": "1",
                 "METRICS_PORT": str(self.metrics_base),
+                "DATA_GATE_ENABLED": "1" if self.data_gate else "0",
             }
         )
         self.env = env
@@ -940,6 +942,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=None, help="seconds per window (default 60, quick 20)")
     parser.add_argument("--no-failover", action="store_true")
     parser.add_argument(
+        "--data-gate", choices=("on", "off"), default="on", help="the bots' data gate (default on, as operators run)"
+    )
+    parser.add_argument(
         "--no-fork-server", action="store_true", help="each flow run a fresh interpreter, as before the fork server"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (the databases are dropped)")
@@ -956,7 +961,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a SIGTERM cleans up as Ctrl-C does
     most = steps[-1]
     folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    stack = Stack(folder, [f"bot{n:02d}" for n in range(most)], use_fork_server=not args.no_fork_server)
+    stack = Stack(
+        folder,
+        [f"bot{n:02d}" for n in range(most)],
+        use_fork_server=not args.no_fork_server,
+        data_gate=args.data_gate == "on",
+    )
     print(
         f"scratch folder {folder}; {os.cpu_count()} cores, {mem_available_mb() / 1024:.1f} GB available, "
         f"load average {load_average()} before the bench (other work on this machine counts in every CPU figure)"
@@ -984,7 +994,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.start_worker(f"w{n + 1}", limit=most)
         print(
             f"stack up in {time.monotonic() - started:.0f} s: Prefect server on PostgreSQL, pool gpt-trader, "
-            f"{most} trading-bot deployments, {args.workers} process workers (--limit {most} each)"
+            f"{most} trading-bot deployments, {args.workers} process workers (--limit {most} each), "
+            f"{'a fork server beside each' if stack.use_fork_server else 'no fork servers'}, "
+            f"bots' data gate {args.data_gate}"
         )
         time.sleep(15)  # the workers' first polls and heartbeats, out of the baseline window
         baseline = measure(stack, {}, min(window, 30.0))
@@ -1079,7 +1091,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    print(json.dumps({**figures, "fork_server": not args.no_fork_server, "by_bots": by_bots}))
+    print(
+        json.dumps({**figures, "fork_server": not args.no_fork_server, "data_gate": args.data_gate, "by_bots": by_bots})
+    )
     return 0
 
 
