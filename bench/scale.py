@@ -217,6 +217,7 @@ class Stack:
     fork_servers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # worker name -> its fork server
     use_fork_server: bool = True
     data_gate: bool = True  # the operator's default; off shows what the gate costs at this size
+    poll_seconds: float = 2.0  # ORCHESTRATOR_POLL_SECONDS: the bots' Prefect API reads
     seen: set[tuple[int, str]] = field(default_factory=set)  # every process of ours ever seen, for the cleanup
     databases: list[str] = field(default_factory=list)
     ledger_url: str = ""
@@ -267,6 +268,7 @@ class Stack:
                 "METRICS_ENABLED": "1",
                 "METRICS_PORT": str(self.metrics_base),
                 "DATA_GATE_ENABLED": "1" if self.data_gate else "0",
+                "ORCHESTRATOR_POLL_SECONDS": f"{self.poll_seconds:g}",
             }
         )
         self.env = env
@@ -945,6 +947,9 @@ def main(argv: list[str] | None = None) -> int:
         "--data-gate", choices=("on", "off"), default="on", help="the bots' data gate (default on, as operators run)"
     )
     parser.add_argument(
+        "--poll-seconds", type=float, default=2.0, help="the bots' ORCHESTRATOR_POLL_SECONDS (default 2, as shipped)"
+    )
+    parser.add_argument(
         "--no-fork-server", action="store_true", help="each flow run a fresh interpreter, as before the fork server"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (the databases are dropped)")
@@ -966,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
         [f"bot{n:02d}" for n in range(most)],
         use_fork_server=not args.no_fork_server,
         data_gate=args.data_gate == "on",
+        poll_seconds=args.poll_seconds,
     )
     print(
         f"scratch folder {folder}; {os.cpu_count()} cores, {mem_available_mb() / 1024:.1f} GB available, "
@@ -996,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             f"stack up in {time.monotonic() - started:.0f} s: Prefect server on PostgreSQL, pool gpt-trader, "
             f"{most} trading-bot deployments, {args.workers} process workers (--limit {most} each), "
             f"{'a fork server beside each' if stack.use_fork_server else 'no fork servers'}, "
-            f"bots' data gate {args.data_gate}"
+            f"bots' data gate {args.data_gate}, ORCHESTRATOR_POLL_SECONDS {args.poll_seconds:g}"
         )
         time.sleep(15)  # the workers' first polls and heartbeats, out of the baseline window
         baseline = measure(stack, {}, min(window, 30.0))
@@ -1092,7 +1098,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(folder, ignore_errors=True)
     print(
-        json.dumps({**figures, "fork_server": not args.no_fork_server, "data_gate": args.data_gate, "by_bots": by_bots})
+        json.dumps(
+            {
+                **figures,
+                "fork_server": not args.no_fork_server,
+                "data_gate": args.data_gate,
+                "poll_seconds": args.poll_seconds,
+                "by_bots": by_bots,
+            }
+        )
     )
     return 0
 

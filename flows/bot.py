@@ -102,7 +102,9 @@ def trading_bot(
         return Completed(message=restart.reason)
     bot = build_bot(settings, mode="dry_run" if dry_run else None)
     run_id = current_flow_run_id()
-    poller = OrchestratorPoller(run_id, logger, heartbeat_flow=BOT_FLOW)
+    poller = OrchestratorPoller(
+        run_id, logger, heartbeat_flow=BOT_FLOW, interval_seconds=settings.orchestrator_poll_seconds
+    )
     # env and flag files every cycle OR the Variables as the poller last read them: the cycle never calls the API
     bot.controls = bot_controls(settings, poller.variables, poller.run_log)
     exporter = start_metrics(settings, bot)  # /metrics and /health on METRICS_HOST:METRICS_PORT (9102)

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     lease_ttl_seconds: float = Field(30.0, gt=0)
     restart_max_per_hour: int = Field(5, gt=0)
     restart_backoff_max_seconds: float = Field(30.0, ge=0)  # the longest wait before a crash loop's next restart
+    # How often each bot reads its run's state (a cancel) and the switch Variables from the Prefect API: the latency
+    # of a UI cancel or a Variable switch, against ~1 API request per second per bot at 2 s (docs/performance.md).
+    orchestrator_poll_seconds: float = Field(2.0, ge=0.5, le=60)
 
     trading_symbols: str = "BTC-USD"
     cycle_interval_seconds: float = Field(60.0, ge=0)

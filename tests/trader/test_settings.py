@@ -24,6 +24,7 @@ RUNBOOK_VARIABLES = [
     "LEASE_TTL_SECONDS",
     "RESTART_MAX_PER_HOUR",
     "RESTART_BACKOFF_MAX_SECONDS",
+    "ORCHESTRATOR_POLL_SECONDS",
     "ACCOUNT",
 ]
 
@@ -64,6 +65,8 @@ def test_runbook_variables_are_read_from_the_environment(monkeypatch: pytest.Mon
         ("RESTART_MAX_PER_HOUR", "five", "RESTART_MAX_PER_HOUR: must be a valid integer"),
         ("RESTART_MAX_PER_HOUR", "-1", "RESTART_MAX_PER_HOUR: must be greater than 0"),
         ("RESTART_BACKOFF_MAX_SECONDS", "-2", "RESTART_BACKOFF_MAX_SECONDS: must be greater than or equal to 0"),
+        ("ORCHESTRATOR_POLL_SECONDS", "0.1", "ORCHESTRATOR_POLL_SECONDS: must be greater than or equal to 0.5"),
+        ("ORCHESTRATOR_POLL_SECONDS", "600", "ORCHESTRATOR_POLL_SECONDS: must be less than or equal to 60"),
         ("ACCOUNT", "my account", "ACCOUNT: 'my account' is not an account name: use 1 to 64 lowercase"),
         ("ACCOUNT", "..", "ACCOUNT: '..' is not an account name"),
         ("ACCOUNT", "all", "ACCOUNT: 'all' is not an account name"),
