@@ -412,6 +412,16 @@ class Stack:
                     seen[ID.sub("{id}", text)[:160]] += 1
         return seen.most_common(3)
 
+    def engine_starts(self) -> tuple[int, Counter[str]]:
+        """Engines the fork servers forked, and the launchers' reasons for starting one without them."""
+        forked = sum(log.read_text(errors="replace").count("forked engine") for log in self.folder.glob("w*/fork*.log"))
+        fallbacks: Counter[str] = Counter()
+        for log in self.folder.glob("w*/worker.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if "gpt-trader launcher:" in line:
+                    fallbacks[ID.sub("{id}", line.split("gpt-trader launcher:", 1)[1].strip())[:160]] += 1
+        return forked, fallbacks
+
     def trading(self, account: str, not_run: str | None = None) -> Bot | None:
         """The account's bot when its lease holder (other than run `not_run`) has a session that cycled."""
         ledger = self.ledger(account)
@@ -1009,7 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
         print_window("baseline", baseline, None)
         for k in steps:
             new = [a for a in stack.accounts[:k] if a not in bots]
-            per_bot = by_bots[max(by_bots)]["pss_mb"] if by_bots else 400.0  # PSS: forks share their imports
+            # PSS: forks share their imports (~130 MB each measured; a fresh interpreter per bot ~250 MB)
+            per_bot = by_bots[max(by_bots)]["pss_mb"] if by_bots else (160.0 if stack.use_fork_server else 400.0)
             if mem_available_mb() < len(new) * per_bot * 1.3 + 2048:
                 print(
                     f"{k} bots: NOT RUN: {len(new)} more bots need ~{len(new) * per_bot / 1024:.1f} GB at "
@@ -1089,6 +1100,13 @@ def main(argv: list[str] | None = None) -> int:
             f"duplicate orders: {found} over {orders} orders in {len(holders)} accounts (goal 0: "
             f"{verdict(found == 0)})" + (f"; {' | '.join(notes[:5])}" if notes else "")
         )
+        if stack.use_fork_server:
+            forked, fallbacks = stack.engine_starts()
+            figures["engines_forked"], figures["engines_not_forked"] = forked, sum(fallbacks.values())
+            print(
+                f"engines: {forked} forked by the fork servers, {sum(fallbacks.values())} started by their launcher "
+                f"without them" + (f": {fallbacks.most_common(3)}" if fallbacks else "")
+            )
     finally:
         for stop in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup short
             signal.signal(stop, signal.SIG_IGN)

@@ -52,6 +52,10 @@ PRELOAD = (
 )
 PROJECT_PACKAGES = ("trader", "flows", "tasks", "prefect_adapter", "deployments")
 MAX_REQUEST_BYTES = 1 << 20
+# How long the launcher waits for the fork server to accept and answer with the engine's pid (it answers in
+# milliseconds; a stopped or wedged fork server must not hold a flow run's start). On timeout the launcher closes the
+# socket, so an engine forked after all ends itself at once (its launcher is gone), and starts the engine itself.
+HANDSHAKE_SECONDS = 10.0
 
 
 # --- the launcher: the process worker's command for each flow run ----------------------------------------------
@@ -63,12 +67,14 @@ def launch() -> int:
     if not path:
         _exec_engine()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(HANDSHAKE_SECONDS)
     try:
         sock.connect(path)
         request = {"argv": ENGINE_ARGV, "env": dict(os.environ), "cwd": os.getcwd()}
         socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
         reply = json.loads(sock.recv(MAX_REQUEST_BYTES) or b"{}")
-    except (OSError, ValueError) as error:
+        sock.settimeout(None)  # from here on: as long as the engine runs
+    except (OSError, ValueError) as error:  # TimeoutError is an OSError
         _say(f"fork server {path} unreachable ({error}): starting the engine in this process")
         sock.close()
         _exec_engine()
@@ -160,8 +166,11 @@ class ForkServer:
         if path.exists() or path.is_symlink():
             path.unlink()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(str(path))
-        os.chmod(path, 0o600)  # the launcher's environment carries the run's secrets: only this user may connect
+        umask = os.umask(0o177)  # the launcher's environment carries the run's secrets: only this user may connect
+        try:
+            self.listener.bind(str(path))
+        finally:
+            os.umask(umask)
         self.listener.listen(128)
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
@@ -213,15 +222,10 @@ class ForkServer:
             conn.close()
             return
         try:
-            changed = changed_file(self.files)
-            if changed is not None:
-                conn.send(
-                    json.dumps({"refused": f"{changed} changed since the fork server started: restart it"}).encode()
-                )
-                conn.close()
-                return
-            if len(fds) != 3:
-                conn.send(json.dumps({"refused": f"expected 3 file descriptors, got {len(fds)}"}).encode())
+            refused = self._refusal(request, fds)
+            if refused is not None:
+                with contextlib.suppress(OSError):
+                    conn.send(json.dumps({"refused": refused}).encode())
                 conn.close()
                 return
             sys.stdout.flush()
@@ -231,11 +235,25 @@ class ForkServer:
                 self._become_engine(conn, fds, request)  # never returns
             self.children[pid] = conn
             self.selector.register(conn, selectors.EVENT_READ, "launcher")
-            conn.send(json.dumps({"pid": pid}).encode())
+            with contextlib.suppress(OSError):  # a launcher gone already: its engine sees that and ends itself
+                conn.send(json.dumps({"pid": pid}).encode())
             print(f"forked engine {pid} in {request.get('cwd')}", flush=True)
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _refusal(self, request: Any, fds: list[int]) -> str | None:
+        """Why this request is not forked, or None: only the engine, with the launcher's stdio, from current code."""
+        if not isinstance(request, dict) or request.get("argv") != ENGINE_ARGV:
+            return f"only {' '.join(ENGINE_ARGV)} is started here"
+        if not isinstance(request.get("env"), dict) or not isinstance(request.get("cwd"), str):
+            return "a request needs env and cwd"
+        if len(fds) != 3:
+            return f"expected 3 file descriptors (stdin, stdout, stderr), got {len(fds)}"
+        changed = changed_file(self.files)
+        if changed is not None:
+            return f"{changed} changed since the fork server started: restart it"
+        return None
 
     def _launcher_gone(self, conn: socket.socket) -> None:
         """The launcher's end closed: its engine kills itself; stop watching (the engine is still reaped)."""

@@ -7,6 +7,7 @@ to signal. The e2e use (bots on workers, a worker SIGKILLed) is tests/deployment
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -194,3 +195,42 @@ def test_an_engine_never_outlives_its_sigkilled_launcher(
 
     wait_for("the engine ended with its launcher", lambda: not alive(engine), 10)
     assert alive(server.process.pid)  # the fork server serves on
+
+
+def test_the_fork_server_starts_nothing_but_the_engine(server: Server) -> None:
+    before = server.forked()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(str(server.socket))
+        request = {"argv": ["-m", "http.server"], "env": {}, "cwd": str(ROOT)}
+        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+        reply = json.loads(sock.recv(4096))
+
+    assert reply == {"refused": "only -m prefect.engine is started here"}
+    assert server.forked() == before
+
+
+def test_a_wedged_fork_server_delays_a_start_by_the_handshake_only_and_runs_nothing_twice(
+    server: Server, tmp_path: Path
+) -> None:
+    before = server.forked()
+    os.kill(server.process.pid, signal.SIGSTOP)  # wedged: it accepts nothing and answers nothing
+    try:
+        with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+            env = {**os.environ, forkserver.SOCKET_ENV: str(server.socket), "PREFECT__FLOW_RUN_ID": "not-a-uuid"}
+            started = time.monotonic()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "deployments.forkserver", "launch"], cwd=ROOT, env=env, stdout=out, stderr=err
+            )
+            code = process.wait(timeout=120)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+    stderr = (tmp_path / "err").read_text()
+    assert code == 1 and "Invalid flow run id" in stderr  # the launcher ran the engine itself
+    assert "unreachable" in stderr and "timed out" in stderr
+    assert forkserver.HANDSHAKE_SECONDS <= waited < forkserver.HANDSHAKE_SECONDS + 60
+    # the request it left behind is served late: the engine forked for it finds its launcher gone and ends at once
+    late = wait_for("the late fork", lambda: [p for p in server.forked() if p not in before], 20)
+    wait_for("the late fork ended", lambda: not any(alive(p) for p in late), 10)
+    assert stderr.count("Invalid flow run id") == 1  # one engine ran this run, not two
