@@ -24,25 +24,10 @@ import pytest
 
 import trader
 from deployments import forkserver
+from tests.processes import pid_alive as alive
+from tests.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(what: str, check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class Server:
@@ -127,6 +112,16 @@ def new_engine(server: Server, before: list[int]) -> int:
     return int(wait_for("the forked engine", lambda: [p for p in server.forked() if p not in before], 10)[0])
 
 
+def waiting_engine(server: Server, silent_api: tuple[str, list[socket.socket]]) -> tuple[subprocess.Popen[str], int]:
+    """A launcher and its forked engine, the engine waiting in its first API request (signal handling set up)."""
+    url, connections = silent_api
+    before = server.forked()
+    process = launcher(server.socket, str(uuid.uuid4()), url)
+    engine = new_engine(server, before)
+    wait_for("the engine's first API request", lambda: connections, 30)
+    return process, engine
+
+
 def test_a_run_is_forked_with_the_launchers_stdio_and_ends_with_the_engines_status(server: Server) -> None:
     before = server.forked()
 
@@ -167,11 +162,7 @@ def test_a_fork_server_older_than_the_code_refuses_and_the_launcher_runs_the_eng
 def test_sigterm_to_the_launcher_reaches_the_engine_and_the_launcher_ends_as_it_did(
     server: Server, silent_api: tuple[str, list[socket.socket]]
 ) -> None:
-    url, connections = silent_api
-    before = server.forked()
-    process = launcher(server.socket, str(uuid.uuid4()), url)
-    engine = new_engine(server, before)
-    wait_for("the engine's first API request", lambda: connections, 30)  # its signal handling is set up by then
+    process, engine = waiting_engine(server, silent_api)
 
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
@@ -184,11 +175,7 @@ def test_sigterm_to_the_launcher_reaches_the_engine_and_the_launcher_ends_as_it_
 def test_an_engine_never_outlives_its_sigkilled_launcher(
     server: Server, silent_api: tuple[str, list[socket.socket]]
 ) -> None:
-    url, connections = silent_api
-    before = server.forked()
-    process = launcher(server.socket, str(uuid.uuid4()), url)
-    engine = new_engine(server, before)
-    wait_for("the engine's first API request", lambda: connections, 30)
+    process, engine = waiting_engine(server, silent_api)
 
     process.kill()  # the worker's machine is gone: nothing is forwarded
     process.wait(timeout=10)

@@ -27,6 +27,7 @@ import psycopg2
 import pytest
 
 from tests.paper_accounts import paper_accounts_yaml
+from tests.processes import pid_alive, wait_for
 from tests.restarts import restarts_of
 from trader.drills.coherence import compare, paper_exchange_truth
 from trader.ledger import Ledger
@@ -57,14 +58,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def pid_alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -77,16 +70,6 @@ def healthy(url: str) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
-
-
-def wait_for(what: str, check: Any, timeout: float, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
 
 
 @pytest.fixture(scope="module")
