@@ -56,6 +56,7 @@ MAX_REQUEST_BYTES = 1 << 20
 # milliseconds; a stopped or wedged fork server must not hold a flow run's start). On timeout the launcher closes the
 # socket, so an engine forked after all ends itself at once (its launcher is gone), and starts the engine itself.
 HANDSHAKE_SECONDS = 10.0
+HANDSHAKE_ENV = "GPT_TRADER_FORK_HANDSHAKE_SECONDS"  # overrides HANDSHAKE_SECONDS (the tests' wedged fork server)
 
 
 # --- the launcher: the process worker's command for each flow run ----------------------------------------------
@@ -67,7 +68,7 @@ def launch() -> int:
     if not path:
         _exec_engine()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    sock.settimeout(HANDSHAKE_SECONDS)
+    sock.settimeout(float(os.environ.get(HANDSHAKE_ENV) or HANDSHAKE_SECONDS))
     try:
         sock.connect(path)
         request = {"argv": ENGINE_ARGV, "env": dict(os.environ), "cwd": os.getcwd()}

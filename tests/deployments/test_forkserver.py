@@ -28,6 +28,7 @@ from tests.processes import pid_alive as alive
 from tests.processes import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+HANDSHAKE = 2.0  # seconds a launcher waits on a wedged fork server here (GPT_TRADER_FORK_HANDSHAKE_SECONDS)
 
 
 class Server:
@@ -203,7 +204,12 @@ def test_a_wedged_fork_server_delays_a_start_by_the_handshake_only_and_runs_noth
     os.kill(server.process.pid, signal.SIGSTOP)  # wedged: it accepts nothing and answers nothing
     try:
         with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
-            env = {**os.environ, forkserver.SOCKET_ENV: str(server.socket), "PREFECT__FLOW_RUN_ID": "not-a-uuid"}
+            env = {
+                **os.environ,
+                forkserver.SOCKET_ENV: str(server.socket),
+                forkserver.HANDSHAKE_ENV: str(HANDSHAKE),
+                "PREFECT__FLOW_RUN_ID": "not-a-uuid",
+            }
             started = time.monotonic()
             process = subprocess.Popen(
                 [sys.executable, "-m", "deployments.forkserver", "launch"], cwd=ROOT, env=env, stdout=out, stderr=err
@@ -216,7 +222,7 @@ def test_a_wedged_fork_server_delays_a_start_by_the_handshake_only_and_runs_noth
     stderr = (tmp_path / "err").read_text()
     assert code == 1 and "Invalid flow run id" in stderr  # the launcher ran the engine itself
     assert "unreachable" in stderr and "timed out" in stderr
-    assert forkserver.HANDSHAKE_SECONDS <= waited < forkserver.HANDSHAKE_SECONDS + 60
+    assert HANDSHAKE <= waited < HANDSHAKE + 60
     # the request it left behind is served late: the engine forked for it finds its launcher gone and ends at once
     late = wait_for("the late fork", lambda: [p for p in server.forked() if p not in before], 20)
     wait_for("the late fork ended", lambda: not any(alive(p) for p in late), 10)

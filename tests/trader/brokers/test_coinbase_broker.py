@@ -69,9 +69,12 @@ def market(side: Side, quantity: str, client_order_id: str, symbol: str = "BTC-U
     return OrderRequest(symbol, side, OrderType.MARKET, Decimal(quantity), client_order_id)
 
 
-def resting_buy(broker: CoinbaseBroker, client_order_id: str, quantity: str = "0.001") -> OrderRequest:
-    """A GTC limit buy 10% under the bid: it rests."""
-    bid, _ = broker.best_bid_ask("BTC-USD")
+def resting_buy(
+    broker: CoinbaseBroker, client_order_id: str, quantity: str = "0.001", bid: Decimal | None = None
+) -> OrderRequest:
+    """A GTC limit buy 10% under the bid (asked of the exchange unless given): it rests."""
+    if bid is None:
+        bid, _ = broker.best_bid_ask("BTC-USD")
     price = (bid * Decimal("0.9")).quantize(Decimal("0.01"))
     return OrderRequest("BTC-USD", Side.BUY, OrderType.LIMIT, Decimal(quantity), client_order_id, limit_price=price)
 
@@ -189,7 +192,8 @@ def test_an_edit_coinbase_refuses_raises_with_its_reason(broker: CoinbaseBroker)
 def test_batch_cancel_of_250_orders_goes_in_chunks_of_100(
     broker: CoinbaseBroker, exchange: AdvancedTradeServer
 ) -> None:
-    ids = [broker.place_order(resting_buy(broker, f"bc-{i}", "0.0001")).order_id for i in range(250)]
+    bid, _ = broker.best_bid_ask("BTC-USD")  # once: 250 orders are enough requests
+    ids = [broker.place_order(resting_buy(broker, f"bc-{i}", "0.0001", bid)).order_id for i in range(250)]
     exchange.clear_requests()
 
     result = broker.cancel_orders(ids + ids[:5] + ["no-such-order"])
