@@ -72,6 +72,7 @@ from sqlalchemy.pool import NullPool
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deployments import forkserver  # noqa: E402
 from deployments.automations import BOT_HEARTBEAT_SECONDS, ZOMBIE_AFTER_SECONDS  # noqa: E402
 from trader.drills.coherence import compare, paper_exchange_truth  # noqa: E402
 from trader.drills.services import PrivatePostgres  # noqa: E402
@@ -324,7 +325,7 @@ class Stack:
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', os.defpath)}"  # prefect.yaml's `python -m ...` command
         if self.use_fork_server:  # as perps-bot up --workers and docs/deploy.md: one beside each worker
             sock = home / "fork.sock"
-            env["GPT_TRADER_FORK_SERVER"] = str(sock)
+            env[forkserver.SOCKET_ENV] = str(sock)
             serve = [sys.executable, "-m", "deployments.forkserver", "serve", "--socket", str(sock)]
             log = (home / "forkserver.log").open("ab")
             fork = subprocess.Popen(
@@ -332,11 +333,8 @@ class Stack:
             )
             self.fork_servers[name] = fork
             self._remember(fork.pid)
-            deadline = time.monotonic() + 120
-            while not sock.exists():
-                if fork.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the fork server of {name} did not start; see {home / 'forkserver.log'}")
-                time.sleep(0.2)
+            if not forkserver.wait_ready(sock, lambda: fork.poll() is None):
+                raise RuntimeError(f"the fork server of {name} did not start; see {home / 'forkserver.log'}")
         command = [str(BIN / "prefect"), "worker", "start", "--pool", "gpt-trader", "--name", name]
         command += ["--with-healthcheck", "--limit", str(limit)]
         out = (home / "worker.log").open("ab")

@@ -30,6 +30,7 @@ from typing import Any
 
 from rich.console import Console
 
+from deployments import forkserver
 from deployments import workers as worker_layout
 from trader.fsio import atomic_write
 from trader.settings import Settings
@@ -317,12 +318,13 @@ class EmbeddedStack:
             for index in range(1, self.workers + 1):
                 folder = worker_layout.worker_folder(self.root, index)
                 port = worker_layout.free_port()
+                env = worker_layout.worker_env(self.env, shared, folder, port)  # the worker's and its fork server's
                 self.fork_servers.append(
                     Part(
                         f"fork server w{index}",
                         worker_layout.fork_server_args(folder),
                         folder / "forkserver.log",
-                        env=worker_layout.worker_env(self.env, shared, folder, port),
+                        env=env,
                         cwd=folder,
                     )
                 )
@@ -331,7 +333,7 @@ class EmbeddedStack:
                         f"worker {worker_layout.worker_name(index)}",
                         worker_layout.worker_args(index),
                         folder / "worker.log",
-                        env=worker_layout.worker_env(self.env, shared, folder, port),
+                        env=env,
                         cwd=folder,
                         health_port=port,
                     )
@@ -433,11 +435,8 @@ class EmbeddedStack:
                 self._spawn(part)
             for part in self.fork_servers:  # ready before the workers, so the first bots are forks too
                 assert part.cwd is not None
-                deadline = time.monotonic() + 120
-                while not worker_layout.fork_server_socket(part.cwd).exists():
-                    if not part.running() or time.monotonic() > deadline:
-                        raise RuntimeError(f"{part.name} did not become ready; see {part.log_file}")
-                    time.sleep(0.2)
+                if not forkserver.wait_ready(worker_layout.fork_server_socket(part.cwd), part.running):
+                    raise RuntimeError(f"{part.name} did not become ready; see {part.log_file}")
             for part in self.worker_parts:
                 assert part.cwd is not None
                 part.cwd.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -96,6 +97,19 @@ def launch() -> int:
         signal.signal(death, signal.SIG_DFL)
         os.kill(os.getpid(), death)
     return os.waitstatus_to_exitcode(status)
+
+
+def wait_ready(path: Path, running: Callable[[], bool], timeout: float = 120.0) -> bool:
+    """Wait until the fork server started for `path` listens there; False if it exited (running() False) or the
+    timeout passed first. Its imports take several seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not running() or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _forward(child: int, signum: int) -> None:

@@ -16,12 +16,12 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:
-    """check()'s first truthy value; AssertionError naming `what` after `timeout` seconds."""
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """condition()'s first truthy value; AssertionError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:g} s")
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} within {timeout:.0f} s")

@@ -45,7 +45,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for("the fork server's socket", self.socket.exists, 120)
+        wait_for(self.socket.exists, timeout=120, what="the fork server's socket")
 
     def forked(self) -> list[int]:
         return [int(pid) for pid in re.findall(r"forked engine (\d+)", self.log.read_text())]
@@ -110,7 +110,9 @@ def launcher(socket_path: Path | str, run_id: str, api_url: str = "http://127.0.
 
 
 def new_engine(server: Server, before: list[int]) -> int:
-    return int(wait_for("the forked engine", lambda: [p for p in server.forked() if p not in before], 10)[0])
+    return int(
+        wait_for(lambda: [p for p in server.forked() if p not in before], timeout=10, what="the forked engine")[0]
+    )
 
 
 def waiting_engine(server: Server, silent_api: tuple[str, list[socket.socket]]) -> tuple[subprocess.Popen[str], int]:
@@ -119,7 +121,7 @@ def waiting_engine(server: Server, silent_api: tuple[str, list[socket.socket]]) 
     before = server.forked()
     process = launcher(server.socket, str(uuid.uuid4()), url)
     engine = new_engine(server, before)
-    wait_for("the engine's first API request", lambda: connections, 30)
+    wait_for(lambda: connections, timeout=30, what="the engine's first API request")
     return process, engine
 
 
@@ -168,7 +170,7 @@ def test_sigterm_to_the_launcher_reaches_the_engine_and_the_launcher_ends_as_it_
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)
 
-    wait_for("the engine ended", lambda: not alive(engine), 30)
+    wait_for(lambda: not alive(engine), timeout=30, what="the engine ended")
     assert process.returncode != 0  # an engine terminated mid-start did not succeed, and the launcher says so
     assert alive(server.process.pid)
 
@@ -181,7 +183,7 @@ def test_an_engine_never_outlives_its_sigkilled_launcher(
     process.kill()  # the worker's machine is gone: nothing is forwarded
     process.wait(timeout=10)
 
-    wait_for("the engine ended with its launcher", lambda: not alive(engine), 10)
+    wait_for(lambda: not alive(engine), timeout=10, what="the engine ended with its launcher")
     assert alive(server.process.pid)  # the fork server serves on
 
 
@@ -224,6 +226,6 @@ def test_a_wedged_fork_server_delays_a_start_by_the_handshake_only_and_runs_noth
     assert "unreachable" in stderr and "timed out" in stderr
     assert HANDSHAKE <= waited < HANDSHAKE + 60
     # the request it left behind is served late: the engine forked for it finds its launcher gone and ends at once
-    late = wait_for("the late fork", lambda: [p for p in server.forked() if p not in before], 20)
-    wait_for("the late fork ended", lambda: not any(alive(p) for p in late), 10)
+    late = wait_for(lambda: [p for p in server.forked() if p not in before], timeout=20, what="the late fork")
+    wait_for(lambda: not any(alive(p) for p in late), timeout=10, what="the late fork ended")
     assert stderr.count("Invalid flow run id") == 1  # one engine ran this run, not two

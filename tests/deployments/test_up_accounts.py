@@ -22,8 +22,9 @@ from sqlalchemy.engine import make_url
 
 from deployments.embedded import descendants
 from deployments.workers import worker_healthy
-from tests.deployments.test_up_supervisor import free_port, port_free, start_time, wait_for
+from tests.deployments.test_up_supervisor import free_port, port_free, start_time
 from tests.paper_accounts import paper_accounts_yaml
+from tests.processes import wait_for
 from trader.ledger import Ledger
 from trader.settings import Settings
 

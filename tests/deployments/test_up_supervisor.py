@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from deployments.embedded import api_healthy, api_json, descendants
+from tests.processes import wait_for
 from trader.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -71,16 +72,6 @@ def stack_env(metrics_port: int, **extra: str) -> dict[str, str]:
         }
     )
     return env
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} within {timeout:.0f} s")
 
 
 def start_time(pid: int) -> int | None:

@@ -147,7 +147,11 @@ class Cluster:
         prefect = str(VENV_BIN / "prefect")
         args = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         self.spawn("server", args, self.server_env, self.folder)
-        wait_for("the Prefect server on PostgreSQL", lambda: healthy(f"{self.env['PREFECT_API_URL']}/health"), 180)
+        wait_for(
+            lambda: healthy(f"{self.env['PREFECT_API_URL']}/health"),
+            timeout=180,
+            what="the Prefect server on PostgreSQL",
+        )
 
     def start_worker(self, name: str) -> dict[str, str]:
         """A machine as docs/deploy.md sets it up: its fork server, then `prefect worker start --with-healthcheck`,
@@ -169,10 +173,10 @@ class Cluster:
             env,
             home,
         )
-        wait_for(f"{name}'s fork server", fork_socket.exists, 90)
+        wait_for(fork_socket.exists, timeout=90, what=f"{name}'s fork server")
         args = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "gpt-trader", "--name", name]
         self.spawn(name, [*args, "--with-healthcheck"], env, home)
-        wait_for(f"worker {name}'s health check", lambda: healthy(f"http://127.0.0.1:{health}/health"), 90)
+        wait_for(lambda: healthy(f"http://127.0.0.1:{health}/health"), timeout=90, what=f"worker {name}'s health check")
         return env
 
     def machine_pids(self, name: str) -> set[int]:
@@ -274,20 +278,24 @@ def check_failover(cluster: Cluster, ledgers: dict[str, Ledger]) -> None:
     cluster.start_worker("machine-1")
     runs = {name: start_bot(name) for name in ACCOUNTS}
     pids = {
-        name: wait_for(f"{name} trading on machine-1", lambda n=name: trading(ledgers[n], runs[n], 3), 180)
+        name: wait_for(lambda n=name: trading(ledgers[n], runs[n], 3), timeout=180, what=f"{name} trading on machine-1")
         for name in ACCOUNTS
     }
     # machine-1 runs the bots, each a fork of its fork server (deployments/forkserver.py), not a fresh interpreter
     assert set(pids.values()) <= set(descendants(cluster.processes["machine-1-forkserver"].pid))
     cluster.start_worker("machine-2")
     for name in ACCOUNTS:  # each has traded before the loss, so "exactly once" spans it
-        wait_for(f"{name}'s first order", lambda n=name: ledgers[n].list_orders(), 180)
+        wait_for(lambda n=name: ledgers[n].list_orders(), timeout=180, what=f"{name}'s first order")
     before = {name: len(ledgers[name].list_orders()) for name in ACCOUNTS}
 
     killed_at, killed_wall = time.monotonic(), time.time()
     cluster.kill_worker("machine-1")  # the worker and the runs' launchers, no goodbye ...
     # ... and each bot, a fork of the fork server that still runs, ends itself with its launcher: none trades on
-    wait_for("machine-1's bots gone with their launchers", lambda: not any(pid_alive(p) for p in pids.values()), 10)
+    wait_for(
+        lambda: not any(pid_alive(p) for p in pids.values()),
+        timeout=10,
+        what="machine-1's bots gone with their launchers",
+    )
     cluster.kill_fork_server("machine-1")  # then the rest of the machine
     moved: dict[str, float] = {}
     new_runs: dict[str, UUID] = {}
@@ -312,7 +320,11 @@ def check_failover(cluster: Cluster, ledgers: dict[str, Ledger]) -> None:
 
     for name in ACCOUNTS:  # every account trades on after the move ...
         ledger = ledgers[name]
-        wait_for(f"{name} placing orders again", lambda lg=ledger, n=name: len(lg.list_orders()) > before[n], 120)
+        wait_for(
+            lambda lg=ledger, n=name: len(lg.list_orders()) > before[n],
+            timeout=120,
+            what=f"{name} placing orders again",
+        )
         history = ledger.lease_history(name)
         tokens = [event.token for event in history if event.event == "acquired"]
         assert tokens == sorted(set(tokens)) and len(tokens) >= 2, history  # a new fencing token per holder
@@ -337,7 +349,7 @@ def check_failover(cluster: Cluster, ledgers: dict[str, Ledger]) -> None:
         for run_id in new_runs.values():
             client.set_flow_run_state(run_id, Cancelling(), force=True)
     for name in ACCOUNTS:  # ... and stops (the cancel's SIGTERM reaches the fork through its launcher) ...
-        wait_for(f"{name}'s bot stopped", lambda n=name: flow_run(new_runs[n]).state.is_final(), 120)
+        wait_for(lambda n=name: flow_run(new_runs[n]).state.is_final(), timeout=120, what=f"{name}'s bot stopped")
         assert flow_run(new_runs[name]).state.type.value == "CANCELLED"
     for name in ACCOUNTS:  # ... then each side has every order and fill exactly once
         truth = paper_exchange_truth(Path(cluster.env["STATE_DIR"]) / "accounts" / name / "paper_exchange.json")
