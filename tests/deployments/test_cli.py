@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -49,12 +48,15 @@ def test_dev_fast_runs_one_cycle_and_exits_zero(home: Path) -> None:
 
 
 def test_consecutive_dev_fast_runs_continue_the_same_paper_account(home: Path) -> None:
-    perps_bot(home, "--profile", "dev", "--dev-fast")
-    first = json.loads((home / "var/state/paper_exchange.json").read_text())
-    perps_bot(home, "--profile", "dev", "--dev-fast")
-    second = json.loads((home / "var/state/paper_exchange.json").read_text())
+    def saved_cursor() -> int:  # the account's clock, or the clock file's when only the clock moved since
+        paper = SimulatedExchange(ReplayMarketData(), state_path=home / "var/state/paper_exchange.json", read_only=True)
+        return paper.market.cursor
 
-    assert second["market_cursor"] == first["market_cursor"] + 1
+    perps_bot(home, "--profile", "dev", "--dev-fast")
+    first = saved_cursor()
+    perps_bot(home, "--profile", "dev", "--dev-fast")
+
+    assert saved_cursor() == first + 1
 
 
 def crossing_start() -> int:

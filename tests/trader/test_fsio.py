@@ -32,3 +32,18 @@ def test_a_failure_while_streaming_leaves_the_old_file_and_no_temp_file(tmp_path
 
     assert target.read_text() == '{"cash": "1000"}'
     assert [p.name for p in tmp_path.iterdir()] == ["paper_exchange.json"]
+
+
+def test_a_write_that_need_not_be_durable_is_still_whole_but_never_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "paper_exchange.clock.json"
+    target.write_text('{"market_cursor": 1}')
+    synced: list[int] = []
+    monkeypatch.setattr("os.fsync", synced.append)
+
+    atomic_write(target, '{"market_cursor": 2}', durable=False)
+    assert synced == [] and target.read_text() == '{"market_cursor": 2}'
+    atomic_write(target, '{"market_cursor": 3}')
+    assert len(synced) == 2  # the file, then its folder
+    assert [p.name for p in tmp_path.iterdir()] == ["paper_exchange.clock.json"]

@@ -16,15 +16,20 @@ Prices and fills:
 - fee = quantity x price x rate, rounded half-up to the quote increment. Orders fill in full.
 
 Persistence: with state_path, the paper account is written (temp file, fsync, os.replace) after every call that
-changed it, including the first use of a new account; validate() and product look-ups never write. Reopening a
-saved account seeks the market to the saved cursor and steps one bar, so consecutive CLI runs trade consecutive
-bars and never see the same bar twice.
+changed it, including the first use of a new account; validate() and product look-ups never write. A call that
+only moved the market clock (a new bar, no order, fill, hold or balance changed: most of a bot's cycles) writes
+just the clock, to a small file beside it (<state>.clock.json), without fsync: a killed process loses nothing (the
+page cache keeps it), and a power cut can at worst bring back the clock of the last account write, so the replay
+shows again the bars since then (never an order or fill). The clock file names the account write it follows
+("saves") and counts only for that one. Reopening a saved account seeks the market to the saved cursor and steps
+one bar, so consecutive CLI runs trade consecutive bars and never see the same bar twice.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import uuid
 from bisect import bisect_right
 from collections.abc import Callable
@@ -83,6 +88,8 @@ DEFAULT_PRODUCTS: tuple[Product, ...] = (
 )
 DEFAULT_BALANCES = {"USD": Decimal("100000")}
 STATE_VERSION = 1
+
+log = logging.getLogger(__name__)
 BPS = Decimal("10000")
 AVERAGE_PRICE_STEP = Decimal("0.00000001")
 
@@ -148,6 +155,8 @@ class SimulatedExchange(Broker):
         self._trade_seq = 0
         self._matched_cursor = market.cursor
         self._dirty = True  # a new paper account is written on first use
+        self._clock_dirty = False  # only the market clock moved since the last write
+        self._saves = 0  # account writes so far (the clock file names the one it follows)
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
             self._dirty = False
@@ -598,7 +607,7 @@ class SimulatedExchange(Broker):
         if cursor > self._matched_cursor and self._open:
             self._match_bars(cursor - self._matched_cursor)
         self._matched_cursor = cursor
-        self._dirty = True
+        self._clock_dirty = True
 
     def _match_bars(self, count: int) -> None:
         symbols = {o.symbol for o in self._open.values()}
@@ -638,15 +647,35 @@ class SimulatedExchange(Broker):
 
     # --- persistence -------------------------------------------------------------------------------------------
 
+    @property
+    def clock_path(self) -> Path | None:
+        """The market clock's file beside the account's (see the module docstring)."""
+        return None if self.state_path is None else self.state_path.with_suffix(".clock.json")
+
     def _persist(self) -> None:
-        if self.state_path is None or not self._dirty or self.read_only:
+        if self.state_path is None or self.read_only:
             return
-        atomic_write(self.state_path, json.dumps(self._state(), separators=(",", ":")))
-        self._dirty = False
+        if self._dirty:
+            self._saves += 1
+            atomic_write(self.state_path, json.dumps(self._state(), separators=(",", ":")))
+            self._dirty = self._clock_dirty = False
+        elif self._clock_dirty:
+            assert self.clock_path is not None
+            atomic_write(self.clock_path, json.dumps(self._clock(), separators=(",", ":")), durable=False)
+            self._clock_dirty = False
+
+    def _clock(self) -> dict[str, Any]:
+        return {
+            "saves": self._saves,
+            "market_cursor": self.market.cursor,
+            "matched_cursor": self._matched_cursor,
+            "broker_time": self.market.now().isoformat(),
+        }
 
     def _state(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
+            "saves": self._saves,
             "market_cursor": self.market.cursor,
             "matched_cursor": self._matched_cursor,
             "broker_time": self.market.now().isoformat(),
@@ -714,10 +743,14 @@ class SimulatedExchange(Broker):
             }
             market_cursor = int(state["market_cursor"])
             matched_cursor = int(state["matched_cursor"])
+            self._saves = int(state.get("saves", 0))
         except (OSError, ValueError, KeyError, TypeError, InvalidOperation) as error:
             raise ConfigError(
                 f"paper exchange state {path} is unreadable ({error}); move it away to start a new paper account"
             ) from None
+        clock = self._saved_clock()
+        if clock is not None:
+            market_cursor, matched_cursor = clock
         try:
             self.market.seek(market_cursor)
         except ConfigError as error:
@@ -725,6 +758,24 @@ class SimulatedExchange(Broker):
                 f"paper exchange state {path}: {error}; the market data changed since it was saved"
             ) from None
         self._matched_cursor = matched_cursor
+
+    def _saved_clock(self) -> tuple[int, int] | None:
+        """The clock file's market and matched cursors when it follows the account write just loaded; None when
+        there is none, it follows an earlier write, or a power cut left it unreadable (the account's own clock
+        stands: the replay shows the bars since that write again)."""
+        assert self.clock_path is not None
+        try:
+            clock = json.loads(self.clock_path.read_text(encoding="utf-8"))
+            if int(clock["saves"]) != self._saves:
+                return None
+            return int(clock["market_cursor"]), int(clock["matched_cursor"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning(
+                "paper exchange clock %s unreadable (%s): the account's own clock stands", self.clock_path, error
+            )
+            return None
 
 
 def _filled_at(fill: Fill) -> datetime:

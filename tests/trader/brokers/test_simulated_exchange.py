@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
@@ -792,7 +796,7 @@ def test_reopening_a_saved_account_continues_at_the_saved_cursor(tmp_path: Path)
     state = tmp_path / "paper_exchange.json"
     first = SimulatedExchange(replay(*["65000.00"] * 10, start=3), state_path=state)
     first.advance()
-    saved = json.loads(state.read_text())["market_cursor"]
+    saved = json.loads(state.read_text())["market_cursor"]  # a new account: its first write is the account's
 
     second = SimulatedExchange(replay(*["65000.00"] * 10, start=3), state_path=state)
 
@@ -832,9 +836,72 @@ def test_state_file_is_replaced_whole_with_no_temp_files_left(tmp_path: Path) ->
     ex.place_order(market(Side.BUY, "0.1"))
     ex.advance()
 
-    assert [p.name for p in tmp_path.iterdir()] == ["paper_exchange.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paper_exchange.clock.json", "paper_exchange.json"]
     saved = json.loads(state.read_text())
-    assert saved["market_cursor"] == 1 and saved["balances"]["BTC"] == "0.1"
+    assert saved["market_cursor"] == 0 and saved["balances"]["BTC"] == "0.1"  # the clock moved on alone
+    assert json.loads((tmp_path / "paper_exchange.clock.json").read_text())["market_cursor"] == 1
+
+
+def test_a_bar_with_no_account_change_writes_only_the_clock_without_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "paper_exchange.json"
+    ex = SimulatedExchange(replay(*["65000.00"] * 10), state_path=state)
+    ex.place_order(market(Side.BUY, "0.1", "c-1"))
+    account = state.read_bytes()
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+
+    for _ in range(3):
+        ex.advance()
+        ex.candles("BTC-USD", 5)
+
+    assert synced == [] and state.read_bytes() == account
+    ex.place_order(market(Side.BUY, "0.1", "c-2"))  # an account change is written durably, clock and all
+    assert len(synced) >= 2
+    assert json.loads(state.read_text())["market_cursor"] == 3
+
+
+def test_a_clock_from_before_the_latest_account_write_or_unreadable_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A power cut can bring back an older clock file (written without fsync) or leave it empty."""
+    state, clock = tmp_path / "paper_exchange.json", tmp_path / "paper_exchange.clock.json"
+    first = SimulatedExchange(replay(*["65000.00"] * 10), state_path=state)
+    first.place_order(market(Side.BUY, "0.1", "c-1"))
+    first.advance()
+    first.advance()
+    older = clock.read_bytes()  # cursor 2, after account write 1
+    first.market.seek(1)  # back in time (as a replay may be told to), then an account write at cursor 1
+    first.place_order(market(Side.BUY, "0.1", "c-2"))
+    clock.write_bytes(older)
+
+    assert SimulatedExchange(replay(*["65000.00"] * 10), state_path=state).market.cursor == 1
+    clock.write_bytes(b"")
+    assert SimulatedExchange(replay(*["65000.00"] * 10), state_path=state).market.cursor == 1
+    assert "paper exchange clock" in caplog.text and "the account's own clock stands" in caplog.text
+
+
+def test_a_process_killed_right_after_a_clock_move_loses_no_bar(tmp_path: Path) -> None:
+    """SIGKILL after the clock-only write (no fsync): the page cache keeps it, the next process continues there."""
+    state = tmp_path / "paper_exchange.json"
+    child = f"""
+import os, signal
+from pathlib import Path
+from trader.brokers.simulated import SimulatedExchange
+from trader.market import ReplayMarketData
+ex = SimulatedExchange(ReplayMarketData(), state_path=Path({str(state)!r}))
+for _ in range(7):
+    ex.advance()
+print(ex.market.cursor, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    reopened = SimulatedExchange(ReplayMarketData(), state_path=state)
+    assert reopened.market.cursor == int(result.stdout) > ReplayMarketData().cursor
 
 
 def test_without_a_state_path_nothing_touches_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
