@@ -124,9 +124,10 @@ def load_public_key(public_key_pem: bytes | str) -> PublicKeyTypes:
 
 
 def jwt_problem(
-    authorization: str | None, public_key: PublicKeyTypes, key_name: str, uri: str, now: float
+    authorization: str | None, public_key: PublicKeyTypes, key_name: str, uri: str | None, now: float
 ) -> str | None:
-    """Why the bearer JWT in `authorization` is not acceptable for `uri` ("METHOD host:port/path"), or None."""
+    """Why the bearer JWT in `authorization` is not acceptable for `uri` ("METHOD host:port/path"; None for a
+    WebSocket subscribe, whose JWT carries no uri), or None."""
     if not authorization or not authorization.startswith("Bearer "):
         return "missing bearer token"
     token = authorization.removeprefix("Bearer ").strip()

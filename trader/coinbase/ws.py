@@ -1,0 +1,293 @@
+"""One supervised Coinbase Advanced Trade WebSocket connection: subscribe, watch, reconnect, never go quiet.
+
+A `WsFeed` owns one connection (the market data endpoint or the user endpoint) in a thread of its own and keeps
+it alive until stop():
+
+- Every subscription is sent as its own subscribe message ({"type", "channel", "product_ids", "jwt"}) with a JWT
+  made fresh for that message (WebSocket JWTs live 120 s), on the first connect and on every reconnect: heartbeats
+  and product-less channels (user for all products) included, which the SDK's own reconnect skips.
+- A watchdog: no message for `stale_seconds` (heartbeats arrive every second when subscribed) closes the connection
+  and reconnects. Any close reconnects, 1001 "going away" included (the SDK treats it as final).
+- Reconnects wait a jittered exponential backoff (`backoff_base` doubling up to `backoff_max`, each wait drawn
+  between half and all of it), reset once a connection has delivered a message.
+- sequence_num counts the messages of one connection across all its channels, from 0 (Coinbase numbers them so, and
+  has no retransmit): a jump is a gap, counted for the channel of the message after it and reported to `on_gap`,
+  whose job is a REST resync; an older or repeated number is dropped. Every reconnect after the first connect is
+  reported to `on_reconnect` (the same resync: nothing arrived while the socket was down).
+- The handler runs in the feed's thread for every message of a subscribed channel; an exception it raises is logged
+  at ERROR with its traceback and counted (`handler_errors`), and the feed carries on: never swallowed silently.
+- An {"type": "error"} answer (a refused JWT, an unknown channel) is logged and the connection retried with backoff.
+
+`stats` holds what the runbook's guards and metrics read: connected (a message arrived on the open connection),
+connects, reconnects, disconnect times, gaps (per channel), messages (per channel), handler errors, the last
+message's monotonic time and the lag of each message (its `timestamp` to its arrival). JWTs and keys are never
+logged.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from trader.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MARKET_WS_URL = "wss://advanced-trade-ws.coinbase.com"
+USER_WS_URL = "wss://advanced-trade-ws-user.coinbase.com"
+MARKET_CHANNELS = ("heartbeats", "candles", "status", "ticker", "ticker_batch", "level2", "market_trades")
+USER_CHANNELS = ("user", "futures_balance_summary")
+CHANNELS = MARKET_CHANNELS + USER_CHANNELS
+LAG_SAMPLES = 1000
+
+Handler = Callable[[dict[str, Any]], None]
+
+
+def ws_url(value: str, field_name: str) -> str:
+    """`value` when it is a ws:// or wss:// URL with a host, else ConfigError naming `field_name`."""
+    parsed = urlparse(value.strip())
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        raise ConfigError(
+            f"{field_name}={value!r} is not a WebSocket URL; use wss://host[:port] (or ws:// on loopback)"
+        )
+    return value.strip()
+
+
+def channel_name(value: str) -> str:
+    """`value` when Coinbase has that channel, else ConfigError listing the channels (and the likely one)."""
+    if value in CHANNELS:
+        return value
+    close = [c for c in CHANNELS if c.startswith(value) or value.startswith(c)]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown WebSocket channel {value!r}{hint}; channels: {', '.join(CHANNELS)}")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One channel, for some products or (empty) for all / none."""
+
+    channel: str
+    product_ids: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        channel_name(self.channel)
+
+
+@dataclass
+class FeedStats:
+    connected: bool = False
+    connects: int = 0
+    reconnects: int = 0
+    disconnects: list[float] = field(default_factory=list)  # wall times (time.time()) a live connection ended
+    gaps: collections.Counter[str] = field(default_factory=collections.Counter)
+    messages: collections.Counter[str] = field(default_factory=collections.Counter)
+    handler_errors: int = 0
+    last_message: float | None = None  # time.monotonic() of the newest message
+    lag_seconds: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=LAG_SAMPLES))
+
+    def disconnects_within(self, seconds: float, now: float | None = None) -> int:
+        """Disconnects in the last `seconds` (the runbook counts them per hour)."""
+        cutoff = (time.time() if now is None else now) - seconds
+        return sum(1 for at in self.disconnects if at >= cutoff)
+
+
+class _Refused(Exception):
+    """The server answered a subscribe with an error message."""
+
+
+class _Stale(Exception):
+    """No message within the watchdog's window."""
+
+
+class WsFeed:
+    """A supervised connection to `url` carrying `subscriptions`; start() it, read `stats`, stop() it."""
+
+    def __init__(
+        self,
+        url: str,
+        subscriptions: Iterable[Subscription],
+        handler: Handler,
+        *,
+        jwt: Callable[[], str] | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+        on_gap: Callable[[str, int, int], None] | None = None,
+        stale_seconds: float = 10.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        open_timeout: float = 10.0,
+        ssl_context: Any = None,
+        name: str = "ws-feed",
+    ) -> None:
+        self.url = ws_url(url, "url")
+        self.subscriptions = tuple(subscriptions)
+        if not self.subscriptions:
+            raise ConfigError("a WebSocket feed needs at least one channel")
+        self.handler = handler
+        self.jwt = jwt
+        self.on_reconnect = on_reconnect
+        self.on_gap = on_gap
+        self.stale_seconds = stale_seconds
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.open_timeout = open_timeout
+        self.ssl_context = ssl_context
+        self.name = name
+        self.stats = FeedStats()
+        self._channels = {s.channel for s in self.subscriptions} | {"subscriptions"}
+        self._stopping = threading.Event()
+        self._connection: Any = None
+        self._thread: threading.Thread | None = None
+        self._changed = threading.Condition()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    def start(self) -> WsFeed:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            connection.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_for(self, condition: Callable[[FeedStats], bool], timeout: float) -> bool:
+        """Block until `condition(stats)` holds (checked on every message and connection change) or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition(self.stats):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+        return True
+
+    # --- the connection's life ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+        attempt = 0
+        while not self._stopping.is_set():
+            delivered = False
+            try:
+                delivered = self._session()
+            except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake, _Refused, _Stale) as error:
+                if not self._stopping.is_set():
+                    log.warning("%s %s: %s; reconnecting", self.name, self.url, _describe(error))
+            except Exception:  # anything else: said with its traceback, and the feed still reconnects
+                log.exception("%s %s: unexpected error; reconnecting", self.name, self.url)
+            finally:
+                if self.stats.connected:
+                    self.stats.disconnects.append(time.time())
+                self.stats.connected = False
+                self._connection = None
+                self._notify()
+            attempt = 0 if delivered else attempt + 1
+            if attempt and not self._stopping.is_set():
+                delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
+                self._stopping.wait(random.uniform(delay / 2, delay))
+
+    def _session(self) -> bool:
+        """One connection: connect, subscribe everything, read until it ends; True when a message arrived."""
+        from websockets.sync.client import connect
+
+        connection = connect(
+            self.url, open_timeout=self.open_timeout, ssl=self.ssl_context, max_size=2**24, close_timeout=2
+        )
+        self._connection = connection
+        delivered = False
+        last_sequence: int | None = None
+        with connection:
+            for subscription in self.subscriptions:
+                message: dict[str, Any] = {
+                    "type": "subscribe",
+                    "channel": subscription.channel,
+                    "product_ids": list(subscription.product_ids),
+                }
+                if self.jwt is not None:
+                    message["jwt"] = self.jwt()
+                connection.send(json.dumps(message))
+            self.stats.connects += 1
+            if self.stats.connects > 1:
+                self.stats.reconnects += 1
+            self._notify()
+            if self.stats.connects > 1 and self.on_reconnect is not None:
+                self._call("on_reconnect", self.on_reconnect)
+            while not self._stopping.is_set():
+                try:
+                    raw = connection.recv(timeout=self.stale_seconds)
+                except TimeoutError:
+                    raise _Stale(f"no message in {self.stale_seconds:g} s") from None
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    log.error("%s: a message that is not JSON was dropped (%d bytes)", self.name, len(raw))
+                    continue
+                if message.get("type") == "error":
+                    raise _Refused(str(message.get("message", "error")))
+                channel = str(message.get("channel", ""))
+                sequence = message.get("sequence_num")
+                if isinstance(sequence, int):
+                    if last_sequence is not None and sequence <= last_sequence:
+                        continue  # repeated or out of order: already seen or superseded
+                    if last_sequence is not None and sequence > last_sequence + 1:
+                        self._gap(channel, last_sequence + 1, sequence)
+                    last_sequence = sequence
+                delivered = True
+                self._received(message, channel)
+        return delivered
+
+    def _gap(self, channel: str, expected: int, got: int) -> None:
+        self.stats.gaps[channel] += 1
+        log.warning("%s: sequence gap on %s: expected %d, got %d", self.name, channel, expected, got)
+        on_gap = self.on_gap
+        if on_gap is not None:
+            self._call("on_gap", lambda: on_gap(channel, expected, got))
+
+    def _received(self, message: dict[str, Any], channel: str) -> None:
+        self.stats.connected = True  # from the connection's first message: the server took the subscribes
+        self.stats.messages[channel] += 1
+        self.stats.last_message = time.monotonic()
+        stamp = message.get("timestamp")
+        if isinstance(stamp, str):
+            with contextlib.suppress(ValueError):
+                self.stats.lag_seconds.append(time.time() - datetime.fromisoformat(stamp).timestamp())
+        if channel in self._channels:
+            self._call(f"handler ({channel})", lambda: self.handler(message))
+        self._notify()
+
+    def _call(self, what: str, function: Callable[[], object]) -> None:
+        try:
+            function()
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("%s: %s raised; the feed carries on", self.name, what)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+
+def _describe(error: BaseException) -> str:
+    from websockets.exceptions import ConnectionClosed
+
+    if isinstance(error, ConnectionClosed):
+        frame = error.rcvd
+        return f"closed ({frame.code} {frame.reason})" if frame is not None else "connection lost (no close frame)"
+    if isinstance(error, _Refused):
+        return f"refused by the server: {error}"
+    return str(error) or type(error).__name__
