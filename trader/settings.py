@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     coinbase_key_file: Path | None = None
     coinbase_api_base: str = "api.coinbase.com"
     coinbase_ca_file: Path | None = None
+    # Advanced Trade WebSockets: market data (public) and the user's order updates (JWT); COINBASE_CA_FILE also
+    # verifies wss:// (trader/coinbase/ws.py).
+    coinbase_ws_url: str = "wss://advanced-trade-ws.coinbase.com"
+    coinbase_ws_user_url: str = "wss://advanced-trade-ws-user.coinbase.com"
     coinbase_timeout_seconds: float = Field(10.0, gt=0, le=120)
     coinbase_max_retries: int = Field(4, ge=0, le=10)
     # Lowers Coinbase's documented limits (30 private / 10 public requests per second) for every bot of this key.
@@ -162,6 +166,16 @@ class Settings(BaseSettings):
         if not host or "/" in host or " " in host:
             raise ValueError("must be a host or host:port such as api.coinbase.com")
         return host
+
+    @field_validator("coinbase_ws_url", "coinbase_ws_user_url", mode="after")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        from trader.coinbase.ws import ws_url_problem
+
+        problem = ws_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem.removeprefix("is "))
+        return value.strip()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

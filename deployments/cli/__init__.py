@@ -3,8 +3,9 @@
 This package parses the command line and hands each command to a thin handler over trader/ functions, one module
 per command group: `bot` (the bot in the foreground), `orders` (account snapshot, order preview, place, edit),
 `emergency` (kill-switch, reduce-only, cancel-all, flatten), `checkpoint` (list, create, restore), `metrics` (the
-standalone exporter), `drill` (failover drills); `status` and `up` live in deployments/status.py and
-deployments/embedded.py. Bad input is one line on stderr and exit 2; a failure the operator must act on, exit 1.
+standalone exporter), `drill` (failover drills), `websocket` (the runbook's WebSocket checks); `status` and `up`
+live in deployments/status.py and deployments/embedded.py. Bad input is one line on stderr and exit 2; a failure
+the operator must act on, exit 1.
 """
 
 from __future__ import annotations
@@ -55,19 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "up", "status", "checkpoint", "drill", "metrics", "accounts", *EMERGENCY_COMMANDS],
+        choices=["run", "up", "status", "checkpoint", "drill", "metrics", "accounts", "websocket", *EMERGENCY_COMMANDS],
         default="run",
         help="run (default): the bot or the order tooling; up: the embedded stack (supervised); status: one line "
         "per part, exit 0 healthy, 1 degraded, 2 nothing reachable; checkpoint: list|create|restore; "
         "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]; "
         "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file; "
-        "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers",
+        "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers; "
+        "websocket test|monitor|stability|capture: the Coinbase WebSocket checks",
     )
     parser.add_argument(
         "action",
         nargs="?",
         help="with checkpoint: list, create, or restore ID; with kill-switch/reduce-only: on|off|status; "
-        "with accounts: list, check or deployments; "
+        "with accounts: list, check or deployments; with websocket: test, monitor, stability or capture; "
         "with drill: the scenario (redis-outage, engine-crash, postgres-outage, s3-outage, exchange-degradation, all)",
     )
     parser.add_argument("checkpoint_id", nargs="?", metavar="ID", help="with checkpoint restore: the checkpoint id")
@@ -91,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="warm standby: wait for the account's lease and take over when the running bot stops or dies",
     )
     mode.add_argument("--cycles", type=int, help="stop after this many cycles")
-    mode.add_argument("--interval", type=float, help="seconds between cycles (default from the profile)")
+    mode.add_argument(
+        "--interval",
+        type=float,
+        help="seconds between cycles (default from the profile); with websocket monitor: "
+        "seconds between status lines (default 5)",
+    )
     mode.add_argument(
         "--metrics-file",
         type=Path,
@@ -127,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emergency.add_argument("--symbols", help="with flatten: comma-separated symbols (default TRADING_SYMBOLS)")
     emergency.add_argument("--note", default="", help="with an emergency command: why (goes into the incident)")
+    ws = parser.add_argument_group("WebSocket checks (perps-bot websocket test | monitor | stability | capture)")
+    ws.add_argument("--channels", help="comma-separated channels (default heartbeats,ticker; user needs a CDP key)")
+    ws.add_argument(
+        "--duration", type=float, help="seconds (default: test 10, stability 300, capture 60; monitor: until Ctrl-C)"
+    )
+    ws.add_argument("--save", type=Path, help="with websocket capture: the file for the raw messages (JSON lines)")
     up = parser.add_argument_group("embedded stack (perps-bot up)")
     up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
@@ -182,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             return checkpoint_command(settings, args)
         if args.command in EMERGENCY_COMMANDS:
             return emergency_command(settings, args)
+        if args.command == "websocket":
+            from deployments.cli.websocket import websocket_command
+
+            return websocket_command(settings, args)
         if args.action is not None:
             raise ConfigError(f"unexpected argument {args.action!r}: only perps-bot checkpoint takes an action")
         if args.command == "up":

@@ -43,8 +43,6 @@ from trader.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MARKET_WS_URL = "wss://advanced-trade-ws.coinbase.com"
-USER_WS_URL = "wss://advanced-trade-ws-user.coinbase.com"
 MARKET_CHANNELS = ("heartbeats", "candles", "status", "ticker", "ticker_batch", "level2", "market_trades")
 USER_CHANNELS = ("user", "futures_balance_summary")
 CHANNELS = MARKET_CHANNELS + USER_CHANNELS
@@ -53,13 +51,22 @@ LAG_SAMPLES = 1000
 Handler = Callable[[dict[str, Any]], None]
 
 
-def ws_url(value: str, field_name: str) -> str:
-    """`value` when it is a ws:// or wss:// URL with a host, else ConfigError naming `field_name`."""
+def ws_url_problem(value: str) -> str | None:
+    """Why `value` is not a URL the feed may use, or None: wss:// with a host, or ws:// to a loopback address only
+    (a JWT never crosses a network in the clear)."""
     parsed = urlparse(value.strip())
     if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-        raise ConfigError(
-            f"{field_name}={value!r} is not a WebSocket URL; use wss://host[:port] (or ws:// on loopback)"
-        )
+        return "is not a WebSocket URL; use wss://host[:port] (ws:// only on loopback)"
+    if parsed.scheme == "ws" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return "is plain ws:// off loopback; use wss://"
+    return None
+
+
+def ws_url(value: str, field_name: str) -> str:
+    """`value` when the feed may use it (ws_url_problem), else ConfigError naming `field_name`."""
+    problem = ws_url_problem(value)
+    if problem is not None:
+        raise ConfigError(f"{field_name}={value!r} {problem}")
     return value.strip()
 
 

@@ -196,7 +196,9 @@ def test_an_exception_in_the_handler_is_logged_with_its_traceback_counted_and_th
         live.stop()
 
 
-@pytest.mark.parametrize("url", ["https://advanced-trade-ws.coinbase.com", "advanced-trade-ws.coinbase.com", "ws://"])
+@pytest.mark.parametrize(
+    "url", ["https://advanced-trade-ws.coinbase.com", "advanced-trade-ws.coinbase.com", "ws://", "ws://example.com"]
+)
 def test_a_url_that_is_not_a_websocket_url_is_one_line_naming_the_setting(url: str) -> None:
     with pytest.raises(ConfigError) as error:
         ws_url(url, "COINBASE_WS_URL")

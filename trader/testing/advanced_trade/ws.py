@@ -11,8 +11,9 @@ What it models (docs.cdp.coinbase.com, Advanced Trade WebSocket):
   gets {"type": "error", "message": ...} and nothing else.
 * Every message is {"channel", "client_id", "timestamp", "sequence_num", "events"}; sequence_num counts the
   messages of one connection across all its channels, from 0 (as Coinbase's own feed numbers them). A subscribe is
-  acknowledged on the "subscriptions" channel. `heartbeats` subscribers get one message per `heartbeat_seconds`
-  with a heartbeat_counter; `publish()` sends any channel's events to that channel's subscribers.
+  acknowledged on the "subscriptions" channel (and `user` opens with a snapshot). `heartbeats` subscribers get one
+  message per `heartbeat_seconds` with a heartbeat_counter; `publish()` sends any channel's events to that
+  channel's subscribers.
 * Faults, each on every open connection: `drop()` (the TCP connection aborted, no close frame), `close(code)`
   (a close frame, 1001 "going away" by default), `skip(n)` (the next message's sequence_num jumps by n),
   `silence(on)` (no heartbeats), `refuse_auth(n)` (the next n subscribes get an error), `slow(seconds)` (every send
@@ -209,6 +210,8 @@ class WsTestServer:
         client.channels[channel] = products
         self.subscribes.append(Subscribe(client.number, channel, products, token is not None))
         self._send(client, "subscriptions", [{"subscriptions": {c: list(p) for c, p in client.channels.items()}}])
+        if channel == "user":  # Coinbase opens the user channel with a snapshot of the open orders (none here yet)
+            self._send(client, "user", [{"type": "snapshot", "orders": []}])
 
     def _error(self, client: _Client, text: str) -> None:
         with contextlib.suppress(ConnectionClosed):

@@ -1,0 +1,219 @@
+"""perps-bot websocket test | monitor | stability | capture: the runbook's WebSocket checks, on trader/coinbase/ws.py.
+
+    perps-bot websocket test [--channels heartbeats,ticker] [--duration 10]   # first message per channel, exit 0/1
+    perps-bot websocket monitor --interval 5 [--duration N]                  # a status line every interval
+    perps-bot websocket stability --duration 300                             # reconnects, gaps, lag p50/p99
+    perps-bot websocket capture --duration 60 --save ws_dump.json            # raw messages, one JSON object a line
+
+Market channels go to COINBASE_WS_URL for TRADING_SYMBOLS; `user` and `futures_balance_summary` to
+COINBASE_WS_USER_URL with a JWT from the configured CDP key (the runbook's test_websocket). COINBASE_CA_FILE verifies
+wss://. Bad input (an unknown action or channel, a bad URL, a duration or interval <= 0, user channels without a
+key) is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from deployments.cli.output import say
+from trader.coinbase.ws import USER_CHANNELS, FeedStats, Subscription, WsFeed, channel_name
+from trader.errors import ConfigError
+from trader.settings import Settings
+
+WEBSOCKET_ACTIONS = ("test", "monitor", "stability", "capture")
+DEFAULT_CHANNELS = "heartbeats,ticker"
+DEFAULTS = {"test": 10.0, "stability": 300.0, "capture": 60.0}
+
+
+def websocket_command(settings: Settings, args: argparse.Namespace) -> int:
+    action = args.action
+    if action not in WEBSOCKET_ACTIONS:
+        got = f" (got {action!r})" if action else ""
+        raise ConfigError(f"websocket: expected one of {', '.join(WEBSOCKET_ACTIONS)}{got}")
+    duration = args.duration if args.duration is not None else DEFAULTS.get(action)
+    if duration is not None and duration <= 0:
+        raise ConfigError(f"--duration: must be more than 0 seconds (got {duration:g})")
+    interval = args.interval if args.interval is not None else 5.0
+    if interval <= 0:
+        raise ConfigError(f"--interval: must be more than 0 seconds (got {interval:g})")
+    if action == "capture" and args.save is None:
+        raise ConfigError("websocket capture: give --save FILE (one JSON object a line)")
+    channels = [channel_name(c.strip()) for c in (args.channels or DEFAULT_CHANNELS).split(",") if c.strip()]
+    if not channels:
+        raise ConfigError("--channels: name at least one channel (e.g. heartbeats,ticker)")
+    with ExitStack() as stack:
+        dump = stack.enter_context(Path(args.save).open("w", encoding="utf-8")) if action == "capture" else None
+        session = Session(settings, channels, dump)
+        stack.callback(session.stop)
+        session.start()
+        if action == "test":
+            return session.test(duration or DEFAULTS["test"])
+        if action == "monitor":
+            return session.monitor(interval, duration)
+        assert duration is not None
+        session.run_for(duration, f"websocket {action}")
+        say(session.summary())
+        if dump is not None:
+            say(f"saved {session.saved} messages to {args.save}")
+        return 0 if session.ever_connected() else 1
+
+
+class Session:
+    """The feeds a command opened (market, and user when asked), what arrived first on each channel, the dump."""
+
+    def __init__(self, settings: Settings, channels: list[str], dump: IO[str] | None) -> None:
+        self.channels = channels
+        self.dump = dump
+        self.saved = 0
+        self.started = time.monotonic()
+        self.first: dict[str, float] = {}
+        self._lock = threading.Lock()
+        market = [Subscription(c, tuple(settings.symbols) if c != "heartbeats" else ()) for c in channels]
+        market = [s for s in market if s.channel not in USER_CHANNELS]
+        user = [Subscription(c) for c in channels if c in USER_CHANNELS]
+        self.feeds: list[WsFeed] = []
+        if market:
+            url = settings.coinbase_ws_url
+            self.feeds.append(WsFeed(url, market, self._on_message, ssl_context=_ssl_context(settings, url)))
+        if user:
+            url, context = settings.coinbase_ws_user_url, _ssl_context(settings, settings.coinbase_ws_user_url)
+            jwt = _jwt_maker(settings)
+            self.feeds.append(WsFeed(url, user, self._on_message, jwt=jwt, ssl_context=context, name="ws-user-feed"))
+
+    def start(self) -> None:
+        for feed in self.feeds:
+            feed.start()
+
+    def stop(self) -> None:
+        for feed in self.feeds:
+            feed.stop()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        channel = str(message.get("channel"))
+        with self._lock:
+            self.first.setdefault(channel, time.monotonic() - self.started)
+            if self.dump is not None:
+                self.dump.write(json.dumps(message, separators=(",", ":")) + "\n")
+                self.saved += 1
+
+    def ever_connected(self) -> bool:
+        return all(feed.stats.connects > 0 and sum(feed.stats.messages.values()) > 0 for feed in self.feeds)
+
+    # --- the actions --------------------------------------------------------------------------------------------
+
+    def test(self, timeout: float) -> int:
+        """Wait for a first message on every channel; one line per channel; 0 when all arrived."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(c in self.first for c in self.channels):
+            time.sleep(0.05)
+        for channel in self.channels:
+            if channel in self.first:
+                say(f"{channel}: first message after {self.first[channel]:.2f} s")
+            else:
+                say(f"{channel}: no message within {timeout:g} s")
+        return 0 if all(c in self.first for c in self.channels) else 1
+
+    def monitor(self, interval: float, duration: float | None) -> int:
+        """A status line every interval until Ctrl-C (or --duration)."""
+        end = None if duration is None else time.monotonic() + duration
+        try:
+            while end is None or time.monotonic() < end:
+                time.sleep(interval if end is None else max(0.0, min(interval, end - time.monotonic())))
+                say(f"{time.strftime('%H:%M:%S')} {self.status()}")
+        except KeyboardInterrupt:
+            pass
+        return 0 if self.ever_connected() else 1
+
+    def run_for(self, duration: float, what: str) -> None:
+        """Run `duration` seconds with a progress bar (Ctrl-C ends it early, with the summary)."""
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"))
+        with Progress(*columns, TimeRemainingColumn(), transient=True) as progress:
+            task = progress.add_task(what, total=duration, status=self.status())
+            try:
+                while (elapsed := time.monotonic() - self.started) < duration:
+                    time.sleep(min(0.5, duration - elapsed))
+                    progress.update(task, completed=time.monotonic() - self.started, status=self.status())
+            except KeyboardInterrupt:
+                pass
+
+    # --- what it prints -----------------------------------------------------------------------------------------
+
+    def _merged(self) -> FeedStats:
+        merged = FeedStats(connected=all(f.stats.connected for f in self.feeds))
+        for feed in self.feeds:
+            stats = feed.stats
+            merged.reconnects += stats.reconnects
+            merged.gaps.update(stats.gaps)
+            merged.messages.update(stats.messages)
+            merged.handler_errors += stats.handler_errors
+            merged.disconnects += stats.disconnects
+            merged.lag_seconds.extend(stats.lag_seconds)
+            if stats.last_message is not None:
+                merged.last_message = max(merged.last_message or 0.0, stats.last_message)
+        return merged
+
+    def status(self) -> str:
+        stats = self._merged()
+        per_channel = ", ".join(f"{c} {n}" for c, n in sorted(stats.messages.items()))
+        last = "never" if stats.last_message is None else f"{time.monotonic() - stats.last_message:.1f} s ago"
+        return (
+            f"{'connected' if stats.connected else 'DISCONNECTED'}; messages {sum(stats.messages.values())} "
+            f"({per_channel or 'none'}); reconnects {stats.reconnects}; gaps {sum(stats.gaps.values())}; "
+            f"lag p50 {_ms(stats.lag_seconds, 0.5)}; last message {last}"
+        )
+
+    def summary(self) -> str:
+        stats = self._merged()
+        per_channel = ", ".join(f"{c} {n}" for c, n in sorted(stats.messages.items()))
+        gaps = ", ".join(f"{c} {n}" for c, n in sorted(stats.gaps.items())) or "none"
+        return (
+            f"{time.monotonic() - self.started:.0f} s: messages {sum(stats.messages.values())} "
+            f"({per_channel or 'none'}); "
+            f"reconnects {stats.reconnects}; disconnects {len(stats.disconnects)}; gaps {sum(stats.gaps.values())} "
+            f"({gaps}); lag p50 {_ms(stats.lag_seconds, 0.5)}, p99 {_ms(stats.lag_seconds, 0.99)}; "
+            f"handler errors {stats.handler_errors}"
+        )
+
+
+def _ms(samples: Any, q: float) -> str:
+    values = sorted(samples)
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0] * 1000:.0f} ms"
+    return f"{statistics.quantiles(values, n=100, method='inclusive')[round(q * 100) - 1] * 1000:.0f} ms"
+
+
+def _ssl_context(settings: Settings, url: str) -> ssl.SSLContext | None:
+    """Verification of wss:// against COINBASE_CA_FILE when set (the system's CAs otherwise); None for ws://."""
+    if not url.startswith("wss://"):
+        return None
+    cafile = str(settings.coinbase_ca_file) if settings.coinbase_ca_file is not None else None
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _jwt_maker(settings: Settings) -> Callable[[], str]:
+    """A fresh WebSocket JWT per subscribe, from the configured CDP key (ConfigError when there is none)."""
+    from coinbase import jwt_generator
+
+    from trader.coinbase.http import load_credentials
+
+    credentials = load_credentials(settings)
+    if credentials is None:
+        raise ConfigError(
+            f"--channels: {', '.join(USER_CHANNELS)} need a CDP key (COINBASE_KEY_FILE or COINBASE_API_KEY and "
+            "COINBASE_API_SECRET)"
+        )
+    name, secret = credentials.name, credentials.private_key.get_secret_value()
+    return lambda: str(jwt_generator.build_ws_jwt(name, secret))
