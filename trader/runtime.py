@@ -43,13 +43,18 @@ def build_broker(settings: Settings, *, persist: bool = True, read_only: bool = 
     from trader.brokers.simulated import SimulatedExchange
 
     # Paper accounts on replayed and on live prices live in separate files: their market clocks differ.
-    name = "paper_exchange_live.json" if settings.market_data == "coinbase" else "paper_exchange.json"
+    name = "paper_exchange_live.json" if settings.market_data != "replay" else "paper_exchange.json"
     state_path = settings.state_dir / name if persist else None
     return SimulatedExchange(build_market_data(settings), state_path=state_path, read_only=read_only)
 
 
 def build_market_data(settings: Settings) -> MarketDataSource:
-    """Replayed candles (MARKET_DATA=replay) or Coinbase's public live data (MARKET_DATA=coinbase, no key)."""
+    """Replayed candles (MARKET_DATA=replay) or Coinbase's public live data (MARKET_DATA=coinbase, no key; with
+    coinbase-ws the best bid/ask from the WebSocket ticker)."""
+    if settings.market_data == "coinbase-ws":
+        from trader.market.coinbase_ws import CoinbaseWsMarketData
+
+        return CoinbaseWsMarketData.from_settings(settings)
     if settings.market_data == "coinbase":
         from trader.market.coinbase_live import CoinbaseLiveMarketData
 

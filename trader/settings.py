@@ -15,7 +15,7 @@ from trader.errors import ConfigError
 Profile = Literal["dev", "canary", "spot", "prod", "perps"]
 PROFILES: tuple[str, ...] = ("dev", "canary", "spot", "prod", "perps")
 BrokerChoice = Literal["auto", "simulated", "coinbase"]
-MarketDataChoice = Literal["replay", "coinbase"]
+MarketDataChoice = Literal["replay", "coinbase", "coinbase-ws"]
 
 # Per-profile defaults; an explicitly set environment variable always wins.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {

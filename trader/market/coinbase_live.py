@@ -110,6 +110,8 @@ class CoinbaseLiveMarketData:
                 rows.extend(c for c in fresh if c.start not in known)
                 rows.sort(key=lambda c: c.start)
                 del rows[:-KEEP_BARS]
+            if not self._book_wanted(symbol):
+                continue
             book = _plain(
                 self.policy.read(
                     f"public product book {symbol}", partial(self.client.get_public_product_book, symbol, limit=1)
@@ -120,6 +122,10 @@ class CoinbaseLiveMarketData:
         if not all(self._candles.values()):
             empty = ", ".join(s for s, rows in self._candles.items() if not rows)
             raise BrokerUnavailable(f"Coinbase returned no closed candles for {empty}; is the product trading?")
+
+    def _book_wanted(self, symbol: str) -> bool:
+        """Whether refresh() reads the product book over REST (a WebSocket source skips it while its ticker is live)."""
+        return True
 
     def _rows(self, symbol: str) -> list[Candle]:
         rows = self._candles.get(symbol)

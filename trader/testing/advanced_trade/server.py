@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -181,6 +181,7 @@ class AdvancedTradeServer(_Endpoints):
         self._stopping = threading.Event()
         self._httpd: _HTTPSServer | None = None
         self._thread: threading.Thread | None = None
+        self._price_listeners: list[Callable[[str, Decimal, Decimal], None]] = []
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -293,6 +294,12 @@ class AdvancedTradeServer(_Endpoints):
         with self._lock:
             self._spec(product_id)
             self._exchange.set_price(product_id, best_bid, best_ask, self.now())
+        for listener in list(self._price_listeners):
+            listener(product_id, best_bid, best_ask)
+
+    def on_price(self, listener: Callable[[str, Decimal, Decimal], None]) -> None:
+        """Call `listener(product_id, bid, ask)` after every set_price (the WebSocket test server's ticker)."""
+        self._price_listeners.append(listener)
 
     def set_product_status(self, product_id: str, **flags: bool) -> None:
         """Set trading_disabled, cancel_only, limit_only or post_only on a product."""

@@ -18,6 +18,8 @@ What it models (docs.cdp.coinbase.com, Advanced Trade WebSocket):
   (a close frame, 1001 "going away" by default), `skip(n)` (the next message's sequence_num jumps by n),
   `silence(on)` (no heartbeats), `refuse_auth(n)` (the next n subscribes get an error), `slow(seconds)` (every send
   waits that long first).
+* `ticker`: with `quotes` (AdvancedTradeServer.quote), a subscribe opens with a snapshot of each product's best bid
+  and ask; `ticker()` sends an update (AdvancedTradeServer.on_price(ws.ticker): one per price move).
 
 `subscribes` records each accepted subscribe as (connection number, channel, product_ids, authenticated), so tests
 assert what was resubscribed after a reconnect. JWTs are never logged or kept.
@@ -30,8 +32,10 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -66,8 +70,20 @@ class _Client:
 class WsTestServer:
     """ws://127.0.0.1:<free port>; start() / stop() or a with block."""
 
-    def __init__(self, *, key_name: str, public_key_pem: bytes, heartbeat_seconds: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        key_name: str,
+        public_key_pem: bytes,
+        heartbeat_seconds: float = 0.1,
+        quotes: Callable[[str], tuple[Decimal, Decimal]] | None = None,
+        port: int = 0,
+    ) -> None:
+        """quotes: the (bid, ask) of a product (AdvancedTradeServer.quote), for the ticker channel's snapshot; port:
+        0 for a free one, or the port of a stopped server to bring it back where its clients reconnect."""
         self.key_name = key_name
+        self.port = port
+        self.quotes = quotes
         self._public_key = load_public_key(public_key_pem)
         self.heartbeat_seconds = heartbeat_seconds
         self.subscribes: list[Subscribe] = []
@@ -86,7 +102,7 @@ class WsTestServer:
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
     def start(self) -> WsTestServer:
-        self._server = serve(self._serve, "127.0.0.1", 0)
+        self._server = serve(self._serve, "127.0.0.1", self.port)
         for target, name in ((self._server.serve_forever, "ws-test-server"), (self._beat, "ws-test-heartbeats")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -128,6 +144,10 @@ class WsTestServer:
                 continue
             sent += self._send(client, channel, events)
         return sent
+
+    def ticker(self, product_id: str, bid: Decimal, ask: Decimal) -> int:
+        """A ticker update with this touch (AdvancedTradeServer.on_price(ws.ticker) sends one per price move)."""
+        return self.publish("ticker", [{"type": "update", "tickers": [_ticker(product_id, bid, ask)]}], product_id)
 
     def drop(self) -> None:
         """Abort every connection's TCP stream: no close frame, as a network failure leaves it."""
@@ -212,6 +232,9 @@ class WsTestServer:
         self._send(client, "subscriptions", [{"subscriptions": {c: list(p) for c, p in client.channels.items()}}])
         if channel == "user":  # Coinbase opens the user channel with a snapshot of the open orders (none here yet)
             self._send(client, "user", [{"type": "snapshot", "orders": []}])
+        if channel == "ticker" and self.quotes is not None:  # and the ticker channel with each product's touch
+            tickers = [_ticker(p, *self.quotes(p)) for p in products]
+            self._send(client, "ticker", [{"type": "snapshot", "tickers": tickers}])
 
     def _error(self, client: _Client, text: str) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -246,3 +269,14 @@ class WsTestServer:
             counter += 1
             now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f000 +0000 UTC")
             self.publish("heartbeats", [{"current_time": now, "heartbeat_counter": counter}])
+
+
+def _ticker(product_id: str, bid: Decimal, ask: Decimal) -> dict[str, str]:
+    """One ticker as the channel sends it (the fields the bot reads; Coinbase sends 24 h figures too)."""
+    return {
+        "type": "ticker",
+        "product_id": product_id,
+        "price": str((bid + ask) / 2),
+        "best_bid": str(bid),
+        "best_ask": str(ask),
+    }

@@ -1,0 +1,99 @@
+"""Live market data with the best bid/ask over Coinbase's WebSocket ticker (MARKET_DATA=coinbase-ws).
+
+The closed one-minute bars still come from the public REST candles (CoinbaseLiveMarketData: fetched once a bar has
+closed; Coinbase's WebSocket candles are five-minute buckets). The touch comes from the `ticker` channel of a
+supervised WsFeed (trader/coinbase/ws.py, with `heartbeats` to keep it open): every ticker message replaces that
+product's (best_bid, best_ask). While a product's last ticker is younger than `quote_max_age` seconds and the feed
+is connected, refresh() reads no product book over REST; when the socket is down or quiet, REST polling carries on
+as before, every cycle, until the ticker is back. `feed.stats` is what the WebSocket guards and metrics read.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from trader.coinbase.ws import Subscription, WsFeed
+from trader.market.coinbase_live import CoinbaseLiveMarketData
+from trader.settings import Settings
+
+QUOTE_MAX_AGE_SECONDS = 10.0
+
+
+class CoinbaseWsMarketData(CoinbaseLiveMarketData):
+    """CoinbaseLiveMarketData whose best bid/ask follows the WebSocket ticker; close() stops the feed."""
+
+    def __init__(
+        self,
+        client: Any,
+        symbols: list[str],
+        ws_url: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        quote_max_age: float = QUOTE_MAX_AGE_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        **options: Any,
+    ) -> None:
+        self.quote_max_age = quote_max_age
+        self._ticks: dict[str, tuple[Decimal, Decimal, float]] = {}  # symbol -> bid, ask, monotonic arrival
+        self._ticks_lock = threading.Lock()
+        subscriptions = [Subscription("heartbeats"), Subscription("ticker", tuple(symbols))]
+        self.feed = WsFeed(ws_url, subscriptions, self._on_message, ssl_context=ssl_context, name="ws-market-data")
+        self.feed.start()
+        try:
+            super().__init__(client, symbols, clock=clock, **options)
+        except BaseException:
+            self.feed.stop()
+            raise
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CoinbaseWsMarketData:
+        from trader.coinbase.http import CallPolicy, build_rest_client
+
+        policy = CallPolicy(max_retries=settings.coinbase_max_retries, host=settings.coinbase_api_base)
+        context = None
+        if settings.coinbase_ws_url.startswith("wss://"):
+            cafile = str(settings.coinbase_ca_file) if settings.coinbase_ca_file is not None else None
+            context = ssl.create_default_context(cafile=cafile)
+        client = build_rest_client(settings, None)
+        return cls(client, settings.symbols, settings.coinbase_ws_url, ssl_context=context, policy=policy)
+
+    def close(self) -> None:
+        self.feed.stop()
+
+    def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        tick = self._live_tick(symbol)
+        if tick is not None:
+            self._rows(symbol)  # an unknown symbol still raises
+            return tick
+        return super().quote(symbol)
+
+    def _book_wanted(self, symbol: str) -> bool:
+        return self._live_tick(symbol) is None
+
+    def _live_tick(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        """The ticker's (bid, ask) while the feed is connected and the tick younger than quote_max_age."""
+        with self._ticks_lock:
+            tick = self._ticks.get(symbol)
+        if tick is None or not self.feed.stats.connected or time.monotonic() - tick[2] > self.quote_max_age:
+            return None
+        return tick[0], tick[1]
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("channel") != "ticker":
+            return
+        now = time.monotonic()
+        for event in message.get("events") or ():
+            for ticker in event.get("tickers") or ():
+                try:
+                    bid, ask = Decimal(str(ticker["best_bid"])), Decimal(str(ticker["best_ask"]))
+                except (KeyError, InvalidOperation):
+                    continue  # a ticker without a usable touch: the REST book stays the source for it
+                if 0 < bid < ask:
+                    with self._ticks_lock:
+                        self._ticks[str(ticker.get("product_id"))] = (bid, ask, now)
