@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from trader.brokers.base import Broker
+from trader.coinbase.ws import WsFeed
 from trader.domain import Candle, OrderRequest, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, OrderRejected, TraderError
 from trader.fsio import atomic_write
@@ -119,6 +120,9 @@ class TradingBot:
         # Every exchange call is timed: error rate, latency p95 and order success feed the guards.
         self.stats = OperationStats(settings.risk_guard_window_seconds, settings.risk_guard_min_samples)
         self.broker: Broker = MeteredBroker(broker, self.stats)
+        # The paper exchange's WebSocket market data (MARKET_DATA=coinbase-ws): its feed's state goes to the metrics.
+        feed = getattr(getattr(broker, "market", None), "feed", None)
+        self.market_feed: WsFeed | None = feed if isinstance(feed, WsFeed) else None
         self.ledger = ledger
         self.strategy = strategy
         self.risk = risk
@@ -182,6 +186,8 @@ class TradingBot:
         """Feed the Prometheus exporter: every exchange call, every cycle, guard trips, checkpoints, recoveries."""
         self.metrics = metrics
         self.stats.listeners.append(metrics.observe_api_call)
+        if self.market_feed is not None:
+            metrics.attach_ws_feed(self.market_feed)
         if self.state is not None:  # Redis and PostgreSQL recoveries, and the S3 fallback's sync
             self.state.on_recovery(metrics.record_recovery)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,17 @@ _THRESHOLD_PAIRS = (
     ("risk_volatility_warn_pct", "risk_volatility_critical_pct"),
     ("risk_latency_p95_warn_ms", "risk_latency_p95_critical_ms"),
 )
+
+
+def ws_url_problem(value: str) -> str | None:
+    """Why `value` is not a URL the feed may use, or None: wss:// with a host, or ws:// to a loopback address only
+    (a JWT never crosses a network in the clear)."""
+    parsed = urlparse(value.strip())
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        return "is not a WebSocket URL; use wss://host[:port] (ws:// only on loopback)"
+    if parsed.scheme == "ws" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return "is plain ws:// off loopback; use wss://"
+    return None
 
 
 class Settings(BaseSettings):
@@ -170,8 +182,6 @@ class Settings(BaseSettings):
     @field_validator("coinbase_ws_url", "coinbase_ws_user_url", mode="after")
     @classmethod
     def _ws_url(cls, value: str) -> str:
-        from trader.coinbase.ws import ws_url_problem
-
         problem = ws_url_problem(value)
         if problem is not None:
             raise ValueError(problem.removeprefix("is "))

@@ -37,9 +37,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlparse
 
 from trader.errors import ConfigError
+from trader.settings import ws_url_problem
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,9 @@ MARKET_CHANNELS = ("heartbeats", "candles", "status", "ticker", "ticker_batch", 
 USER_CHANNELS = ("user", "futures_balance_summary")
 CHANNELS = MARKET_CHANNELS + USER_CHANNELS
 LAG_SAMPLES = 1000
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds, for ws_message_lag_seconds
 
 Handler = Callable[[dict[str, Any]], None]
-
-
-def ws_url_problem(value: str) -> str | None:
-    """Why `value` is not a URL the feed may use, or None: wss:// with a host, or ws:// to a loopback address only
-    (a JWT never crosses a network in the clear)."""
-    parsed = urlparse(value.strip())
-    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-        return "is not a WebSocket URL; use wss://host[:port] (ws:// only on loopback)"
-    if parsed.scheme == "ws" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
-        return "is plain ws:// off loopback; use wss://"
-    return None
 
 
 def ws_url(value: str, field_name: str) -> str:
@@ -101,6 +91,18 @@ class FeedStats:
     handler_errors: int = 0
     last_message: float | None = None  # time.monotonic() of the newest message
     lag_seconds: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=LAG_SAMPLES))
+    lag_counts: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS))  # cumulative, per LAG_BUCKETS
+    lag_sum: float = 0.0
+    lag_count: int = 0
+
+    def observe_lag(self, seconds: float) -> None:
+        """One message's lag: kept for quantiles (the newest LAG_SAMPLES) and in the cumulative histogram."""
+        self.lag_seconds.append(seconds)
+        self.lag_sum += seconds
+        self.lag_count += 1
+        for i, bound in enumerate(LAG_BUCKETS):
+            if seconds <= bound:
+                self.lag_counts[i] += 1
 
     def disconnects_within(self, seconds: float, now: float | None = None) -> int:
         """Disconnects in the last `seconds` (the runbook counts them per hour)."""
@@ -272,7 +274,7 @@ class WsFeed:
         stamp = message.get("timestamp")
         if isinstance(stamp, str):
             with contextlib.suppress(ValueError):
-                self.stats.lag_seconds.append(time.time() - datetime.fromisoformat(stamp).timestamp())
+                self.stats.observe_lag(time.time() - datetime.fromisoformat(stamp).timestamp())
         if channel in self._channels:
             self._call(f"handler ({channel})", lambda: self.handler(message))
         self._notify()

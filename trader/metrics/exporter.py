@@ -37,10 +37,11 @@ from typing import Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from trader.account_names import DEFAULT_ACCOUNT
 from trader.coinbase import ratelimit
+from trader.coinbase.ws import LAG_BUCKETS, WsFeed
 from trader.errors import ConfigError
 from trader.fsio import atomic_write
 from trader.metrics.telemetry import TRADING_STATES, CycleTelemetry
@@ -193,6 +194,61 @@ class BotMetrics:
         ).labels(account=account)
         r.register(_GaugeCollector(self._gauge_families))
         r.register(_GaugeCollector(_rate_limit_families(account)))
+        self._ws_feeds: list[WsFeed] = []
+        r.register(_GaugeCollector(self._ws_families))
+
+    def attach_ws_feed(self, feed: WsFeed) -> None:
+        """Export a WebSocket feed's state (perps_bot_ws_*) and show it in /health."""
+        self._ws_feeds.append(feed)
+
+    def _ws_families(self, with_samples: bool) -> list[Metric]:
+        """The runbook's WebSocket metrics, per channel where it has one, from the attached feeds' stats."""
+        labels = ["account", "channel"]
+        connected = GaugeMetricFamily(
+            "perps_bot_ws_connected", "1 while the channel's WebSocket connection delivers messages.", labels=labels
+        )
+        reconnects = CounterMetricFamily(
+            "perps_bot_ws_reconnects", "WebSocket reconnects (every channel resubscribed).", labels=["account"]
+        )
+        gaps = CounterMetricFamily(
+            "perps_bot_ws_sequence_gaps", "WebSocket sequence gaps (each followed by a REST resync).", labels=labels
+        )
+        messages = CounterMetricFamily("perps_bot_ws_messages", "WebSocket messages received.", labels=labels)
+        lag = HistogramMetricFamily(
+            "perps_bot_ws_message_lag_seconds", "From a message's timestamp to its arrival.", labels=["account"]
+        )
+        families: list[Metric] = [connected, reconnects, gaps, messages, lag]
+        if not with_samples or not self._ws_feeds:
+            return families
+        total_reconnects, lag_counts, lag_sum, lag_count = 0, [0] * len(LAG_BUCKETS), 0.0, 0
+        for feed in self._ws_feeds:
+            stats = feed.stats
+            for subscription in feed.subscriptions:
+                channel = subscription.channel
+                connected.add_metric([self.account, channel], 1.0 if stats.connected else 0.0)
+                gaps.add_metric([self.account, channel], stats.gaps[channel])
+                messages.add_metric([self.account, channel], stats.messages[channel])
+            total_reconnects += stats.reconnects
+            lag_counts = [a + b for a, b in zip(lag_counts, stats.lag_counts, strict=True)]
+            lag_sum, lag_count = lag_sum + stats.lag_sum, lag_count + stats.lag_count
+        reconnects.add_metric([self.account], total_reconnects)
+        buckets = [(f"{bound:g}", count) for bound, count in zip(LAG_BUCKETS, lag_counts, strict=True)]
+        lag.add_metric([self.account], [*buckets, ("+Inf", lag_count)], lag_sum)
+        return families
+
+    def _ws_health(self) -> dict[str, Any] | None:
+        """The sockets' state for /health: connected, reconnects, gaps, seconds since the last message."""
+        if not self._ws_feeds:
+            return None
+        now = time.monotonic()
+        last = [f.stats.last_message for f in self._ws_feeds if f.stats.last_message is not None]
+        return {
+            "connected": all(f.stats.connected for f in self._ws_feeds),
+            "reconnects": sum(f.stats.reconnects for f in self._ws_feeds),
+            "gaps": sum(sum(f.stats.gaps.values()) for f in self._ws_feeds),
+            "disconnects_last_hour": sum(f.stats.disconnects_within(3600) for f in self._ws_feeds),
+            "last_message_age_seconds": round(now - max(last), 3) if last else None,
+        }
 
     def observe_api_call(self, method: str, seconds: float, ok: bool) -> None:
         """Count one API call and its latency under its method name."""
@@ -295,6 +351,7 @@ class BotMetrics:
             "last_cycle_age_seconds": round(max(now - cycle_at, 0.0), 3) if cycle_at is not None else None,
             "last_checkpoint_age_seconds": round(max(now - checkpoint, 0.0), 3) if checkpoint is not None else None,
             "reason": reason,
+            **({"websocket": ws} if (ws := self._ws_health()) is not None else {}),
         }
 
     def _status(

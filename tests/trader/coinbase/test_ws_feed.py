@@ -14,6 +14,7 @@ from coinbase import jwt_generator
 
 from trader.coinbase.ws import FeedStats, Subscription, WsFeed, ws_url
 from trader.errors import ConfigError
+from trader.metrics.exporter import BotMetrics
 from trader.testing.advanced_trade import generate_cdp_key
 from trader.testing.advanced_trade.ws import WsTestServer
 
@@ -211,3 +212,36 @@ def test_the_runbooks_heartbeat_typo_names_the_channel_it_meant() -> None:
         Subscription("heartbeat")
     assert "unknown WebSocket channel 'heartbeat' (did you mean 'heartbeats'?)" in str(error.value)
     assert ws_url("wss://advanced-trade-ws.coinbase.com", "COINBASE_WS_URL") == "wss://advanced-trade-ws.coinbase.com"
+
+
+def test_the_feeds_state_is_exported_as_metrics_and_in_health(server: WsTestServer) -> None:
+    metrics = BotMetrics(account="alpha")
+    live = feed(server, Recorder())
+    metrics.attach_ws_feed(live)
+    live.start()
+    try:
+        assert live.wait_for(beats_after(3), 10)
+        server.skip(2)
+        assert live.wait_for(lambda s: sum(s.gaps.values()) == 1, 10)
+        server.drop()
+        assert live.wait_for(lambda s: s.reconnects == 1 and s.connected, 10)
+        text = metrics.render().decode()
+        health = metrics.health()["websocket"]
+    finally:
+        live.stop()
+
+    def sample(name: str, **labels: str) -> float:
+        wanted = ",".join(f'{k}="{v}"' for k, v in {"account": "alpha", **labels}.items())
+        [line] = [x for x in text.splitlines() if x.startswith(f"{name}{{{wanted}}} ")]
+        return float(line.rsplit(" ", 1)[1])
+
+    assert sample("perps_bot_ws_connected", channel="heartbeats") == 1.0
+    assert sample("perps_bot_ws_connected", channel="user") == 1.0
+    assert sample("perps_bot_ws_reconnects_total") == 1.0
+    assert sample("perps_bot_ws_sequence_gaps_total", channel="heartbeats") == 1.0
+    assert sample("perps_bot_ws_messages_total", channel="heartbeats") >= 3
+    lagged = sample("perps_bot_ws_message_lag_seconds_count")  # every message with a timestamp, at render time
+    assert 0 < lagged <= live.stats.lag_count and sample("perps_bot_ws_message_lag_seconds_bucket", le="+Inf") == lagged
+    assert health["connected"] is True and health["reconnects"] == 1 and health["gaps"] == 1
+    assert health["disconnects_last_hour"] == 1 and health["last_message_age_seconds"] < 5
+    assert "websocket" not in BotMetrics(account="beta").health()  # no feed, no section

@@ -4,6 +4,7 @@ polling of the product book carries on while the socket is down and stops again 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -118,8 +119,12 @@ def test_a_canary_paper_bot_runs_a_cycle_on_the_websocket_ticker(
         "STRATEGY_SLOW_WINDOW": "3",
     }
 
-    result = perps_bot(tmp_path, "--profile", "canary", "--dev-fast", **env)
+    metrics_file = tmp_path / "metrics.prom"
+    result = perps_bot(tmp_path, "--profile", "canary", "--dev-fast", "--metrics-file", str(metrics_file), **env)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 cycle(s)" in result.stdout
+    exported = metrics_file.read_text()
+    assert 'perps_bot_ws_connected{account="default",channel="ticker"}' in exported  # the bot exports its feed
+    assert "websocket" in json.loads((tmp_path / "metrics.prom.health.json").read_text())
     assert ("ticker", ("BTC-USD",)) in {(s.channel, s.product_ids) for s in ws.subscribes}
