@@ -428,7 +428,7 @@ class TradingBot:
         if self.mode != "dry_run" and report.orders:
             report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         report.duration_ms = (time.perf_counter() - started) * 1000
-        forced = self.risk.monitor.forced()
+        forced = {guard: action for guard, action in self.risk.monitor.forced().items() if action != "alert"}
         if controls.kill_switch or "halt" in forced.values():
             self._trading_state = "halted"
         elif controls.reduce_only or forced or self.risk.gate_blocked:
@@ -504,7 +504,15 @@ class TradingBot:
             "daily_loss": float(-report.daily_pnl_pct),
             "error_rate": self.stats.error_rate_pct(),
             "market_data_staleness": max(ages) if ages else None,
-            "market_data_feed": max((now - t for t in self._feed_ok_at.values()), default=0.0),
+            # REST fetches failing, or (MARKET_DATA=coinbase-ws) the WebSocket down: the runbook's "WebSocket Down"
+            "market_data_feed": max(
+                [now - t for t in self._feed_ok_at.values()]
+                + ([self.market_feed.stats.down_seconds()] if self.market_feed is not None else []),
+                default=0.0,
+            ),
+            "websocket_disconnects": (
+                float(self.market_feed.stats.disconnects_within(3600)) if self.market_feed is not None else None
+            ),
             "position_count": float(open_positions(self.positions.values())),
             "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
             "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,

@@ -38,6 +38,7 @@ _THRESHOLD_PAIRS = (
     ("risk_daily_loss_warn_pct", "risk_daily_loss_limit_pct"),
     ("risk_error_rate_warn_pct", "risk_error_rate_halt_pct"),
     ("risk_feed_down_warn_seconds", "risk_feed_down_critical_seconds"),
+    ("risk_ws_disconnects_warn", "risk_ws_disconnects_critical"),
     ("risk_position_count_warn", "risk_position_count_critical"),
     ("risk_exposure_warn_pct", "risk_exposure_critical_pct"),
     ("risk_drawdown_warn_pct", "risk_drawdown_critical_pct"),
@@ -94,6 +95,9 @@ class Settings(BaseSettings):
     risk_max_data_age_seconds: float = Field(180.0, gt=0)
     risk_feed_down_warn_seconds: float = Field(300.0, gt=0)
     risk_feed_down_critical_seconds: float = Field(900.0, gt=0)
+    # WebSocket disconnects in the last hour (operations runbook: > 3 warning, > 10 critical); alerts only.
+    risk_ws_disconnects_warn: int = Field(3, gt=0)
+    risk_ws_disconnects_critical: int = Field(10, gt=0)
     risk_position_count_warn: int = Field(10, ge=1)
     risk_position_count_critical: int = Field(20, ge=1)
     risk_exposure_warn_pct: float = Field(75.0, gt=0, le=100)

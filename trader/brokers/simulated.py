@@ -190,10 +190,11 @@ class SimulatedExchange(Broker):
         return self.market.now()
 
     def restart_market_data(self) -> None:
-        """Refetch the live feed (MARKET_DATA=coinbase); a replay has nothing to reconnect."""
-        refresh = getattr(self.market, "refresh", None)
-        if refresh is not None:
-            refresh()
+        """Reconnect and refetch the live feed (MARKET_DATA=coinbase-ws: the WebSocket too; coinbase: a REST
+        refetch); a replay has nothing to reconnect."""
+        restart = getattr(self.market, "restart", None) or getattr(self.market, "refresh", None)
+        if restart is not None:
+            restart()
 
     def advance(self) -> bool:
         """Step the market one bar and match resting orders against it; False when the replay is exhausted."""

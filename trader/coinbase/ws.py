@@ -85,11 +85,14 @@ class FeedStats:
     connected: bool = False
     connects: int = 0
     reconnects: int = 0
+    failed_attempts: int = 0  # connections that ended (or never opened) without delivering a message
     disconnects: list[float] = field(default_factory=list)  # wall times (time.time()) a live connection ended
     gaps: collections.Counter[str] = field(default_factory=collections.Counter)
     messages: collections.Counter[str] = field(default_factory=collections.Counter)
     handler_errors: int = 0
     last_message: float | None = None  # time.monotonic() of the newest message
+    # time.monotonic() since when no connection delivers (from the start until the first message); None while one does
+    down_since: float | None = field(default_factory=time.monotonic)
     lag_seconds: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=LAG_SAMPLES))
     lag_counts: list[int] = field(default_factory=lambda: [0] * len(LAG_BUCKETS))  # cumulative, per LAG_BUCKETS
     lag_sum: float = 0.0
@@ -103,6 +106,12 @@ class FeedStats:
         for i, bound in enumerate(LAG_BUCKETS):
             if seconds <= bound:
                 self.lag_counts[i] += 1
+
+    def down_seconds(self, now: float | None = None) -> float:
+        """Seconds without a connection that delivers (0 while one does): the feed guard's WebSocket reading."""
+        if self.down_since is None:
+            return 0.0
+        return max((time.monotonic() if now is None else now) - self.down_since, 0.0)
 
     def disconnects_within(self, seconds: float, now: float | None = None) -> int:
         """Disconnects in the last `seconds` (the runbook counts them per hour)."""
@@ -154,6 +163,7 @@ class WsFeed:
         self.stats = FeedStats()
         self._channels = {s.channel for s in self.subscriptions} | {"subscriptions"}
         self._stopping = threading.Event()
+        self._kick = threading.Event()  # restart(): cut a backoff wait short
         self._connection: Any = None
         self._thread: threading.Thread | None = None
         self._changed = threading.Condition()
@@ -165,8 +175,17 @@ class WsFeed:
         self._thread.start()
         return self
 
+    def restart(self) -> None:
+        """Reconnect now (the feed guard's restart_feed): the open connection is closed, a backoff wait cut short."""
+        log.warning("%s %s: restarting the connection", self.name, self.url)
+        self._kick.set()
+        connection = self._connection
+        if connection is not None:
+            connection.close()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        self._kick.set()
         connection = self._connection
         if connection is not None:
             connection.close()
@@ -202,13 +221,21 @@ class WsFeed:
             finally:
                 if self.stats.connected:
                     self.stats.disconnects.append(time.time())
+                    self.stats.down_since = time.monotonic()
                 self.stats.connected = False
                 self._connection = None
                 self._notify()
             attempt = 0 if delivered else attempt + 1
+            if not delivered:
+                self.stats.failed_attempts += 1
+                self._notify()
+            if self._kick.is_set():
+                self._kick.clear()
+                attempt = 0  # restarted: no backoff
             if attempt and not self._stopping.is_set():
                 delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
-                self._stopping.wait(random.uniform(delay / 2, delay))
+                self._kick.wait(random.uniform(delay / 2, delay))
+                self._kick.clear()
 
     def _session(self) -> bool:
         """One connection: connect, subscribe everything, read until it ends; True when a message arrived."""
@@ -269,6 +296,7 @@ class WsFeed:
 
     def _received(self, message: dict[str, Any], channel: str) -> None:
         self.stats.connected = True  # from the connection's first message: the server took the subscribes
+        self.stats.down_since = None
         self.stats.messages[channel] += 1
         self.stats.last_message = time.monotonic()
         stamp = message.get("timestamp")

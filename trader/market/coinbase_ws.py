@@ -66,6 +66,11 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
     def close(self) -> None:
         self.feed.stop()
 
+    def restart(self) -> None:
+        """The feed guard's restart_feed: reconnect the WebSocket now and refetch over REST."""
+        self.feed.restart()
+        self.refresh()
+
     def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
         tick = self._live_tick(symbol)
         if tick is not None:

@@ -96,6 +96,14 @@ def rules_from_settings(settings: Settings) -> dict[str, GuardRule]:
             "restart_feed",
         ),
         GuardRule(
+            "websocket_disconnects",
+            "WebSocket disconnects in the last hour",
+            "",
+            s.risk_ws_disconnects_warn,
+            s.risk_ws_disconnects_critical,
+            "alert",
+        ),
+        GuardRule(
             "position_count",
             "open positions",
             "",

@@ -5,6 +5,7 @@ polling of the product book carries on while the socket is down and stops again 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -13,8 +14,9 @@ import pytest
 
 from tests.deployments.test_cli import perps_bot
 from trader.brokers.simulated import SimulatedExchange
+from trader.ledger import Ledger
 from trader.market.coinbase_ws import CoinbaseWsMarketData
-from trader.runtime import build_market_data
+from trader.runtime import build_bot, build_market_data
 from trader.settings import load_settings
 from trader.testing.advanced_trade import AdvancedTradeServer, generate_cdp_key
 from trader.testing.advanced_trade.ws import WsTestServer
@@ -128,3 +130,70 @@ def test_a_canary_paper_bot_runs_a_cycle_on_the_websocket_ticker(
     assert 'perps_bot_ws_connected{account="default",channel="ticker"}' in exported  # the bot exports its feed
     assert "websocket" in json.loads((tmp_path / "metrics.prom.health.json").read_text())
     assert ("ticker", ("BTC-USD",)) in {(s.channel, s.product_ids) for s in ws.subscribes}
+
+
+def test_the_guards_read_the_sockets_downtime_and_disconnects_and_restart_it(
+    exchange: AdvancedTradeServer, ws: WsTestServer, tmp_path: Path
+) -> None:
+    """Thresholds of a fraction of a second stand for the runbook's 5 / 15 minutes and 3 / 10 an hour."""
+    settings = load_settings(
+        profile="dev",
+        state_dir=tmp_path / "state",
+        log_dir=tmp_path / "logs",
+        broker="simulated",
+        coinbase_api_base=exchange.base_url,
+        coinbase_ca_file=exchange.ca_file,
+        trading_symbols="BTC-USD",
+        market_data="coinbase-ws",
+        coinbase_ws_url=ws.url,
+        strategy_fast_window=2,
+        strategy_slow_window=3,
+        heartbeat_interval_seconds=0,
+        data_gate_enabled=False,
+        risk_feed_down_warn_seconds=0.3,
+        risk_feed_down_critical_seconds=0.8,
+        risk_ws_disconnects_warn=1,
+        risk_ws_disconnects_critical=2,
+    )
+    market = build_market_data(settings)
+    assert isinstance(market, CoinbaseWsMarketData)
+    market.feed.backoff_max = 0.2
+    bot = build_bot(settings, broker=SimulatedExchange(market), ledger=Ledger(settings.database_url))
+    bot.start()
+    levels = bot.risk.monitor.levels
+    try:
+        assert until(lambda: market.feed.stats.connected, market)
+        bot.run_cycle()
+        assert (levels["market_data_feed"], levels["websocket_disconnects"]) == ("ok", "ok")
+
+        for expected in ("warning", "critical"):  # one disconnect an "hour" warns, two are critical: alert only
+            wanted = market.feed.stats.reconnects + 1
+            ws.drop()
+            assert market.feed.wait_for(lambda s, n=wanted: s.reconnects >= n and s.connected, 10)
+            bot.run_cycle()
+            assert levels["websocket_disconnects"] == expected
+        assert bot._trading_state == "trading"  # an alert-only guard does not stop trading
+
+        port = int(ws.url.rsplit(":", 1)[1])
+        market.feed.backoff_base = market.feed.backoff_max = 60.0
+        ws.stop()  # the socket goes down; its first reconnect fails, and the next would be 30-60 s later
+        assert market.feed.wait_for(lambda s: s.failed_attempts >= 1, 10)
+        back = ws_server(exchange, port)
+        try:
+            seen = []
+            deadline = time.monotonic() + 10
+            while levels["market_data_feed"] != "critical" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                bot.run_cycle()
+                seen.append(levels["market_data_feed"])
+            assert "warning" in seen and seen[-1] == "critical"  # down 0.3 s: warning; 0.8 s: critical
+            assert bot.risk.counters["market_data_feed_trip"] == 1
+            # critical restarted the feed: it reconnects now, not after its backoff, and the guard clears
+            assert until(lambda: market.feed.stats.connected, market, 5)
+            bot.run_cycle()
+            assert levels["market_data_feed"] == "ok"
+        finally:
+            back.stop()
+    finally:
+        bot.stop()
+        market.close()

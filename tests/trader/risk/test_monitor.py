@@ -23,6 +23,7 @@ RUNBOOK = {
     "error_rate": (5.0, 10.0, 25.0, "halt"),
     "market_data_staleness": (60.0, None, 180.0, "reduce_only"),
     "market_data_feed": (10.0, 300.0, 900.0, "restart_feed"),
+    "websocket_disconnects": (1.0, 3.0, 10.0, "alert"),
     "position_count": (3.0, 10.0, 20.0, "block_new_positions"),
     "exposure": (50.0, 75.0, 90.0, "reduce_exposure"),
     "drawdown": (5.0, 15.0, 20.0, "reduce_only"),

@@ -110,9 +110,11 @@ class WsTestServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and close every connection (1001, as a server going down does)."""
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
+        self.close(1001, "server stopped")
         for thread in self._threads:
             thread.join(timeout=5)
 
