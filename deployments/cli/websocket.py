@@ -63,6 +63,7 @@ def websocket_command(settings: Settings, args: argparse.Namespace) -> int:
             return session.monitor(interval, duration)
         assert duration is not None
         session.run_for(duration, f"websocket {action}")
+        session.stop()  # nothing arrives after the summary: its counts are the dump's
         say(session.summary())
         if dump is not None:
             say(f"saved {session.saved} messages to {args.save}")

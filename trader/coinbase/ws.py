@@ -219,7 +219,7 @@ class WsFeed:
             except Exception:  # anything else: said with its traceback, and the feed still reconnects
                 log.exception("%s %s: unexpected error; reconnecting", self.name, self.url)
             finally:
-                if self.stats.connected:
+                if self.stats.connected and not self._stopping.is_set():  # lost, not ended by stop()
                     self.stats.disconnects.append(time.time())
                     self.stats.down_since = time.monotonic()
                 self.stats.connected = False
