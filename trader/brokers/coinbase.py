@@ -28,6 +28,7 @@ from trader.coinbase.http import (
     NotFound,
     build_rest_client,
     load_credentials,
+    parse_server_time,
     plain_json,
 )
 from trader.domain import (
@@ -180,12 +181,7 @@ class CoinbaseBroker(Broker):
 
     def server_time(self) -> datetime:
         """Coinbase's clock (GET /time), for clock-skew checks."""
-        data = self._read("server time", lambda: self.client.get_unix_time())
-        # The SDK renames epochSeconds/epochMillis to snake_case; iso is kept as sent.
-        millis = data.get("epoch_millis") or data.get("epochMillis")
-        if millis is not None:
-            return datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
-        return datetime.fromisoformat(str(data["iso"]).replace("Z", "+00:00"))
+        return parse_server_time(self._read("server time", lambda: self.client.get_unix_time()))
 
     # --- orders ------------------------------------------------------------------------------------------------
 

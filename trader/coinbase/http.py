@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TypeVar
@@ -344,3 +345,12 @@ def _attempt(call: Callable[[], T]) -> T | Failure:
         if failure is None:
             raise
         return failure
+
+
+def parse_server_time(data: Any) -> datetime:
+    """Coinbase's clock from a GET /time answer (the SDK renames epochMillis to epoch_millis; iso is kept)."""
+    plain = plain_json(data)
+    millis = plain.get("epoch_millis") or plain.get("epochMillis")
+    if millis is not None:
+        return datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
+    return datetime.fromisoformat(str(plain["iso"]).replace("Z", "+00:00"))

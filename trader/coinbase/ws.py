@@ -17,6 +17,8 @@ it alive until stop():
 - The handler runs in the feed's thread for every message of a subscribed channel; an exception it raises is logged
   at ERROR with its traceback and counted (`handler_errors`), and the feed carries on: never swallowed silently.
 - An {"type": "error"} answer (a refused JWT, an unknown channel) is logged and the connection retried with backoff.
+- With `clock_skew` (local minus the exchange's clock, e.g. from GET /time), every connect measures it first: JWTs
+  carry nbf = the local clock, so a clock ahead by more than MAX_CLOCK_SKEW_SECONDS is a warning that names it.
 
 `stats` holds what the runbook's guards and metrics read: connected (a message arrived on the open connection),
 connects, reconnects, disconnect times, gaps (per channel), messages (per channel), handler errors, the last
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 MARKET_CHANNELS = ("heartbeats", "candles", "status", "ticker", "ticker_batch", "level2", "market_trades")
 USER_CHANNELS = ("user", "futures_balance_summary")
 CHANNELS = MARKET_CHANNELS + USER_CHANNELS
+MAX_CLOCK_SKEW_SECONDS = 1.0  # a JWT's nbf is the local clock: ahead of the exchange by more, it can be refused
 LAG_SAMPLES = 1000
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds, for ws_message_lag_seconds
 
@@ -90,6 +93,7 @@ class FeedStats:
     gaps: collections.Counter[str] = field(default_factory=collections.Counter)
     messages: collections.Counter[str] = field(default_factory=collections.Counter)
     handler_errors: int = 0
+    clock_skew_seconds: float | None = None  # local clock minus the exchange's, measured at the latest connect
     last_message: float | None = None  # time.monotonic() of the newest message
     # time.monotonic() since when no connection delivers (from the start until the first message); None while one does
     down_since: float | None = field(default_factory=time.monotonic)
@@ -139,6 +143,7 @@ class WsFeed:
         jwt: Callable[[], str] | None = None,
         on_reconnect: Callable[[], None] | None = None,
         on_gap: Callable[[str, int, int], None] | None = None,
+        clock_skew: Callable[[], float] | None = None,
         stale_seconds: float = 10.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -154,6 +159,7 @@ class WsFeed:
         self.jwt = jwt
         self.on_reconnect = on_reconnect
         self.on_gap = on_gap
+        self.clock_skew = clock_skew
         self.stale_seconds = stale_seconds
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -247,6 +253,7 @@ class WsFeed:
         self._connection = connection
         delivered = False
         last_sequence: int | None = None
+        self._check_clock()
         with connection:
             for subscription in self.subscriptions:
                 message: dict[str, Any] = {
@@ -286,6 +293,27 @@ class WsFeed:
                 delivered = True
                 self._received(message, channel)
         return delivered
+
+    def _check_clock(self) -> None:
+        """At every connect: the local clock against the exchange's (JWTs carry nbf = local now); a skew beyond
+        MAX_CLOCK_SKEW_SECONDS is a warning naming it, a failed check is said and the connect goes on."""
+        if self.clock_skew is None:
+            return
+        try:
+            skew = self.stats.clock_skew_seconds = float(self.clock_skew())
+        except Exception as error:  # the exchange's clock unreachable: the subscribe itself will tell
+            log.warning("%s: clock skew not checked (%s)", self.name, error)
+            return
+        if abs(skew) > MAX_CLOCK_SKEW_SECONDS:
+            side = "ahead of" if skew > 0 else "behind"
+            log.warning(
+                "%s: the local clock is %.2f s %s the exchange's (more than %g s): JWTs may be refused; sync the clock "
+                "(chrony/ntpd)",
+                self.name,
+                abs(skew),
+                side,
+                MAX_CLOCK_SKEW_SECONDS,
+            )
 
     def _gap(self, channel: str, expected: int, got: int) -> None:
         self.stats.gaps[channel] += 1

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from trader.coinbase.http import parse_server_time
 from trader.coinbase.ws import Subscription, WsFeed
 from trader.market.coinbase_live import CoinbaseLiveMarketData
 from trader.settings import Settings
@@ -43,7 +44,14 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         self._ticks: dict[str, tuple[Decimal, Decimal, float]] = {}  # symbol -> bid, ask, monotonic arrival
         self._ticks_lock = threading.Lock()
         subscriptions = [Subscription("heartbeats"), Subscription("ticker", tuple(symbols))]
-        self.feed = WsFeed(ws_url, subscriptions, self._on_message, ssl_context=ssl_context, name="ws-market-data")
+        self.feed = WsFeed(
+            ws_url,
+            subscriptions,
+            self._on_message,
+            ssl_context=ssl_context,
+            clock_skew=lambda: time.time() - parse_server_time(client.get_unix_time()).timestamp(),
+            name="ws-market-data",
+        )
         self.feed.start()
         try:
             super().__init__(client, symbols, clock=clock, **options)

@@ -245,3 +245,35 @@ def test_the_feeds_state_is_exported_as_metrics_and_in_health(server: WsTestServ
     assert health["connected"] is True and health["reconnects"] == 1 and health["gaps"] == 1
     assert health["disconnects_last_hour"] == 1 and health["last_message_age_seconds"] < 5
     assert "websocket" not in BotMetrics(account="beta").health()  # no feed, no section
+
+
+def test_every_connect_checks_the_clock_and_names_a_skew_that_would_break_jwts(
+    server: WsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    readings = iter([2.5, -0.2])
+    live = feed(server, Recorder(), clock_skew=lambda: next(readings)).start()
+    try:
+        assert live.wait_for(beats_after(2), 10)
+        assert live.stats.clock_skew_seconds == 2.5
+        assert "the local clock is 2.50 s ahead of the exchange's (more than 1 s): JWTs may be refused" in caplog.text
+        server.drop()
+        assert live.wait_for(lambda s: s.reconnects == 1 and s.connected, 10)
+        assert live.stats.clock_skew_seconds == -0.2  # measured again at the reconnect, within bounds: no warning
+        assert caplog.text.count("JWTs may be refused") == 1
+    finally:
+        live.stop()
+
+
+def test_a_clock_check_that_fails_is_said_and_the_feed_connects_anyway(
+    server: WsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unreachable() -> float:
+        raise OSError("exchange clock unreachable")
+
+    live = feed(server, Recorder(), clock_skew=unreachable).start()
+    try:
+        assert live.wait_for(beats_after(2), 10)
+        assert "clock skew not checked (exchange clock unreachable)" in caplog.text
+        assert live.stats.clock_skew_seconds is None
+    finally:
+        live.stop()

@@ -76,6 +76,8 @@ def test_the_touch_follows_the_ticker_and_no_book_is_polled_while_it_is_live(
         market.advance()
 
     assert book_reads(exchange) == polled  # REST candles only
+    skew = market.feed.stats.clock_skew_seconds  # measured against the HTTPS server's GET /time at connect
+    assert skew is not None and abs(skew) < 1
     assert SimulatedExchange(market).best_bid_ask("BTC-USD") == (BID, ASK)  # paper fills at the ticker's touch
     assert {(s.channel, s.product_ids) for s in ws.subscribes} == {
         ("heartbeats", ()),
