@@ -158,7 +158,7 @@ class Session:
             merged.gaps.update(stats.gaps)
             merged.messages.update(stats.messages)
             merged.handler_errors += stats.handler_errors
-            merged.disconnects += stats.disconnects
+            merged.disconnects.extend(stats.disconnects)
             merged.lag_seconds.extend(stats.lag_seconds)
             if stats.last_message is not None:
                 merged.last_message = max(merged.last_message or 0.0, stats.last_message)

@@ -50,6 +50,7 @@ USER_CHANNELS = ("user", "futures_balance_summary")
 CHANNELS = MARKET_CHANNELS + USER_CHANNELS
 MAX_CLOCK_SKEW_SECONDS = 1.0  # a JWT's nbf is the local clock: ahead of the exchange by more, it can be refused
 LAG_SAMPLES = 1000
+DISCONNECTS_KEPT = 1000  # enough for the per-hour guard (10 is critical)
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds, for ws_message_lag_seconds
 
 Handler = Callable[[dict[str, Any]], None]
@@ -89,7 +90,8 @@ class FeedStats:
     connects: int = 0
     reconnects: int = 0
     failed_attempts: int = 0  # connections that ended (or never opened) without delivering a message
-    disconnects: list[float] = field(default_factory=list)  # wall times (time.time()) a live connection ended
+    # wall times (time.time()) a live connection was lost (not stop()), the newest DISCONNECTS_KEPT
+    disconnects: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=DISCONNECTS_KEPT))
     gaps: collections.Counter[str] = field(default_factory=collections.Counter)
     messages: collections.Counter[str] = field(default_factory=collections.Counter)
     handler_errors: int = 0
