@@ -249,13 +249,13 @@ class WsFeed:
         """One connection: connect, subscribe everything, read until it ends; True when a message arrived."""
         from websockets.sync.client import connect
 
+        self._check_clock()  # before connecting: a server drops a connection that does not subscribe at once
         connection = connect(
             self.url, open_timeout=self.open_timeout, ssl=self.ssl_context, max_size=2**24, close_timeout=2
         )
         self._connection = connection
         delivered = False
         last_sequence: int | None = None
-        self._check_clock()
         with connection:
             for subscription in self.subscriptions:
                 message: dict[str, Any] = {
