@@ -52,9 +52,10 @@ def websocket_command(settings: Settings, args: argparse.Namespace) -> int:
     channels = [channel_name(c.strip()) for c in (args.channels or DEFAULT_CHANNELS).split(",") if c.strip()]
     if not channels:
         raise ConfigError("--channels: name at least one channel (e.g. heartbeats,ticker)")
+    session = Session(settings, channels)  # every setting checked (a user channel needs a key) before a file opens
     with ExitStack() as stack:
-        dump = stack.enter_context(Path(args.save).open("w", encoding="utf-8")) if action == "capture" else None
-        session = Session(settings, channels, dump)
+        if action == "capture":
+            session.dump = stack.enter_context(Path(args.save).open("w", encoding="utf-8"))
         stack.callback(session.stop)
         session.start()
         if action == "test":
@@ -65,7 +66,7 @@ def websocket_command(settings: Settings, args: argparse.Namespace) -> int:
         session.run_for(duration, f"websocket {action}")
         session.stop()  # nothing arrives after the summary: its counts are the dump's
         say(session.summary())
-        if dump is not None:
+        if session.dump is not None:
             say(f"saved {session.saved} messages to {args.save}")
         return 0 if session.ever_connected() else 1
 
@@ -73,9 +74,9 @@ def websocket_command(settings: Settings, args: argparse.Namespace) -> int:
 class Session:
     """The feeds a command opened (market, and user when asked), what arrived first on each channel, the dump."""
 
-    def __init__(self, settings: Settings, channels: list[str], dump: IO[str] | None) -> None:
+    def __init__(self, settings: Settings, channels: list[str]) -> None:
         self.channels = channels
-        self.dump = dump
+        self.dump: IO[str] | None = None  # capture's file: one JSON object a line
         self.saved = 0
         self.started = time.monotonic()
         self.first: dict[str, float] = {}

@@ -104,7 +104,7 @@ def test_monitor_prints_a_status_line_every_interval(server: WsTestServer, tmp_p
         (("websocket", "frobnicate"), {}, "websocket: expected one of test, monitor, stability, capture"),
         (("websocket", "capture"), {}, "give --save FILE"),
         (("websocket", "test"), {"COINBASE_WS_URL": "https://advanced-trade-ws.coinbase.com"}, "COINBASE_WS_URL:"),
-        (("websocket", "test", "--channels", "user"), {}, "need a CDP key"),
+        (("websocket", "capture", "--save", "ws_dump.json", "--channels", "user"), {}, "need a CDP key"),
     ],
 )
 def test_bad_input_is_one_line_naming_it_and_exit_2(
