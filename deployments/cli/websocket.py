@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import statistics
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import IO, Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from deployments.cli.output import say
-from trader.coinbase.ws import USER_CHANNELS, FeedStats, Subscription, WsFeed, channel_name
+from trader.coinbase.ws import USER_CHANNELS, FeedStats, Subscription, WsFeed, channel_name, ws_ssl_context
 from trader.errors import ConfigError
 from trader.settings import Settings
 
@@ -85,12 +84,13 @@ class Session:
         market = [s for s in market if s.channel not in USER_CHANNELS]
         user = [Subscription(c) for c in channels if c in USER_CHANNELS]
         self.feeds: list[WsFeed] = []
+        ca_file = settings.coinbase_ca_file
         if market:
             url = settings.coinbase_ws_url
-            self.feeds.append(WsFeed(url, market, self._on_message, ssl_context=_ssl_context(settings, url)))
+            self.feeds.append(WsFeed(url, market, self._on_message, ssl_context=ws_ssl_context(url, ca_file)))
         if user:
-            url, context = settings.coinbase_ws_user_url, _ssl_context(settings, settings.coinbase_ws_user_url)
-            jwt = _jwt_maker(settings)
+            url, jwt = settings.coinbase_ws_user_url, _jwt_maker(settings)
+            context = ws_ssl_context(url, ca_file)
             self.feeds.append(WsFeed(url, user, self._on_message, jwt=jwt, ssl_context=context, name="ws-user-feed"))
 
     def start(self) -> None:
@@ -195,14 +195,6 @@ def _ms(samples: Any, q: float) -> str:
     if len(values) == 1:
         return f"{values[0] * 1000:.0f} ms"
     return f"{statistics.quantiles(values, n=100, method='inclusive')[round(q * 100) - 1] * 1000:.0f} ms"
-
-
-def _ssl_context(settings: Settings, url: str) -> ssl.SSLContext | None:
-    """Verification of wss:// against COINBASE_CA_FILE when set (the system's CAs otherwise); None for ws://."""
-    if not url.startswith("wss://"):
-        return None
-    cafile = str(settings.coinbase_ca_file) if settings.coinbase_ca_file is not None else None
-    return ssl.create_default_context(cafile=cafile)
 
 
 def _jwt_maker(settings: Settings) -> Callable[[], str]:

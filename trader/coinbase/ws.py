@@ -33,11 +33,13 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from trader.errors import ConfigError
@@ -62,6 +64,13 @@ def ws_url(value: str, field_name: str) -> str:
     if problem is not None:
         raise ConfigError(f"{field_name}={value!r} {problem}")
     return value.strip()
+
+
+def ws_ssl_context(url: str, ca_file: Path | None) -> ssl.SSLContext | None:
+    """For wss://: verification against COINBASE_CA_FILE when set, the system's CAs otherwise; None for ws://."""
+    if not url.startswith("wss://"):
+        return None
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
 
 
 def channel_name(value: str) -> str:

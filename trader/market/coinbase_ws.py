@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from trader.coinbase.http import parse_server_time
-from trader.coinbase.ws import Subscription, WsFeed
+from trader.coinbase.ws import Subscription, WsFeed, ws_ssl_context
 from trader.market.coinbase_live import CoinbaseLiveMarketData
 from trader.settings import Settings
 
@@ -43,6 +43,7 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         self.quote_max_age = quote_max_age
         self._ticks: dict[str, tuple[Decimal, Decimal, float]] = {}  # symbol -> bid, ask, monotonic arrival
         self._ticks_lock = threading.Lock()
+        self._book_read_at: dict[str, float] = {}  # symbol -> monotonic time of its latest REST book read
         subscriptions = [Subscription("heartbeats"), Subscription("ticker", tuple(symbols))]
         self.feed = WsFeed(
             ws_url,
@@ -64,10 +65,7 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         from trader.coinbase.http import CallPolicy, build_rest_client
 
         policy = CallPolicy(max_retries=settings.coinbase_max_retries, host=settings.coinbase_api_base)
-        context = None
-        if settings.coinbase_ws_url.startswith("wss://"):
-            cafile = str(settings.coinbase_ca_file) if settings.coinbase_ca_file is not None else None
-            context = ssl.create_default_context(cafile=cafile)
+        context = ws_ssl_context(settings.coinbase_ws_url, settings.coinbase_ca_file)
         client = build_rest_client(settings, None)
         return cls(client, settings.symbols, settings.coinbase_ws_url, ssl_context=context, policy=policy)
 
@@ -80,14 +78,24 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         self.refresh()
 
     def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        """The live ticker's touch; else the newer of the last ticker and the last REST book (the socket may have
+        dropped since this cycle's refresh skipped the book: an older REST book is not the better answer)."""
         tick = self._live_tick(symbol)
         if tick is not None:
             self._rows(symbol)  # an unknown symbol still raises
             return tick
-        return super().quote(symbol)
+        rest = super().quote(symbol)
+        with self._ticks_lock:
+            last = self._ticks.get(symbol)
+        if last is not None and (rest is None or last[2] > self._book_read_at.get(symbol, float("-inf"))):
+            return last[0], last[1]
+        return rest
 
     def _book_wanted(self, symbol: str) -> bool:
-        return self._live_tick(symbol) is None
+        if self._live_tick(symbol) is not None:
+            return False
+        self._book_read_at[symbol] = time.monotonic()  # refresh() reads it now
+        return True
 
     def _live_tick(self, symbol: str) -> tuple[Decimal, Decimal] | None:
         """The ticker's (bid, ask) while the feed is connected and the tick younger than quote_max_age."""

@@ -89,9 +89,12 @@ def test_rest_polling_carries_on_while_the_socket_is_down_and_the_ticker_takes_o
     exchange: AdvancedTradeServer, ws: WsTestServer, market: CoinbaseWsMarketData
 ) -> None:
     assert until(lambda: market.feed.stats.messages["ticker"] >= 1, market)
+    exchange.set_price("BTC-USD", BID - 10, ASK - 10)  # over the ticker only: the REST book was read at the start
+    assert until(lambda: market.quote("BTC-USD") == (BID - 10, ASK - 10), market)
     port = int(ws.url.rsplit(":", 1)[1])
     ws.stop()  # the WebSocket server is gone; the HTTPS server is not
     assert until(lambda: not market.feed.stats.connected, market)
+    assert market.quote("BTC-USD") == (BID - 10, ASK - 10)  # until the next refresh: the newer of ticker and book
     exchange.set_price("BTC-USD", BID, ASK)  # no socket to tell it: only REST knows
     polled = book_reads(exchange)
     market.advance()
