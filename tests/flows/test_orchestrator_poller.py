@@ -243,10 +243,10 @@ def test_the_pollers_heartbeats_keep_a_live_run_from_the_zombie_automation_and_t
             ).start()
             try:
                 started = time.monotonic()
-                wait_until(lambda: time.monotonic() - started > 25, 30, "two and a half zombie windows")
+                wait_until(lambda: time.monotonic() - started > 15, 20, "one and a half zombie windows")
                 state = client.read_flow_run(run.id).state
                 assert state is not None and state.type == StateType.RUNNING, "a heartbeating run was crashed"
-                assert poller.heartbeats >= 20
+                assert poller.heartbeats >= 10
             finally:
                 poller.close()
             stopped = time.monotonic()  # the process is gone: no more heartbeats
@@ -266,7 +266,7 @@ def test_the_pollers_heartbeats_keep_a_live_run_from_the_zombie_automation_and_t
                     }
                 },
             ).json()["events"]
-        assert len(events) >= 15
+        assert len(events) >= 10  # the heartbeats the poller sent, each an event on the server
         flows = [r for r in events[0]["related"] if r["prefect.resource.role"] == "flow"]
         assert flows and flows[0]["prefect.resource.name"] == "poller-heartbeat-target"
     finally:
