@@ -18,6 +18,7 @@ import json
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -79,7 +80,7 @@ class Session:
         self.saved = 0
         self.started = time.monotonic()
         self.first: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self._arrived = threading.Condition()  # notified on every message
         market = [Subscription(c, tuple(settings.symbols) if c != "heartbeats" else ()) for c in channels]
         market = [s for s in market if s.channel not in USER_CHANNELS]
         user = [Subscription(c) for c in channels if c in USER_CHANNELS]
@@ -103,22 +104,22 @@ class Session:
 
     def _on_message(self, message: dict[str, Any]) -> None:
         channel = str(message.get("channel"))
-        with self._lock:
+        with self._arrived:
             self.first.setdefault(channel, time.monotonic() - self.started)
             if self.dump is not None:
                 self.dump.write(json.dumps(message, separators=(",", ":")) + "\n")
                 self.saved += 1
+            self._arrived.notify_all()
 
     def ever_connected(self) -> bool:
-        return all(feed.stats.connects > 0 and sum(feed.stats.messages.values()) > 0 for feed in self.feeds)
+        return all(sum(feed.stats.messages.values()) > 0 for feed in self.feeds)  # a message: it connected
 
     # --- the actions --------------------------------------------------------------------------------------------
 
     def test(self, timeout: float) -> int:
         """Wait for a first message on every channel; one line per channel; 0 when all arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not all(c in self.first for c in self.channels):
-            time.sleep(0.05)
+        with self._arrived:
+            self._arrived.wait_for(lambda: all(c in self.first for c in self.channels), timeout)
         for channel in self.channels:
             if channel in self.first:
                 say(f"{channel}: first message after {self.first[channel]:.2f} s")
@@ -152,40 +153,31 @@ class Session:
     # --- what it prints -----------------------------------------------------------------------------------------
 
     def _merged(self) -> FeedStats:
-        merged = FeedStats(connected=all(f.stats.connected for f in self.feeds))
-        for feed in self.feeds:
-            stats = feed.stats
-            merged.reconnects += stats.reconnects
-            merged.gaps.update(stats.gaps)
-            merged.messages.update(stats.messages)
-            merged.handler_errors += stats.handler_errors
-            merged.disconnects.extend(stats.disconnects)
-            merged.lag_seconds.extend(stats.lag_seconds)
-            if stats.last_message is not None:
-                merged.last_message = max(merged.last_message or 0.0, stats.last_message)
-        return merged
+        return FeedStats.merge(feed.stats for feed in self.feeds)
 
     def status(self) -> str:
         stats = self._merged()
-        per_channel = ", ".join(f"{c} {n}" for c, n in sorted(stats.messages.items()))
         last = "never" if stats.last_message is None else f"{time.monotonic() - stats.last_message:.1f} s ago"
         return (
             f"{'connected' if stats.connected else 'DISCONNECTED'}; messages {sum(stats.messages.values())} "
-            f"({per_channel or 'none'}); reconnects {stats.reconnects}; gaps {sum(stats.gaps.values())}; "
+            f"({_counts(stats.messages)}); reconnects {stats.reconnects}; gaps {sum(stats.gaps.values())}; "
             f"lag p50 {_ms(stats.lag_seconds, 0.5)}; last message {last}"
         )
 
     def summary(self) -> str:
         stats = self._merged()
-        per_channel = ", ".join(f"{c} {n}" for c, n in sorted(stats.messages.items()))
-        gaps = ", ".join(f"{c} {n}" for c, n in sorted(stats.gaps.items())) or "none"
         return (
             f"{time.monotonic() - self.started:.0f} s: messages {sum(stats.messages.values())} "
-            f"({per_channel or 'none'}); "
+            f"({_counts(stats.messages)}); "
             f"reconnects {stats.reconnects}; disconnects {len(stats.disconnects)}; gaps {sum(stats.gaps.values())} "
-            f"({gaps}); lag p50 {_ms(stats.lag_seconds, 0.5)}, p99 {_ms(stats.lag_seconds, 0.99)}; "
+            f"({_counts(stats.gaps)}); lag p50 {_ms(stats.lag_seconds, 0.5)}, p99 {_ms(stats.lag_seconds, 0.99)}; "
             f"handler errors {stats.handler_errors}"
         )
+
+
+def _counts(counter: Counter[str]) -> str:
+    """Counts by channel, e.g. "heartbeats 14, ticker 3"; "none" when there are none."""
+    return ", ".join(f"{c} {n}" for c, n in sorted(counter.items())) or "none"
 
 
 def _ms(samples: Any, q: float) -> str:

@@ -64,6 +64,8 @@ from trader.errors import ConfigError, InsufficientFunds, OrderNotFound, OrderRe
 from trader.fsio import atomic_write
 from trader.market.source import MarketDataSource
 
+log = logging.getLogger(__name__)
+
 DEFAULT_PRODUCTS: tuple[Product, ...] = (
     Product(
         symbol="BTC-USD",
@@ -88,8 +90,6 @@ DEFAULT_PRODUCTS: tuple[Product, ...] = (
 )
 DEFAULT_BALANCES = {"USD": Decimal("100000")}
 STATE_VERSION = 1
-
-log = logging.getLogger(__name__)
 BPS = Decimal("10000")
 AVERAGE_PRICE_STEP = Decimal("0.00000001")
 
@@ -676,10 +676,7 @@ class SimulatedExchange(Broker):
     def _state(self) -> dict[str, Any]:
         return {
             "version": STATE_VERSION,
-            "saves": self._saves,
-            "market_cursor": self.market.cursor,
-            "matched_cursor": self._matched_cursor,
-            "broker_time": self.market.now().isoformat(),
+            **self._clock(),
             "order_seq": self._order_seq,
             "trade_seq": self._trade_seq,
             "balances": {c: str(v) for c, v in self._totals.items()},

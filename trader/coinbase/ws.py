@@ -113,6 +113,29 @@ class FeedStats:
     lag_sum: float = 0.0
     lag_count: int = 0
 
+    @classmethod
+    def merge(cls, parts: Iterable[FeedStats]) -> FeedStats:
+        """Several feeds' stats as one (a command's market and user feeds, a bot's exporter): connected when every
+        one is, counts added, the newest last message, the earliest down time."""
+        parts = list(parts)
+        merged = cls(connected=all(p.connected for p in parts))
+        merged.down_since = min((p.down_since for p in parts if p.down_since is not None), default=None)
+        for part in parts:
+            merged.connects += part.connects
+            merged.reconnects += part.reconnects
+            merged.failed_attempts += part.failed_attempts
+            merged.disconnects.extend(part.disconnects)
+            merged.gaps.update(part.gaps)
+            merged.messages.update(part.messages)
+            merged.handler_errors += part.handler_errors
+            merged.lag_seconds.extend(part.lag_seconds)
+            merged.lag_counts = [a + b for a, b in zip(merged.lag_counts, part.lag_counts, strict=True)]
+            merged.lag_sum += part.lag_sum
+            merged.lag_count += part.lag_count
+        seen = [p.last_message for p in parts if p.last_message is not None]
+        merged.last_message = max(seen, default=None)
+        return merged
+
     def observe_lag(self, seconds: float) -> None:
         """One message's lag: kept for quantiles (the newest LAG_SAMPLES) and in the cumulative histogram."""
         self.lag_seconds.append(seconds)

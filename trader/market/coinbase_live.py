@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, Self
 
 from trader.coinbase.http import CallPolicy, build_rest_client, plain_json
 from trader.domain import Candle
@@ -47,9 +47,14 @@ class CoinbaseLiveMarketData:
         self.refresh()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CoinbaseLiveMarketData:
+    def from_settings(cls, settings: Settings) -> Self:
         policy = CallPolicy(max_retries=settings.coinbase_max_retries, host=settings.coinbase_api_base)
-        return cls(build_rest_client(settings, None), settings.symbols, policy=policy)
+        return cls(build_rest_client(settings, None), settings.symbols, policy=policy, **cls._options(settings))
+
+    @classmethod
+    def _options(cls, settings: Settings) -> dict[str, Any]:
+        """What a subclass's constructor takes from the settings besides the REST client (none here)."""
+        return {}
 
     # --- MarketDataSource ---------------------------------------------------------------------------------------
 

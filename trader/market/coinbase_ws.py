@@ -33,8 +33,8 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         self,
         client: Any,
         symbols: list[str],
-        ws_url: str,
         *,
+        ws_url: str,
         ssl_context: ssl.SSLContext | None = None,
         quote_max_age: float = QUOTE_MAX_AGE_SECONDS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -61,13 +61,9 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
             raise
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CoinbaseWsMarketData:
-        from trader.coinbase.http import CallPolicy, build_rest_client
-
-        policy = CallPolicy(max_retries=settings.coinbase_max_retries, host=settings.coinbase_api_base)
-        context = ws_ssl_context(settings.coinbase_ws_url, settings.coinbase_ca_file)
-        client = build_rest_client(settings, None)
-        return cls(client, settings.symbols, settings.coinbase_ws_url, ssl_context=context, policy=policy)
+    def _options(cls, settings: Settings) -> dict[str, Any]:
+        url = settings.coinbase_ws_url
+        return {"ws_url": url, "ssl_context": ws_ssl_context(url, settings.coinbase_ca_file)}
 
     def close(self) -> None:
         self.feed.stop()

@@ -41,7 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from trader.account_names import DEFAULT_ACCOUNT
 from trader.coinbase import ratelimit
-from trader.coinbase.ws import LAG_BUCKETS, WsFeed
+from trader.coinbase.ws import LAG_BUCKETS, FeedStats, WsFeed
 from trader.errors import ConfigError
 from trader.fsio import atomic_write
 from trader.metrics.telemetry import TRADING_STATES, CycleTelemetry
@@ -220,7 +220,6 @@ class BotMetrics:
         families: list[Metric] = [connected, reconnects, gaps, messages, lag]
         if not with_samples or not self._ws_feeds:
             return families
-        total_reconnects, lag_counts, lag_sum, lag_count = 0, [0] * len(LAG_BUCKETS), 0.0, 0
         for feed in self._ws_feeds:
             stats = feed.stats
             for subscription in feed.subscriptions:
@@ -228,26 +227,24 @@ class BotMetrics:
                 connected.add_metric([self.account, channel], 1.0 if stats.connected else 0.0)
                 gaps.add_metric([self.account, channel], stats.gaps[channel])
                 messages.add_metric([self.account, channel], stats.messages[channel])
-            total_reconnects += stats.reconnects
-            lag_counts = [a + b for a, b in zip(lag_counts, stats.lag_counts, strict=True)]
-            lag_sum, lag_count = lag_sum + stats.lag_sum, lag_count + stats.lag_count
-        reconnects.add_metric([self.account], total_reconnects)
-        buckets = [(f"{bound:g}", count) for bound, count in zip(LAG_BUCKETS, lag_counts, strict=True)]
-        lag.add_metric([self.account], [*buckets, ("+Inf", lag_count)], lag_sum)
+        total = FeedStats.merge(f.stats for f in self._ws_feeds)
+        reconnects.add_metric([self.account], total.reconnects)
+        buckets = [(f"{bound:g}", count) for bound, count in zip(LAG_BUCKETS, total.lag_counts, strict=True)]
+        lag.add_metric([self.account], [*buckets, ("+Inf", total.lag_count)], total.lag_sum)
         return families
 
     def _ws_health(self) -> dict[str, Any] | None:
         """The sockets' state for /health: connected, reconnects, gaps, seconds since the last message."""
         if not self._ws_feeds:
             return None
-        now = time.monotonic()
-        last = [f.stats.last_message for f in self._ws_feeds if f.stats.last_message is not None]
+        total = FeedStats.merge(f.stats for f in self._ws_feeds)
+        last = total.last_message
         return {
-            "connected": all(f.stats.connected for f in self._ws_feeds),
-            "reconnects": sum(f.stats.reconnects for f in self._ws_feeds),
-            "gaps": sum(sum(f.stats.gaps.values()) for f in self._ws_feeds),
-            "disconnects_last_hour": sum(f.stats.disconnects_within(3600) for f in self._ws_feeds),
-            "last_message_age_seconds": round(now - max(last), 3) if last else None,
+            "connected": total.connected,
+            "reconnects": total.reconnects,
+            "gaps": sum(total.gaps.values()),
+            "disconnects_last_hour": total.disconnects_within(3600),
+            "last_message_age_seconds": round(time.monotonic() - last, 3) if last is not None else None,
         }
 
     def observe_api_call(self, method: str, seconds: float, ok: bool) -> None:
