@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from trader.brokers.base import Broker
 from trader.coinbase.ws import WsFeed
-from trader.domain import Candle, OrderRequest, OrderType, Product, Side
+from trader.domain import Candle, Order, OrderRequest, OrderStatus, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, OrderRejected, TraderError
 from trader.fsio import atomic_write
 from trader.ledger import LEDGER_UNANSWERED, Ledger
@@ -41,6 +41,7 @@ from trader.state.manager import StateManager
 from trader.strategy import OrderIntent, Strategy
 
 if TYPE_CHECKING:
+    from trader.brokers.coinbase_user import UserOrderStream
     from trader.metrics.exporter import BotMetrics
     from trader.quality.market_data import MarketDataGate
 
@@ -115,6 +116,7 @@ class TradingBot:
         gate: MarketDataGate | None = None,
         incidents: GuardIncidents | None = None,
         metrics: BotMetrics | None = None,
+        user_orders: UserOrderStream | None = None,
     ) -> None:
         self.settings = settings
         # Every exchange call is timed: error rate, latency p95 and order success feed the guards.
@@ -123,6 +125,9 @@ class TradingBot:
         # The paper exchange's WebSocket market data (MARKET_DATA=coinbase-ws): its feed's state goes to the metrics.
         feed = getattr(getattr(broker, "market", None), "feed", None)
         self.market_feed: WsFeed | None = feed if isinstance(feed, WsFeed) else None
+        # ORDER_UPDATES=coinbase-ws: order status and fills pushed on the user channel, applied between cycles.
+        self.user_orders = user_orders
+        self.order_resync_due = False  # a reconnect or gap's REST resync has not succeeded yet: no new orders
         self.ledger = ledger
         self.strategy = strategy
         self.risk = risk
@@ -186,8 +191,8 @@ class TradingBot:
         """Feed the Prometheus exporter: every exchange call, every cycle, guard trips, checkpoints, recoveries."""
         self.metrics = metrics
         self.stats.listeners.append(metrics.observe_api_call)
-        if self.market_feed is not None:
-            metrics.attach_ws_feed(self.market_feed)
+        for ws_feed in self._ws_feeds():
+            metrics.attach_ws_feed(ws_feed)
         if self.state is not None:  # Redis and PostgreSQL recoveries, and the S3 fallback's sync
             self.state.on_recovery(metrics.record_recovery)
 
@@ -211,6 +216,8 @@ class TradingBot:
         self.products = {symbol: self.broker.get_product(symbol) for symbol in self.settings.symbols}
         report = None
         if self.mode != "dry_run":
+            if self.user_orders is not None:  # connecting while the start-up reconciliation reads REST
+                self.user_orders.start()
             crashed = crashed_sessions(self.ledger)
             if crashed:
                 self.recovery = recover_engine(
@@ -240,6 +247,8 @@ class TradingBot:
     def stop(self, status: str = "stopped", note: str | None = None) -> None:
         """Write the last heartbeat, close the session and release the lease (a standby may take it at once)."""
         self._stop_renewer()
+        if self.user_orders is not None:
+            self.user_orders.stop()
         if self.session_id is None:
             self._release_lease()
             return
@@ -292,7 +301,7 @@ class TradingBot:
                 on_cycle(report)
             remaining = interval - (time.monotonic() - started)
             if remaining > 0 and (max_cycles is None or done < max_cycles):
-                _sleep_unless(remaining, should_stop)
+                self._wait(remaining, should_stop)
         return RunSummary(done, self.orders_sent, self.fills_recorded, stopped_by)
 
     # --- the account lease ---------------------------------------------------------------------------------------
@@ -400,6 +409,7 @@ class TradingBot:
         if self.lease_lost is not None:  # another holder trades this account now: write nothing more
             return report
         if self.mode != "dry_run":
+            report.fills += self._apply_order_updates()
             report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
         controls = self.controls()
         candles = self._market_data()
@@ -421,6 +431,9 @@ class TradingBot:
                 decision = self.risk.check(intent, position, report.prices.get(symbol, Decimal(0)), controls)
                 if not decision.approved:
                     report.refused.append((intent, decision.reason))
+                    continue
+                if self.order_resync_due:
+                    report.refused.append((intent, "order updates resync pending (REST unreachable)"))
                     continue
                 report.orders.append(self._submit(intent, controls))
                 if self.lease_lost is not None:
@@ -450,6 +463,11 @@ class TradingBot:
             report.duration_ms,
         )
         return report
+
+    def _ws_feeds(self) -> list[WsFeed]:
+        """The bot's WebSocket connections: market data (MARKET_DATA=coinbase-ws), order updates (ORDER_UPDATES)."""
+        feeds = [self.market_feed] if self.market_feed is not None else []
+        return feeds + ([self.user_orders.feed] if self.user_orders is not None else [])
 
     def _unless_unreachable(self, read: Callable[[], _T], fallback: _T, what: str) -> _T:
         """A read the cycle can do without: an unreachable exchange is logged (and counted by the error-rate
@@ -511,7 +529,7 @@ class TradingBot:
                 default=0.0,
             ),
             "websocket_disconnects": (
-                float(self.market_feed.stats.disconnects_within(3600)) if self.market_feed is not None else None
+                float(sum(f.stats.disconnects_within(3600) for f in self._ws_feeds())) if self._ws_feeds() else None
             ),
             "position_count": float(open_positions(self.positions.values())),
             "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
@@ -624,7 +642,78 @@ class TradingBot:
 
     # --- ledger, positions, heartbeat ------------------------------------------------------------------------
 
-    def _sync_fills(self) -> int:
+    def _wait(self, seconds: float, should_stop: Callable[[], bool]) -> None:
+        """Sleep until the next cycle; with the user channel, wake at each order update and apply it at once."""
+        stream = self.user_orders
+        if stream is None or self.mode == "dry_run":
+            _sleep_unless(seconds, should_stop)
+            return
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not should_stop() and self.lease_lost is None:
+            if stream.wake.wait(min(0.5, left)):
+                self._apply_order_updates()
+
+    def _apply_order_updates(self) -> int:
+        """What the user channel collected: statuses applied to the ledger, fills read over REST for each order that
+        filled further (trade ids keep it idempotent), and after a reconnect or gap a REST resync first. An
+        unreachable exchange leaves the resync due (no new orders) until the next cycle's try; returns fills."""
+        stream = self.user_orders
+        if stream is None or self.mode == "dry_run" or self.lease_lost is not None or self.session_id is None:
+            return 0
+        updates = stream.take()
+        if not (updates.orders or updates.resync or updates.filled_further or self.order_resync_due):
+            return 0
+        fills = 0
+        try:
+            current = self._apply_streamed_orders(updates.orders)
+            if updates.resync or self.order_resync_due:
+                fills = self._resync_orders()
+            elif updates.filled_further:
+                fills = self._sync_fills(current=current)
+        except BrokerUnavailable as error:
+            log.error("order updates: REST resync failed, new orders wait for it: %s", error)
+            self.order_resync_due = True
+            return fills
+        if self.order_resync_due:
+            log.info("order updates: REST resync done, trading resumes")
+        self.order_resync_due = False
+        return fills
+
+    def _apply_streamed_orders(self, orders: list[Order]) -> set[str]:
+        """Apply the streamed state of the ledger's own orders unless the ledger holds a newer one; the exchange
+        ids applied. Orders the ledger does not know are left to reconciliation."""
+        if not orders:
+            return set()
+        known = self.ledger.orders_by_client_id(o.client_order_id for o in orders if o.client_order_id)
+        fresh = []
+        for order in orders:
+            record = known.get(order.client_order_id)
+            if record is None:
+                log.info("order updates: order %s is not in the ledger; reconciliation reports it", order.order_id)
+                continue
+            if record.filled_quantity > order.filled_quantity or (
+                OrderStatus(record.status).is_terminal and not order.status.is_terminal
+            ):
+                continue  # the ledger already has a newer state (from REST)
+            fresh.append(order)
+        if fresh:
+            self.ledger.apply_orders(fresh)
+        return {order.order_id for order in fresh}
+
+    def _resync_orders(self) -> int:
+        """After a reconnect or a gap: the exchange's open orders, the ledger's open orders the exchange no longer
+        lists (they ended while the socket was down), and the fills since the last one seen, all over REST."""
+        open_now = {order.order_id: order for order in self.broker.list_open_orders()}
+        ours = self.ledger.orders_by_client_id(o.client_order_id for o in open_now.values() if o.client_order_id)
+        self.ledger.apply_orders([o for o in open_now.values() if o.client_order_id in ours])
+        for record in self.ledger.open_orders():
+            if record.exchange_order_id and record.exchange_order_id not in open_now:
+                self._orders_to_refresh.add(record.exchange_order_id)
+        return self._sync_fills()
+
+    def _sync_fills(self, current: Collection[str] = ()) -> int:
+        """Record the fills since the cursor; refresh the orders they belong to from the broker, except those
+        whose `current` state the user channel just applied."""
         last = self._fill_cursor
         # A second of overlap: fills stamped in the same second as the cursor are deduped by trade id.
         fills = self.broker.list_fills(since=last - timedelta(seconds=1) if last else None)
@@ -637,7 +726,7 @@ class TradingBot:
             self._synced_trade_ids = {f.trade_id for f in fills if f.filled_at >= cursor - timedelta(seconds=1)}
         if new:
             self.fills_recorded += new
-            self._orders_to_refresh.update(f.order_id for f in fills)
+            self._orders_to_refresh.update(f.order_id for f in fills if f.order_id not in current)
         # Orders whose fills are recorded are refreshed from the broker; one left by an unreachable exchange
         # is refreshed next cycle (its fills are not new any more, so the set remembers it).
         refreshed = bool(self._orders_to_refresh)

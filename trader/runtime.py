@@ -20,6 +20,7 @@ from trader.strategy import MovingAverageCrossover, Strategy
 
 if TYPE_CHECKING:
     from trader.bot import Mode, TradingBot
+    from trader.brokers.coinbase_user import UserOrderStream
     from trader.metrics.exporter import MetricsServer
     from trader.quality.market_data import MarketDataGate
     from trader.state.checkpoints import CheckpointStore
@@ -107,7 +108,21 @@ def build_bot(
         state=state,
         gate=build_gate(settings),
         incidents=incidents,
+        user_orders=build_user_orders(settings, broker) if mode != "dry_run" else None,
     )
+
+
+def build_user_orders(settings: Settings, broker: Broker) -> UserOrderStream | None:
+    """The WebSocket user channel beside a live Coinbase broker (ORDER_UPDATES=coinbase-ws); not started."""
+    if settings.order_updates != "coinbase-ws" or broker.name != "coinbase":
+        return None
+    import time
+
+    from trader.brokers.coinbase import CoinbaseBroker
+    from trader.brokers.coinbase_user import UserOrderStream
+
+    live = broker if isinstance(broker, CoinbaseBroker) else CoinbaseBroker.from_settings(settings)
+    return UserOrderStream.from_settings(settings, clock_skew=lambda: time.time() - live.server_time().timestamp())
 
 
 def build_gate(settings: Settings) -> MarketDataGate | None:

@@ -17,6 +17,7 @@ Profile = Literal["dev", "canary", "spot", "prod", "perps"]
 PROFILES: tuple[str, ...] = ("dev", "canary", "spot", "prod", "perps")
 BrokerChoice = Literal["auto", "simulated", "coinbase"]
 MarketDataChoice = Literal["replay", "coinbase", "coinbase-ws"]
+OrderUpdatesChoice = Literal["poll", "coinbase-ws"]
 
 # Per-profile defaults; an explicitly set environment variable always wins.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -27,9 +28,10 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_position_usd": Decimal("500"),
         "market_data": "coinbase",  # paper fills on live public prices; no key needed
     },
-    "spot": {"cycle_interval_seconds": 60.0},
-    "prod": {"cycle_interval_seconds": 60.0},
-    "perps": {"cycle_interval_seconds": 60.0},
+    # Live profiles hear of their fills on the WebSocket user channel (REST polling goes on beside it).
+    "spot": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws"},
+    "prod": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws"},
+    "perps": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws"},
 }
 
 _BOOL_HELP = "one of 1, 0, true, false"
@@ -78,6 +80,8 @@ class Settings(BaseSettings):
     # verifies wss:// (trader/coinbase/ws.py).
     coinbase_ws_url: str = "wss://advanced-trade-ws.coinbase.com"
     coinbase_ws_user_url: str = "wss://advanced-trade-ws-user.coinbase.com"
+    # BROKER=coinbase: order status and fills also pushed over the user channel (coinbase-ws), or REST polling only.
+    order_updates: OrderUpdatesChoice = "poll"
     coinbase_timeout_seconds: float = Field(10.0, gt=0, le=120)
     coinbase_max_retries: int = Field(4, ge=0, le=10)
     # Lowers Coinbase's documented limits (30 private / 10 public requests per second) for every bot of this key.

@@ -19,7 +19,6 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +26,15 @@ from typing import IO, Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from deployments.cli.output import say
-from trader.coinbase.ws import USER_CHANNELS, FeedStats, Subscription, WsFeed, channel_name, ws_ssl_context
+from trader.coinbase.ws import (
+    USER_CHANNELS,
+    FeedStats,
+    Subscription,
+    WsFeed,
+    channel_name,
+    ws_jwt_maker,
+    ws_ssl_context,
+)
 from trader.errors import ConfigError
 from trader.settings import Settings
 
@@ -90,7 +97,7 @@ class Session:
             url = settings.coinbase_ws_url
             self.feeds.append(WsFeed(url, market, self._on_message, ssl_context=ws_ssl_context(url, ca_file)))
         if user:
-            url, jwt = settings.coinbase_ws_user_url, _jwt_maker(settings)
+            url, jwt = settings.coinbase_ws_user_url, ws_jwt_maker(settings, f"--channels: {', '.join(USER_CHANNELS)}")
             context = ws_ssl_context(url, ca_file)
             self.feeds.append(WsFeed(url, user, self._on_message, jwt=jwt, ssl_context=context, name="ws-user-feed"))
 
@@ -187,19 +194,3 @@ def _ms(samples: Any, q: float) -> str:
     if len(values) == 1:
         return f"{values[0] * 1000:.0f} ms"
     return f"{statistics.quantiles(values, n=100, method='inclusive')[round(q * 100) - 1] * 1000:.0f} ms"
-
-
-def _jwt_maker(settings: Settings) -> Callable[[], str]:
-    """A fresh WebSocket JWT per subscribe, from the configured CDP key (ConfigError when there is none)."""
-    from coinbase import jwt_generator
-
-    from trader.coinbase.http import load_credentials
-
-    credentials = load_credentials(settings)
-    if credentials is None:
-        raise ConfigError(
-            f"--channels: {', '.join(USER_CHANNELS)} need a CDP key (COINBASE_KEY_FILE or COINBASE_API_KEY and "
-            "COINBASE_API_SECRET)"
-        )
-    name, secret = credentials.name, credentials.private_key.get_secret_value()
-    return lambda: str(jwt_generator.build_ws_jwt(name, secret))

@@ -661,6 +661,40 @@ def _order(raw: dict[str, Any]) -> Order:
     )
 
 
+def order_from_user_channel(raw: dict[str, Any]) -> Order:
+    """An order as the WebSocket `user` channel reports it (cumulative_quantity, leaves_quantity, avg_price,
+    total_fees), in the domain's terms; a market order's quantity is what filled plus what is left."""
+    kind = str(raw.get("order_type") or "").upper().replace(" ", "_")
+    order_type = {"MARKET": OrderType.MARKET, "STOP_LIMIT": OrderType.STOP_LIMIT}.get(kind, OrderType.LIMIT)
+    filled = Decimal(str(raw.get("cumulative_quantity") or 0))
+    leaves = Decimal(str(raw.get("leaves_quantity") or 0))
+    status = _STATUSES.get(str(raw.get("status", "")).upper(), OrderStatus.OPEN)
+    if status == OrderStatus.OPEN and filled > 0:
+        status = OrderStatus.PARTIALLY_FILLED
+    average = Decimal(str(raw.get("avg_price") or 0))
+    tif = {"GOOD_UNTIL_DATE_TIME": TimeInForce.GTD, "IMMEDIATE_OR_CANCEL": TimeInForce.IOC}.get(
+        str(raw.get("time_in_force") or ""), TimeInForce.GTC
+    )
+    limit, stop = (Decimal(str(raw.get(name) or 0)) for name in ("limit_price", "stop_price"))
+    return Order(
+        order_id=str(raw["order_id"]),
+        client_order_id=str(raw.get("client_order_id") or ""),
+        symbol=str(raw["product_id"]),
+        side=Side(str(raw["order_side"]).lower()),
+        order_type=order_type,
+        quantity=filled + leaves,
+        status=status,
+        created_at=_parse_time(str(raw["creation_time"])),
+        limit_price=limit or None,
+        stop_price=stop or None,
+        time_in_force=TimeInForce.GTC if order_type == OrderType.MARKET else tif,
+        filled_quantity=filled,
+        average_fill_price=average if filled > 0 else None,
+        fees=Decimal(str(raw.get("total_fees") or 0)),
+        reject_reason=str(raw.get("reject_reason") or "") or None if status == OrderStatus.REJECTED else None,
+    )
+
+
 def _request_of(order: Order) -> OrderRequest:
     return OrderRequest(
         symbol=order.symbol,

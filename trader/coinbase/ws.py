@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from trader.errors import ConfigError
-from trader.settings import ws_url_problem
+from trader.settings import Settings, ws_url_problem
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,19 @@ def ws_ssl_context(url: str, ca_file: Path | None) -> ssl.SSLContext | None:
     if not url.startswith("wss://"):
         return None
     return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+
+
+def ws_jwt_maker(settings: Settings, needed_by: str) -> Callable[[], str]:
+    """A fresh WebSocket JWT per subscribe from the configured CDP key; ConfigError naming `needed_by` when there
+    is no key. The key stays inside the closure: never logged."""
+    from coinbase import jwt_generator
+    from trader.coinbase.http import load_credentials
+
+    credentials = load_credentials(settings)
+    if credentials is None:
+        raise ConfigError(f"{needed_by} need a CDP key (COINBASE_KEY_FILE or COINBASE_API_KEY and COINBASE_API_SECRET)")
+    name, secret = credentials.name, credentials.private_key.get_secret_value()
+    return lambda: str(jwt_generator.build_ws_jwt(name, secret))
 
 
 def channel_name(value: str) -> str:

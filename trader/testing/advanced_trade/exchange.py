@@ -73,6 +73,7 @@ class _Exchange:
         self.volume = ZERO
         self.fees_paid = ZERO
         self._sequence = itertools.count(1)
+        self.changed: dict[str, None] = {}  # ids of orders changed since the server last drained it (user channel)
 
     # ---------------------------------------------------------------- market data
 
@@ -107,6 +108,7 @@ class _Exchange:
         for order in self._open_orders(product_id):
             if order.stop_pending and self._stop_hit(order, mid):
                 order.trigger_status = "STOP_TRIGGERED"
+                self.changed[order.order_id] = None
                 self._match(order, now)
         for order in self._open_orders(product_id):
             if not order.stop_pending and order.limit_price is not None and self._crosses(order):
@@ -255,6 +257,7 @@ class _Exchange:
         )
         self.orders[order.order_id] = order
         self.client_ids[order.client_order_id] = order.order_id
+        self.changed[order.order_id] = None
         if order.order_type == "MARKET":
             self._fill_market(order, spec, now)
             return order
@@ -330,6 +333,7 @@ class _Exchange:
         order.total_fees += fee
         order.number_of_fills += 1
         order.last_fill_time = now
+        self.changed[order.order_id] = None
         if completes:
             order.status = "FILLED"
         fill = Fill(
@@ -354,6 +358,7 @@ class _Exchange:
     def close(self, order: Order, status: str, message: str = "") -> None:
         order.status = status
         order.cancel_message = message
+        self.changed[order.order_id] = None
         self._release(order, order.hold)
 
     def expire(self, now: datetime) -> None:
@@ -422,6 +427,7 @@ class _Exchange:
         order.base_size, order.limit_price = size, price
         order.configuration.update(base_size=_fmt(size), limit_price=_fmt(price))
         order.edit_history.append({"price": _fmt(price), "size": _fmt(size), "replace_accept_timestamp": _rfc3339(now)})
+        self.changed[order.order_id] = None
         if order.remaining <= 0:
             order.status = "FILLED"
             return

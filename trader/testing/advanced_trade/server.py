@@ -45,6 +45,7 @@ from trader.testing.advanced_trade.wire import (
     _invalid,
     _not_found,
     _permission_denied,
+    _user_order_json,
 )
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class AdvancedTradeServer(_Endpoints):
         # Off unless set (tests that are not about limits are not slowed): Coinbase's are 30 and 10 per second.
         self.rate_limit = RequestLimit(rate_limit_rps) if rate_limit_rps else None
         self.public_rate_limit = RequestLimit(public_rate_limit_rps) if public_rate_limit_rps else None
+        self.public_key_pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
         self._public_key = load_public_key(public_key_pem)
         self._host, self._port = host, port
         self.cert_file, self.key_file = make_self_signed_cert(Path(cert_dir))
@@ -181,7 +183,9 @@ class AdvancedTradeServer(_Endpoints):
         self._stopping = threading.Event()
         self._httpd: _HTTPSServer | None = None
         self._thread: threading.Thread | None = None
-        self._price_listeners: list[Callable[[str, Decimal, Decimal], None]] = []
+        self._price_listeners: list[Callable[[str, Decimal, Decimal], object]] = []
+        self._order_listeners: list[Callable[[list[JsonObject]], object]] = []
+        self._publish_lock = threading.Lock()  # order updates leave in the order they were made
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -296,10 +300,36 @@ class AdvancedTradeServer(_Endpoints):
             self._exchange.set_price(product_id, best_bid, best_ask, self.now())
         for listener in list(self._price_listeners):
             listener(product_id, best_bid, best_ask)
+        self._publish_orders()
 
-    def on_price(self, listener: Callable[[str, Decimal, Decimal], None]) -> None:
+    def on_price(self, listener: Callable[[str, Decimal, Decimal], object]) -> None:
         """Call `listener(product_id, bid, ask)` after every set_price (the WebSocket test server's ticker)."""
         self._price_listeners.append(listener)
+
+    def on_orders(self, listener: Callable[[list[JsonObject]], object]) -> None:
+        """Call `listener(orders)` with the user-channel JSON of the orders that changed, after every request, price
+        move and fill_order that changed any (the WebSocket test server's `user` channel: WsTestServer.orders)."""
+        self._order_listeners.append(listener)
+
+    def open_user_orders(self) -> list[JsonObject]:
+        """The open orders as the user channel's snapshot lists them, oldest first."""
+        with self._lock:
+            orders = sorted((o for o in self._exchange.orders.values() if o.is_open), key=lambda o: o.sequence)
+            return [_user_order_json(o, self.portfolio_uuid) for o in orders]
+
+    def _publish_orders(self) -> None:
+        with self._publish_lock:
+            with self._lock:
+                exchange = self._exchange
+                if not exchange.changed:
+                    return
+                changed = [exchange.orders[order_id] for order_id in exchange.changed]
+                exchange.changed.clear()
+                if not self._order_listeners:
+                    return
+                payload = [_user_order_json(order, self.portfolio_uuid) for order in changed]
+            for listener in list(self._order_listeners):
+                listener(payload)
 
     def set_product_status(self, product_id: str, **flags: bool) -> None:
         """Set trading_disabled, cancel_only, limit_only or post_only on a product."""
@@ -322,7 +352,18 @@ class AdvancedTradeServer(_Endpoints):
             if not 0 < amount <= order.remaining:
                 raise ValueError(f"fill size {amount} is outside (0, {order.remaining}]")
             at = order.limit_price if price is None else Decimal(str(price))
-            return exchange.execute(order, amount, at, "MAKER", self.now())
+            fill = exchange.execute(order, amount, at, "MAKER", self.now())
+        self._publish_orders()
+        return fill
+
+    def cancel_order(self, order_id: str) -> None:
+        """Cancel an open order as another client would (the Coinbase UI): the user channel reports it."""
+        with self._lock:
+            order = self._exchange.orders.get(order_id)
+            if order is None or not order.is_open:
+                raise ValueError(f"order {order_id} is not open")
+            self._exchange.close(order, "CANCELLED", "User requested cancel")
+        self._publish_orders()
 
     def add_perp_position(
         self,
@@ -463,6 +504,8 @@ class AdvancedTradeServer(_Endpoints):
         except Exception:
             log.exception("advanced trade test server: %s %s failed", call.method, call.path)
             return _Answer(500, {"error": "INTERNAL", "error_details": "", "message": "Internal server error"})
+        finally:
+            self._publish_orders()
         return _Answer(200, payload)
 
     @staticmethod

@@ -444,6 +444,45 @@ def _order_json(order: Order, user_id: str, portfolio_id: str) -> JsonObject:
     }
 
 
+def _user_order_json(order: Order, portfolio_id: str) -> JsonObject:
+    """An order as the WebSocket `user` channel reports it: cumulative figures, no fills (those come over REST)."""
+    size = order.base_size
+    leaves = order.remaining if order.is_open else ZERO
+    after_fees = order.filled_value + order.total_fees if order.side == "BUY" else order.filled_value - order.total_fees
+    completion = (order.filled_size / size * HUNDRED if size else ZERO).quantize(Decimal("0.01"))
+    return {
+        "order_id": order.order_id,
+        "client_order_id": order.client_order_id,
+        "product_id": order.product_id,
+        "product_type": "SPOT",
+        "order_side": order.side,
+        "order_type": order.order_type,
+        "status": order.status,
+        "time_in_force": order.time_in_force,
+        "trigger_status": order.trigger_status,
+        "creation_time": _rfc3339(order.created_time),
+        "end_time": _rfc3339(order.end_time) if order.end_time else "0001-01-01T00:00:00Z",
+        "start_time": "0001-01-01T00:00:00Z",
+        "limit_price": _fmt(order.limit_price or ZERO),
+        "stop_price": _fmt(order.stop_price or ZERO),
+        "post_only": str(order.post_only).lower(),
+        "cumulative_quantity": _fmt(order.filled_size),
+        "leaves_quantity": _fmt(leaves),
+        "avg_price": _fmt(order.average_filled_price),
+        "filled_value": _fmt(order.filled_value),
+        "total_fees": _fmt(order.total_fees),
+        "total_value_after_fees": _fmt(after_fees),
+        "number_of_fills": str(order.number_of_fills),
+        "completion_percentage": _fmt(completion),
+        "outstanding_hold_amount": _fmt(order.hold),
+        "cancel_reason": order.cancel_message,
+        "reject_reason": "",
+        "retail_portfolio_id": portfolio_id,
+        "contract_expiry_type": "UNKNOWN_CONTRACT_EXPIRY_TYPE",
+        "risk_managed_by": "UNKNOWN_RISK_MANAGEMENT_TYPE",
+    }
+
+
 def _fill_json(fill: Fill, user_id: str, portfolio_id: str) -> JsonObject:
     return {
         "entry_id": fill.entry_id,

@@ -20,6 +20,11 @@ What it models (docs.cdp.coinbase.com, Advanced Trade WebSocket):
   waits that long first).
 * `ticker`: with `quotes` (AdvancedTradeServer.quote), a subscribe opens with a snapshot of each product's best bid
   and ask; `ticker()` sends an update (AdvancedTradeServer.on_price(ws.ticker): one per price move).
+* `user`: a subscribe opens with the open orders (`open_orders`, AdvancedTradeServer.open_user_orders) in snapshot
+  messages of at most 50 orders each (one empty snapshot when there are none), as Coinbase batches them; `orders()`
+  sends an update with orders that changed (AdvancedTradeServer.on_orders(ws.orders): an order placed, filled,
+  cancelled or expired over REST or by a price move reaches the user channel).
+* `WsTestServer.beside(rest_server)` wires a server to the HTTPS test server's exchange: its quotes and its orders.
 
 `subscribes` records each accepted subscribe as (connection number, channel, product_ids, authenticated), so tests
 assert what was resubscribed after a reconnect. JWTs are never logged or kept.
@@ -36,16 +41,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
 from trader.testing.advanced_trade.keys import jwt_problem, load_public_key
 
+if TYPE_CHECKING:
+    from trader.testing.advanced_trade.server import AdvancedTradeServer
+
 AUTH_CHANNELS = frozenset({"user", "futures_balance_summary"})
 CHANNELS = frozenset({"heartbeats", "ticker", "ticker_batch", "candles", "level2", "market_trades", "status"})
 CHANNELS |= AUTH_CHANNELS
+SNAPSHOT_BATCH = 50  # open orders per user-channel snapshot message
 
 
 @dataclass(frozen=True)
@@ -77,13 +86,16 @@ class WsTestServer:
         public_key_pem: bytes,
         heartbeat_seconds: float = 0.1,
         quotes: Callable[[str], tuple[Decimal, Decimal]] | None = None,
+        open_orders: Callable[[], list[dict[str, Any]]] | None = None,
         port: int = 0,
     ) -> None:
-        """quotes: the (bid, ask) of a product (AdvancedTradeServer.quote), for the ticker channel's snapshot; port:
-        0 for a free one, or the port of a stopped server to bring it back where its clients reconnect."""
+        """quotes: the (bid, ask) of a product (AdvancedTradeServer.quote), for the ticker channel's snapshot;
+        open_orders: the user channel's snapshot (AdvancedTradeServer.open_user_orders); port: 0 for a free one, or
+        the port of a stopped server to bring it back where its clients reconnect."""
         self.key_name = key_name
         self.port = port
         self.quotes = quotes
+        self.open_orders = open_orders
         self._public_key = load_public_key(public_key_pem)
         self.heartbeat_seconds = heartbeat_seconds
         self.subscribes: list[Subscribe] = []
@@ -98,6 +110,18 @@ class WsTestServer:
         self._stopping = threading.Event()
         self._server: Server | None = None
         self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def beside(cls, rest: AdvancedTradeServer, **options: Any) -> WsTestServer:
+        """A server sharing `rest`'s exchange: its quotes on `ticker`, its orders on `user` (snapshot and updates);
+        the same key verifies both. Not started."""
+        options.setdefault("key_name", rest.key_name)
+        server = cls(
+            public_key_pem=rest.public_key_pem, quotes=rest.quote, open_orders=rest.open_user_orders, **options
+        )
+        rest.on_price(server.ticker)
+        rest.on_orders(server.orders)
+        return server
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -150,6 +174,10 @@ class WsTestServer:
     def ticker(self, product_id: str, bid: Decimal, ask: Decimal) -> int:
         """A ticker update with this touch (AdvancedTradeServer.on_price(ws.ticker) sends one per price move)."""
         return self.publish("ticker", [{"type": "update", "tickers": [_ticker(product_id, bid, ask)]}], product_id)
+
+    def orders(self, orders: list[dict[str, Any]]) -> int:
+        """A user-channel update with these orders (AdvancedTradeServer.on_orders(ws.orders) sends each change)."""
+        return self.publish("user", [{"type": "update", "orders": orders}])
 
     def drop(self) -> None:
         """Abort every connection's TCP stream: no close frame, as a network failure leaves it."""
@@ -232,8 +260,10 @@ class WsTestServer:
         client.channels[channel] = products
         self.subscribes.append(Subscribe(client.number, channel, products, token is not None))
         self._send(client, "subscriptions", [{"subscriptions": {c: list(p) for c, p in client.channels.items()}}])
-        if channel == "user":  # Coinbase opens the user channel with a snapshot of the open orders (none here yet)
-            self._send(client, "user", [{"type": "snapshot", "orders": []}])
+        if channel == "user":  # Coinbase opens the user channel with the open orders, batched by 50
+            orders = self.open_orders() if self.open_orders is not None else []
+            for start in range(0, max(len(orders), 1), SNAPSHOT_BATCH):
+                self._send(client, "user", [{"type": "snapshot", "orders": orders[start : start + SNAPSHOT_BATCH]}])
         if channel == "ticker" and self.quotes is not None:  # and the ticker channel with each product's touch
             tickers = [_ticker(p, *self.quotes(p)) for p in products]
             self._send(client, "ticker", [{"type": "snapshot", "tickers": tickers}])
