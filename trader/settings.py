@@ -26,7 +26,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "cycle_interval_seconds": 60.0,
         "position_size_usd": Decimal("100"),
         "max_position_usd": Decimal("500"),
-        "market_data": "coinbase",  # paper fills on live public prices; no key needed
+        # paper fills on live public prices, the touch from the WebSocket ticker; no key needed
+        "market_data": "coinbase-ws",
     },
     # Live profiles hear of their fills on the WebSocket user channel (REST polling goes on beside it).
     "spot": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws"},
@@ -49,13 +50,18 @@ _THRESHOLD_PAIRS = (
 )
 
 
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def ws_url_problem(value: str) -> str | None:
     """Why `value` is not a URL the feed may use, or None: wss:// with a host, or ws:// to a loopback address only
     (a JWT never crosses a network in the clear)."""
     parsed = urlparse(value.strip())
     if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
         return "is not a WebSocket URL; use wss://host[:port] (ws:// only on loopback)"
-    if parsed.scheme == "ws" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+    if parsed.scheme == "ws" and not _loopback(parsed.hostname):
         return "is plain ws:// off loopback; use wss://"
     return None
 
@@ -211,11 +217,33 @@ class Settings(BaseSettings):
             raise ValueError("RISK_ORDER_SUCCESS_CRITICAL_PCT must be below RISK_ORDER_SUCCESS_WARN_PCT")
         if self.strategy_fast_window >= self.strategy_slow_window:
             raise ValueError("STRATEGY_FAST_WINDOW must be smaller than STRATEGY_SLOW_WINDOW")
+        self._check_one_exchange()
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.state_dir / 'ledger.db').as_posix()}"
         if not self.cold_storage_url:
             self.cold_storage_url = (self.state_dir / "cold").as_posix()
         return self
+
+    def _check_one_exchange(self) -> None:
+        """REST on a local test exchange with a WebSocket left at Coinbase's: two exchanges, and traffic off this
+        machine that nobody meant. Refused, naming the variable to set."""
+        if not _loopback(self.coinbase_api_base.rpartition(":")[0] or self.coinbase_api_base):
+            return
+        live_broker = self.broker == "coinbase" or (self.broker == "auto" and self.has_coinbase_credentials)
+        for name, url, used, off in (
+            (
+                "COINBASE_WS_USER_URL",
+                self.coinbase_ws_user_url,
+                live_broker and self.order_updates == "coinbase-ws",
+                "ORDER_UPDATES=poll",
+            ),
+            ("COINBASE_WS_URL", self.coinbase_ws_url, self.market_data == "coinbase-ws", "MARKET_DATA=coinbase"),
+        ):
+            if used and not _loopback(urlparse(url).hostname or ""):
+                raise ValueError(
+                    f"{name} is {url} while COINBASE_API_BASE is the local {self.coinbase_api_base}: set {name} to "
+                    f"that exchange's WebSocket server (ws://127.0.0.1:PORT), or {off}"
+                )
 
     @property
     def symbols(self) -> list[str]:
@@ -281,6 +309,10 @@ def load_settings(**overrides: Any) -> Settings:
         settings = base.model_copy(update=fill) if fill else base
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None
+    try:
+        settings._check_one_exchange()  # again with the profile's defaults (model_copy does not validate)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     _check_lease_ttl(settings)
     return settings
 

@@ -15,6 +15,7 @@ from trader.brokers.coinbase import CoinbaseBroker
 from trader.settings import load_settings
 from trader.strategy import MovingAverageCrossover
 from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, generate_cdp_key
+from trader.testing.advanced_trade.ws import WsTestServer
 
 ORDERS = "/api/v3/brokerage/orders"
 
@@ -24,13 +25,17 @@ def exchange(start_exchange: Callable[..., AdvancedTradeServer]) -> AdvancedTrad
     return start_exchange(balances={"USD": Decimal("2500.50"), "BTC": Decimal("0.125"), "ETH": Decimal("0")})
 
 
-def env_for(server: AdvancedTradeServer, key: CdpKey, home: Path) -> dict[str, str]:
+def env_for(server: AdvancedTradeServer, key: CdpKey, home: Path, ws: WsTestServer | None = None) -> dict[str, str]:
+    """The variables of a bot on the local server; with `ws`, its order updates on that server's user channel
+    (spot's default), else REST polling only."""
     key_file = home / "cdp_api_key.json"
     key.write_key_file(key_file)
+    updates = {"COINBASE_WS_USER_URL": ws.url} if ws is not None else {"ORDER_UPDATES": "poll"}
     return {
         "COINBASE_API_BASE": server.base_url,
         "COINBASE_CA_FILE": str(server.ca_file),
         "COINBASE_KEY_FILE": str(key_file),
+        **updates,
     }
 
 
@@ -107,6 +112,7 @@ def test_a_bad_key_file_is_one_line_exit_2(tmp_path: Path, exchange: AdvancedTra
         "COINBASE_API_BASE": exchange.base_url,
         "COINBASE_CA_FILE": str(exchange.ca_file),
         "COINBASE_KEY_FILE": str(bad),
+        "ORDER_UPDATES": "poll",
     }
 
     result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env)
@@ -137,6 +143,7 @@ def test_canary_paper_trades_on_the_servers_live_prices_without_a_key(
     env = {
         "COINBASE_API_BASE": exchange.base_url,
         "COINBASE_CA_FILE": str(exchange.ca_file),
+        "MARKET_DATA": "coinbase",  # REST only (canary's default, coinbase-ws, has its own test)
         "STRATEGY_FAST_WINDOW": "2",
         "STRATEGY_SLOW_WINDOW": "3",
     }
@@ -156,7 +163,8 @@ def test_canary_paper_trades_on_the_servers_live_prices_without_a_key(
 def test_the_bot_runs_live_cycles_on_the_server_and_records_what_it_sent(
     tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
 ) -> None:
-    env = env_for(exchange, cdp_key, tmp_path)
+    ws = WsTestServer.beside(exchange).start()  # spot hears of its orders on the user channel by default
+    env = env_for(exchange, cdp_key, tmp_path, ws)
     fast, slow = crossing_windows(exchange, cdp_key, tmp_path)
     env.update(STRATEGY_FAST_WINDOW=str(fast), STRATEGY_SLOW_WINDOW=str(slow))
 
@@ -171,6 +179,22 @@ def test_the_bot_runs_live_cycles_on_the_server_and_records_what_it_sent(
     assert sent, result.stdout
     assert {o.client_order_id for o in ledger.list_orders()} == sent  # every order sent is in the ledger, once
     assert any(r.path == "/api/v3/brokerage/accounts" for r in exchange.requests)
+    ws.stop()
+    assert {(s.channel, s.authenticated) for s in ws.subscribes} == {("heartbeats", True), ("user", True)}
+
+
+def test_a_local_rest_exchange_with_coinbases_websocket_is_refused_before_anything_is_sent(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
+) -> None:
+    env = env_for(exchange, cdp_key, tmp_path)
+    del env["ORDER_UPDATES"]  # spot's default, coinbase-ws, with COINBASE_WS_USER_URL left at Coinbase's
+
+    result = perps_bot(tmp_path, "--profile", "spot", "--cycles", "1", **env)
+
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "COINBASE_WS_USER_URL is wss://advanced-trade-ws-user.coinbase.com while COINBASE_API_BASE" in result.stderr
+    assert "or ORDER_UPDATES=poll" in result.stderr
+    assert not exchange.requests and not (tmp_path / "var/state/ledger.db").exists()
 
 
 def crossing_windows(server: AdvancedTradeServer, key: CdpKey, home: Path) -> tuple[int, int]:

@@ -195,7 +195,11 @@ def test_preflight_on_coinbase_warns_when_the_trading_key_can_transfer(
     key_file = tmp_path / "key.json"
     cdp_key.write_key_file(key_file)
     settings = load_settings(
-        profile="spot", coinbase_key_file=key_file, coinbase_api_base=server.base_url, coinbase_ca_file=server.ca_file
+        profile="spot",
+        coinbase_key_file=key_file,
+        coinbase_api_base=server.base_url,
+        coinbase_ca_file=server.ca_file,
+        order_updates="poll",
     )
     started = time.monotonic()
 

@@ -120,8 +120,7 @@ def test_a_canary_paper_bot_runs_a_cycle_on_the_websocket_ticker(
     env = {
         "COINBASE_API_BASE": exchange.base_url,
         "COINBASE_CA_FILE": str(exchange.ca_file),
-        "MARKET_DATA": "coinbase-ws",
-        "COINBASE_WS_URL": ws.url,
+        "COINBASE_WS_URL": ws.url,  # MARKET_DATA=coinbase-ws is canary's default
         "STRATEGY_FAST_WINDOW": "2",
         "STRATEGY_SLOW_WINDOW": "3",
     }
