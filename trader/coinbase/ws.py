@@ -272,6 +272,8 @@ class WsFeed:
             except Exception:  # anything else: said with its traceback, and the feed still reconnects
                 log.exception("%s %s: unexpected error; reconnecting", self.name, self.url)
             finally:
+                # A connection that delivered and then died (the usual end) is no failed attempt: no backoff.
+                delivered = delivered or self.stats.connected
                 if self.stats.connected and not self._stopping.is_set():  # lost, not ended by stop()
                     self.stats.disconnects.append(time.time())
                     self.stats.down_since = time.monotonic()

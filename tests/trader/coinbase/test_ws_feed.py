@@ -96,6 +96,7 @@ def test_every_channel_is_resubscribed_with_a_fresh_jwt_after_a_dropped_stream_a
         assert tokens.made == 9  # a JWT made for each subscribe of each connection
         assert resyncs == [1, 2]  # a resync after each reconnect, none at the first connect
         assert len(live.stats.disconnects) == 2 and live.stats.disconnects_within(3600) == 2
+        assert live.stats.failed_attempts == 0  # both connections delivered before they died: no backoff after them
         assert server.publish("ticker", [{"type": "update", "tickers": [{"product_id": "BTC-USD"}]}]) == 1
         assert live.wait_for(lambda s: s.messages["ticker"] == 1, 5)
         assert recorder.on("ticker")[0]["events"][0]["tickers"][0]["product_id"] == "BTC-USD"
