@@ -422,7 +422,11 @@ class SimulatedExchange(Broker):
         buy = request.side == Side.BUY
         quote = self.market.quote(product.symbol)
         reference = close if quote is None else (quote[1] if buy else quote[0])
-        market_price = self._slipped(product, request.side, reference)
+        walked = self.market.taker_price(product.symbol, request.side, request.quantity)
+        if walked is not None:  # a live level2 book: its depth is the slippage
+            market_price = _round(walked, product.quote_increment, ROUND_CEILING if buy else ROUND_FLOOR)
+        else:
+            market_price = self._slipped(product, request.side, reference)
         if request.order_type == OrderType.MARKET:
             return _Plan("fill", market_price, Liquidity.TAKER)
         limit = request.limit_price

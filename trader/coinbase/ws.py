@@ -54,6 +54,7 @@ MAX_CLOCK_SKEW_SECONDS = 1.0  # a JWT's nbf is the local clock: ahead of the exc
 LAG_SAMPLES = 1000
 DISCONNECTS_KEPT = 1000  # enough for the per-hour guard (10 is critical)
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds, for ws_message_lag_seconds
+WIRE_CHANNELS = {"level2": "l2_data"}  # a subscription whose messages carry another channel name
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -214,7 +215,7 @@ class WsFeed:
         self.ssl_context = ssl_context
         self.name = name
         self.stats = FeedStats()
-        self._channels = {s.channel for s in self.subscriptions} | {"subscriptions"}
+        self._channels = {WIRE_CHANNELS.get(s.channel, s.channel) for s in self.subscriptions} | {"subscriptions"}
         self._stopping = threading.Event()
         self._kick = threading.Event()  # restart(): cut a backoff wait short
         self._connection: Any = None

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, Self
 
 from trader.coinbase.http import CallPolicy, build_rest_client, plain_json
-from trader.domain import Candle
+from trader.domain import Candle, Side
 from trader.errors import BrokerUnavailable, ConfigError, UnknownSymbol
 from trader.market.source import candles_from_coinbase
 from trader.settings import Settings
@@ -80,6 +80,10 @@ class CoinbaseLiveMarketData:
     def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
         self._rows(symbol)
         return self._quotes.get(symbol)
+
+    def taker_price(self, symbol: str, side: Side, quantity: Decimal) -> Decimal | None:
+        """No book over REST polling (the product book's touch only): the paper exchange's slippage stands in."""
+        return None
 
     def advance(self) -> bool:
         """Fetch what closed since the last call; live data never runs out."""

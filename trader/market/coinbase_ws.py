@@ -6,6 +6,12 @@ supervised WsFeed (trader/coinbase/ws.py, with `heartbeats` to keep it open): ev
 product's (best_bid, best_ask). While a product's last ticker is younger than `quote_max_age` seconds and the feed
 is connected, refresh() reads no product book over REST; when the socket is down or quiet, REST polling carries on
 as before, every cycle, until the ticker is back. `feed.stats` is what the WebSocket guards and metrics read.
+
+`level2` keeps each product's order book (a snapshot per connection, then absolute `new_quantity` updates, "0"
+removing a level) for the paper exchange's fills: `taker_price` walks it for the average price of a market order's
+size. A book is used only from its snapshot on the open connection: a reconnect waits for the new snapshot, and a
+sequence gap (a missed update: Coinbase has no retransmit) drops every book and reconnects for fresh snapshots.
+Without a live book, or without the depth, the paper exchange prices from the touch plus its slippage.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 from trader.coinbase.http import parse_server_time
 from trader.coinbase.ws import Subscription, WsFeed, ws_ssl_context
+from trader.domain import Side
 from trader.market.coinbase_live import CoinbaseLiveMarketData
 from trader.settings import Settings
 
@@ -44,11 +51,18 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         self._ticks: dict[str, tuple[Decimal, Decimal, float]] = {}  # symbol -> bid, ask, monotonic arrival
         self._ticks_lock = threading.Lock()
         self._book_read_at: dict[str, float] = {}  # symbol -> monotonic time of its latest REST book read
-        subscriptions = [Subscription("heartbeats"), Subscription("ticker", tuple(symbols))]
+        self._books: dict[str, dict[str, dict[Decimal, Decimal]]] = {}  # symbol -> bid/offer -> price -> quantity
+        subscriptions = [
+            Subscription("heartbeats"),
+            Subscription("ticker", tuple(symbols)),
+            Subscription("level2", tuple(symbols)),
+        ]
         self.feed = WsFeed(
             ws_url,
             subscriptions,
             self._on_message,
+            on_reconnect=self._drop_books,
+            on_gap=self._on_gap,
             ssl_context=ssl_context,
             clock_skew=lambda: time.time() - parse_server_time(client.get_unix_time()).timestamp(),
             name="ws-market-data",
@@ -87,6 +101,35 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
             return last[0], last[1]
         return rest
 
+    def taker_price(self, symbol: str, side: Side, quantity: Decimal) -> Decimal | None:
+        """The average price of taking `quantity` from the live level2 book: the offers upwards for a buy, the bids
+        downwards for a sell; None without a live book or without the depth."""
+        if quantity <= 0 or not self.feed.stats.connected:
+            return None
+        with self._ticks_lock:
+            book = self._books.get(symbol)
+            levels = sorted(book["offer"].items()) if book and side == Side.BUY else None
+            if book and side == Side.SELL:
+                levels = sorted(book["bid"].items(), reverse=True)
+        left, cost = quantity, Decimal(0)
+        for price, size in levels or ():
+            taken = min(left, size)
+            cost += taken * price
+            left -= taken
+            if left <= 0:
+                return cost / quantity
+        return None
+
+    def _drop_books(self) -> None:
+        with self._ticks_lock:
+            self._books.clear()
+
+    def _on_gap(self, channel: str, expected: int, got: int) -> None:
+        """A missed message may be a book update: every book is dropped and the connection made again, for fresh
+        snapshots (the touch comes back with the ticker's)."""
+        self._drop_books()
+        self.feed.restart()
+
     def _book_wanted(self, symbol: str) -> bool:
         if self._live_tick(symbol) is not None:
             return False
@@ -102,7 +145,10 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         return tick[0], tick[1]
 
     def _on_message(self, message: dict[str, Any]) -> None:
-        if message.get("channel") != "ticker":
+        channel = message.get("channel")
+        if channel == "l2_data":
+            self._on_level2(message)
+        if channel != "ticker":
             return
         now = time.monotonic()
         for event in message.get("events") or ():
@@ -114,3 +160,23 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
                 if 0 < bid < ask:
                     with self._ticks_lock:
                         self._ticks[str(ticker.get("product_id"))] = (bid, ask, now)
+
+    def _on_level2(self, message: dict[str, Any]) -> None:
+        with self._ticks_lock:
+            for event in message.get("events") or ():
+                symbol = str(event.get("product_id"))
+                if event.get("type") == "snapshot":
+                    self._books[symbol] = {"bid": {}, "offer": {}}
+                book = self._books.get(symbol)
+                if book is None:
+                    continue  # an update before this connection's snapshot: the snapshot will hold it
+                for level in event.get("updates") or ():
+                    try:
+                        side = {"bid": "bid", "offer": "offer", "ask": "offer"}[str(level["side"])]
+                        price, quantity = Decimal(str(level["price_level"])), Decimal(str(level["new_quantity"]))
+                    except (KeyError, InvalidOperation):
+                        continue
+                    if quantity > 0:
+                        book[side][price] = quantity
+                    else:
+                        book[side].pop(price, None)

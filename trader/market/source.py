@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from trader.domain import Candle
+from trader.domain import Candle, Side
 from trader.errors import ConfigError, UnknownSymbol
 
 DEFAULT_REPLAY_FILE = Path(__file__).resolve().parent.parent / "data" / "candles_1m.csv.gz"
@@ -50,6 +50,11 @@ class MarketDataSource(Protocol):
 
     def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
         """The exchange's best (bid, ask) when the source has one (live data); None: derive it from the close."""
+        ...
+
+    def taker_price(self, symbol: str, side: Side, quantity: Decimal) -> Decimal | None:
+        """The average price of taking `quantity` from the live order book (level2), or None without one (or
+        without the depth): the paper exchange then prices from the touch plus its slippage."""
         ...
 
     def advance(self) -> bool:
@@ -217,6 +222,9 @@ class ReplayMarketData:
     def quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
         """A replay has no order book: the paper exchange quotes around the close."""
         self._check(symbol)
+        return None
+
+    def taker_price(self, symbol: str, side: Side, quantity: Decimal) -> Decimal | None:
         return None
 
     def advance(self) -> bool:

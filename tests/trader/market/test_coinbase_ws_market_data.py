@@ -14,6 +14,7 @@ import pytest
 
 from tests.deployments.test_cli import perps_bot
 from trader.brokers.simulated import SimulatedExchange
+from trader.domain import OrderRequest, OrderType, Side
 from trader.ledger import Ledger
 from trader.market.coinbase_ws import CoinbaseWsMarketData
 from trader.runtime import build_bot, build_market_data
@@ -82,7 +83,38 @@ def test_the_touch_follows_the_ticker_and_no_book_is_polled_while_it_is_live(
     assert {(s.channel, s.product_ids) for s in ws.subscribes} == {
         ("heartbeats", ()),
         ("ticker", ("BTC-USD", "ETH-USD")),
+        ("level2", ("BTC-USD", "ETH-USD")),
     }
+
+
+def test_paper_market_orders_walk_the_level2_book_and_a_gap_waits_for_fresh_snapshots(
+    exchange: AdvancedTradeServer, ws: WsTestServer, market: CoinbaseWsMarketData
+) -> None:
+    bids = {Decimal("61234.50"): Decimal("0.02"), Decimal("61230"): Decimal("0.5")}
+    offers = {Decimal("61240.25"): Decimal("0.01"), Decimal("61241"): Decimal("0.05"), Decimal("61250"): Decimal("1")}
+    assert until(lambda: market.feed.stats.messages["l2_data"] >= 2, market)  # one snapshot per product
+    assert market.taker_price("BTC-USD", Side.BUY, Decimal("0.01")) is None  # an empty book: no depth
+    ws.set_book("BTC-USD", bids, offers)
+    assert until(lambda: market.taker_price("BTC-USD", Side.BUY, Decimal("0.01")) is not None, market)
+
+    expected_buy = (Decimal("0.01") * Decimal("61240.25") + Decimal("0.02") * Decimal("61241")) / Decimal("0.03")
+    assert market.taker_price("BTC-USD", Side.BUY, Decimal("0.03")) == expected_buy
+    expected_sell = (Decimal("0.02") * Decimal("61234.50") + Decimal("0.03") * Decimal("61230")) / Decimal("0.05")
+    assert market.taker_price("BTC-USD", Side.SELL, Decimal("0.05")) == expected_sell
+    assert market.taker_price("BTC-USD", Side.SELL, Decimal("0.53")) is None  # deeper than the book
+    paper = SimulatedExchange(market)  # the default paper account holds USD
+    filled = paper.place_order(OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.03"), "l2-buy"))
+    assert filled.average_fill_price == Decimal("61240.75")  # the walk, rounded up to the cent: no slippage model
+
+    del offers[Decimal("61240.25")]  # the best offer is taken: "0" removes the level
+    ws.set_book("BTC-USD", bids, offers)
+    assert until(lambda: market.taker_price("BTC-USD", Side.BUY, Decimal("0.01")) == Decimal("61241"), market)
+
+    reconnects = market.feed.stats.reconnects
+    ws.skip(2)  # a missed message may be a book update: the books go, the feed reconnects for new snapshots
+    assert until(lambda: market.feed.stats.reconnects > reconnects, market)
+    assert until(lambda: market.taker_price("BTC-USD", Side.BUY, Decimal("0.01")) == Decimal("61241"), market)
+    assert sum(market.feed.stats.gaps.values()) == 1
 
 
 def test_rest_polling_carries_on_while_the_socket_is_down_and_the_ticker_takes_over_again(

@@ -24,6 +24,9 @@ What it models (docs.cdp.coinbase.com, Advanced Trade WebSocket):
   messages of at most 50 orders each (one empty snapshot when there are none), as Coinbase batches them; `orders()`
   sends an update with orders that changed (AdvancedTradeServer.on_orders(ws.orders): an order placed, filled,
   cancelled or expired over REST or by a price move reaches the user channel).
+* `level2`: messages on the `l2_data` channel, as Coinbase names them. `set_book(product, bids, offers)` sets a
+  product's book (price -> quantity, absolute) and sends the changes as an update (`new_quantity` "0" removes a
+  level); a subscribe opens with a snapshot of each product's book.
 * `WsTestServer.beside(rest_server)` wires a server to the HTTPS test server's exchange: its quotes and its orders.
 
 `subscribes` records each accepted subscribe as (connection number, channel, product_ids, authenticated), so tests
@@ -55,6 +58,7 @@ AUTH_CHANNELS = frozenset({"user", "futures_balance_summary"})
 CHANNELS = frozenset({"heartbeats", "ticker", "ticker_batch", "candles", "level2", "market_trades", "status"})
 CHANNELS |= AUTH_CHANNELS
 SNAPSHOT_BATCH = 50  # open orders per user-channel snapshot message
+WIRE_NAMES = {"level2": "l2_data"}  # Coinbase sends level2 on a channel of another name
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class WsTestServer:
         self.port = port
         self.quotes = quotes
         self.open_orders = open_orders
+        self.books: dict[str, dict[str, dict[Decimal, Decimal]]] = {}  # product -> "bid"/"offer" -> price -> qty
         self._public_key = load_public_key(public_key_pem)
         self.heartbeat_seconds = heartbeat_seconds
         self.subscribes: list[Subscribe] = []
@@ -174,6 +179,21 @@ class WsTestServer:
     def ticker(self, product_id: str, bid: Decimal, ask: Decimal) -> int:
         """A ticker update with this touch (AdvancedTradeServer.on_price(ws.ticker) sends one per price move)."""
         return self.publish("ticker", [{"type": "update", "tickers": [_ticker(product_id, bid, ask)]}], product_id)
+
+    def set_book(self, product_id: str, bids: dict[Decimal, Decimal], offers: dict[Decimal, Decimal]) -> int:
+        """Make this the product's level2 book and send what changed as one update on l2_data."""
+        with self._lock:
+            old = self.books.get(product_id, {"bid": {}, "offer": {}})
+            new = {"bid": dict(bids), "offer": dict(offers)}
+            self.books[product_id] = new
+        changes = [
+            _level(side, price, new[side].get(price, Decimal(0)))
+            for side in ("bid", "offer")
+            for price in sorted(set(old[side]) | set(new[side]))
+            if old[side].get(price) != new[side].get(price)
+        ]
+        event = {"type": "update", "product_id": product_id, "updates": changes}
+        return self.publish("level2", [event], product_id)
 
     def orders(self, orders: list[dict[str, Any]]) -> int:
         """A user-channel update with these orders (AdvancedTradeServer.on_orders(ws.orders) sends each change)."""
@@ -264,6 +284,12 @@ class WsTestServer:
             orders = self.open_orders() if self.open_orders is not None else []
             for start in range(0, max(len(orders), 1), SNAPSHOT_BATCH):
                 self._send(client, "user", [{"type": "snapshot", "orders": orders[start : start + SNAPSHOT_BATCH]}])
+        if channel == "level2":  # level2 with each product's book
+            for product in products:
+                with self._lock:
+                    book = self.books.get(product, {"bid": {}, "offer": {}})
+                    levels = [_level(side, p, q) for side in ("bid", "offer") for p, q in sorted(book[side].items())]
+                self._send(client, "level2", [{"type": "snapshot", "product_id": product, "updates": levels}])
         if channel == "ticker" and self.quotes is not None:  # and the ticker channel with each product's touch
             tickers = [_ticker(p, *self.quotes(p)) for p in products]
             self._send(client, "ticker", [{"type": "snapshot", "tickers": tickers}])
@@ -280,7 +306,7 @@ class WsTestServer:
                 client.sequence += self._skip
                 self._skip = 0
             message = {
-                "channel": channel,
+                "channel": WIRE_NAMES.get(channel, channel),
                 "client_id": "",
                 "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
                 "sequence_num": client.sequence,
@@ -301,6 +327,12 @@ class WsTestServer:
             counter += 1
             now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f000 +0000 UTC")
             self.publish("heartbeats", [{"current_time": now, "heartbeat_counter": counter}])
+
+
+def _level(side: str, price: Decimal, quantity: Decimal) -> dict[str, str]:
+    """One level2 change: the level's absolute quantity ("0" removes it)."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return {"side": side, "event_time": now, "price_level": str(price), "new_quantity": str(quantity)}
 
 
 def _ticker(product_id: str, bid: Decimal, ask: Decimal) -> dict[str, str]:
