@@ -87,6 +87,7 @@ def build_bot(
     from trader.bot import TradingBot  # the bot and its state tiers (redis): loaded only to build a bot
 
     broker = broker or build_broker(settings, persist=mode != "dry_run")
+    attach_ws_market_data(settings, broker)
     mode = mode or ("paper" if broker.name == "simulated" else "live")
     checkpoints = state = incidents = None
     # A bot stopped mid-transaction (its machine lost) holds the lease row at most one TTL (trader/ledger/db.py).
@@ -110,6 +111,18 @@ def build_bot(
         incidents=incidents,
         user_orders=build_user_orders(settings, broker) if mode != "dry_run" else None,
     )
+
+
+def attach_ws_market_data(settings: Settings, broker: Broker) -> None:
+    """MARKET_DATA=coinbase-ws for a live Coinbase broker: its touch from the WebSocket ticker, its bars fetched once
+    closed (the paper exchange gets the same source from build_market_data)."""
+    if settings.market_data != "coinbase-ws" or broker.name != "coinbase":
+        return
+    from trader.brokers.coinbase import CoinbaseBroker
+    from trader.market.coinbase_ws import CoinbaseWsMarketData
+
+    if isinstance(broker, CoinbaseBroker) and broker.market is None:
+        broker.market = CoinbaseWsMarketData.from_settings(settings)
 
 
 def build_user_orders(settings: Settings, broker: Broker) -> UserOrderStream | None:

@@ -29,10 +29,11 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         # paper fills on live public prices, the touch from the WebSocket ticker; no key needed
         "market_data": "coinbase-ws",
     },
-    # Live profiles hear of their fills on the WebSocket user channel (REST polling goes on beside it).
-    "spot": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws"},
-    "prod": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws"},
-    "perps": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws"},
+    # Live profiles read the touch from the WebSocket ticker and hear of their fills on the user channel (REST
+    # polling goes on beside both, and carries them while a socket is down).
+    "spot": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws", "market_data": "coinbase-ws"},
+    "prod": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws", "market_data": "coinbase-ws"},
+    "perps": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws", "market_data": "coinbase-ws"},
 }
 
 _BOOL_HELP = "one of 1, 0, true, false"

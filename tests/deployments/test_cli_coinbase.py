@@ -26,11 +26,15 @@ def exchange(start_exchange: Callable[..., AdvancedTradeServer]) -> AdvancedTrad
 
 
 def env_for(server: AdvancedTradeServer, key: CdpKey, home: Path, ws: WsTestServer | None = None) -> dict[str, str]:
-    """The variables of a bot on the local server; with `ws`, its order updates on that server's user channel
-    (spot's default), else REST polling only."""
+    """The variables of a bot on the local server; with `ws`, its market data and order updates on that server's
+    WebSocket channels (spot's defaults), else REST only."""
     key_file = home / "cdp_api_key.json"
     key.write_key_file(key_file)
-    updates = {"COINBASE_WS_USER_URL": ws.url} if ws is not None else {"ORDER_UPDATES": "poll"}
+    updates = (
+        {"COINBASE_WS_USER_URL": ws.url, "COINBASE_WS_URL": ws.url}
+        if ws is not None
+        else {"ORDER_UPDATES": "poll", "MARKET_DATA": "coinbase"}
+    )
     return {
         "COINBASE_API_BASE": server.base_url,
         "COINBASE_CA_FILE": str(server.ca_file),
@@ -113,6 +117,7 @@ def test_a_bad_key_file_is_one_line_exit_2(tmp_path: Path, exchange: AdvancedTra
         "COINBASE_CA_FILE": str(exchange.ca_file),
         "COINBASE_KEY_FILE": str(bad),
         "ORDER_UPDATES": "poll",
+        "MARKET_DATA": "coinbase",
     }
 
     result = perps_bot(tmp_path, "--profile", "spot", "--account-snapshot", **env)
@@ -163,10 +168,11 @@ def test_canary_paper_trades_on_the_servers_live_prices_without_a_key(
 def test_the_bot_runs_live_cycles_on_the_server_and_records_what_it_sent(
     tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
 ) -> None:
-    ws = WsTestServer.beside(exchange).start()  # spot hears of its orders on the user channel by default
+    ws = WsTestServer.beside(exchange).start()  # spot's market data and order updates are WebSockets by default
     env = env_for(exchange, cdp_key, tmp_path, ws)
     fast, slow = crossing_windows(exchange, cdp_key, tmp_path)
     env.update(STRATEGY_FAST_WINDOW=str(fast), STRATEGY_SLOW_WINDOW=str(slow))
+    exchange.clear_requests()  # crossing_windows' own reads
 
     result = perps_bot(tmp_path, "--profile", "spot", "--cycles", "3", "--interval", "0", **env)
 
@@ -180,7 +186,16 @@ def test_the_bot_runs_live_cycles_on_the_server_and_records_what_it_sent(
     assert {o.client_order_id for o in ledger.list_orders()} == sent  # every order sent is in the ledger, once
     assert any(r.path == "/api/v3/brokerage/accounts" for r in exchange.requests)
     ws.stop()
-    assert {(s.channel, s.authenticated) for s in ws.subscribes} == {("heartbeats", True), ("user", True)}
+    assert {(s.channel, s.authenticated) for s in ws.subscribes} == {
+        ("heartbeats", True),  # the user channel's connection: a JWT with every subscribe
+        ("user", True),
+        ("heartbeats", False),  # the market data's: public
+        ("ticker", False),
+        ("level2", False),
+    }
+    paths = [r.path for r in exchange.requests]
+    assert not any(p.startswith("/api/v3/brokerage/products/BTC-USD/candles") for p in paths)  # no window per cycle
+    assert any(p.startswith("/api/v3/brokerage/market/products/BTC-USD/candles") for p in paths)  # bars once closed
 
 
 def test_a_local_rest_exchange_with_coinbases_websocket_is_refused_before_anything_is_sent(

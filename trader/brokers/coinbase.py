@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trader.brokers.base import Broker
 from trader.brokers.rules import check_order, check_reduce_only, fmt
@@ -61,6 +61,9 @@ from trader.errors import (
 from trader.market.source import candles_from_coinbase
 from trader.settings import Settings
 
+if TYPE_CHECKING:
+    from trader.market.coinbase_ws import CoinbaseWsMarketData
+
 log = logging.getLogger(__name__)
 
 CANCEL_BATCH = 100  # POST /orders/batch_cancel takes at most 100 order ids
@@ -98,10 +101,14 @@ class CoinbaseBroker(Broker):
         policy: CallPolicy | None = None,
         derivatives: bool = False,
         key_name: str | None = None,
+        market: CoinbaseWsMarketData | None = None,
     ) -> None:
         self.client = client
         self.policy = policy or CallPolicy()
         self.derivatives = derivatives
+        # MARKET_DATA=coinbase-ws (runtime.build_bot): the touch from the WebSocket ticker and the one-minute bars
+        # fetched once each has closed, instead of a product book and a candle window over REST every cycle.
+        self.market = market
         self._key_hint = f"…{key_name[-4:]}" if key_name else "none"
         self._products: dict[str, Product] = {}
         self._client_ids: dict[str, str] = {}  # order_id -> client_order_id, for fills (which carry no client id)
@@ -142,6 +149,9 @@ class CoinbaseBroker(Broker):
         return products
 
     def best_bid_ask(self, symbol: str) -> tuple[Decimal, Decimal]:
+        live = self.market.live_quote(symbol) if self.market is not None else None
+        if live is not None:
+            return live
         data = self._read(f"best bid/ask {symbol}", lambda: self.client.get_best_bid_ask(product_ids=[symbol]))
         for book in data.get("pricebooks", []):
             if book.get("product_id") == symbol and book.get("bids") and book.get("asks"):
@@ -150,6 +160,10 @@ class CoinbaseBroker(Broker):
 
     def candles(self, symbol: str, limit: int) -> list[Candle]:
         """The latest `limit` closed one-minute candles, oldest first (the still-open bar is dropped)."""
+        if self.market is not None and symbol in self.market.symbols():
+            held = self.market.history(symbol, limit)
+            if len(held) >= limit:
+                return held
         now = self.now()
         end = now.replace(second=0, microsecond=0)  # start of the open bar: everything before it is closed
         rows: dict[datetime, Candle] = {}
@@ -178,6 +192,21 @@ class CoinbaseBroker(Broker):
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def advance(self) -> bool:
+        """With WebSocket market data: fetch the bars that closed since the last cycle (REST, public); a failure is
+        logged and the bars held stay (their age is what the staleness guard reads). Live data never runs out."""
+        if self.market is not None:
+            try:
+                self.market.advance()
+            except BrokerUnavailable as error:
+                log.error("market data refresh failed, the bars held stay: %s", error)
+        return True
+
+    def restart_market_data(self) -> None:
+        """The feed guard's critical action: reconnect the WebSocket now (nothing to do over REST alone)."""
+        if self.market is not None:
+            self.market.restart()
 
     def server_time(self) -> datetime:
         """Coinbase's clock (GET /time), for clock-skew checks."""

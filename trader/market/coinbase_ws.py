@@ -136,6 +136,11 @@ class CoinbaseWsMarketData(CoinbaseLiveMarketData):
         self._book_read_at[symbol] = time.monotonic()  # refresh() reads it now
         return True
 
+    def live_quote(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        """The ticker's touch while it is live (connected, younger than quote_max_age), else None: the live broker
+        then reads the book over REST itself."""
+        return self._live_tick(symbol)
+
     def _live_tick(self, symbol: str) -> tuple[Decimal, Decimal] | None:
         """The ticker's (bid, ask) while the feed is connected and the tick younger than quote_max_age."""
         with self._ticks_lock:

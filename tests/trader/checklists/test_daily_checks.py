@@ -200,6 +200,7 @@ def test_preflight_on_coinbase_warns_when_the_trading_key_can_transfer(
         coinbase_api_base=server.base_url,
         coinbase_ca_file=server.ca_file,
         order_updates="poll",
+        market_data="coinbase",
     )
     started = time.monotonic()
 

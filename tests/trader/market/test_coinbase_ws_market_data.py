@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.deployments.test_cli import perps_bot
+from tests.trader.test_bot_guards import coinbase_settings
+from trader.brokers.coinbase import CoinbaseBroker
 from trader.brokers.simulated import SimulatedExchange
 from trader.domain import OrderRequest, OrderType, Side
 from trader.ledger import Ledger
 from trader.market.coinbase_ws import CoinbaseWsMarketData
 from trader.runtime import build_bot, build_market_data
 from trader.settings import load_settings
-from trader.testing.advanced_trade import AdvancedTradeServer, generate_cdp_key
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, generate_cdp_key
 from trader.testing.advanced_trade.ws import WsTestServer
 
 KEY = generate_cdp_key("organizations/test/apiKeys/ws-market-data")
@@ -233,3 +235,31 @@ def test_the_guards_read_the_sockets_downtime_and_disconnects_and_restart_it(
     finally:
         bot.stop()
         market.close()
+
+
+def test_a_live_broker_takes_its_touch_from_the_ticker_and_reads_rest_only_while_the_socket_is_down(
+    exchange: AdvancedTradeServer, cdp_key: CdpKey, tmp_path: Path
+) -> None:
+    ws = WsTestServer.beside(exchange).start()
+    settings = coinbase_settings(exchange, cdp_key, tmp_path, market_data="coinbase-ws", coinbase_ws_url=ws.url)
+    bot = build_bot(settings, broker=CoinbaseBroker.from_settings(settings))
+    try:
+        broker = bot.broker.inner  # type: ignore[attr-defined]  # the metered broker's own
+        assert isinstance(broker, CoinbaseBroker) and broker.market is not None
+        assert bot.market_feed is broker.market.feed  # the feed guard and the ws_* metrics read this feed
+        broker.market.quote_max_age = 5.0
+        exchange.set_price("BTC-USD", BID, ASK)
+        assert until(lambda: broker.best_bid_ask("BTC-USD") == (BID, ASK), broker.market)
+        exchange.clear_requests()
+        exchange.set_price("BTC-USD", BID + 1, ASK + 1)
+        assert until(lambda: broker.best_bid_ask("BTC-USD") == (BID + 1, ASK + 1), broker.market)
+        assert not any(r.path.endswith("/best_bid_ask") for r in exchange.requests)  # the ticker, no REST read
+
+        ws.stop()
+        assert until(lambda: not broker.market.feed.stats.connected, broker.market)  # type: ignore[union-attr]
+        exchange.set_price("BTC-USD", BID + 2, ASK + 2)
+        assert broker.best_bid_ask("BTC-USD") == (BID + 2, ASK + 2)  # the socket down: REST, current
+        assert any(r.path.endswith("/best_bid_ask") for r in exchange.requests)
+    finally:
+        broker.market.close()  # type: ignore[union-attr]
+        ws.stop()
