@@ -653,12 +653,16 @@ def _from_configuration(config: dict[str, Any]) -> tuple[OrderType, TimeInForce,
     return OrderType.LIMIT, TimeInForce.GTD if kind.endswith("gtd") else TimeInForce.GTC, params
 
 
+def _status(raw: dict[str, Any], filled: Decimal) -> OrderStatus:
+    """The domain status of an order as REST or the user channel reports it; an open order with fills is partial."""
+    status = _STATUSES.get(str(raw.get("status", "")).upper(), OrderStatus.OPEN)
+    return OrderStatus.PARTIALLY_FILLED if status == OrderStatus.OPEN and filled > 0 else status
+
+
 def _order(raw: dict[str, Any]) -> Order:
     order_type, tif, params = _from_configuration(raw.get("order_configuration") or {})
     filled = Decimal(str(raw.get("filled_size") or 0))
-    status = _STATUSES.get(str(raw.get("status", "")).upper(), OrderStatus.OPEN)
-    if status == OrderStatus.OPEN and filled > 0:
-        status = OrderStatus.PARTIALLY_FILLED
+    status = _status(raw, filled)
     size = params.get("base_size")
     average = Decimal(str(raw.get("average_filled_price") or 0))
     quantity = Decimal(str(size)) if size not in (None, "") else filled
@@ -697,9 +701,7 @@ def order_from_user_channel(raw: dict[str, Any]) -> Order:
     order_type = {"MARKET": OrderType.MARKET, "STOP_LIMIT": OrderType.STOP_LIMIT}.get(kind, OrderType.LIMIT)
     filled = Decimal(str(raw.get("cumulative_quantity") or 0))
     leaves = Decimal(str(raw.get("leaves_quantity") or 0))
-    status = _STATUSES.get(str(raw.get("status", "")).upper(), OrderStatus.OPEN)
-    if status == OrderStatus.OPEN and filled > 0:
-        status = OrderStatus.PARTIALLY_FILLED
+    status = _status(raw, filled)
     average = Decimal(str(raw.get("avg_price") or 0))
     tif = {"GOOD_UNTIL_DATE_TIME": TimeInForce.GTD, "IMMEDIATE_OR_CANCEL": TimeInForce.IOC}.get(
         str(raw.get("time_in_force") or ""), TimeInForce.GTC
