@@ -151,6 +151,7 @@ class TradingBot:
         self.cycles = 0
         self.orders_sent = 0
         self.fills_recorded = 0
+        self._orders_reported = self._fills_reported = 0  # what the metrics' counters have been given
         self.products: dict[str, Product] = {}
         self.positions: dict[str, Decimal] = {}
         self._fill_cursor: datetime | None = None
@@ -878,8 +879,12 @@ class TradingBot:
                 trading_state=self._trading_state,
                 gate_checked=int(self.gate is not None),
                 gate_failed=int(bool(report.gate_failures)),
+                guard_readings={g: float(v) for g, v in report.readings.items() if v is not None},
+                orders=self.orders_sent - self._orders_reported,
+                fills=self.fills_recorded - self._fills_reported,
             )
         )
+        self._orders_reported, self._fills_reported = self.orders_sent, self.fills_recorded
         if self.settings.metrics_file is not None:
             try:
                 self.metrics.write_metrics_file(self.settings.metrics_file)

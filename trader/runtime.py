@@ -171,7 +171,19 @@ def start_metrics(settings: Settings, bot: TradingBot) -> MetricsServer | None:
     from trader.metrics.exporter import BotMetrics, MetricsServer
 
     stale_after = max(180.0, 3 * settings.cycle_interval_seconds)
-    bot.attach_metrics(BotMetrics(account=settings.account, stale_after_seconds=stale_after))
+    ledger = bot.ledger
+
+    def open_incidents() -> list[tuple[str, str]]:
+        return [(incident.fingerprint, incident.severity) for incident in ledger.open_incidents()]
+
+    bot.attach_metrics(
+        BotMetrics(
+            account=settings.account,
+            stale_after_seconds=stale_after,
+            disk_path=Path(settings.state_dir),
+            open_incidents=open_incidents,
+        )
+    )
     if not settings.metrics_enabled:
         return None
     assert bot.metrics is not None

@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import math
+import shutil
 import socket
 import socketserver
 import threading
@@ -47,6 +48,9 @@ from trader.fsio import atomic_write
 from trader.metrics.telemetry import TRADING_STATES, CycleTelemetry
 
 log = logging.getLogger(__name__)
+
+INCIDENTS_MAX_AGE_SECONDS = 10.0  # open incidents are read from the ledger at most this often
+SEVERITIES = ("SEV-1", "SEV-2", "SEV-3")
 
 HealthStatus = Literal["starting", "healthy", "degraded", "halted", "unhealthy", "stale"]
 # /health answers HTTP 503 for these and 200 for the rest.
@@ -74,6 +78,10 @@ _GAUGES: dict[str, str] = {
     "perps_bot_market_data_age_seconds": "Age of the newest market data, growing until the next cycle.",
     "perps_bot_last_data_update_timestamp_seconds": "Unix time of the newest candle.",
     "perps_bot_guard_level": "Each guard's level: 0 ok, 1 warning, 2 critical.",
+    "perps_bot_guard_reading": "Each guard's last reading, the value its warning and critical thresholds compare.",
+    "perps_bot_disk_free_ratio": "Free space of the state folder's filesystem, 0 to 1.",
+    "perps_bot_open_incidents": "Open incidents of the account by severity (SEV-1, SEV-2, SEV-3).",
+    "perps_bot_flow_failing": "1 for each runbook flow whose last run failed or crashed (its incident is open).",
     "perps_bot_last_cycle_age_seconds": "Seconds since the last finished cycle.",
     "perps_bot_last_checkpoint_age_seconds": "Seconds since the last state checkpoint.",
 }
@@ -134,6 +142,8 @@ class BotMetrics:
         account: str = DEFAULT_ACCOUNT,
         clock: Callable[[], float] = time.time,
         stale_after_seconds: float = DEFAULT_STALE_AFTER_SECONDS,
+        disk_path: Path | None = None,
+        open_incidents: Callable[[], list[tuple[str, str]]] | None = None,
     ) -> None:
         if stale_after_seconds <= 0:
             raise ValueError(f"stale_after_seconds must be above 0, got {stale_after_seconds}")
@@ -142,6 +152,11 @@ class BotMetrics:
         self.account = account
         self._clock = clock
         self.stale_after_seconds = stale_after_seconds
+        self.disk_path = disk_path  # the state folder: its filesystem's free space is exported per scrape
+        # (fingerprint, severity) of the account's open incidents (the ledger's), read at most every
+        # INCIDENTS_MAX_AGE_SECONDS: flow failures ("flow:<name>") and counts per severity for the alert rules.
+        self.open_incidents = open_incidents
+        self._incidents_read: tuple[float, list[tuple[str, str]]] | None = None
         self._lock = threading.Lock()
         self._started = clock()
         self._last: CycleTelemetry | None = None
@@ -192,6 +207,12 @@ class BotMetrics:
         self._gate_failures = Counter(
             "perps_bot_data_gate_failures_total", "Market-data gate failures.", ["account"], registry=r
         ).labels(account=account)
+        self._orders = Counter("perps_bot_orders_total", "Orders sent.", ["account"], registry=r).labels(
+            account=account
+        )
+        self._fills = Counter("perps_bot_fills_total", "Fills recorded in the ledger.", ["account"], registry=r).labels(
+            account=account
+        )
         r.register(_GaugeCollector(self._gauge_families))
         r.register(_GaugeCollector(_rate_limit_families(account)))
         self._ws_feeds: list[WsFeed] = []
@@ -266,6 +287,8 @@ class BotMetrics:
         self._cycle_duration.observe(max(t.duration_ms, 0.0) / 1000)
         self._gate_checks.inc(t.gate_checked)
         self._gate_failures.inc(t.gate_failed)
+        self._orders.inc(t.orders)
+        self._fills.inc(t.fills)
 
     def record_guard_trip(self, guard: str, level: str) -> None:
         """Count a guard entering warning or critical."""
@@ -304,6 +327,18 @@ class BotMetrics:
 
         put("perps_bot_up", 0.0 if stopped else 1.0)
         put("perps_bot_uptime_seconds", max(now - started, 0.0))
+        for (severity, flow), count in self._incident_samples(now).items():
+            if flow is None:
+                put("perps_bot_open_incidents", count, [severity])
+            else:
+                put("perps_bot_flow_failing", 1.0, [flow])
+        if self.disk_path is not None:
+            try:
+                usage = shutil.disk_usage(self.disk_path)
+            except OSError:  # the folder gone: no sample, and the rule on it sees the series absent
+                usage = None
+            if usage is not None and usage.total > 0:
+                put("perps_bot_disk_free_ratio", usage.free / usage.total)
         if checkpoint is not None:
             put("perps_bot_last_checkpoint_age_seconds", max(now - checkpoint, 0.0))
         if last is not None and cycle_at is not None:
@@ -321,8 +356,29 @@ class BotMetrics:
                 put("perps_bot_last_data_update_timestamp_seconds", _as_utc(last.last_data_update).timestamp())
             for guard, level in sorted(last.guard_levels.items()):
                 put("perps_bot_guard_level", GUARD_LEVEL_VALUE[level], [guard])
+            for guard, reading in sorted(last.guard_readings.items()):
+                put("perps_bot_guard_reading", reading, [guard])
             put("perps_bot_last_cycle_age_seconds", since_cycle)
         return list(families.values())
+
+    def _incident_samples(self, now: float) -> dict[tuple[str, str | None], float]:
+        """{(severity, None): open incidents, (severity, flow): 1 per failing flow}; every severity present (0)."""
+        if self.open_incidents is None:
+            return {}
+        cached = self._incidents_read
+        if cached is None or now - cached[0] >= INCIDENTS_MAX_AGE_SECONDS:
+            try:
+                cached = self._incidents_read = (now, self.open_incidents())
+            except Exception as error:  # the ledger unreachable: the last reading stands, the scrape goes on
+                log.warning("open incidents not read for the metrics: %s", error)
+                if cached is None:
+                    return {}
+        samples: dict[tuple[str, str | None], float] = dict.fromkeys(((s, None) for s in SEVERITIES), 0.0)
+        for fingerprint, severity in cached[1]:
+            samples[(severity, None)] = samples.get((severity, None), 0.0) + 1
+            if fingerprint.startswith("flow:"):
+                samples[(severity, fingerprint.removeprefix("flow:"))] = 1.0
+        return samples
 
     def health(self) -> dict[str, Any]:
         """The runbook's /health JSON (status, uptime_seconds, active_positions, balance, last_data_update) plus
@@ -383,7 +439,14 @@ class BotMetrics:
 
 
 def _gauge_labels(name: str) -> list[str]:
-    return ["account", *{"perps_bot_trading_state": ["state"], "perps_bot_guard_level": ["guard"]}.get(name, [])]
+    extra = {
+        "perps_bot_trading_state": ["state"],
+        "perps_bot_guard_level": ["guard"],
+        "perps_bot_guard_reading": ["guard"],
+        "perps_bot_open_incidents": ["severity"],
+        "perps_bot_flow_failing": ["flow"],
+    }
+    return ["account", *extra.get(name, [])]
 
 
 def _as_utc(moment: datetime) -> datetime:

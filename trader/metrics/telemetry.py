@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -29,6 +29,9 @@ class CycleTelemetry:
     trading_state: str  # "trading" | "reduce_only" | "halted"
     gate_checked: int = 0  # market-data gate checks made in this cycle (added to a counter)
     gate_failed: int = 0  # of which failed in this cycle
+    guard_readings: dict[str, float] = field(default_factory=dict)  # guard name -> the value its levels compare
+    orders: int = 0  # orders sent since the previous telemetry (added to a counter)
+    fills: int = 0  # fills recorded since the previous telemetry, between cycles too (added to a counter)
 
     def __post_init__(self) -> None:
         for guard, level in self.guard_levels.items():
@@ -36,6 +39,8 @@ class CycleTelemetry:
                 raise ValueError(f"guard {guard!r} has level {level!r}; allowed: {', '.join(GUARD_LEVELS)}")
         if self.trading_state not in TRADING_STATES:
             raise ValueError(f"trading_state {self.trading_state!r}; allowed: {', '.join(TRADING_STATES)}")
+        if self.orders < 0 or self.fills < 0:
+            raise ValueError(f"orders={self.orders} and fills={self.fills} are counts (>= 0)")
         if self.gate_checked < 0 or not 0 <= self.gate_failed <= self.gate_checked:
             raise ValueError(
                 f"gate_failed={self.gate_failed} must be between 0 and gate_checked={self.gate_checked} (both >= 0)"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -229,3 +231,55 @@ def test_scrapes_while_the_bot_records_from_another_thread(metrics: BotMetrics, 
 
     assert {answer.status for answer in answers} == {200}
     assert all(value(answer.body, "perps_bot_up", account="default") == 1 for answer in answers[:20])
+
+
+def test_guard_readings_and_order_and_fill_counters_feed_the_alert_rules(
+    metrics: BotMetrics, server: MetricsServer
+) -> None:
+    metrics.record_cycle(telemetry(guard_readings={"exposure": 76.5, "drawdown": 3.0}, orders=2, fills=1))
+    metrics.record_cycle(telemetry(guard_readings={"exposure": 91.0}, orders=0, fills=3))
+
+    body = get(server.url + "/metrics").body
+
+    assert value(body, "perps_bot_guard_reading", account="default", guard="exposure") == 91.0
+    assert value(body, "perps_bot_guard_reading", account="default", guard="drawdown") is None  # not read this cycle
+    assert value(body, "perps_bot_orders_total", account="default") == 2
+    assert value(body, "perps_bot_fills_total", account="default") == 4
+
+
+def test_disk_free_ratio_is_the_state_folders_filesystem_and_absent_when_it_is_gone(
+    clock: Clock, tmp_path: Path
+) -> None:
+    metrics = BotMetrics(clock=clock, disk_path=tmp_path)
+    usage = shutil.disk_usage(tmp_path)
+    ratio = value(metrics.render(), "perps_bot_disk_free_ratio", account="default")
+    assert ratio is not None and abs(ratio - usage.free / usage.total) < 0.01
+
+    gone = BotMetrics(clock=clock, disk_path=tmp_path / "missing")
+    assert value(gone.render(), "perps_bot_disk_free_ratio", account="default") is None
+
+
+def test_open_incidents_are_counted_by_severity_and_failing_flows_named_read_at_most_every_10_s(
+    clock: Clock,
+) -> None:
+    reads: list[float] = []
+    open_now = [("flow:backup", "SEV-2"), ("guard:exposure:critical", "SEV-2"), ("flow:daily-checklist", "SEV-3")]
+
+    def incidents() -> list[tuple[str, str]]:
+        reads.append(clock.now)
+        return list(open_now)
+
+    metrics = BotMetrics(clock=clock, open_incidents=incidents)
+    body = metrics.render()
+    assert value(body, "perps_bot_open_incidents", account="default", severity="SEV-2") == 2
+    assert value(body, "perps_bot_open_incidents", account="default", severity="SEV-1") == 0
+    assert value(body, "perps_bot_flow_failing", account="default", flow="backup") == 1
+    assert value(body, "perps_bot_flow_failing", account="default", flow="daily-checklist") == 1
+
+    open_now.clear()  # resolved: seen at the first scrape 10 s after the last read
+    assert value(metrics.render(), "perps_bot_flow_failing", account="default", flow="backup") == 1
+    clock.advance(10)
+    body = metrics.render()
+    assert value(body, "perps_bot_flow_failing", account="default", flow="backup") is None
+    assert value(body, "perps_bot_open_incidents", account="default", severity="SEV-2") == 0
+    assert len(reads) == 2
