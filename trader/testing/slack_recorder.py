@@ -220,13 +220,13 @@ class _Handler(BaseHTTPRequestHandler):
             error = {"ok": False, "error": "ratelimited" if fault.status == 429 else "internal_error"}
             self._send(fault.status, json.dumps(error).encode(), "application/json", headers)
             return
-        recorder._record(RecordedRequest(endpoint, body, authorized, 200))
         if endpoint == "webhook":
-            if not (body.get("text") or body.get("blocks")):
-                self._send(400, b"invalid_payload", "text/plain")
-            else:
-                self._send(200, b"ok", "text/plain")
+            # Slack takes a webhook message with text, blocks or attachments (Alertmanager sends attachments only).
+            valid = bool(body.get("text") or body.get("blocks") or body.get("attachments"))
+            recorder._record(RecordedRequest(endpoint, body, authorized, 200 if valid else 400))
+            self._send(200, b"ok", "text/plain") if valid else self._send(400, b"invalid_payload", "text/plain")
             return
+        recorder._record(RecordedRequest(endpoint, body, authorized, 200))
         answer = recorder.answer(endpoint, body) if authorized else {"ok": False, "error": "invalid_auth"}
         self._send(200, json.dumps(answer).encode(), "application/json; charset=utf-8")
 
