@@ -845,7 +845,17 @@ class TradingBot:
                 ),
                 mode=0o644,  # read by the checklists and status, as before (it was created under the umask)
             )
-        log.info("heartbeat session=%s cycles=%d market_time=%s", self.session_id, self.cycles, at.isoformat())
+        daily_pct, equity = self._last_pnl
+        log.info(
+            "heartbeat session=%s cycles=%d market_time=%s PnL daily=%+.2f%% equity=%s positions=%d state=%s",
+            self.session_id,
+            self.cycles,
+            at.isoformat(),
+            daily_pct,
+            equity,
+            open_positions(self.positions.values()),
+            self._trading_state,
+        )
 
     def _gate_summary(self) -> dict[str, Any] | None:
         if self.gate is None:

@@ -56,14 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "up", "status", "checkpoint", "drill", "metrics", "accounts", "websocket", *EMERGENCY_COMMANDS],
+        choices=[
+            "run",
+            "up",
+            "status",
+            "checkpoint",
+            "drill",
+            "metrics",
+            "accounts",
+            "websocket",
+            "rejections",
+            *EMERGENCY_COMMANDS,
+        ],
         default="run",
         help="run (default): the bot or the order tooling; up: the embedded stack (supervised); status: one line "
         "per part, exit 0 healthy, 1 degraded, 2 nothing reachable; checkpoint: list|create|restore; "
         "emergency: kill-switch on|off|status, reduce-only on|off|status, cancel-all, flatten [--yes]; "
         "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file; "
         "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers; "
-        "websocket test|monitor|stability|capture: the Coinbase WebSocket checks",
+        "websocket test|monitor|stability|capture: the Coinbase WebSocket checks; rejections --last-hour: refused "
+        "orders by reason",
     )
     parser.add_argument(
         "action",
@@ -140,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=float, help="seconds (default: test 10, stability 300, capture 60; monitor: until Ctrl-C)"
     )
     ws.add_argument("--save", type=Path, help="with websocket capture: the file for the raw messages (JSON lines)")
+    rejected = parser.add_argument_group("rejections (perps-bot rejections --last-hour | --hours N)")
+    rejected.add_argument("--last-hour", action="store_true", help="with rejections: the last hour (the default)")
+    rejected.add_argument("--hours", type=float, help="with rejections: the last N hours")
     up = parser.add_argument_group("embedded stack (perps-bot up)")
     up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
@@ -199,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             from deployments.cli.websocket import websocket_command
 
             return websocket_command(settings, args)
+        if args.command == "rejections":
+            from deployments.cli.rejections import rejections_command
+
+            return rejections_command(settings, args)
         if args.action is not None:
             raise ConfigError(f"unexpected argument {args.action!r}: only perps-bot checkpoint takes an action")
         if args.command == "up":

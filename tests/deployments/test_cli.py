@@ -44,7 +44,9 @@ def test_dev_fast_runs_one_cycle_and_exits_zero(home: Path) -> None:
     assert "1 cycle(s)" in result.stdout
     sessions = ledger_of(home).list_sessions()
     assert [(s.profile, s.status, s.cycles) for s in sessions] == [("dev", "stopped", 1)]
-    assert "heartbeat" in (home / "var/logs/perps_bot.log").read_text()
+    log = (home / "var/logs/perps_bot.log").read_text()
+    pnl = [line for line in log.splitlines() if "PnL" in line]  # the runbook's grep "PnL" var/logs/perps_bot.log
+    assert pnl and all("heartbeat" in line and "PnL daily=" in line and "equity=" in line for line in pnl)
 
 
 def test_consecutive_dev_fast_runs_continue_the_same_paper_account(home: Path) -> None:

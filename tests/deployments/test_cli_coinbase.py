@@ -12,6 +12,8 @@ import pytest
 
 from tests.deployments.test_cli import ledger_of, perps_bot
 from trader.brokers.coinbase import CoinbaseBroker
+from trader.domain import OrderRequest, OrderType, Side
+from trader.runtime import build_bot
 from trader.settings import load_settings
 from trader.strategy import MovingAverageCrossover
 from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, generate_cdp_key
@@ -231,3 +233,40 @@ def crossing_windows(server: AdvancedTradeServer, key: CdpKey, home: Path) -> tu
             if strategy.decide(product, history[-strategy.warmup :], held):
                 return fast, slow
     raise AssertionError("no moving-average pair trades on the server's candles")
+
+
+def test_rejections_counts_the_refused_orders_of_the_last_hour_by_reason(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = env_for(exchange, cdp_key, tmp_path)
+    settings = load_settings(
+        profile="spot",
+        coinbase_api_base=exchange.base_url,
+        coinbase_ca_file=exchange.ca_file,
+        coinbase_key_file=tmp_path / "cdp_api_key.json",
+        order_updates="poll",
+        market_data="coinbase",
+        state_dir=tmp_path / "var/state",
+        log_dir=tmp_path / "var/logs",
+    )
+    bot = build_bot(settings)
+    bot.start()
+    try:
+        for n, quantity in enumerate(("50", "60", "0.01")):  # the first two: more BTC than the account holds
+            request = OrderRequest("BTC-USD", Side.SELL, OrderType.MARKET, Decimal(quantity), f"r{n}")
+            bot.orders.send(request, position=Decimal(quantity))
+    finally:
+        bot.stop()
+    assert "order_rejected client_order_id=r0 symbol=BTC-USD side=sell reason=" in caplog.text
+
+    result = perps_bot(tmp_path, "--profile", "spot", "rejections", "--last-hour", **env)
+
+    assert result.returncode == 0, result.stderr
+    assert "2 of 3 orders refused" in result.stdout
+    [row] = [line for line in result.stdout.splitlines() if "│ 2 " in line]
+    assert "BTC-USD" in row and "nsufficient" in row
+
+    bad = perps_bot(tmp_path, "--profile", "spot", "rejections", "--hours", "0", **env)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "perps-bot: error: --hours: must be above 0 (got 0); e.g. --hours 24, or --last-hour"
+    )

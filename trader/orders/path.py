@@ -133,7 +133,13 @@ class OrderPath:
             order = self._place(request)
         except OrderRejected as error:
             self.ledger.mark_failed(request.client_order_id, str(error), self.broker.now())
-            log.error("order %s rejected by broker: %s", request.client_order_id, error)
+            log.error(
+                "order_rejected client_order_id=%s symbol=%s side=%s reason=%s",
+                request.client_order_id,
+                request.symbol,
+                request.side,
+                error,
+            )
             self._answered(False)
             return OrderOutcome(request, OrderStatus.FAILED, str(error))
         if order is None:
