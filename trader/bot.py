@@ -6,6 +6,7 @@ every task run in memory (PrefectHQ/prefect#12668), so a cycle never creates tas
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -152,6 +153,10 @@ class TradingBot:
         self.orders_sent = 0
         self.fills_recorded = 0
         self._orders_reported = self._fills_reported = 0  # what the metrics' counters have been given
+        # The runaway-trading, hour-drawdown and no-trades guards, on the account's clock (replay time on replay).
+        self._order_times: collections.deque[datetime] = collections.deque(maxlen=10_000)
+        self._equity_hour: collections.deque[tuple[datetime, Decimal]] = collections.deque()
+        self._trading_since: datetime | None = None
         self.products: dict[str, Product] = {}
         self.positions: dict[str, Decimal] = {}
         self._fill_cursor: datetime | None = None
@@ -520,24 +525,48 @@ class TradingBot:
             self._peak_equity = max(self._peak_equity or equity, equity)
         peak = self._peak_equity
         return {
-            "daily_loss": float(-report.daily_pnl_pct),
-            "error_rate": self.stats.error_rate_pct(),
-            "market_data_staleness": max(ages) if ages else None,
-            # REST fetches failing, or (MARKET_DATA=coinbase-ws) the WebSocket down: the runbook's "WebSocket Down"
-            "market_data_feed": max(
-                [now - t for t in self._feed_ok_at.values()]
-                + ([self.market_feed.stats.down_seconds()] if self.market_feed is not None else []),
-                default=0.0,
-            ),
-            "websocket_disconnects": (
-                float(sum(f.stats.disconnects_within(3600) for f in self._ws_feeds())) if self._ws_feeds() else None
-            ),
-            "position_count": float(open_positions(self.positions.values())),
-            "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
-            "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,
-            "volatility": max(volatilities) if volatilities else None,
-            "api_latency": self.stats.latency_p95_ms(),
-            "order_success": self.stats.order_success_pct(),
+            **self._activity_readings(report),
+            **{
+                "daily_loss": float(-report.daily_pnl_pct),
+                "error_rate": self.stats.error_rate_pct(),
+                "market_data_staleness": max(ages) if ages else None,
+                # REST fetches failing, or (MARKET_DATA=coinbase-ws) the WebSocket down: the runbook's "WebSocket Down"
+                "market_data_feed": max(
+                    [now - t for t in self._feed_ok_at.values()]
+                    + ([self.market_feed.stats.down_seconds()] if self.market_feed is not None else []),
+                    default=0.0,
+                ),
+                "websocket_disconnects": (
+                    float(sum(f.stats.disconnects_within(3600) for f in self._ws_feeds())) if self._ws_feeds() else None
+                ),
+                "position_count": float(open_positions(self.positions.values())),
+                "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
+                "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,
+                "volatility": max(volatilities) if volatilities else None,
+                "api_latency": self.stats.latency_p95_ms(),
+                "order_success": self.stats.order_success_pct(),
+            },
+        }
+
+    def _activity_readings(self, report: CycleReport) -> dict[str, float | None]:
+        """Orders in the last minute and hour, the drawdown from the last hour's highest equity, and the hours since
+        the last fill (or since trading started), all on the account's clock (report.at)."""
+        at = report.at
+        hour_ago = at - timedelta(hours=1)
+        self._trading_since = self._trading_since or at
+        while self._order_times and self._order_times[0] < hour_ago:
+            self._order_times.popleft()
+        if report.equity > 0:
+            self._equity_hour.append((at, report.equity))
+        while self._equity_hour and self._equity_hour[0][0] < hour_ago:
+            self._equity_hour.popleft()
+        high = max((equity for _, equity in self._equity_hour), default=None)
+        last_activity = max(self._fill_cursor or self._trading_since, self._trading_since)
+        return {
+            "orders_per_minute": float(sum(1 for t in self._order_times if t >= at - timedelta(minutes=1))),
+            "orders_per_hour": float(len(self._order_times)),
+            "drawdown_1h": float((high - report.equity) / high * 100) if high and report.equity > 0 else None,
+            "no_trades": max((at - last_activity).total_seconds(), 0.0) / 3600,
         }
 
     def _guards(self, candles: dict[str, list[Candle]], report: CycleReport) -> None:
@@ -621,6 +650,7 @@ class TradingBot:
         if not outcome.accepted:
             return SentOrder(request, outcome.status, outcome.reason)
         self.orders_sent += 1
+        self._order_times.append(self.broker.now())
         # Recorded with the answer: the fill sync after the orders need not hand them to the ledger again.
         self._synced_trade_ids |= {fill.trade_id for fill in outcome.fills}
         if outcome.fills_recorded:

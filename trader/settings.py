@@ -48,6 +48,9 @@ _THRESHOLD_PAIRS = (
     ("risk_drawdown_warn_pct", "risk_drawdown_critical_pct"),
     ("risk_volatility_warn_pct", "risk_volatility_critical_pct"),
     ("risk_latency_p95_warn_ms", "risk_latency_p95_critical_ms"),
+    ("risk_orders_per_minute_warn", "risk_orders_per_minute_critical"),
+    ("risk_orders_per_hour_warn", "risk_orders_per_hour_critical"),
+    ("risk_drawdown_1h_warn_pct", "risk_drawdown_1h_critical_pct"),
 )
 
 
@@ -121,6 +124,15 @@ class Settings(BaseSettings):
     risk_latency_p95_critical_ms: float = Field(1000.0, gt=0)
     risk_order_success_warn_pct: float = Field(95.0, gt=0, le=100)
     risk_order_success_critical_pct: float = Field(90.0, gt=0, le=100)
+    # Runaway trading (AI-bot runbook, emergency scenario 2): orders per minute and per hour of the account's clock.
+    risk_orders_per_minute_warn: int = Field(10, ge=1)
+    risk_orders_per_minute_critical: int = Field(20, ge=1)
+    risk_orders_per_hour_warn: int = Field(60, ge=1)
+    risk_orders_per_hour_critical: int = Field(120, ge=1)
+    # A massive drawdown within one hour (scenario 3: > 20 % -> stop trading) and no fill for a day (informational).
+    risk_drawdown_1h_warn_pct: float = Field(10.0, gt=0, le=100)
+    risk_drawdown_1h_critical_pct: float = Field(20.0, gt=0, le=100)
+    risk_no_trades_hours: float = Field(24.0, gt=0)
     risk_guard_window_seconds: float = Field(300.0, gt=0)
     risk_guard_min_samples: int = Field(20, ge=1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -12,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from trader.bot import TradingBot
+from trader.bot import CycleReport, TradingBot
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.brokers.simulated import SimulatedExchange
-from trader.domain import OrderType, Side
+from trader.domain import Candle, OrderType, Product, Side
 from trader.ledger import Ledger
 from trader.market import ReplayMarketData
 from trader.runtime import build_bot
 from trader.settings import Settings, load_settings
+from trader.strategy import OrderIntent, Strategy
 from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, Fault
 
 CANDLES = "/api/v3/brokerage/products/BTC-USD/candles"
@@ -234,4 +236,58 @@ def test_a_feed_down_past_its_critical_threshold_is_restarted_once_and_clears_wh
     assert caplog.text.count("restarting the feed") == 1
     assert bot.risk.counters["market_data_feed_trip"] == 1
     assert not any(fp.startswith("guard:market_data_feed") for fp in open_incidents(bot))
+    bot.stop()
+
+
+class Burst(Strategy):
+    """Runaway: `orders` tiny market buys in each of its first `cycles` cycles, then nothing."""
+
+    warmup = 1
+
+    def __init__(self, orders: int, cycles: int = 1) -> None:
+        self.orders, self.cycles = orders, cycles
+
+    def decide(self, product: Product, candles: Sequence[Candle], position: Decimal) -> list[OrderIntent]:
+        if self.cycles <= 0:
+            return []
+        self.cycles -= 1
+        return [OrderIntent(product.symbol, Side.BUY, Decimal("0.0001"), "burst", OrderType.MARKET)] * self.orders
+
+
+def test_runaway_trading_halts_pages_sev1_and_clears_when_the_minute_has_passed(tmp_path: Path) -> None:
+    bot = paper_bot(paper_settings(tmp_path))
+    bot.strategy = Burst(orders=25)
+
+    first = bot.run_cycle()
+    assert len(first.orders) == 25 and bot.risk.monitor.levels["orders_per_minute"] == "ok"  # read before sending
+    bot.broker.advance()
+    second = bot.run_cycle()  # one replay minute later: 25 orders within the last minute
+
+    assert second.readings["orders_per_minute"] == 25 and second.readings["orders_per_hour"] == 25
+    assert bot.risk.monitor.levels["orders_per_minute"] == "critical" and bot._trading_state == "halted"
+    assert open_incidents(bot)["guard:orders_per_minute:critical"] == "SEV-1"  # pages, exposure or not
+    bot.broker.advance()
+    bot.run_cycle()
+    assert bot.risk.monitor.levels["orders_per_minute"] == "ok" and bot._trading_state == "trading"
+    assert bot.risk.monitor.levels["orders_per_hour"] == "ok"  # 25 an hour is under the warning's 60
+    bot.stop()
+
+
+def test_the_hour_drawdown_reads_from_the_last_hours_high_and_no_trades_counts_from_the_last_fill(
+    tmp_path: Path,
+) -> None:
+    bot = paper_bot(paper_settings(tmp_path))
+    t0 = bot.broker.now()
+
+    def reading(minutes: float, equity: str) -> dict[str, float | None]:
+        report = CycleReport(1, t0 + timedelta(minutes=minutes), equity=Decimal(equity))
+        return bot._activity_readings(report)
+
+    assert reading(0, "10000")["drawdown_1h"] == 0.0
+    assert reading(30, "11000")["drawdown_1h"] == 0.0
+    assert reading(50, "8800")["drawdown_1h"] == pytest.approx(20.0)  # 20 % under the hour's high of 11,000
+    assert reading(95, "8800")["drawdown_1h"] == 0.0  # an hour after the high: 8,800 is the window's high
+    assert reading(24 * 60, "8800")["no_trades"] == pytest.approx(24.0)  # no fill since trading started
+    bot._fill_cursor = t0 + timedelta(hours=23)
+    assert reading(24 * 60, "8800")["no_trades"] == pytest.approx(1.0)
     bot.stop()

@@ -53,6 +53,7 @@ class IncidentKind(StrEnum):
     DEGRADED_PERFORMANCE = "degraded_performance"
     GUARD_WARNING = "guard_warning"
     GUARD_CRITICAL = "guard_critical"
+    GUARD_PAGE = "guard_page"
     EMERGENCY_PROCEDURE = "emergency_procedure"
     DATA_QUALITY = "data_quality"
     DRILL_FAILED = "drill_failed"
@@ -72,6 +73,9 @@ KIND_SEVERITY: dict[IncidentKind, Severity] = {
     # halt, restart the feed), which is SEV-1 when it halts with exposure open (GUARD_HALT_WITH_EXPOSURE).
     IncidentKind.GUARD_WARNING: "SEV-3",
     IncidentKind.GUARD_CRITICAL: "SEV-2",
+    # A guard whose critical pages whatever the exposure: runaway trading, a massive drawdown within the hour
+    # (the AI-bot runbook's emergency scenarios 2 and 3: stop at once).
+    IncidentKind.GUARD_PAGE: "SEV-1",
     # Kill switch, reduce-only, cancel-all, flatten: an operator stopped trading by hand.
     IncidentKind.EMERGENCY_PROCEDURE: "SEV-1",
     # Market data or reconciliation inputs failed their Great Expectations suite.

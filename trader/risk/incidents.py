@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 def guard_kind(event: GuardEvent, open_exposure: bool) -> IncidentKind:
     """SEV-1 for a guard-triggered halt with open exposure (the severity matrix), else by level."""
     if event.level == "critical":
+        if event.rule.page:
+            return IncidentKind.GUARD_PAGE
         if event.rule.action == "halt" and open_exposure:
             return IncidentKind.GUARD_HALT_WITH_EXPOSURE
         return IncidentKind.GUARD_CRITICAL

@@ -44,9 +44,10 @@ class GuardRule:
     description: str
     unit: str
     warning: float | None
-    critical: float
+    critical: float | None  # None: an informational guard that only ever warns (no trades in 24 h)
     action: Action
     below_is_worse: bool = False  # order success rate: lower is worse
+    page: bool = False  # critical is SEV-1 whatever the exposure (runaway trading, a massive drawdown)
 
     def level(self, value: float) -> Level:
         """The level this reading puts the guard at."""
@@ -54,7 +55,7 @@ class GuardRule:
         def beyond(threshold: float) -> bool:
             return value <= threshold if self.below_is_worse else value >= threshold
 
-        if beyond(self.critical):
+        if self.critical is not None and beyond(self.critical):
             return "critical"
         if self.warning is not None and beyond(self.warning):
             return "warning"
@@ -142,6 +143,41 @@ def rules_from_settings(settings: Settings) -> dict[str, GuardRule]:
             s.risk_latency_p95_warn_ms,
             s.risk_latency_p95_critical_ms,
             "reduce_only",
+        ),
+        GuardRule(
+            "orders_per_minute",
+            "orders sent in the last minute (runaway trading)",
+            "",
+            s.risk_orders_per_minute_warn,
+            s.risk_orders_per_minute_critical,
+            "halt",
+            page=True,
+        ),
+        GuardRule(
+            "orders_per_hour",
+            "orders sent in the last hour (runaway trading)",
+            "",
+            s.risk_orders_per_hour_warn,
+            s.risk_orders_per_hour_critical,
+            "halt",
+            page=True,
+        ),
+        GuardRule(
+            "drawdown_1h",
+            "drawdown from the highest equity of the last hour",
+            "%",
+            s.risk_drawdown_1h_warn_pct,
+            s.risk_drawdown_1h_critical_pct,
+            "halt",
+            page=True,
+        ),
+        GuardRule(
+            "no_trades",
+            "hours since the last fill (or since the session started)",
+            "h",
+            s.risk_no_trades_hours,
+            None,
+            "alert",
         ),
         GuardRule(
             "order_success",

@@ -30,7 +30,12 @@ RUNBOOK = {
     "volatility": (0.1, 1.5, 3.0, "reduce_only"),
     "api_latency": (120.0, 500.0, 1000.0, "reduce_only"),
     "order_success": (99.0, 95.0, 90.0, "reduce_only"),
+    # runaway trading and a massive drawdown within the hour (AI-bot runbook, emergency scenarios 2 and 3)
+    "orders_per_minute": (2.0, 10.0, 20.0, "halt"),
+    "orders_per_hour": (5.0, 60.0, 120.0, "halt"),
+    "drawdown_1h": (2.0, 10.0, 20.0, "halt"),
 }
+INFORMATIONAL = {"no_trades": (3.0, 24.0, None, "alert")}  # warns only: "No Trades 24h", severity Low
 
 
 @pytest.fixture
@@ -42,8 +47,8 @@ def risk() -> RiskManager:
 def test_the_defaults_are_the_runbooks_thresholds() -> None:
     rules = rules_from_settings(load_settings(profile="dev"))
 
-    assert set(rules) == set(RUNBOOK)
-    for name, (_, warning, critical, action) in RUNBOOK.items():
+    assert set(rules) == set(RUNBOOK) | set(INFORMATIONAL)
+    for name, (_, warning, critical, action) in {**RUNBOOK, **INFORMATIONAL}.items():
         assert (rules[name].warning, rules[name].critical, rules[name].action) == (warning, critical, action), name
 
 
@@ -65,6 +70,15 @@ def test_each_guard_trips_warning_then_critical_then_clears(risk: RiskManager, g
     [event] = risk.observe({guard: healthy})
     assert event.level == "ok" and "cleared" in event.describe()
     assert risk.monitor.forced() == {} and risk.counters[f"{guard}_trip"] == 1
+
+
+def test_no_trades_only_ever_warns_and_clears_after_a_fill(risk: RiskManager) -> None:
+    assert risk.observe({"no_trades": 23.9}) == []
+    [event] = risk.observe({"no_trades": 24.0})
+    assert event.level == "warning" and risk.monitor.forced() == {}
+    assert risk.observe({"no_trades": 1000.0}) == []  # days without a fill: still a warning, never critical
+    [event] = risk.observe({"no_trades": 0.1})
+    assert event.level == "ok"
 
 
 def test_a_missing_reading_keeps_the_guard_where_it_was(risk: RiskManager) -> None:
