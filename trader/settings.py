@@ -19,6 +19,7 @@ BrokerChoice = Literal["auto", "simulated", "coinbase"]
 MarketDataChoice = Literal["replay", "coinbase", "coinbase-ws"]
 OrderUpdatesChoice = Literal["poll", "coinbase-ws"]
 
+LIVE_PROFILES = ("spot", "prod", "perps")
 # Per-profile defaults; an explicitly set environment variable always wins.
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "dev": {"cycle_interval_seconds": 1.0, "position_size_usd": Decimal("1000")},
@@ -319,6 +320,8 @@ def load_settings(**overrides: Any) -> Settings:
         defaults = PROFILE_DEFAULTS.get(base.profile, {})
         # model_fields_set holds what came from the environment or the overrides: those beat the profile.
         fill = {k: v for k, v in defaults.items() if k not in base.model_fields_set}
+        if base.profile in LIVE_PROFILES and base.broker == "simulated":
+            fill.pop("market_data", None)  # paper trading a live profile replays, as before (MARKET_DATA to change)
         settings = base.model_copy(update=fill) if fill else base
     except ValidationError as error:
         raise ConfigError(_one_line(error)) from None

@@ -144,3 +144,12 @@ def test_the_lease_ttl_defaults_to_three_cycles_when_the_profile_cycles_slowly(m
     assert load_settings(profile="spot").lease_ttl_seconds == 180  # 60-second cycles: 30 s would lapse between two
     monkeypatch.setenv("LEASE_TTL_SECONDS", "200")
     assert load_settings(profile="spot").lease_ttl_seconds == 200
+
+
+def test_live_profiles_use_the_websockets_live_and_replay_when_paper_traded() -> None:
+    live = load_settings(profile="spot", broker="coinbase")
+    assert (live.market_data, live.order_updates) == ("coinbase-ws", "coinbase-ws")
+    paper = load_settings(profile="prod", broker="simulated")
+    assert paper.market_data == "replay"  # nothing reaches Coinbase unless MARKET_DATA says so
+    assert load_settings(profile="prod", broker="simulated", market_data="coinbase").market_data == "coinbase"
+    assert load_settings(profile="canary").market_data == "coinbase-ws"
