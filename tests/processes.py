@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def http_ok(url: str) -> bool:
+    """True when a GET of url answers 200 within 2 s (a server's health or readiness endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
 
 
 def pid_alive(pid: int) -> bool:

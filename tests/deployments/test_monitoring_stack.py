@@ -21,7 +21,7 @@ import yaml
 
 from tests.deployments.test_cli_coinbase import env_for as coinbase_env
 from tests.deployments.test_cli_metrics import PERPS_BOT, env_for, free_port
-from tests.processes import wait_for
+from tests.processes import http_ok, wait_for
 from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, Fault
 from trader.testing.slack_recorder import SlackRecorder
 
@@ -32,14 +32,6 @@ def binary(name: str) -> str:
     found = shutil.which(name)
     assert found, f"{name} is missing: apt-get install -y prometheus prometheus-alertmanager (scripts/test does)"
     return found
-
-
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -145,8 +137,8 @@ def test_a_guard_over_its_threshold_reaches_slack_and_the_resolved_message_follo
             DATA_GATE_ENABLED="0",
         )
         bot = processes(str(PERPS_BOT), "--profile", "dev", "--interval", "0.5", cwd=tmp_path, env=env)
-        wait_for(lambda: ready(f"http://127.0.0.1:{am_port}/-/ready"), 30, "alertmanager ready")
-        wait_for(lambda: ready(f"http://127.0.0.1:{prom_port}/-/ready"), 30, "prometheus ready")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{am_port}/-/ready"), 30, "alertmanager ready")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{prom_port}/-/ready"), 30, "prometheus ready")
         wait_for(lambda: cycles(bot_port) >= 2 or bot.poll() is not None, 60, "the bot's first cycles")
         assert bot.poll() is None, bot.stderr and bot.stderr.read().decode()[-2000:]
 

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import psycopg2
 import pytest
 
 from tests.paper_accounts import paper_accounts_yaml
-from tests.processes import pid_alive, wait_for
+from tests.processes import http_ok, pid_alive, wait_for
 from tests.restarts import restarts_of
 from trader.drills.coherence import compare, paper_exchange_truth
 from trader.ledger import Ledger
@@ -62,14 +61,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +139,7 @@ class Cluster:
         args = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         self.spawn("server", args, self.server_env, self.folder)
         wait_for(
-            lambda: healthy(f"{self.env['PREFECT_API_URL']}/health"),
+            lambda: http_ok(f"{self.env['PREFECT_API_URL']}/health"),
             timeout=180,
             what="the Prefect server on PostgreSQL",
         )
@@ -176,7 +167,7 @@ class Cluster:
         wait_for(fork_socket.exists, timeout=90, what=f"{name}'s fork server")
         args = [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "gpt-trader", "--name", name]
         self.spawn(name, [*args, "--with-healthcheck"], env, home)
-        wait_for(lambda: healthy(f"http://127.0.0.1:{health}/health"), timeout=90, what=f"worker {name}'s health check")
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{health}/health"), timeout=90, what=f"worker {name}'s health check")
         return env
 
     def machine_pids(self, name: str) -> set[int]:
