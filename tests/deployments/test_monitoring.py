@@ -5,6 +5,7 @@ exporter serves."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.trader.metrics.conftest import telemetry
 from trader.alerts.severity import IncidentKind, severity_for
@@ -25,6 +27,7 @@ from trader.settings import load_settings
 MONITORING = Path(__file__).resolve().parents[2] / "deployments" / "monitoring"
 RULES = MONITORING / "alerts.rules.yml"
 UNIT_TESTS = MONITORING / "tests" / "alerts.test.yml"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "perps-bot.json"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "monitoring.md"
 # Named by a rule before the exporter serves it: the funding rate comes with derivatives (issue 17).
 NOT_YET_EXPORTED = {"perps_bot_funding_rate"}
@@ -96,15 +99,93 @@ def test_every_rule_is_unit_tested_firing_and_silent() -> None:
     assert names - fired == set() and names - silent == set()
 
 
-def test_every_metric_a_rule_names_is_one_the_exporter_serves() -> None:
+def exported() -> dict[str, set[str]]:
+    """Every series name a fully fed exporter serves, with the label names it carries."""
     metrics = BotMetrics(disk_path=Path("."), open_incidents=lambda: [("flow:backup", "SEV-2")])
-    metrics.attach_ws_feed(WsFeed("ws://127.0.0.1:9", [Subscription("heartbeats")], lambda _: None))
-    metrics.record_cycle(telemetry(guard_readings={"exposure": 10.0, "drawdown": 1.0}))
+    feed = WsFeed("ws://127.0.0.1:9", [Subscription("heartbeats")], lambda _: None)
+    feed.stats.connected = True
+    feed.stats.messages["heartbeats"] += 1
+    feed.stats.gaps["heartbeats"] += 1
+    feed.stats.observe_lag(0.01)
+    metrics.attach_ws_feed(feed)
+    metrics.record_cycle(telemetry(guard_readings={"exposure": 10.0, "drawdown": 1.0}, orders=1, fills=1))
     metrics.observe_api_call("get_order", 0.01, True)
+    metrics.record_guard_trip("exposure", "warning")
+    metrics.record_recovery("engine", 1.0)
     metrics.set_last_checkpoint(time.time())
-    served = {m.group(1) for m in re.finditer(r"^(\w+)(?:\{| )", metrics.render().decode(), re.M)}
-    named = {name for rule in rules() for name in re.findall(r"\b(perps_bot_\w+)", rule["expr"])}
-    assert named - served == NOT_YET_EXPORTED, sorted(named - served)
+    series: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
+    return series
+
+
+def undefined(expr: str, served: dict[str, set[str]]) -> list[str]:
+    """What an expression names that the exporter does not serve: metrics, labels in selectors, labels in by()."""
+    problems = []
+    names = re.findall(r"\b(perps_bot_\w+)", expr)
+    problems += [f"metric {name}" for name in names if name not in served]
+    for name, inside in re.findall(r"\b(perps_bot_\w+)\{([^}]*)\}", expr):
+        if name not in served:
+            continue  # said once, above
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", inside):
+            if label not in served.get(name, set()):
+                problems.append(f"label {label} of {name}")
+    known = set().union(*(served.get(name, set()) for name in names)) if names else set()
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        problems += [f"label {label} in by()" for label in re.findall(r"\w+", group) if label not in known]
+    return problems
+
+
+def test_every_metric_a_rule_names_is_one_the_exporter_serves() -> None:
+    served = exported()
+    problems = {problem for rule in rules() for problem in undefined(rule["expr"], served)}
+    assert problems == {f"metric {name}" for name in NOT_YET_EXPORTED}
+
+
+def test_every_dashboard_panel_names_only_exported_metrics_and_labels_and_follows_the_account_picker() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    served = exported()
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "account"]
+    assert undefined(dashboard["templating"]["list"][1]["definition"], served) == []
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    exprs = [(p["title"], t["expr"]) for p in panels for t in p["targets"]]
+    assert len(exprs) >= 28
+    for title, expr in exprs:
+        assert undefined(expr, served) == [], f"{title}: {expr}"
+        assert 'account=~"$account"' in expr, f"{title}: does not follow the account picker"
+    covered = {name for _, expr in exprs for name in re.findall(r"\b(perps_bot_\w+)", expr)}
+    wanted = {  # the issue's list: equity and PnL, positions and exposure, guards, API, cycles, checkpoints,
+        "perps_bot_balance",  # recoveries, WebSockets, runbook flows
+        "perps_bot_daily_pnl_pct",
+        "perps_bot_position_count",
+        "perps_bot_guard_reading",
+        "perps_bot_guard_level",
+        "perps_bot_api_latency_seconds_bucket",
+        "perps_bot_error_rate_pct",
+        "perps_bot_cycle_duration_seconds_bucket",
+        "perps_bot_last_checkpoint_age_seconds",
+        "perps_bot_recovery_duration_seconds_count",
+        "perps_bot_ws_connected",
+        "perps_bot_flow_failing",
+    }
+    assert wanted <= covered, sorted(wanted - covered)
+
+
+def test_the_panel_check_catches_a_metric_or_label_the_exporter_does_not_serve() -> None:
+    served = exported()
+    assert undefined('perps_bot_equity_usd{account=~"$account"}', served) == ["metric perps_bot_equity_usd"]
+    assert undefined('perps_bot_balance{account=~"$account", symbol="BTC-USD"}', served) == [
+        "label symbol of perps_bot_balance"
+    ]
+    assert undefined("sum by (channel) (perps_bot_balance)", served) == ["label channel in by()"]
+
+
+def test_grafana_provisioning_points_at_the_dashboard_folder() -> None:
+    provider = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/perps-bot.yml").read_text())
+    assert provider["providers"][0]["type"] == "file" and provider["providers"][0]["options"]["path"]
+    source = yaml.safe_load((MONITORING / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert source["datasources"][0]["type"] == "prometheus"
 
 
 @pytest.mark.parametrize("alert", ["PerpsBotEngineDown", "PerpsBotWebSocketDownCritical"])
