@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             "accounts",
             "websocket",
             "rejections",
+            "dashboard",
             *EMERGENCY_COMMANDS,
         ],
         default="run",
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file; "
         "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers; "
         "websocket test|monitor|stability|capture: the Coinbase WebSocket checks; rejections --last-hour: refused "
-        "orders by reason",
+        "orders by reason; dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard",
     )
     parser.add_argument(
         "action",
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     rejected = parser.add_argument_group("rejections (perps-bot rejections --last-hour | --hours N)")
     rejected.add_argument("--last-hour", action="store_true", help="with rejections: the last hour (the default)")
     rejected.add_argument("--hours", type=float, help="with rejections: the last N hours")
+    board = parser.add_argument_group("dashboard (perps-bot dashboard --refresh 5 --window-min 15 [--url URL])")
+    board.add_argument("--refresh", type=float, help="with dashboard: seconds between redraws (default 5)")
+    board.add_argument(
+        "--window-min", type=float, help="with dashboard: minutes of orders and fills shown (default 15)"
+    )
+    board.add_argument("--url", help="with dashboard: the bot's metrics address http://HOST:PORT (default: its own)")
     up = parser.add_argument_group("embedded stack (perps-bot up)")
     up.add_argument("--port", type=int, default=4200, help="Prefect server port (default 4200)")
     up.add_argument("--no-bot", action="store_true", help="serve the deployments without starting trading-bot")
@@ -214,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             from deployments.cli.websocket import websocket_command
 
             return websocket_command(settings, args)
+        if args.command == "dashboard":
+            from deployments.cli.dashboard import dashboard_command
+
+            if args.action is not None:
+                raise ConfigError(f"dashboard: takes no action (got {args.action!r})")
+            return dashboard_command(settings, args)
         if args.command == "rejections":
             from deployments.cli.rejections import rejections_command
 
