@@ -3,8 +3,11 @@ what it draws, that it keeps drawing (the error on screen) when the bot goes awa
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,3 +88,45 @@ def test_bad_dashboard_input_is_one_line_and_exit_2(tmp_path: Path, args: tuple[
 
     assert result.returncode == 2 and result.stderr.startswith(f"perps-bot: error: {message}")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_the_dashboard_shows_each_deployments_last_run_from_prefect(
+    tmp_path: Path, tmux: str, prefect_server_process: dict[str, str]
+) -> None:
+    api = prefect_server_process["PREFECT_API_URL"].rstrip("/")
+    name = f"aaa-dashboard-{uuid.uuid4().hex[:6]}"  # sorts first among the session server's deployments
+    flow = api_post(f"{api}/flows/", {"name": f"{name}-flow"})
+    deployment = api_post(f"{api}/deployments/", {"name": name, "flow_id": flow["id"]})
+    run = api_post(f"{api}/deployments/{deployment['id']}/create_flow_run", {})
+    api_post(f"{api}/flow_runs/{run['id']}/set_state", {"state": {"type": "FAILED", "name": "Failed"}, "force": True})
+    env = env_for(tmp_path, PREFECT_API_URL=api)
+    command = f"{PERPS_BOT} dashboard --refresh 1 --url http://127.0.0.1:{free_port()}"  # no bot there
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", tmux, "-x", "200", "-y", "150", "-c", str(tmp_path), command],
+        env=env,
+        check=True,
+    )
+
+    drawn = wait_for(lambda: showing(tmux, name), 30, "the deployment's row")
+    [row] = [line for line in drawn.splitlines() if name in line]
+    assert "Failed" in row
+    assert "unreachable" in drawn.split("runbook deployments")[0]  # the bot's panel says so; Prefect's is drawn
+    subprocess.run(["tmux", "send-keys", "-t", tmux, "C-c"], check=True)
+
+
+def api_post(url: str, body: dict[str, object]) -> dict[str, object]:
+    """POST to the Prefect API; a 503 (the server's SQLite busy, as it answers then) is tried again."""
+
+    def attempt() -> dict[str, object] | None:
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return dict(json.loads(answer.read()))
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+            return None
+
+    return dict(wait_for(attempt, 30, f"POST {url}"))
