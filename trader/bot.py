@@ -28,7 +28,7 @@ from trader.errors import BrokerUnavailable, OrderRejected, TraderError
 from trader.fsio import atomic_write
 from trader.ledger import LEDGER_UNANSWERED, Ledger
 from trader.ledger.lease import Fence, Holder, LeaseHeld, LeaseInfo, LeaseLost
-from trader.orders.path import OrderPath
+from trader.orders.path import OrderPath, order_event
 from trader.reconcile import StartupReconciliation, reconcile_on_start
 from trader.reconcile.engine_recovery import CheckpointSource, EngineRecovery, crashed_sessions, recover_engine
 from trader.risk import RiskControls, RiskManager
@@ -776,6 +776,18 @@ class TradingBot:
                         fill.symbol,
                         fill.price,
                         fill.fee,
+                    )
+                    order_event(
+                        "order_filled",
+                        fill.filled_at,
+                        client_order_id=fill.client_order_id,
+                        order_id=fill.order_id,
+                        trade_id=fill.trade_id,
+                        symbol=fill.symbol,
+                        side=fill.side,
+                        quantity=fill.quantity,
+                        price=fill.price,
+                        fee=fill.fee,
                     )
         return new
 

@@ -17,6 +17,10 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 # The project's top-level packages, in layer order (DESIGN.md): every module logger sits below one of them.
 LOGGER_NAMES = ("trader", "prefect_adapter", "tasks", "flows", "deployments")
+# Order events as JSON lines in orders.log beside perps_bot.log (the perpetuals runbook's
+# `grep "order_rejected" orders.log | jq -r .reason | sort | uniq -c`); not repeated in perps_bot.log.
+ORDER_EVENTS_LOGGER = "trader.orders.events"
+ORDER_EVENTS_FILE = "orders.log"
 
 
 def configure_logging(log_file: Path, *, level: int = logging.INFO, stderr: bool = True) -> None:
@@ -42,3 +46,11 @@ def configure_logging(log_file: Path, *, level: int = logging.INFO, stderr: bool
             logger.addHandler(file_handler)
         if stderr and console is not None and console not in logger.handlers:
             logger.addHandler(console)
+    events = logging.getLogger(ORDER_EVENTS_LOGGER)
+    events.propagate = False
+    events_target = str((log_file.parent / ORDER_EVENTS_FILE).resolve())
+    if not any(getattr(h, "baseFilename", None) == events_target for h in events.handlers):
+        events_handler = logging.handlers.RotatingFileHandler(events_target, maxBytes=50 * 2**20, backupCount=10)
+        events_handler.setFormatter(logging.Formatter("%(message)s"))
+        events.addHandler(events_handler)
+    events.setLevel(level)

@@ -4,6 +4,7 @@ configured only through COINBASE_API_BASE, COINBASE_CA_FILE and the key variable
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from tests.deployments.test_cli import ledger_of, perps_bot
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.domain import OrderRequest, OrderType, Side
+from trader.logs import ORDER_EVENTS_LOGGER
 from trader.runtime import build_bot
 from trader.settings import load_settings
 from trader.strategy import MovingAverageCrossover
@@ -187,6 +189,8 @@ def test_the_bot_runs_live_cycles_on_the_server_and_records_what_it_sent(
     assert sent, result.stdout
     assert {o.client_order_id for o in ledger.list_orders()} == sent  # every order sent is in the ledger, once
     assert any(r.path == "/api/v3/brokerage/accounts" for r in exchange.requests)
+    events = [json.loads(line) for line in (tmp_path / "var/logs/orders.log").read_text().splitlines()]
+    assert {e["client_order_id"] for e in events if e["event"] == "order_sent"} == sent  # JSON lines, one per order
     ws.stop()
     assert {(s.channel, s.authenticated) for s in ws.subscribes} == {
         ("heartbeats", True),  # the user channel's connection: a JWT with every subscribe
@@ -251,13 +255,26 @@ def test_rejections_counts_the_refused_orders_of_the_last_hour_by_reason(
     )
     bot = build_bot(settings)
     bot.start()
+    lines: list[str] = []
+    recorder = logging.Handler()
+    recorder.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    events = logging.getLogger(ORDER_EVENTS_LOGGER)
+    events.addHandler(recorder)
+    level, events.level = events.level, logging.INFO
     try:
         for n, quantity in enumerate(("50", "60", "0.01")):  # the first two: more BTC than the account holds
             request = OrderRequest("BTC-USD", Side.SELL, OrderType.MARKET, Decimal(quantity), f"r{n}")
             bot.orders.send(request, position=Decimal(quantity))
     finally:
         bot.stop()
+        events.removeHandler(recorder)
+        events.setLevel(level)
     assert "order_rejected client_order_id=r0 symbol=BTC-USD side=sell reason=" in caplog.text
+    rejected = [json.loads(line) for line in lines if json.loads(line)["event"] == "order_rejected"]  # orders.log
+    assert [(e["client_order_id"], "INSUFFICIENT_FUND" in e["reason"]) for e in rejected] == [
+        ("r0", True),
+        ("r1", True),
+    ]
 
     result = perps_bot(tmp_path, "--profile", "spot", "rejections", "--last-hour", **env)
 

@@ -14,21 +14,24 @@ and --apply-order-edit all call it; nothing else calls Broker.place_order or Bro
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from trader.brokers.base import Broker
 from trader.domain import Fill, Order, OrderRequest, OrderStatus, shrinks_position
 from trader.errors import BrokerUnavailable, OrderRejected
 from trader.ledger import Ledger
 from trader.ledger.lease import Fence, LeaseLost
+from trader.logs import ORDER_EVENTS_LOGGER
 from trader.risk.guards import RiskControls
 
 log = logging.getLogger(__name__)
+events = logging.getLogger(ORDER_EVENTS_LOGGER)
 
 Control = Literal["kill_switch", "reduce_only"]
 CLEAR: dict[Control, str] = {
@@ -79,6 +82,23 @@ def check_controls(
             "reduce_only",
             f"reduce-only is on: {what} would not shrink the position {position} (refused, nothing sent)",
         )
+
+
+def order_event(event: str, at: datetime, **fields: Any) -> None:
+    """One JSON line in orders.log (trader/logs.py): the event, when, and its fields (order_sent, order_rejected
+    with its reason, order_filled)."""
+    record = {"event": event, "at": at.isoformat(), **{k: str(v) for k, v in fields.items()}}
+    events.info(json.dumps(record, sort_keys=True))
+
+
+def _terms(request: OrderRequest) -> dict[str, Any]:
+    return {
+        "client_order_id": request.client_order_id,
+        "symbol": request.symbol,
+        "side": request.side,
+        "type": request.order_type,
+        "quantity": request.quantity,
+    }
 
 
 class OrderPath:
@@ -140,6 +160,7 @@ class OrderPath:
                 request.side,
                 error,
             )
+            order_event("order_rejected", self.broker.now(), **_terms(request), reason=error)
             self._answered(False)
             return OrderOutcome(request, OrderStatus.FAILED, str(error))
         if order is None:
@@ -150,6 +171,7 @@ class OrderPath:
             self._answered(False)
             return OrderOutcome(request, order.status, order.reject_reason or "rejected", order)
         self._answered(True)
+        order_event("order_sent", self.broker.now(), **_terms(request), order_id=order.order_id, status=order.status)
         try:
             fills = self._fills_of(order)
             # The answer and its fills in one transaction: one commit per order instead of two.
