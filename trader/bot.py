@@ -524,29 +524,27 @@ class TradingBot:
         if equity > 0:
             self._peak_equity = max(self._peak_equity or equity, equity)
         peak = self._peak_equity
-        return {
-            **self._activity_readings(report),
-            **{
-                "daily_loss": float(-report.daily_pnl_pct),
-                "error_rate": self.stats.error_rate_pct(),
-                "market_data_staleness": max(ages) if ages else None,
-                # REST fetches failing, or (MARKET_DATA=coinbase-ws) the WebSocket down: the runbook's "WebSocket Down"
-                "market_data_feed": max(
-                    [now - t for t in self._feed_ok_at.values()]
-                    + ([self.market_feed.stats.down_seconds()] if self.market_feed is not None else []),
-                    default=0.0,
-                ),
-                "websocket_disconnects": (
-                    float(sum(f.stats.disconnects_within(3600) for f in self._ws_feeds())) if self._ws_feeds() else None
-                ),
-                "position_count": float(open_positions(self.positions.values())),
-                "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
-                "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,
-                "volatility": max(volatilities) if volatilities else None,
-                "api_latency": self.stats.latency_p95_ms(),
-                "order_success": self.stats.order_success_pct(),
-            },
+        readings: dict[str, float | None] = {
+            "daily_loss": float(-report.daily_pnl_pct),
+            "error_rate": self.stats.error_rate_pct(),
+            "market_data_staleness": max(ages) if ages else None,
+            # REST fetches failing, or (MARKET_DATA=coinbase-ws) the WebSocket down: the runbook's "WebSocket Down"
+            "market_data_feed": max(
+                [now - t for t in self._feed_ok_at.values()]
+                + ([self.market_feed.stats.down_seconds()] if self.market_feed is not None else []),
+                default=0.0,
+            ),
+            "websocket_disconnects": (
+                float(sum(f.stats.disconnects_within(3600) for f in self._ws_feeds())) if self._ws_feeds() else None
+            ),
+            "position_count": float(open_positions(self.positions.values())),
+            "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
+            "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,
+            "volatility": max(volatilities) if volatilities else None,
+            "api_latency": self.stats.latency_p95_ms(),
+            "order_success": self.stats.order_success_pct(),
         }
+        return {**readings, **self._activity_readings(report)}
 
     def _activity_readings(self, report: CycleReport) -> dict[str, float | None]:
         """Orders in the last minute and hour, the drawdown from the last hour's highest equity, and the hours since
