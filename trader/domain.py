@@ -203,3 +203,33 @@ class AccountSnapshot:
     permissions: KeyPermissions
     fee_tier: FeeTier
     positions: list[Position] = field(default_factory=list)
+    futures: FuturesAccount | None = None  # with COINBASE_ENABLE_DERIVATIVES=1: the US futures (CFM) account
+
+
+@dataclass(frozen=True)
+class FuturesPosition:
+    """A US futures (CFM) position: contracts of a perpetual-style or dated future."""
+
+    symbol: str
+    side: str  # "long" or "short"
+    contracts: Decimal
+    average_entry_price: Decimal
+    current_price: Decimal
+    unrealized_pnl: Decimal
+    daily_realized_pnl: Decimal
+
+
+@dataclass(frozen=True)
+class FuturesAccount:
+    """The CFM balance summary (USD): what the perpetuals runbook reads before and while trading futures."""
+
+    buying_power: Decimal
+    total_usd_balance: Decimal
+    unrealized_pnl: Decimal
+    daily_realized_pnl: Decimal
+    initial_margin: Decimal
+    available_margin: Decimal
+    liquidation_threshold: Decimal
+    liquidation_buffer_usd: Decimal
+    liquidation_buffer_pct: Decimal
+    positions: list[FuturesPosition] = field(default_factory=list)

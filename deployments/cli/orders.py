@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from deployments.cli.output import out
+from deployments.cli.output import out, wide
 from deployments.cli.variables import current_controls
-from trader.domain import OrderPreview, OrderRequest, OrderType, Side, TimeInForce
+from trader.domain import FuturesAccount, OrderPreview, OrderRequest, OrderType, Side, TimeInForce
 from trader.errors import ConfigError, OrderRejected
 from trader.ledger.lease import LeaseHeld
 from trader.settings import Settings
@@ -54,6 +54,8 @@ def account_snapshot(settings: Settings) -> int:
     out.print(f"fee tier: {f.tier} maker={f.maker_fee_rate} taker={f.taker_fee_rate}")
     for position in snap.positions:
         out.print(f"position: {position.symbol} {position.quantity} @ {position.average_entry_price}")
+    if snap.futures is not None:
+        _print_futures(snap.futures)
     return 0
 
 
@@ -197,3 +199,29 @@ def _print_preview(preview: OrderPreview) -> None:
         if value is not None:
             table.add_row(name, str(value))
     out.print(table)
+
+
+def _print_futures(futures: FuturesAccount) -> None:
+    """The CFM futures account: margins, liquidation buffer, PnL, then each position."""
+    out.print(
+        f"futures: buying power {futures.buying_power} USD, balance {futures.total_usd_balance}, initial margin "
+        f"{futures.initial_margin}, available margin {futures.available_margin}, liquidation buffer "
+        f"{futures.liquidation_buffer_pct}% ({futures.liquidation_buffer_usd} USD over a threshold of "
+        f"{futures.liquidation_threshold}), unrealized PnL {futures.unrealized_pnl}, daily realized PnL "
+        f"{futures.daily_realized_pnl}",
+        soft_wrap=True,
+    )
+    table = Table(title="Futures positions")
+    for column in ("product", "side", "contracts", "entry", "current", "unrealized PnL", "daily realized"):
+        table.add_column(column, justify="left" if column in ("product", "side") else "right")
+    for p in futures.positions:
+        table.add_row(
+            p.symbol,
+            p.side,
+            str(p.contracts),
+            str(p.average_entry_price),
+            str(p.current_price),
+            str(p.unrealized_pnl),
+            str(p.daily_realized_pnl),
+        )
+    wide().print(table)

@@ -37,6 +37,8 @@ from trader.domain import (
     Candle,
     FeeTier,
     Fill,
+    FuturesAccount,
+    FuturesPosition,
     KeyPermissions,
     Liquidity,
     Order,
@@ -66,6 +68,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Coinbase International Exchange stopped taking orders through this API on 1 October 2026 (international
+# derivatives moved to a separate gateway): its positions stay readable, an order is refused before anything is sent.
+INTX_READ_ONLY = (
+    "{symbol}: INTX is read-only since 1 October 2026 (Coinbase moved international derivatives to a separate "
+    "gateway); trade US futures (CFM products) with COINBASE_ENABLE_DERIVATIVES=1 instead"
+)
 CANCEL_BATCH = 100  # POST /orders/batch_cancel takes at most 100 order ids
 CANDLES_PER_REQUEST = 300  # the candles endpoint answers at most 350 bars
 PAGE_LIMIT = 250
@@ -423,7 +431,33 @@ class CoinbaseBroker(Broker):
             permissions=self.key_permissions(),
             fee_tier=self.fee_tier(),
             positions=self.positions(),
+            futures=self.futures_account() if self.derivatives else None,
         )
+
+    # --- US futures (CFM) ---------------------------------------------------------------------------------------
+
+    def futures_account(self) -> FuturesAccount:
+        """The CFM balance summary and positions (GET /cfm/balance_summary, /cfm/positions)."""
+        self._derivatives_on()
+        summary = self._read("futures balance summary", lambda: self.client.get_futures_balance_summary())
+        data = summary.get("balance_summary") or {}
+        listed = self._read("futures positions", lambda: self.client.list_futures_positions())
+        return FuturesAccount(
+            buying_power=_money(data.get("futures_buying_power")),
+            total_usd_balance=_money(data.get("total_usd_balance")),
+            unrealized_pnl=_money(data.get("unrealized_pnl")),
+            daily_realized_pnl=_money(data.get("daily_realized_pnl")),
+            initial_margin=_money(data.get("initial_margin")),
+            available_margin=_money(data.get("available_margin")),
+            liquidation_threshold=_money(data.get("liquidation_threshold")),
+            liquidation_buffer_usd=_money(data.get("liquidation_buffer_amount")),
+            liquidation_buffer_pct=_money(data.get("liquidation_buffer_percentage")),
+            positions=[_futures_position(raw) for raw in listed.get("positions") or []],
+        )
+
+    def _derivatives_on(self) -> None:
+        if not self.derivatives:
+            raise ConfigError("derivatives are off: set COINBASE_ENABLE_DERIVATIVES=1 (with futures access granted)")
 
     # --- perpetuals (INTX) -------------------------------------------------------------------------------------
 
@@ -467,6 +501,8 @@ class CoinbaseBroker(Broker):
             raise OrderNotFound(f"order {not_found} not found on Coinbase") from None
 
     def _check_rules(self, request: OrderRequest) -> Product:
+        if request.symbol.upper().endswith("-INTX"):
+            raise OrderRejected(INTX_READ_ONLY.format(symbol=request.symbol))
         product = self.get_product(request.symbol)
         if request.limit_price is not None:
             reference = request.limit_price
@@ -651,6 +687,19 @@ def _from_configuration(config: dict[str, Any]) -> tuple[OrderType, TimeInForce,
     if kind in ("sor_limit_ioc", "limit_limit_fok"):
         return OrderType.LIMIT, TimeInForce.IOC, params
     return OrderType.LIMIT, TimeInForce.GTD if kind.endswith("gtd") else TimeInForce.GTC, params
+
+
+def _futures_position(raw: dict[str, Any]) -> FuturesPosition:
+    side = str(raw.get("side") or "").upper()
+    return FuturesPosition(
+        symbol=str(raw["product_id"]),
+        side="short" if side.endswith("SHORT") else "long",
+        contracts=_money(raw.get("number_of_contracts")),
+        average_entry_price=_money(raw.get("avg_entry_price")),
+        current_price=_money(raw.get("current_price")),
+        unrealized_pnl=_money(raw.get("unrealized_pnl")),
+        daily_realized_pnl=_money(raw.get("daily_realized_pnl")),
+    )
 
 
 def _status(raw: dict[str, Any], filled: Decimal) -> OrderStatus:

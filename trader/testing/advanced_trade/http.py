@@ -20,6 +20,7 @@ from trader.testing.advanced_trade.exchange import USD_PEGGED, _Exchange
 from trader.testing.advanced_trade.wire import (
     ONE,
     ZERO,
+    FuturesPosition,
     JsonObject,
     Order,
     PerpPosition,
@@ -30,6 +31,8 @@ from trader.testing.advanced_trade.wire import (
     _decimal,
     _fill_json,
     _fmt,
+    _futures_balance_json,
+    _futures_position_json,
     _invalid,
     _money,
     _not_found,
@@ -129,6 +132,8 @@ class _Endpoints:
     _exchange: _Exchange
     _perp_positions: dict[str, PerpPosition]
     _perp_collateral: dict[str, Decimal]
+    _futures_positions: dict[str, FuturesPosition]
+    _futures_cash: Decimal
 
     def now(self) -> datetime:
         """The server clock (`AdvancedTradeServer.now`)."""
@@ -522,6 +527,27 @@ class _Endpoints:
         page, cursor = _page_by_sequence(fills, lambda f: f.sequence, call.arg("cursor"), limit)
         return {"fills": [_fill_json(fill, self.user_id, self.portfolio_uuid) for fill in page], "cursor": cursor}
 
+    # ---------------------------------------------------------------- endpoints: US futures (CFM)
+
+    def _futures_allowed(self) -> None:
+        if not self.derivatives:
+            raise _permission_denied("futures trading is not enabled for this key")
+
+    def _get_cfm_balance_summary(self, call: _Call) -> JsonObject:
+        self._futures_allowed()
+        return {"balance_summary": _futures_balance_json(self._futures_cash, list(self._futures_positions.values()))}
+
+    def _get_cfm_positions(self, call: _Call) -> JsonObject:
+        self._futures_allowed()
+        return {"positions": [_futures_position_json(p) for p in self._futures_positions.values()]}
+
+    def _get_cfm_position(self, call: _Call) -> JsonObject:
+        self._futures_allowed()
+        position = self._futures_positions.get(call.params["product_id"])
+        if position is None:
+            raise _not_found(f"no futures position in {call.params['product_id']}")
+        return {"position": _futures_position_json(position)}
+
     # ---------------------------------------------------------------- endpoints: INTX perpetuals
 
     def _intx_portfolio(self, call: _Call) -> str:
@@ -622,6 +648,9 @@ ROUTES: tuple[_Route, ...] = (
     _route("GET", "/portfolios/{portfolio_uuid}", _Endpoints._get_portfolio_breakdown),
     _route("GET", "/transaction_summary", _Endpoints._get_transaction_summary),
     _route("GET", "/key_permissions", _Endpoints._get_key_permissions, "auth"),
+    _route("GET", "/cfm/balance_summary", _Endpoints._get_cfm_balance_summary),
+    _route("GET", "/cfm/positions", _Endpoints._get_cfm_positions),
+    _route("GET", "/cfm/positions/{product_id}", _Endpoints._get_cfm_position),
     _route("GET", "/intx/positions/{portfolio_uuid}", _Endpoints._get_intx_positions),
     _route("GET", "/intx/positions/{portfolio_uuid}/{symbol}", _Endpoints._get_intx_position),
     _route("GET", "/intx/portfolio/{portfolio_uuid}", _Endpoints._get_intx_portfolio),

@@ -36,6 +36,7 @@ from trader.testing.advanced_trade.limits import RequestLimit, rate_limited
 from trader.testing.advanced_trade.wire import (
     ZERO,
     Fill,
+    FuturesPosition,
     JsonObject,
     Order,
     PerpPosition,
@@ -178,6 +179,8 @@ class AdvancedTradeServer(_Endpoints):
         )
         self._perp_positions: dict[str, PerpPosition] = {}
         self._perp_collateral: dict[str, Decimal] = {"USDC": ZERO}
+        self._futures_positions: dict[str, FuturesPosition] = {}
+        self._futures_cash = ZERO  # the CFM futures account's USD balance
         self._faults: list[Fault] = []
         self._requests: list[RecordedRequest] = []
         self._stopping = threading.Event()
@@ -385,6 +388,38 @@ class AdvancedTradeServer(_Endpoints):
             position = PerpPosition(symbol, size, entry, mark, Decimal(str(leverage)), margin_type)
             self._perp_positions[symbol] = position
             return position
+
+    def add_futures_position(
+        self,
+        product_id: str,
+        side: str,
+        contracts: Decimal | str,
+        avg_entry_price: Decimal | str,
+        current_price: Decimal | str | None = None,
+        *,
+        contract_size: Decimal | str = "0.01",
+        daily_realized_pnl: Decimal | str = "0",
+    ) -> FuturesPosition | None:
+        """Set the CFM futures position in `product_id` (side LONG or SHORT); 0 contracts removes it."""
+        if side not in ("LONG", "SHORT"):
+            raise ValueError(f"side must be LONG or SHORT, got {side!r}")
+        count = Decimal(str(contracts))
+        with self._lock:
+            if count == 0:
+                self._futures_positions.pop(product_id, None)
+                return None
+            entry = Decimal(str(avg_entry_price))
+            current = entry if current_price is None else Decimal(str(current_price))
+            position = FuturesPosition(
+                product_id, side, count, entry, current, Decimal(str(contract_size)), Decimal(str(daily_realized_pnl))
+            )
+            self._futures_positions[product_id] = position
+            return position
+
+    def set_futures_cash(self, amount: Decimal | str) -> None:
+        """The CFM futures account's USD balance."""
+        with self._lock:
+            self._futures_cash = Decimal(str(amount))
 
     def set_perp_collateral(self, quantity: Decimal | str, asset: str = "USDC") -> None:
         with self._lock:

@@ -324,6 +324,34 @@ class PerpPosition:
         return (self.mark_price - self.entry_vwap) * self.net_size
 
 
+@dataclass
+class FuturesPosition:
+    """A US futures (CFM) position served by the /cfm endpoints (`AdvancedTradeServer.add_futures_position`):
+    perpetual-style contracts, each `contract_size` of the underlying (0.01 BTC for the nano Bitcoin perp)."""
+
+    product_id: str
+    side: str  # "LONG" or "SHORT"
+    contracts: Decimal
+    avg_entry_price: Decimal
+    current_price: Decimal
+    contract_size: Decimal = Decimal("0.01")
+    daily_realized_pnl: Decimal = ZERO
+    expiration_time: datetime = datetime(2030, 12, 20, 16, 0, tzinfo=UTC)  # a perpetual-style contract's far date
+
+    @property
+    def notional(self) -> Decimal:
+        return self.contracts * self.contract_size * self.current_price
+
+    @property
+    def unrealized_pnl(self) -> Decimal:
+        sign = ONE if self.side == "LONG" else -ONE
+        return (self.current_price - self.avg_entry_price) * self.contracts * self.contract_size * sign
+
+
+FUTURES_INITIAL_MARGIN_RATE = Decimal("0.10")  # of notional, the test exchange's intraday rate
+FUTURES_MAINTENANCE_MARGIN_RATE = Decimal("0.05")  # below this much margin the position is liquidated
+
+
 # --------------------------------------------------------------------------------------------------- JSON shapes
 
 
@@ -639,4 +667,42 @@ def _collateral_json(asset: str, quantity: Decimal) -> JsonObject:
         "loan": "0",
         "loan_collateral_requirement_usd": "0",
         "pledged_quantity": "0",
+    }
+
+
+def _futures_position_json(position: FuturesPosition) -> JsonObject:
+    """A CFM position as GET /cfm/positions renders it (FCMPosition in the SDK's types)."""
+    return {
+        "product_id": position.product_id,
+        "expiration_time": _rfc3339(position.expiration_time),
+        "side": f"FUTURES_POSITION_SIDE_{position.side}",
+        "number_of_contracts": _fmt(position.contracts),
+        "current_price": _fmt(position.current_price),
+        "avg_entry_price": _fmt(position.avg_entry_price),
+        "unrealized_pnl": _fmt(position.unrealized_pnl),
+        "daily_realized_pnl": _fmt(position.daily_realized_pnl),
+    }
+
+
+def _futures_balance_json(cash: Decimal, positions: list[FuturesPosition]) -> JsonObject:
+    """GET /cfm/balance_summary's balance_summary (FCMBalanceSummary): margins from the positions' notional."""
+    unrealized = sum((p.unrealized_pnl for p in positions), ZERO)
+    equity = cash + unrealized
+    initial = sum((p.notional * FUTURES_INITIAL_MARGIN_RATE for p in positions), ZERO)
+    maintenance = sum((p.notional * FUTURES_MAINTENANCE_MARGIN_RATE for p in positions), ZERO)
+    buffer = equity - maintenance
+    percentage = (buffer / equity * HUNDRED).quantize(Decimal("0.01")) if equity > 0 else ZERO
+    return {
+        "futures_buying_power": _money(max(equity - initial, ZERO), "USD"),
+        "total_usd_balance": _money(cash, "USD"),
+        "cbi_usd_balance": _money(ZERO, "USD"),
+        "cfm_usd_balance": _money(cash, "USD"),
+        "total_open_orders_hold_amount": _money(ZERO, "USD"),
+        "unrealized_pnl": _money(unrealized, "USD"),
+        "daily_realized_pnl": _money(sum((p.daily_realized_pnl for p in positions), ZERO), "USD"),
+        "initial_margin": _money(initial, "USD"),
+        "available_margin": _money(max(equity - initial, ZERO), "USD"),
+        "liquidation_threshold": _money(maintenance, "USD"),
+        "liquidation_buffer_amount": _money(buffer, "USD"),
+        "liquidation_buffer_percentage": _fmt(percentage),
     }
