@@ -77,6 +77,9 @@ class Product:
     base_max_size: Decimal
     quote_min_size: Decimal = Decimal("1")
     trading_disabled: bool = False
+    # The exchange's word for the product's state: online, cancel_only, limit_only, post_only, trading_disabled
+    # (the preflight's product-status line; trading_disabled above is what order checks read).
+    status: str = "online"
 
 
 @dataclass(frozen=True)

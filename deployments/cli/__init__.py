@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
             "websocket",
             "rejections",
             "dashboard",
+            "preflight",
             *EMERGENCY_COMMANDS,
         ],
         default="run",
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file; "
         "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers; "
         "websocket test|monitor|stability|capture: the Coinbase WebSocket checks; rejections --last-hour: refused "
-        "orders by reason; dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard",
+        "orders by reason; dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard; "
+        "preflight: the startup checks (exit 0 pass, 1 warn, 2 fail)",
     )
     parser.add_argument(
         "action",
@@ -221,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
             from deployments.cli.websocket import websocket_command
 
             return websocket_command(settings, args)
+        if args.command == "preflight":
+            from deployments.cli.preflight import preflight_command
+
+            if args.action is not None:
+                raise ConfigError(f"preflight: takes no action (got {args.action!r})")
+            return preflight_command(settings)
         if args.command == "dashboard":
             from deployments.cli.dashboard import dashboard_command
 

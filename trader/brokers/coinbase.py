@@ -642,7 +642,18 @@ def _product(data: dict[str, Any]) -> Product:
         base_max_size=Decimal(str(data["base_max_size"])),
         quote_min_size=Decimal(str(data.get("quote_min_size") or 0)),
         trading_disabled=disabled,
+        status=_product_status(data),
     )
+
+
+def _product_status(data: dict[str, Any]) -> str:
+    """online, or the first restriction in force: trading_disabled, cancel_only, limit_only, post_only, or the
+    exchange's own status word when it is not online."""
+    for flag in ("trading_disabled", "cancel_only", "limit_only", "post_only"):
+        if data.get(flag) or (flag == "trading_disabled" and data.get("is_disabled")):
+            return flag
+    status = str(data.get("status") or "online").lower()
+    return status if status != "online" else "online"
 
 
 def _configuration(request: OrderRequest) -> dict[str, dict[str, Any]]:
