@@ -128,6 +128,12 @@ class TradingBot:
         self.market_feed: WsFeed | None = feed if isinstance(feed, WsFeed) else None
         # ORDER_UPDATES=coinbase-ws: order status and fills pushed on the user channel, applied between cycles.
         self.user_orders = user_orders
+        # COINBASE_ENABLE_DERIVATIVES=1 on a broker with a futures account: its funding and liquidation buffer
+        # are guard readings every cycle (read on the broker itself: not exchange calls the error-rate guard counts).
+        self.futures: Any = (
+            broker if settings.coinbase_enable_derivatives and hasattr(broker, "futures_account") else None
+        )
+        self._funding_rates: dict[str, float] = {}
         self.order_resync_due = False  # a reconnect or gap's REST resync has not succeeded yet: no new orders
         self.ledger = ledger
         self.strategy = strategy
@@ -544,7 +550,24 @@ class TradingBot:
             "api_latency": self.stats.latency_p95_ms(),
             "order_success": self.stats.order_success_pct(),
         }
-        return {**readings, **self._activity_readings(report)}
+        none: dict[str, float | None] = {}
+        derivatives = self._unless_unreachable(self._derivatives_readings, none, "futures account")
+        return {**readings, **self._activity_readings(report), **derivatives}
+
+    def _derivatives_readings(self) -> dict[str, float | None]:
+        """The futures account's liquidation buffer (while positions are open) and the largest funding rate of the
+        futures held or traded; nothing without derivatives."""
+        if self.futures is None:
+            return {}
+        account = self.futures.futures_account()
+        held = {p.symbol for p in account.positions}
+        traded = {s for s, product in self.products.items() if product.funding_rate is not None}
+        rates = self.futures.funding_rates(sorted(held | traded)) if held | traded else {}
+        self._funding_rates = {symbol: float(rate) for symbol, rate in rates.items()}
+        return {
+            "liquidation_buffer": float(account.liquidation_buffer_pct) if account.positions else None,
+            "funding_rate": max((abs(rate) for rate in self._funding_rates.values()), default=None),
+        }
 
     def _activity_readings(self, report: CycleReport) -> dict[str, float | None]:
         """Orders in the last minute and hour, the drawdown from the last hour's highest equity, and the hours since
@@ -932,6 +955,7 @@ class TradingBot:
                 guard_readings={g: float(v) for g, v in report.readings.items() if v is not None},
                 orders=self.orders_sent - self._orders_reported,
                 fills=self.fills_recorded - self._fills_reported,
+                funding_rates=dict(self._funding_rates),
             )
         )
         self._orders_reported, self._fills_reported = self.orders_sent, self.fills_recorded

@@ -80,6 +80,8 @@ class Product:
     # The exchange's word for the product's state: online, cancel_only, limit_only, post_only, trading_disabled
     # (the preflight's product-status line; trading_disabled above is what order checks read).
     status: str = "online"
+    funding_rate: Decimal | None = None  # a perpetual-style future's current funding rate (per interval)
+    funding_time: datetime | None = None  # when that funding is next applied
 
 
 @dataclass(frozen=True)

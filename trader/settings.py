@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     risk_drawdown_1h_warn_pct: float = Field(10.0, gt=0, le=100)
     risk_drawdown_1h_critical_pct: float = Field(20.0, gt=0, le=100)
     risk_no_trades_hours: float = Field(24.0, gt=0)
+    # Derivatives (COINBASE_ENABLE_DERIVATIVES=1): the perpetuals runbook's funding_rate_spike (|rate| > 0.001 ->
+    # alert the trader) and the futures account's liquidation buffer (below warning, below critical -> reduce-only).
+    risk_funding_rate_abs: float = Field(0.001, gt=0)
+    risk_liquidation_buffer_warn_pct: float = Field(30.0, gt=0, le=100)
+    risk_liquidation_buffer_critical_pct: float = Field(15.0, gt=0, le=100)
     risk_guard_window_seconds: float = Field(300.0, gt=0)
     risk_guard_min_samples: int = Field(20, ge=1)
 
@@ -229,6 +234,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{low.upper()} must not exceed {high.upper()} (warning comes before critical)")
         if self.risk_order_success_critical_pct > self.risk_order_success_warn_pct:
             raise ValueError("RISK_ORDER_SUCCESS_CRITICAL_PCT must be below RISK_ORDER_SUCCESS_WARN_PCT")
+        if self.risk_liquidation_buffer_critical_pct > self.risk_liquidation_buffer_warn_pct:
+            raise ValueError("RISK_LIQUIDATION_BUFFER_CRITICAL_PCT must be below RISK_LIQUIDATION_BUFFER_WARN_PCT")
         if self.strategy_fast_window >= self.strategy_slow_window:
             raise ValueError("STRATEGY_FAST_WINDOW must be smaller than STRATEGY_SLOW_WINDOW")
         self._check_one_exchange()

@@ -29,8 +29,8 @@ RULES = MONITORING / "alerts.rules.yml"
 UNIT_TESTS = MONITORING / "tests" / "alerts.test.yml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "perps-bot.json"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "monitoring.md"
-# Named by a rule before the exporter serves it: the funding rate comes with derivatives (issue 17).
-NOT_YET_EXPORTED = {"perps_bot_funding_rate"}
+# Named by a rule before the exporter serves it (none now: the funding rate is exported with derivatives on).
+NOT_YET_EXPORTED: set[str] = set()
 NOT_GUARDS = {"engine_down", "no_trades", "checkpoint", "disk", "runbook_flow", "funding_rate"}
 
 
@@ -108,7 +108,9 @@ def exported() -> dict[str, set[str]]:
     feed.stats.gaps["heartbeats"] += 1
     feed.stats.observe_lag(0.01)
     metrics.attach_ws_feed(feed)
-    metrics.record_cycle(telemetry(guard_readings={"exposure": 10.0, "drawdown": 1.0}, orders=1, fills=1))
+    metrics.record_cycle(
+        telemetry(guard_readings={"exposure": 10.0, "drawdown": 1.0}, orders=1, fills=1, funding_rates={"BIP": 1e-4})
+    )
     metrics.observe_api_call("get_order", 0.01, True)
     metrics.record_guard_trip("exposure", "warning")
     metrics.record_recovery("engine", 1.0)

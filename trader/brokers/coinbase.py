@@ -455,6 +455,18 @@ class CoinbaseBroker(Broker):
             positions=[_futures_position(raw) for raw in listed.get("positions") or []],
         )
 
+    def funding_rates(self, symbols: list[str]) -> dict[str, Decimal]:
+        """Each perpetual-style future's funding rate now (read fresh: it changes every interval); symbols without
+        one (spot) are left out."""
+        self._derivatives_on()
+        rates = {}
+        for symbol in symbols:
+            data = self._read(f"get product {symbol}", partial(self.client.get_product, symbol), not_found=symbol)
+            rate = _funding(data)["funding_rate"]
+            if rate is not None:
+                rates[symbol] = rate
+        return rates
+
     def _derivatives_on(self) -> None:
         if not self.derivatives:
             raise ConfigError("derivatives are off: set COINBASE_ENABLE_DERIVATIVES=1 (with futures access granted)")
@@ -643,7 +655,20 @@ def _product(data: dict[str, Any]) -> Product:
         quote_min_size=Decimal(str(data.get("quote_min_size") or 0)),
         trading_disabled=disabled,
         status=_product_status(data),
+        **_funding(data),
     )
+
+
+def _funding(data: dict[str, Any]) -> dict[str, Any]:
+    """A perpetual-style future's funding rate and time (perpetual_details first, then the product's own)."""
+    details = data.get("future_product_details") or {}
+    perpetual = details.get("perpetual_details") or {}
+    rate = perpetual.get("funding_rate") or details.get("funding_rate")
+    when = perpetual.get("funding_time") or details.get("funding_time")
+    return {
+        "funding_rate": Decimal(str(rate)) if rate not in (None, "") else None,
+        "funding_time": _parse_time(str(when)) if when else None,
+    }
 
 
 def _product_status(data: dict[str, Any]) -> str:

@@ -80,6 +80,7 @@ _GAUGES: dict[str, str] = {
     "perps_bot_guard_level": "Each guard's level: 0 ok, 1 warning, 2 critical.",
     "perps_bot_guard_reading": "Each guard's last reading, the value its warning and critical thresholds compare.",
     "perps_bot_disk_free_ratio": "Free space of the state folder's filesystem, 0 to 1.",
+    "perps_bot_funding_rate": "Each perpetual-style future's funding rate now (derivatives on).",
     "perps_bot_open_incidents": "Open incidents of the account by severity (SEV-1, SEV-2, SEV-3).",
     "perps_bot_flow_failing": "1 for each runbook flow whose last run failed or crashed (its incident is open).",
     "perps_bot_last_cycle_age_seconds": "Seconds since the last finished cycle.",
@@ -358,6 +359,8 @@ class BotMetrics:
                 put("perps_bot_guard_level", GUARD_LEVEL_VALUE[level], [guard])
             for guard, reading in sorted(last.guard_readings.items()):
                 put("perps_bot_guard_reading", reading, [guard])
+            for symbol, rate in sorted(last.funding_rates.items()):
+                put("perps_bot_funding_rate", rate, [symbol])
             put("perps_bot_last_cycle_age_seconds", since_cycle)
         return list(families.values())
 
@@ -445,6 +448,7 @@ def _gauge_labels(name: str) -> list[str]:
         "perps_bot_guard_reading": ["guard"],
         "perps_bot_open_incidents": ["severity"],
         "perps_bot_flow_failing": ["flow"],
+        "perps_bot_funding_rate": ["symbol"],
     }
     return ["account", *extra.get(name, [])]
 

@@ -32,6 +32,7 @@ class CycleTelemetry:
     guard_readings: dict[str, float] = field(default_factory=dict)  # guard name -> the value its levels compare
     orders: int = 0  # orders sent since the previous telemetry (added to a counter)
     fills: int = 0  # fills recorded since the previous telemetry, between cycles too (added to a counter)
+    funding_rates: dict[str, float] = field(default_factory=dict)  # perpetual-style future -> funding rate now
 
     def __post_init__(self) -> None:
         for guard, level in self.guard_levels.items():

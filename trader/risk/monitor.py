@@ -180,6 +180,23 @@ def rules_from_settings(settings: Settings) -> dict[str, GuardRule]:
             "alert",
         ),
         GuardRule(
+            "funding_rate",
+            "largest funding rate (absolute) of the futures held or traded",
+            "",
+            s.risk_funding_rate_abs,
+            None,
+            "alert",
+        ),
+        GuardRule(
+            "liquidation_buffer",
+            "futures liquidation buffer",
+            "%",
+            s.risk_liquidation_buffer_warn_pct,
+            s.risk_liquidation_buffer_critical_pct,
+            "reduce_only",
+            below_is_worse=True,
+        ),
+        GuardRule(
             "order_success",
             "orders accepted by the exchange",
             "%",

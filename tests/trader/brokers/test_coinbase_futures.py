@@ -13,9 +13,12 @@ import pytest
 from tests.deployments.test_cli import perps_bot
 from tests.deployments.test_cli_coinbase import env_for
 from tests.trader.brokers.test_coinbase_broker import settings_for
+from tests.trader.test_bot_guards import coinbase_settings, open_incidents
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.domain import OrderRequest, OrderType, Side
 from trader.errors import ConfigError, OrderRejected
+from trader.metrics import BotMetrics
+from trader.runtime import build_bot
 from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey
 
 BIP = "BIP-20DEC30-CDE"  # nano Bitcoin perpetual-style future: 0.01 BTC a contract
@@ -106,3 +109,35 @@ def test_the_account_snapshot_prints_the_futures_account(
     assert "futures: buying power" in result.stdout and "liquidation buffer" in result.stdout
     [row] = [line for line in result.stdout.splitlines() if BIP in line]
     assert "long" in row and "61000" in row and "40" in row
+
+
+def test_funding_and_the_liquidation_buffer_are_guards_of_a_bot_with_derivatives(
+    start_exchange: Callable[..., AdvancedTradeServer], cdp_key: CdpKey, tmp_path: Path
+) -> None:
+    server = start_exchange(derivatives=True)
+    server.set_futures_cash("10000")
+    server.set_futures_product(BIP, price="60000", funding_rate="0.002")  # the runbook's spike: |rate| > 0.001
+    server.add_futures_position(BIP, "LONG", "250", "60000", "60000")  # maintenance 7,500 of 10,000: 25 % buffer
+    settings = coinbase_settings(server, cdp_key, tmp_path, coinbase_enable_derivatives=True)
+    bot = build_bot(settings, broker=CoinbaseBroker.from_settings(settings))
+    bot.attach_metrics(metrics := BotMetrics(account=settings.account))
+    bot.start()
+    try:
+        report = bot.run_cycle()
+
+        assert report.readings["funding_rate"] == 0.002 and report.readings["liquidation_buffer"] == 25.0
+        levels = bot.risk.monitor.levels
+        assert (levels["funding_rate"], levels["liquidation_buffer"]) == ("warning", "warning")
+        assert bot._trading_state == "trading"  # warnings alert only
+        assert open_incidents(bot)["guard:funding_rate:warning"] == "SEV-3"
+        exported = metrics.render().decode()
+        assert f'perps_bot_funding_rate{{account="default",symbol="{BIP}"}} 0.002' in exported
+
+        server.add_futures_position(BIP, "LONG", "300", "60000", "60000")  # maintenance 9,000: a 10 % buffer
+        server.set_futures_product(BIP, price="60000", funding_rate="0.0004")
+        report = bot.run_cycle()
+
+        assert report.readings["liquidation_buffer"] == 10.0 and levels["liquidation_buffer"] == "critical"
+        assert levels["funding_rate"] == "ok" and bot._trading_state == "reduce_only"
+    finally:
+        bot.stop()

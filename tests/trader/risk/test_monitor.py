@@ -34,8 +34,13 @@ RUNBOOK = {
     "orders_per_minute": (2.0, 10.0, 20.0, "halt"),
     "orders_per_hour": (5.0, 60.0, 120.0, "halt"),
     "drawdown_1h": (2.0, 10.0, 20.0, "halt"),
+    # derivatives: the futures account's liquidation buffer (lower is worse)
+    "liquidation_buffer": (50.0, 30.0, 15.0, "reduce_only"),
 }
-INFORMATIONAL = {"no_trades": (3.0, 24.0, None, "alert")}  # warns only: "No Trades 24h", severity Low
+INFORMATIONAL = {  # warn only: "No Trades 24h" (severity Low), funding_rate_spike (alert the trader)
+    "no_trades": (3.0, 24.0, None, "alert"),
+    "funding_rate": (0.0001, 0.001, None, "alert"),
+}
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from trader.testing.advanced_trade.wire import (
     ONE,
     ZERO,
     FuturesPosition,
+    FuturesProduct,
     JsonObject,
     Order,
     PerpPosition,
@@ -33,6 +34,7 @@ from trader.testing.advanced_trade.wire import (
     _fmt,
     _futures_balance_json,
     _futures_position_json,
+    _futures_product_json,
     _invalid,
     _money,
     _not_found,
@@ -133,6 +135,7 @@ class _Endpoints:
     _perp_positions: dict[str, PerpPosition]
     _perp_collateral: dict[str, Decimal]
     _futures_positions: dict[str, FuturesPosition]
+    _futures_products: dict[str, FuturesProduct]
     _futures_cash: Decimal
 
     def now(self) -> datetime:
@@ -167,6 +170,9 @@ class _Endpoints:
         return {"products": [self._product(spec) for spec in page], "num_products": len(specs)}
 
     def _get_product(self, call: _Call) -> JsonObject:
+        future = self._futures_products.get(call.params["product_id"])
+        if future is not None:
+            return _futures_product_json(future)
         return self._product(self._spec(call.params["product_id"]))
 
     def _get_candles(self, call: _Call) -> JsonObject:

@@ -37,6 +37,7 @@ from trader.testing.advanced_trade.wire import (
     ZERO,
     Fill,
     FuturesPosition,
+    FuturesProduct,
     JsonObject,
     Order,
     PerpPosition,
@@ -181,6 +182,7 @@ class AdvancedTradeServer(_Endpoints):
         self._perp_collateral: dict[str, Decimal] = {"USDC": ZERO}
         self._futures_positions: dict[str, FuturesPosition] = {}
         self._futures_cash = ZERO  # the CFM futures account's USD balance
+        self._futures_products: dict[str, FuturesProduct] = {}
         self._faults: list[Fault] = []
         self._requests: list[RecordedRequest] = []
         self._stopping = threading.Event()
@@ -415,6 +417,27 @@ class AdvancedTradeServer(_Endpoints):
             )
             self._futures_positions[product_id] = position
             return position
+
+    def set_futures_product(
+        self,
+        product_id: str,
+        *,
+        price: Decimal | str,
+        funding_rate: Decimal | str,
+        contract_size: Decimal | str = "0.01",
+        max_leverage: Decimal | str = "10",
+    ) -> None:
+        """List (or update) a perpetual-style future with this price and funding rate; funding is hourly."""
+        next_hour = self.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        with self._lock:
+            self._futures_products[product_id] = FuturesProduct(
+                product_id,
+                Decimal(str(price)),
+                Decimal(str(funding_rate)),
+                next_hour,
+                Decimal(str(contract_size)),
+                Decimal(str(max_leverage)),
+            )
 
     def set_futures_cash(self, amount: Decimal | str) -> None:
         """The CFM futures account's USD balance."""

@@ -348,6 +348,19 @@ class FuturesPosition:
         return (self.current_price - self.avg_entry_price) * self.contracts * self.contract_size * sign
 
 
+@dataclass
+class FuturesProduct:
+    """A US perpetual-style future the server lists (`AdvancedTradeServer.set_futures_product`): its price and
+    funding, served by GET /products/{id} with future_product_details."""
+
+    product_id: str
+    price: Decimal
+    funding_rate: Decimal
+    funding_time: datetime
+    contract_size: Decimal = Decimal("0.01")
+    max_leverage: Decimal = Decimal("10")
+
+
 FUTURES_INITIAL_MARGIN_RATE = Decimal("0.10")  # of notional, the test exchange's intraday rate
 FUTURES_MAINTENANCE_MARGIN_RATE = Decimal("0.05")  # below this much margin the position is liquidated
 
@@ -705,4 +718,40 @@ def _futures_balance_json(cash: Decimal, positions: list[FuturesPosition]) -> Js
         "liquidation_threshold": _money(maintenance, "USD"),
         "liquidation_buffer_amount": _money(buffer, "USD"),
         "liquidation_buffer_percentage": _fmt(percentage),
+    }
+
+
+def _futures_product_json(product: FuturesProduct) -> JsonObject:
+    """GET /products/{id} for a perpetual-style future: the spot fields the broker reads, and
+    future_product_details with perpetual_details (funding rate and time, max leverage)."""
+    funding = {"funding_rate": _fmt(product.funding_rate), "funding_time": _rfc3339(product.funding_time)}
+    return {
+        "product_id": product.product_id,
+        "price": _fmt(product.price),
+        "base_increment": "1",
+        "quote_increment": "5",
+        "price_increment": "5",
+        "base_min_size": "1",
+        "base_max_size": "10000",
+        "quote_min_size": "0",
+        "base_currency_id": "",
+        "quote_currency_id": "USD",
+        "status": "online",
+        "trading_disabled": False,
+        "cancel_only": False,
+        "limit_only": False,
+        "post_only": False,
+        "product_type": "FUTURE",
+        "future_product_details": {
+            "venue": "cde",
+            "contract_code": product.product_id.split("-")[0],
+            "contract_size": _fmt(product.contract_size),
+            "contract_root_unit": "BTC",
+            "contract_expiry_type": "PERPETUAL",
+            "funding_interval": "3600s",
+            **funding,
+            "intraday_margin_rate": {"long_margin_rate": "0.1", "short_margin_rate": "0.1"},
+            "overnight_margin_rate": {"long_margin_rate": "0.2", "short_margin_rate": "0.2"},
+            "perpetual_details": {**funding, "open_interest": "0", "max_leverage": _fmt(product.max_leverage)},
+        },
     }
