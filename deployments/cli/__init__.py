@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
             "rejections",
             "dashboard",
             "preflight",
+            "keys",
             *EMERGENCY_COMMANDS,
         ],
         default="run",
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers; "
         "websocket test|monitor|stability|capture: the Coinbase WebSocket checks; rejections --last-hour: refused "
         "orders by reason; dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard; "
-        "preflight: the startup checks (exit 0 pass, 1 warn, 2 fail)",
+        "preflight: the startup checks (exit 0 pass, 1 warn, 2 fail); keys status|audit [--hours 24]: the key and "
+        "the orders it did not place",
     )
     parser.add_argument(
         "action",
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     ws.add_argument("--save", type=Path, help="with websocket capture: the file for the raw messages (JSON lines)")
     rejected = parser.add_argument_group("rejections (perps-bot rejections --last-hour | --hours N)")
     rejected.add_argument("--last-hour", action="store_true", help="with rejections: the last hour (the default)")
-    rejected.add_argument("--hours", type=float, help="with rejections: the last N hours")
+    rejected.add_argument("--hours", type=float, help="with rejections and keys audit: the last N hours")
     board = parser.add_argument_group("dashboard (perps-bot dashboard --refresh 5 --window-min 15 [--url URL])")
     board.add_argument("--refresh", type=float, help="with dashboard: seconds between redraws (default 5)")
     board.add_argument(
@@ -223,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             from deployments.cli.websocket import websocket_command
 
             return websocket_command(settings, args)
+        if args.command == "keys":
+            from deployments.cli.keys import keys_command
+
+            return keys_command(settings, args)
         if args.command == "preflight":
             from deployments.cli.preflight import preflight_command
 

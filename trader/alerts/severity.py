@@ -54,6 +54,7 @@ class IncidentKind(StrEnum):
     GUARD_WARNING = "guard_warning"
     GUARD_CRITICAL = "guard_critical"
     GUARD_PAGE = "guard_page"
+    UNAUTHORIZED_ACTIVITY = "unauthorized_activity"
     EMERGENCY_PROCEDURE = "emergency_procedure"
     DATA_QUALITY = "data_quality"
     DRILL_FAILED = "drill_failed"
@@ -76,6 +77,8 @@ KIND_SEVERITY: dict[IncidentKind, Severity] = {
     # A guard whose critical pages whatever the exposure: runaway trading, a massive drawdown within the hour
     # (the AI-bot runbook's emergency scenarios 2 and 3: stop at once).
     IncidentKind.GUARD_PAGE: "SEV-1",
+    # Orders on the exchange this platform did not place (perps-bot keys audit): a possibly compromised key.
+    IncidentKind.UNAUTHORIZED_ACTIVITY: "SEV-1",
     # Kill switch, reduce-only, cancel-all, flatten: an operator stopped trading by hand.
     IncidentKind.EMERGENCY_PROCEDURE: "SEV-1",
     # Market data or reconciliation inputs failed their Great Expectations suite.

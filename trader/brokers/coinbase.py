@@ -346,6 +346,11 @@ class CoinbaseBroker(Broker):
                 return self._order(raw)
         return None
 
+    def orders_between(self, start: datetime, end: datetime) -> list[Order]:
+        """Every order created in [start, end] on the account, whatever placed it (the key audit's input)."""
+        raws = self._orders(start_date=_iso(start), end_date=_iso(end))
+        return [self._order(raw) for raw in raws]
+
     def list_open_orders(self, symbol: str | None = None) -> list[Order]:
         return [
             self._order(raw) for raw in self._orders(product_ids=[symbol] if symbol else None, order_status=["OPEN"])

@@ -1,0 +1,80 @@
+"""perps-bot keys status | audit against the local Advanced Trade server: the key without its secret, and an order
+placed behind the platform's back (another client on the same key) flagged, with a SEV-1 incident."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from tests.deployments.test_cli import ledger_of, perps_bot
+from tests.deployments.test_cli_coinbase import env_for
+from trader.brokers.coinbase import CoinbaseBroker
+from trader.domain import OrderRequest, OrderType, Side
+from trader.runtime import build_bot
+from trader.settings import load_settings
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey
+
+
+def test_keys_status_shows_the_key_without_its_secret(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
+) -> None:
+    result = perps_bot(tmp_path, "keys", "status", "--profile", "spot", **env_for(exchange, cdp_key, tmp_path))
+
+    assert result.returncode == 0, result.stderr
+    assert f"key …{cdp_key.name[-4:]} (key file written 0 days ago)" in result.stdout
+    assert (
+        "can_trade=True can_transfer=False portfolio_type=DEFAULT" in result.stdout and "clock: local" in result.stdout
+    )
+    assert cdp_key.name not in result.stdout + result.stderr
+    assert cdp_key.private_key_pem.splitlines()[1] not in result.stdout + result.stderr
+
+
+def test_an_order_placed_behind_the_platforms_back_is_flagged_with_a_sev1_incident(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
+) -> None:
+    env = env_for(exchange, cdp_key, tmp_path)
+    settings = load_settings(
+        profile="spot",
+        coinbase_api_base=exchange.base_url,
+        coinbase_ca_file=exchange.ca_file,
+        coinbase_key_file=tmp_path / "cdp_api_key.json",
+        order_updates="poll",
+        market_data="coinbase",
+        state_dir=tmp_path / "var/state",
+        log_dir=tmp_path / "var/logs",
+    )
+    bot = build_bot(settings)
+    bot.start()
+    try:
+        bot.orders.send(
+            OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.01"), "ours-1"), position=Decimal(0)
+        )
+    finally:
+        bot.stop()
+
+    clean = perps_bot(tmp_path, "keys", "audit", "--hours", "1", "--profile", "spot", **env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "1 orders on the exchange" in clean.stdout and "0 not placed by this platform" in clean.stdout
+
+    intruder = CoinbaseBroker.from_settings(settings)  # the same key, used elsewhere
+    theirs = intruder.place_order(OrderRequest("BTC-USD", Side.BUY, OrderType.MARKET, Decimal("0.02"), "theirs-1"))
+
+    flagged = perps_bot(tmp_path, "keys", "audit", "--hours", "1", "--profile", "spot", **env)
+
+    assert flagged.returncode == 1, flagged.stdout + flagged.stderr
+    assert "1 not placed by this platform" in flagged.stdout
+    [row] = [line for line in flagged.stdout.splitlines() if theirs.order_id in line]
+    assert "theirs-1" in row and "BTC-USD" in row and "ours-1" not in flagged.stdout
+    [incident] = ledger_of(tmp_path).open_incidents()
+    assert (incident.fingerprint, incident.severity) == ("security:unauthorized-orders", "SEV-1")
+
+
+def test_bad_keys_input_is_one_line_and_exit_2(tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey) -> None:
+    env = env_for(exchange, cdp_key, tmp_path)
+    for args, message in (
+        (("keys",), "keys: expected one of status, audit; e.g. perps-bot keys audit --hours 24"),
+        (("keys", "audit", "--hours", "0"), "--hours: must be above 0 (got 0); e.g. --hours 24"),
+    ):
+        result = perps_bot(tmp_path, *args, "--profile", "spot", **env)
+        assert result.returncode == 2 and result.stderr.strip() == f"perps-bot: error: {message}", result.stderr
+    assert exchange.orders == {}
