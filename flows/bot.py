@@ -123,6 +123,14 @@ def trading_bot(
         logger.error("%s", refused)
         return Failed(message=str(refused), name=LEASE_HELD_STATE)
     poller.start()
+    validation = bot.validate_startup()
+    if run_id is not None:
+        rows = "\n".join(f"| {name} | {'ok' if ok else 'FAILED'} | {detail} |" for name, ok, detail in validation)
+        table = f"| check | result | detail |\n| --- | --- | --- |\n{rows}\n"
+        poller.submit(
+            "post-startup-validation artifact",
+            markdown_artifact_job("post-startup-validation", table, f"profile {profile}", run_id),
+        )
     # A kill switch set only as a Variable (the UI, or an emergency flow on another machine) must hold from the
     # first cycle: one read before trading, bounded by the poller's own timeout so an outage delays nothing more.
     if not poller.wait_for_first_poll(TIMEOUT_SECONDS + 1):

@@ -256,6 +256,31 @@ class TradingBot:
         self._checkpoint("start", force=True)
         return report
 
+    def validate_startup(self, wait_seconds: float = 5.0) -> list[tuple[str, bool, str]]:
+        """The perpetuals runbook's post-startup validation, after start(): (check, ok, detail) for the exchange
+        authenticated, the market and user channels connected (waiting up to `wait_seconds` for each socket), the
+        risk limits loaded, positions synchronized and monitoring up. Logged as one line; the flow publishes it."""
+        checks: list[tuple[str, bool, str]] = []
+        checks.append(("authenticated", bool(self.products), f"{self.broker.name}: {len(self.products)} products read"))
+        for name, feed in (("market channel", self.market_feed), ("user channel", self._user_feed())):
+            if feed is None:
+                checks.append((name, True, "not used (REST polling)"))
+                continue
+            connected = feed.wait_for(lambda stats: stats.connected, wait_seconds)
+            checks.append((name, connected, "connected" if connected else f"not connected after {wait_seconds:g} s"))
+        rules = self.risk.monitor.rules
+        checks.append(("risk limits", bool(rules), f"{len(rules)} guards, max position {self.risk.max_position_usd}"))
+        held = {s: q for s, q in self.positions.items() if q}
+        synced = self.session_id is not None or self.mode == "dry_run"
+        checks.append(("positions synchronized", synced, f"{len(held)} open after the start-up reconciliation"))
+        checks.append(("monitoring", self.metrics is not None, "exporter attached" if self.metrics else "no exporter"))
+        line = "; ".join(f"{name} {'ok' if ok else 'FAILED'} ({detail})" for name, ok, detail in checks)
+        (log.info if all(ok for _, ok, _ in checks) else log.error)("post-startup validation: %s", line)
+        return checks
+
+    def _user_feed(self) -> WsFeed | None:
+        return self.user_orders.feed if self.user_orders is not None else None
+
     def stop(self, status: str = "stopped", note: str | None = None) -> None:
         """Write the last heartbeat, close the session and release the lease (a standby may take it at once)."""
         self._stop_renewer()

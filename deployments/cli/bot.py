@@ -44,6 +44,8 @@ def run_bot(settings: Settings, args: argparse.Namespace) -> int:
     bot.start()
     status = "crashed"
     try:
+        if bot.mode != "dry_run":
+            bot.validate_startup()  # the runbook's post-startup validation: one line in perps_bot.log
         summary = bot.run(cycles, interval_seconds=args.interval, should_stop=stop, on_cycle=_print_cycle)
         status = "stopped"
     finally:

@@ -76,6 +76,9 @@ def test_trading_bot_runs_cycles_and_records_orders_and_fills_in_the_ledger(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
         )
     assert any(a.key == "trading-bot-session" and f"| cycles | {cycles} |" in str(a.data) for a in artifacts)
+    [validation] = [a for a in artifacts if a.key == "post-startup-validation"]  # the runbook's post-startup table
+    for check in ("authenticated", "market channel", "user channel", "risk limits", "positions synchronized"):
+        assert f"| {check} | ok |" in str(validation.data), validation.data
 
 
 def test_cancelling_in_the_ui_stops_the_bot_cleanly_between_cycles(

@@ -285,3 +285,19 @@ def test_a_session_with_a_hundred_drops_and_gaps_misses_no_fill_and_duplicates_n
     assert len(by_connection) == stats.connects >= 68
     assert all(channels == {"heartbeats", "user"} for channels in by_connection.values())
     assert stream.resyncs_asked >= stats.connects + faults["skip"]
+
+
+def test_the_post_startup_validation_waits_for_the_user_channel_and_says_when_it_is_not_there(
+    bot: TradingBot, ws: WsTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot.start()
+    checks = {name: (ok, detail) for name, ok, detail in bot.validate_startup(wait_seconds=10)}
+    assert checks["user channel"] == (True, "connected") and checks["market channel"][0]
+    assert all(ok for ok, _ in checks.values()) or not checks["monitoring"][0]  # no exporter in this test
+    assert "post-startup validation: authenticated ok" in caplog.text
+
+    ws.stop()
+    assert bot.user_orders is not None and bot.user_orders.feed.wait_for(lambda s: not s.connected, 10)
+    checks = {name: (ok, detail) for name, ok, detail in bot.validate_startup(wait_seconds=0.5)}
+    assert checks["user channel"] == (False, "not connected after 0.5 s")
+    assert "user channel FAILED (not connected after 0.5 s)" in caplog.text
