@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from trader.brokers.base import Broker
-from trader.coinbase.ws import WsFeed
+from trader.coinbase.http import active_key_slot
+from trader.coinbase.ws import WsFeed, ws_jwt_maker
 from trader.domain import Candle, Order, OrderRequest, OrderStatus, OrderType, Product, Side
-from trader.errors import BrokerUnavailable, OrderRejected, TraderError
+from trader.errors import BrokerUnavailable, ConfigError, OrderRejected, TraderError
 from trader.fsio import atomic_write
 from trader.ledger import LEDGER_UNANSWERED, Ledger
 from trader.ledger.lease import Fence, Holder, LeaseHeld, LeaseInfo, LeaseLost
@@ -120,6 +121,7 @@ class TradingBot:
         user_orders: UserOrderStream | None = None,
     ) -> None:
         self.settings = settings
+        self._raw_broker = broker  # the broker itself: its key is switched in place (perps-bot keys rotate)
         # Every exchange call is timed: error rate, latency p95 and order success feed the guards.
         self.stats = OperationStats(settings.risk_guard_window_seconds, settings.risk_guard_min_samples)
         self.broker: Broker = MeteredBroker(broker, self.stats)
@@ -445,6 +447,7 @@ class TradingBot:
         self._renew_lease()
         if self.lease_lost is not None:  # another holder trades this account now: write nothing more
             return report
+        self._follow_active_key()
         if self.mode != "dry_run":
             report.fills += self._apply_order_updates()
             report.fills += self._unless_unreachable(self._sync_fills, 0, "fill sync")
@@ -500,6 +503,25 @@ class TradingBot:
             report.duration_ms,
         )
         return report
+
+    def _follow_active_key(self) -> None:
+        """perps-bot keys rotate wrote STATE_DIR/ACTIVE_KEY: from this cycle the broker (and the user channel) use
+        that key, without a restart."""
+        broker = self._raw_broker
+        use_key = getattr(broker, "use_key", None)
+        if use_key is None:
+            return
+        slot = active_key_slot(self.settings)
+        if slot == getattr(broker, "key_slot", slot):
+            return
+        try:
+            use_key(slot)
+            if self.user_orders is not None:
+                self.user_orders.use_jwt(ws_jwt_maker(self.settings, "the user channel", slot))
+        except ConfigError as error:
+            log.error("API key not switched to %s: %s", slot, error)
+            return
+        log.warning("API key switched to the %s key: every request from this cycle on goes out with it", slot)
 
     def _ws_feeds(self) -> list[WsFeed]:
         """The bot's WebSocket connections: market data (MARKET_DATA=coinbase-ws), order updates (ORDER_UPDATES)."""

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     coinbase_api_key: SecretStr | None = None
     coinbase_api_secret: SecretStr | None = None
     coinbase_key_file: Path | None = None
+    # A backup key for perps-bot keys rotate --to backup (the key-compromise procedure); never logged.
+    coinbase_backup_api_key: SecretStr | None = None
+    coinbase_backup_api_secret: SecretStr | None = None
+    coinbase_backup_key_file: Path | None = None
     coinbase_api_base: str = "api.coinbase.com"
     coinbase_ca_file: Path | None = None
     # Advanced Trade WebSockets: market data (public) and the user's order updates (JWT); COINBASE_CA_FILE also
@@ -226,6 +230,12 @@ class Settings(BaseSettings):
             raise ValueError("profile perps is refused: perpetuals need INTX access and COINBASE_ENABLE_DERIVATIVES=1")
         if self.coinbase_key_file and (self.coinbase_api_key or self.coinbase_api_secret):
             raise ValueError("set COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET, not both")
+        if self.coinbase_backup_key_file and (self.coinbase_backup_api_key or self.coinbase_backup_api_secret):
+            raise ValueError(
+                "set COINBASE_BACKUP_KEY_FILE or COINBASE_BACKUP_API_KEY/COINBASE_BACKUP_API_SECRET, not both"
+            )
+        if bool(self.coinbase_backup_api_key) != bool(self.coinbase_backup_api_secret):
+            raise ValueError("set both COINBASE_BACKUP_API_KEY and COINBASE_BACKUP_API_SECRET, or neither")
         if bool(self.coinbase_api_key) != bool(self.coinbase_api_secret):
             missing = "COINBASE_API_SECRET" if self.coinbase_api_key else "COINBASE_API_KEY"
             raise ValueError(f"{missing} is missing: set both COINBASE_API_KEY and COINBASE_API_SECRET, or neither")

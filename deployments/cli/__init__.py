@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers; "
         "websocket test|monitor|stability|capture: the Coinbase WebSocket checks; rejections --last-hour: refused "
         "orders by reason; dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard; "
-        "preflight: the startup checks (exit 0 pass, 1 warn, 2 fail); keys status|audit [--hours 24]: the key and "
-        "the orders it did not place",
+        "preflight: the startup checks (exit 0 pass, 1 warn, 2 fail); keys status|audit [--hours 24]|rotate --to "
+        "backup: the key, the orders it did not place, the switch to the backup key",
     )
     parser.add_argument(
         "action",
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     rejected = parser.add_argument_group("rejections (perps-bot rejections --last-hour | --hours N)")
     rejected.add_argument("--last-hour", action="store_true", help="with rejections: the last hour (the default)")
     rejected.add_argument("--hours", type=float, help="with rejections and keys audit: the last N hours")
+    rejected.add_argument("--to", help="with keys rotate: the key the account's bots switch to (backup or primary)")
     board = parser.add_argument_group("dashboard (perps-bot dashboard --refresh 5 --window-min 15 [--url URL])")
     board.add_argument("--refresh", type=float, help="with dashboard: seconds between redraws (default 5)")
     board.add_argument(

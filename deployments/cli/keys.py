@@ -2,6 +2,9 @@
 
 - status: the key's name (its last four characters only), how long ago its key file was written, its permissions
   and portfolio, and the clock against the exchange's. Never the secret.
+- rotate --to backup|primary: the account's bots switch to the other key (COINBASE_BACKUP_KEY_FILE, or
+  COINBASE_BACKUP_API_KEY/_SECRET) at their next cycle, without a restart: the key is proven first (a permissions
+  read with it), then STATE_DIR/ACTIVE_KEY names it and a SEV-1 incident records the switch.
 - audit: every order on the exchange in the window that this platform did not place (its client_order_id not in
   the account's ledger), with its fills, listed as unauthorized; any finding opens a SEV-1 security incident
   (fingerprint security:unauthorized-orders) and exits 1; a clean window resolves it and exits 0.
@@ -19,7 +22,7 @@ from deployments.cli.output import say, wide
 from trader.errors import ConfigError
 from trader.settings import Settings
 
-KEYS_ACTIONS = ("status", "audit")
+KEYS_ACTIONS = ("status", "audit", "rotate")
 AUDIT_FINGERPRINT = "security:unauthorized-orders"
 
 
@@ -31,6 +34,8 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError("keys: needs the Coinbase key (COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET)")
     if args.action == "status":
         return key_status(settings)
+    if args.action == "rotate":
+        return rotate(settings, args.to)
     hours = 24.0 if args.hours is None else args.hours
     if hours <= 0:
         raise ConfigError(f"--hours: must be above 0 (got {hours:g}); e.g. --hours 24")
@@ -108,3 +113,47 @@ def audit(settings: Settings, hours: float) -> int:
             fingerprint=AUDIT_FINGERPRINT,
         )
         return 1
+
+
+def rotate(settings: Settings, to: str | None) -> int:
+    from trader.alerts.incidents import IncidentDesk
+    from trader.alerts.severity import IncidentKind
+    from trader.brokers.coinbase import CoinbaseBroker
+    from trader.coinbase.http import ACTIVE_KEY_FILE, KEY_SLOTS, active_key_slot, load_credentials
+    from trader.errors import TraderError
+    from trader.fsio import atomic_write
+    from trader.runtime import open_ledger
+
+    if to not in KEY_SLOTS:
+        got = f" (got {to!r})" if to else ""
+        raise ConfigError(f"--to: expected one of {', '.join(KEY_SLOTS)}{got}; e.g. perps-bot keys rotate --to backup")
+    if load_credentials(settings, to) is None:  # type: ignore[arg-type]
+        raise ConfigError(
+            f"keys rotate: no {to} key is configured; set COINBASE_BACKUP_KEY_FILE (or COINBASE_BACKUP_API_KEY and "
+            "COINBASE_BACKUP_API_SECRET)"
+            if to == "backup"
+            else "keys rotate: no primary key is configured; set COINBASE_KEY_FILE (or COINBASE_API_KEY/_SECRET)"
+        )
+    current = active_key_slot(settings)
+    if current == to:
+        say(f"already on the {to} key: nothing changed")
+        return 0
+    broker = CoinbaseBroker.from_settings(settings)
+    broker.use_key(to)  # type: ignore[arg-type]
+    try:
+        permissions = broker.key_permissions()
+    except TraderError as error:
+        say(f"not switched: the {to} key does not work ({error})")
+        return 1
+    atomic_write(settings.state_dir / ACTIVE_KEY_FILE, f"{to}\n")
+    hint = broker.key_hint
+    with open_ledger(settings) as ledger:
+        IncidentDesk.on(ledger, settings).raise_incident(
+            IncidentKind.KEY_ROTATION,
+            f"API key switched from {current} to {to}",
+            f"the account's bots use the {to} key ({hint}, can_trade={permissions.can_trade}) from their next cycle; "
+            f"revoke the {current} key in the Coinbase Developer Platform and run perps-bot keys audit --hours 24",
+            fingerprint="security:key-rotation",
+        )
+    say(f"switched to the {to} key ({hint}): running bots use it from their next cycle; revoke the {current} key")
+    return 0

@@ -3,16 +3,19 @@ placed behind the platform's back (another client on the same key) flagged, with
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from pathlib import Path
 
 from tests.deployments.test_cli import ledger_of, perps_bot
 from tests.deployments.test_cli_coinbase import env_for
+from tests.processes import wait_for
+from tests.trader.test_bot_user_orders import Buyer
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.domain import OrderRequest, OrderType, Side
 from trader.runtime import build_bot
 from trader.settings import load_settings
-from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey
+from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, generate_cdp_key
 
 
 def test_keys_status_shows_the_key_without_its_secret(
@@ -78,3 +81,50 @@ def test_bad_keys_input_is_one_line_and_exit_2(tmp_path: Path, exchange: Advance
         result = perps_bot(tmp_path, *args, "--profile", "spot", **env)
         assert result.returncode == 2 and result.stderr.strip() == f"perps-bot: error: {message}", result.stderr
     assert exchange.orders == {}
+
+
+def test_rotating_to_the_backup_key_under_a_running_bot_fails_no_order(
+    tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
+) -> None:
+    backup = generate_cdp_key(f"organizations/test/apiKeys/backup-{cdp_key.name[-6:]}")
+    exchange.add_key(backup.name, backup.public_key_pem)
+    backup_file = backup.write_key_file(tmp_path / "backup_key.json")
+    env = {**env_for(exchange, cdp_key, tmp_path), "COINBASE_BACKUP_KEY_FILE": str(backup_file)}
+    settings = load_settings(
+        profile="dev",
+        broker="coinbase",
+        coinbase_api_base=exchange.base_url,
+        coinbase_ca_file=exchange.ca_file,
+        coinbase_key_file=tmp_path / "cdp_api_key.json",
+        coinbase_backup_key_file=backup_file,
+        state_dir=tmp_path / "var/state",
+        log_dir=tmp_path / "var/logs",
+        data_gate_enabled=False,
+        heartbeat_interval_seconds=0,
+    )
+    bot = build_bot(settings)
+    bot.strategy = Buyer()
+    bot.start()
+    stop = threading.Event()
+    loop = threading.Thread(target=lambda: bot.run(interval_seconds=0.2, should_stop=stop.is_set), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: bot.orders_sent >= 5, 30, "orders on the primary key")
+        rotated = perps_bot(tmp_path, "keys", "rotate", "--to", "backup", "--profile", "dev", BROKER="coinbase", **env)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        assert f"switched to the backup key (…{backup.name[-4:]})" in rotated.stdout
+        wait_for(lambda: bot.broker.inner.key_slot == "backup", 10, "the bot on the backup key")  # type: ignore[attr-defined]
+        exchange.revoke_key(cdp_key.name)  # the compromised key stops working
+        sent = bot.orders_sent
+        wait_for(lambda: bot.orders_sent >= sent + 5, 30, "orders on the backup key")
+    finally:
+        stop.set()
+        loop.join(10)
+        bot.stop()
+
+    orders = ledger_of(tmp_path).list_orders()
+    assert len(orders) >= 10 and {o.status for o in orders} == {"filled"}  # not one failed or left pending
+    assert bot.stats.error_rate_pct() in (None, 0.0)
+    incidents = {i.fingerprint: i.severity for i in ledger_of(tmp_path).open_incidents()}
+    assert incidents["security:key-rotation"] == "SEV-1"
+    assert cdp_key.private_key_pem.splitlines()[1] not in rotated.stdout + rotated.stderr

@@ -55,6 +55,7 @@ class IncidentKind(StrEnum):
     GUARD_CRITICAL = "guard_critical"
     GUARD_PAGE = "guard_page"
     UNAUTHORIZED_ACTIVITY = "unauthorized_activity"
+    KEY_ROTATION = "key_rotation"
     EMERGENCY_PROCEDURE = "emergency_procedure"
     DATA_QUALITY = "data_quality"
     DRILL_FAILED = "drill_failed"
@@ -79,6 +80,8 @@ KIND_SEVERITY: dict[IncidentKind, Severity] = {
     IncidentKind.GUARD_PAGE: "SEV-1",
     # Orders on the exchange this platform did not place (perps-bot keys audit): a possibly compromised key.
     IncidentKind.UNAUTHORIZED_ACTIVITY: "SEV-1",
+    # The account's bots switched to the other API key (perps-bot keys rotate): the key-compromise procedure.
+    IncidentKind.KEY_ROTATION: "SEV-1",
     # Kill switch, reduce-only, cancel-all, flatten: an operator stopped trading by hand.
     IncidentKind.EMERGENCY_PROCEDURE: "SEV-1",
     # Market data or reconciliation inputs failed their Great Expectations suite.

@@ -25,7 +25,9 @@ from trader.coinbase.http import (
     CallPolicy,
     Credentials,
     Failure,
+    KeySlot,
     NotFound,
+    active_key_slot,
     build_rest_client,
     load_credentials,
     parse_server_time,
@@ -121,21 +123,47 @@ class CoinbaseBroker(Broker):
         self._products: dict[str, Product] = {}
         self._client_ids: dict[str, str] = {}  # order_id -> client_order_id, for fills (which carry no client id)
         self._portfolio_uuid: str | None = None
+        self.settings: Settings | None = None  # from_settings: what use_key() builds the other key's client from
+        self.key_slot: KeySlot = "primary"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CoinbaseBroker:
-        credentials: Credentials | None = load_credentials(settings)
+        """On the account's active key (STATE_DIR/ACTIVE_KEY: primary unless perps-bot keys rotate chose backup)."""
+        slot = active_key_slot(settings)
+        credentials: Credentials | None = load_credentials(settings, slot)
         if credentials is None:
             raise ConfigError(
                 "BROKER=coinbase needs COINBASE_API_KEY and COINBASE_API_SECRET, or COINBASE_KEY_FILE (a CDP key)"
+                if slot == "primary"
+                else "ACTIVE_KEY says backup but no backup key is set: set COINBASE_BACKUP_KEY_FILE (or "
+                "COINBASE_BACKUP_API_KEY and COINBASE_BACKUP_API_SECRET), or perps-bot keys rotate --to primary"
             )
         policy = CallPolicy(max_retries=settings.coinbase_max_retries, host=settings.coinbase_api_base)
-        return cls(
+        broker = cls(
             build_rest_client(settings, credentials),
             policy=policy,
             derivatives=settings.coinbase_enable_derivatives,
             key_name=credentials.name,
         )
+        broker.settings, broker.key_slot = settings, slot
+        return broker
+
+    @property
+    def key_hint(self) -> str:
+        """The key in use, by its last four characters: never more."""
+        return self._key_hint
+
+    def use_key(self, slot: KeySlot) -> None:
+        """Trade on from now with the other key (the key-compromise rotation): a new REST client; orders in flight on
+        the old client finish on it."""
+        if self.settings is None:
+            raise ConfigError("this broker was not built from settings: it has no other key to use")
+        credentials = load_credentials(self.settings, slot)
+        if credentials is None:
+            raise ConfigError(f"no {slot} key is set (COINBASE_BACKUP_KEY_FILE or COINBASE_BACKUP_API_KEY/_SECRET)")
+        self.client = build_rest_client(self.settings, credentials)
+        self._key_hint = f"…{credentials.name[-4:]}"
+        self.key_slot = slot
 
     def __repr__(self) -> str:
         return f"CoinbaseBroker(host={self.policy.host!r}, key={self._key_hint!r}, derivatives={self.derivatives})"

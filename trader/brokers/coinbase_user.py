@@ -105,6 +105,11 @@ class UserOrderStream:
     def connected(self) -> bool:
         return self.feed.stats.connected
 
+    def use_jwt(self, jwt: Any) -> None:
+        """Subscribe with another key's JWTs from now on (key rotation): the connection is made again with them."""
+        self.feed.jwt = jwt
+        self.feed.restart()
+
     def take(self) -> OrderUpdates:
         """Everything collected since the last take, oldest order first; clears `wake`."""
         with self._lock:

@@ -44,27 +44,42 @@ class Credentials:
     private_key: SecretStr = field(repr=False)
 
 
-def load_credentials(settings: Settings) -> Credentials | None:
-    """The key from COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET, checked before any request."""
-    if settings.coinbase_key_file is not None:
-        path = Path(settings.coinbase_key_file)
+KeySlot = Literal["primary", "backup"]
+KEY_SLOTS: tuple[KeySlot, ...] = ("primary", "backup")
+ACTIVE_KEY_FILE = "ACTIVE_KEY"  # in STATE_DIR: which key the account's bots use (perps-bot keys rotate)
+
+
+def load_credentials(settings: Settings, slot: KeySlot = "primary") -> Credentials | None:
+    """The key from COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET (the COINBASE_BACKUP_* ones for the
+    backup slot), checked before any request."""
+    prefix = "COINBASE_" if slot == "primary" else "COINBASE_BACKUP_"
+    key_file = settings.coinbase_key_file if slot == "primary" else settings.coinbase_backup_key_file
+    api_key = settings.coinbase_api_key if slot == "primary" else settings.coinbase_backup_api_key
+    api_secret = settings.coinbase_api_secret if slot == "primary" else settings.coinbase_backup_api_secret
+    if key_file is not None:
+        path = Path(key_file)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             name, secret = str(data["name"]), str(data["privateKey"])
         except FileNotFoundError:
-            raise ConfigError(f"COINBASE_KEY_FILE: {path} does not exist") from None
+            raise ConfigError(f"{prefix}KEY_FILE: {path} does not exist") from None
         except (OSError, ValueError, KeyError, TypeError):
             raise ConfigError(
-                f"COINBASE_KEY_FILE: {path} is not a CDP key file (JSON with name and privateKey)"
+                f"{prefix}KEY_FILE: {path} is not a CDP key file (JSON with name and privateKey)"
             ) from None
-        return _checked(name, secret, source="COINBASE_KEY_FILE")
-    if settings.coinbase_api_key and settings.coinbase_api_secret:
-        return _checked(
-            settings.coinbase_api_key.get_secret_value(),
-            settings.coinbase_api_secret.get_secret_value(),
-            source="COINBASE_API_SECRET",
-        )
+        return _checked(name, secret, source=f"{prefix}KEY_FILE")
+    if api_key and api_secret:
+        return _checked(api_key.get_secret_value(), api_secret.get_secret_value(), source=f"{prefix}API_SECRET")
     return None
+
+
+def active_key_slot(settings: Settings) -> KeySlot:
+    """The key the account's bots use: STATE_DIR/ACTIVE_KEY (perps-bot keys rotate writes it), primary without."""
+    try:
+        text = (Path(settings.state_dir) / ACTIVE_KEY_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return "primary"
+    return "backup" if text == "backup" else "primary"
 
 
 def _checked(name: str, secret: str, *, source: str) -> Credentials:

@@ -40,10 +40,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trader.errors import ConfigError
 from trader.settings import Settings, ws_url_problem
+
+if TYPE_CHECKING:
+    from trader.coinbase.http import KeySlot
+
+if TYPE_CHECKING:
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +80,13 @@ def ws_ssl_context(url: str, ca_file: Path | None) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
 
 
-def ws_jwt_maker(settings: Settings, needed_by: str) -> Callable[[], str]:
-    """A fresh WebSocket JWT per subscribe from the configured CDP key; ConfigError naming `needed_by` when there
-    is no key. The key stays inside the closure: never logged."""
+def ws_jwt_maker(settings: Settings, needed_by: str, slot: KeySlot | None = None) -> Callable[[], str]:
+    """A fresh WebSocket JWT per subscribe from the account's active CDP key (or `slot`'s); ConfigError naming
+    `needed_by` when there is no key. The key stays inside the closure: never logged."""
     from coinbase import jwt_generator
-    from trader.coinbase.http import load_credentials
+    from trader.coinbase.http import active_key_slot, load_credentials
 
-    credentials = load_credentials(settings)
+    credentials = load_credentials(settings, slot or active_key_slot(settings))
     if credentials is None:
         raise ConfigError(f"{needed_by} need a CDP key (COINBASE_KEY_FILE or COINBASE_API_KEY and COINBASE_API_SECRET)")
     name, secret = credentials.name, credentials.private_key.get_secret_value()

@@ -162,6 +162,7 @@ class AdvancedTradeServer(_Endpoints):
         self.public_rate_limit = RequestLimit(public_rate_limit_rps) if public_rate_limit_rps else None
         self.public_key_pem = public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
         self._public_key = load_public_key(public_key_pem)
+        self._keys = {key_name: self._public_key}  # key name -> public key: add_key / revoke_key
         self._host, self._port = host, port
         self.cert_file, self.key_file = make_self_signed_cert(Path(cert_dir))
         self.permissions = {**DEFAULT_PERMISSIONS, **(permissions or {})}
@@ -582,10 +583,37 @@ class AdvancedTradeServer(_Endpoints):
     def _jwt_problem(self, call: _Call, authorization: str | None) -> str | None:
         """Why the request's JWT is not acceptable, or None when it is."""
         uri = f"{call.method} {self._host}:{self._port}{call.path}"
-        return jwt_problem(authorization, self._public_key, self.key_name, uri, self.now().timestamp())
+        kid = _kid(authorization)
+        key = self._keys.get(kid) if kid is not None else None
+        if key is None:
+            return "jwt kid is not a known key"
+        return jwt_problem(authorization, key, kid or "", uri, self.now().timestamp())
+
+    def add_key(self, key_name: str, public_key_pem: bytes | str) -> None:
+        """Accept another CDP key on this account (a backup key for rotation)."""
+        with self._lock:
+            self._keys[key_name] = load_public_key(public_key_pem)
+
+    def revoke_key(self, key_name: str) -> None:
+        """Stop accepting a key (a compromised one): its requests are 401 from now on."""
+        with self._lock:
+            self._keys.pop(key_name, None)
 
     def _authorize(self, scope: Scope) -> None:
         if scope == "view" and not self.permissions.get("can_view"):
             raise _permission_denied("Missing required scopes")
         if scope == "trade" and not self.permissions.get("can_trade"):
             raise _permission_denied("Missing required scopes")
+
+
+def _kid(authorization: str | None) -> str | None:
+    """The key name a bearer JWT names in its header (unverified: the signature check follows with that key)."""
+    import jwt
+
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    try:
+        kid = jwt.get_unverified_header(authorization.removeprefix("Bearer ").strip()).get("kid")
+    except jwt.InvalidTokenError:
+        return None
+    return str(kid) if kid else None
