@@ -75,12 +75,21 @@ def test_an_order_placed_behind_the_platforms_back_is_flagged_with_a_sev1_incide
 def test_bad_keys_input_is_one_line_and_exit_2(tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey) -> None:
     env = env_for(exchange, cdp_key, tmp_path)
     for args, message in (
-        (("keys",), "keys: expected one of status, audit; e.g. perps-bot keys audit --hours 24"),
+        (("keys",), "keys: expected one of status, audit, rotate; e.g. perps-bot keys audit --hours 24"),
+        (
+            ("keys", "rotate", "--to", "backup"),
+            "keys rotate: no backup key is configured; set COINBASE_BACKUP_KEY_FILE (or COINBASE_BACKUP_API_KEY and "
+            "COINBASE_BACKUP_API_SECRET)",
+        ),
+        (
+            ("keys", "rotate", "--to", "spare"),
+            "--to: expected one of primary, backup (got 'spare'); e.g. perps-bot keys rotate --to backup",
+        ),
         (("keys", "audit", "--hours", "0"), "--hours: must be above 0 (got 0); e.g. --hours 24"),
     ):
         result = perps_bot(tmp_path, *args, "--profile", "spot", **env)
         assert result.returncode == 2 and result.stderr.strip() == f"perps-bot: error: {message}", result.stderr
-    assert exchange.orders == {}
+    assert exchange.orders == {} and not (tmp_path / "var/state/ACTIVE_KEY").exists()  # nothing switched
 
 
 def test_rotating_to_the_backup_key_under_a_running_bot_fails_no_order(
