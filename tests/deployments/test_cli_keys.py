@@ -110,6 +110,8 @@ def test_rotating_to_the_backup_key_under_a_running_bot_fails_no_order(
         log_dir=tmp_path / "var/logs",
         data_gate_enabled=False,
         heartbeat_interval_seconds=0,
+        risk_orders_per_minute_warn=1000,  # a buy every 0.2 s is this test's load, not runaway trading
+        risk_orders_per_minute_critical=2000,
     )
     bot = build_bot(settings)
     bot.strategy = Buyer()

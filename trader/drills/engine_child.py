@@ -81,6 +81,11 @@ def drill_settings(state_dir: Path, **overrides: Any) -> Settings:
         "risk_volatility_warn_pct": 50.0,
         "risk_volatility_critical_pct": 90.0,
         "risk_max_data_age_seconds": 10_000.0,
+        # the drill strategy places its working orders in a burst: not runaway trading
+        "risk_orders_per_minute_warn": 100_000,
+        "risk_orders_per_minute_critical": 200_000,
+        "risk_orders_per_hour_warn": 100_000,
+        "risk_orders_per_hour_critical": 200_000,
         "data_gate_enabled": False,
         "checkpoint_interval_seconds": 0.2,
         "heartbeat_interval_seconds": 0.0,
