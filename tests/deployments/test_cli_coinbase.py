@@ -16,7 +16,7 @@ from trader.brokers.coinbase import CoinbaseBroker
 from trader.domain import OrderRequest, OrderType, Side
 from trader.logs import ORDER_EVENTS_LOGGER
 from trader.runtime import build_bot
-from trader.settings import load_settings
+from trader.settings import Settings, load_settings
 from trader.strategy import MovingAverageCrossover
 from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey, generate_cdp_key
 from trader.testing.advanced_trade.ws import WsTestServer
@@ -27,6 +27,21 @@ ORDERS = "/api/v3/brokerage/orders"
 @pytest.fixture
 def exchange(start_exchange: Callable[..., AdvancedTradeServer]) -> AdvancedTradeServer:
     return start_exchange(balances={"USD": Decimal("2500.50"), "BTC": Decimal("0.125"), "ETH": Decimal("0")})
+
+
+def live_settings(server: AdvancedTradeServer, home: Path, **overrides: object) -> Settings:
+    """The settings env_for() gives a perps-bot process, for a bot built in the test's own process."""
+    return load_settings(
+        profile="spot",
+        coinbase_api_base=server.base_url,
+        coinbase_ca_file=server.ca_file,
+        coinbase_key_file=home / "cdp_api_key.json",
+        order_updates="poll",
+        market_data="coinbase",
+        state_dir=home / "var/state",
+        log_dir=home / "var/logs",
+        **overrides,
+    )
 
 
 def env_for(server: AdvancedTradeServer, key: CdpKey, home: Path, ws: WsTestServer | None = None) -> dict[str, str]:
@@ -243,16 +258,7 @@ def test_rejections_counts_the_refused_orders_of_the_last_hour_by_reason(
     tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = env_for(exchange, cdp_key, tmp_path)
-    settings = load_settings(
-        profile="spot",
-        coinbase_api_base=exchange.base_url,
-        coinbase_ca_file=exchange.ca_file,
-        coinbase_key_file=tmp_path / "cdp_api_key.json",
-        order_updates="poll",
-        market_data="coinbase",
-        state_dir=tmp_path / "var/state",
-        log_dir=tmp_path / "var/logs",
-    )
+    settings = live_settings(exchange, tmp_path)  # the CLI's, in this process
     bot = build_bot(settings)
     bot.start()
     lines: list[str] = []

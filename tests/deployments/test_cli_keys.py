@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from tests.deployments.test_cli import ledger_of, perps_bot
-from tests.deployments.test_cli_coinbase import env_for
+from tests.deployments.test_cli_coinbase import env_for, live_settings
 from tests.processes import wait_for
 from tests.trader.test_bot_user_orders import Buyer
 from trader.brokers.coinbase import CoinbaseBroker
@@ -36,16 +36,7 @@ def test_an_order_placed_behind_the_platforms_back_is_flagged_with_a_sev1_incide
     tmp_path: Path, exchange: AdvancedTradeServer, cdp_key: CdpKey
 ) -> None:
     env = env_for(exchange, cdp_key, tmp_path)
-    settings = load_settings(
-        profile="spot",
-        coinbase_api_base=exchange.base_url,
-        coinbase_ca_file=exchange.ca_file,
-        coinbase_key_file=tmp_path / "cdp_api_key.json",
-        order_updates="poll",
-        market_data="coinbase",
-        state_dir=tmp_path / "var/state",
-        log_dir=tmp_path / "var/logs",
-    )
+    settings = live_settings(exchange, tmp_path)
     bot = build_bot(settings)
     bot.start()
     try:
