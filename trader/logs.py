@@ -19,7 +19,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LOGGER_NAMES = ("trader", "prefect_adapter", "tasks", "flows", "deployments")
 # Order events as JSON lines in orders.log beside perps_bot.log (the perpetuals runbook's
 # `grep "order_rejected" orders.log | jq -r .reason | sort | uniq -c`); not repeated in perps_bot.log.
-ORDER_EVENTS_LOGGER = "trader.orders.events"
+ORDER_EVENTS_LOGGER = "trader.orders.path.events"  # the order path's events logger (trader/orders/path.py)
 ORDER_EVENTS_FILE = "orders.log"
 
 

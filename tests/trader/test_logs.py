@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trader.logs import LOGGER_NAMES, configure_logging
+from trader.logs import LOGGER_NAMES, ORDER_EVENTS_LOGGER, configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>\S+) (?P<message>.*)$")
@@ -85,3 +85,9 @@ def test_every_module_names_its_logger_after_itself() -> None:
                 if not named_after_module and literal not in THIRD_PARTY:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: logging.getLogger({ast.unparse(arg)})")
     assert offenders == [], "use logging.getLogger(__name__):\n" + "\n".join(offenders)
+
+
+def test_the_order_events_logger_is_the_order_paths_own() -> None:
+    from trader.orders import path
+
+    assert path.events.name == ORDER_EVENTS_LOGGER

@@ -27,11 +27,10 @@ from trader.domain import Fill, Order, OrderRequest, OrderStatus, shrinks_positi
 from trader.errors import BrokerUnavailable, OrderRejected
 from trader.ledger import Ledger
 from trader.ledger.lease import Fence, LeaseLost
-from trader.logs import ORDER_EVENTS_LOGGER
 from trader.risk.guards import RiskControls
 
 log = logging.getLogger(__name__)
-events = logging.getLogger(ORDER_EVENTS_LOGGER)
+events = logging.getLogger(f"{__name__}.events")  # ORDER_EVENTS_LOGGER: its lines go to orders.log only
 
 Control = Literal["kill_switch", "reduce_only"]
 CLEAR: dict[Control, str] = {
