@@ -525,8 +525,7 @@ class TradingBot:
 
     def _ws_feeds(self) -> list[WsFeed]:
         """The bot's WebSocket connections: market data (MARKET_DATA=coinbase-ws), order updates (ORDER_UPDATES)."""
-        feeds = [self.market_feed] if self.market_feed is not None else []
-        return feeds + ([self.user_orders.feed] if self.user_orders is not None else [])
+        return [feed for feed in (self.market_feed, self._user_feed()) if feed is not None]
 
     def _unless_unreachable(self, read: Callable[[], _T], fallback: _T, what: str) -> _T:
         """A read the cycle can do without: an unreachable exchange is logged (and counted by the error-rate
@@ -577,6 +576,7 @@ class TradingBot:
         if equity > 0:
             self._peak_equity = max(self._peak_equity or equity, equity)
         peak = self._peak_equity
+        feeds = self._ws_feeds()
         readings: dict[str, float | None] = {
             "daily_loss": float(-report.daily_pnl_pct),
             "error_rate": self.stats.error_rate_pct(),
@@ -587,9 +587,7 @@ class TradingBot:
                 + ([self.market_feed.stats.down_seconds()] if self.market_feed is not None else []),
                 default=0.0,
             ),
-            "websocket_disconnects": (
-                float(sum(f.stats.disconnects_within(3600) for f in self._ws_feeds())) if self._ws_feeds() else None
-            ),
+            "websocket_disconnects": float(sum(f.stats.disconnects_within(3600) for f in feeds)) if feeds else None,
             "position_count": float(open_positions(self.positions.values())),
             "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
             "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,

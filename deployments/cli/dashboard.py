@@ -266,11 +266,9 @@ def _get_json(url: str) -> dict[str, Any]:
 
 
 def _post_json(url: str, body: dict[str, Any]) -> list[Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as answer:
-        data = json.loads(answer.read())
+    from deployments.embedded import api_json
+
+    data = api_json(url, body, timeout=TIMEOUT_SECONDS)
     if not isinstance(data, list):
         raise ValueError(f"{url} did not answer a list")
     return data

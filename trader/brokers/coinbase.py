@@ -173,10 +173,12 @@ class CoinbaseBroker(Broker):
     def get_product(self, symbol: str) -> Product:
         product = self._products.get(symbol)
         if product is None:
-            data = self._read(f"get product {symbol}", lambda: self.client.get_product(symbol), not_found=symbol)
-            product = _product(data)
-            self._products[symbol] = product
+            product = self._products[symbol] = self._fetch_product(symbol)
         return product
+
+    def _fetch_product(self, symbol: str) -> Product:
+        data = self._read(f"get product {symbol}", partial(self.client.get_product, symbol), not_found=symbol)
+        return _product(data)
 
     def list_products(self) -> list[Product]:
         data = self._read("list products", lambda: self.client.get_products(product_type="SPOT"))
@@ -494,8 +496,7 @@ class CoinbaseBroker(Broker):
         self._derivatives_on()
         rates = {}
         for symbol in symbols:
-            data = self._read(f"get product {symbol}", partial(self.client.get_product, symbol), not_found=symbol)
-            rate = _funding(data)["funding_rate"]
+            rate = self._fetch_product(symbol).funding_rate
             if rate is not None:
                 rates[symbol] = rate
         return rates
