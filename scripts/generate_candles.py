@@ -1,7 +1,11 @@
-"""Generate the bundled replay: 14 days of 1-minute BTC-USD and ETH-USD candles (trader/data/candles_1m.csv.gz).
+"""Generate the bundled replay: 14 days of 1-minute BTC-USD, ETH-USD and BIP-20DEC30-CDE candles
+(trader/data/candles_1m.csv.gz).
 
 Geometric Brownian motion stepped four times per minute, with a volatility that follows the UTC hour (quiet
 Asian night, busiest at the US open), a random level per day, quieter weekends, and ETH 0.8-correlated with BTC.
+BIP-20DEC30-CDE, a perpetual-style Bitcoin future (0.01 BTC a contract, COINBASE_ENABLE_DERIVATIVES=1), trades at
+BTC-USD times (1 + basis): the basis is a mean-reverting walk around +2 bps from its own generator (seed + 1), so
+the spot rows are the same as without it; its premium drives the paper funding rate (trader/brokers/futures.py).
 Prices are quantized to the quote increment 0.01 and every bar is OHLC-consistent
 (low <= min(open, close) <= max(open, close) <= high, volume > 0); each bar opens at the previous close.
 
@@ -51,6 +55,11 @@ MARKETS = (
     Market("BTC-USD", 65_000.0, 0.00065, 3.0),
     Market("ETH-USD", 3_200.0, 0.00085, 45.0),
 )
+FUTURE = "BIP-20DEC30-CDE"
+BASIS_MEAN = 0.0002
+BASIS_REVERSION = 0.01  # share of the gap to the mean closed each bar
+BASIS_STEP = 0.00003  # the basis walk's standard deviation per bar
+FUTURE_CONTRACTS_PER_BTC = 100.0  # 0.01 BTC a contract
 
 
 def _normal(rng: random.Random) -> float:
@@ -101,7 +110,30 @@ def generate_rows(seed: int = SEED) -> dict[str, list[str]]:
             volume_q = max(Decimal(volume).quantize(VOLUME_STEP, rounding=ROUND_HALF_EVEN), VOLUME_STEP)
             rows[market.symbol].append(f"{market.symbol},{stamp},{open_},{high_q},{low_q},{close},{volume_q}")
             opens[i] = close
+    rows[FUTURE] = future_rows(rows["BTC-USD"], seed + 1)
     return rows
+
+
+def future_rows(spot: list[str], seed: int) -> list[str]:
+    """The perpetual-style future's rows from the spot rows: each price x (1 + basis), the basis a walk of its own."""
+    rng = random.Random(seed)
+    basis = BASIS_MEAN
+    out: list[str] = []
+    previous: Decimal | None = None
+    for row in spot:
+        _, stamp, _open, high, low, close, volume = row.split(",")
+        basis += BASIS_REVERSION * (BASIS_MEAN - basis) + BASIS_STEP * _normal(rng)
+        factor = 1.0 + basis
+        close_f = _price(float(close) * factor)
+        open_f = previous if previous is not None else _price(float(_open) * factor)
+        high_f = max(_price(float(high) * factor), open_f, close_f)
+        low_f = min(_price(float(low) * factor), open_f, close_f)
+        contracts = Decimal(float(volume) * FUTURE_CONTRACTS_PER_BTC * (0.5 + rng.random())).quantize(
+            Decimal(1), rounding=ROUND_HALF_EVEN
+        )
+        out.append(f"{FUTURE},{stamp},{open_f},{high_f},{low_f},{close_f},{max(contracts, Decimal(1))}")
+        previous = close_f
+    return out
 
 
 def generate(path: Path, seed: int = SEED) -> None:
@@ -121,7 +153,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
     generate(args.out, args.seed)
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes, {BARS} bars x {len(MARKETS)} symbols)")
+    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes, {BARS} bars x {len(MARKETS) + 1} symbols)")
 
 
 if __name__ == "__main__":

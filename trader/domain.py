@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 
@@ -65,6 +65,19 @@ def shrinks_position(side: Side, quantity: Decimal, position: Decimal) -> bool:
 
 
 @dataclass(frozen=True)
+class FuturesTerms:
+    """What makes a product a perpetual-style future (US futures on Coinbase Financial Markets): its order size
+    counts contracts of `contract_size` of the underlying; margins are fractions of notional."""
+
+    contract_size: Decimal
+    max_leverage: Decimal
+    initial_margin_rate: Decimal
+    maintenance_margin_rate: Decimal
+    underlying: str = ""  # the spot product whose price is the index (the paper exchange's funding premium)
+    funding_interval: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
 class Product:
     """A tradable product with Coinbase's increment and minimum rules."""
 
@@ -82,6 +95,11 @@ class Product:
     status: str = "online"
     funding_rate: Decimal | None = None  # a perpetual-style future's current funding rate (per interval)
     funding_time: datetime | None = None  # when that funding is next applied
+    futures: FuturesTerms | None = None  # a future: sizes in contracts, traded on margin
+
+    def notional(self, quantity: Decimal, price: Decimal) -> Decimal:
+        """What `quantity` is worth at `price` in the quote currency (a future's quantity counts contracts)."""
+        return quantity * price * (self.futures.contract_size if self.futures is not None else 1)
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,7 @@ class OrderRequest:
     expire_at: datetime | None = None
     reduce_only: bool = False
     post_only: bool = False
+    leverage: Decimal | None = None  # futures only: the margin the order is opened with is notional / leverage
 
 
 @dataclass
@@ -222,6 +241,21 @@ class FuturesPosition:
     current_price: Decimal
     unrealized_pnl: Decimal
     daily_realized_pnl: Decimal
+
+
+@dataclass(frozen=True)
+class FundingPayment:
+    """Funding on a futures position at one instant (accrued: rate, contracts and mark set) or its settlement into
+    the account's USD (settled); amount > 0 is money received. payment_id is unique per account."""
+
+    payment_id: str
+    symbol: str
+    at: datetime
+    rate: Decimal | None
+    contracts: Decimal | None
+    mark_price: Decimal | None
+    amount: Decimal
+    settled: bool = False
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,12 @@ def build_broker(settings: Settings, *, persist: bool = True, read_only: bool = 
     # Paper accounts on replayed and on live prices live in separate files: their market clocks differ.
     name = "paper_exchange_live.json" if settings.market_data != "replay" else "paper_exchange.json"
     state_path = settings.state_dir / name if persist else None
-    return SimulatedExchange(build_market_data(settings), state_path=state_path, read_only=read_only)
+    return SimulatedExchange(
+        build_market_data(settings),
+        state_path=state_path,
+        read_only=read_only,
+        derivatives=settings.coinbase_enable_derivatives,
+    )
 
 
 def build_market_data(settings: Settings) -> MarketDataSource:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Context, Decimal, InvalidOperation
 
-from trader.domain import OrderRequest, OrderType, Product, Side, TimeInForce
+from trader.domain import OrderRequest, OrderType, Product, Side, TimeInForce, shrinks_position
 from trader.errors import OrderRejected
 
 _EXACT = Context(prec=200)  # remainders of any sane size/increment pair without rounding
@@ -55,8 +55,9 @@ def check_order(request: OrderRequest, product: Product, *, reference_price: Dec
                 f"{label} {fmt(price)} is not a multiple of quote_increment {fmt(product.quote_increment)} for {symbol}"
             )
     _check_time_in_force(request, product, now)
+    _check_leverage(request, product)
     price = request.limit_price if request.limit_price is not None else reference_price
-    value = size * price
+    value = product.notional(size, price)
     if value < product.quote_min_size:
         raise OrderRejected(
             f"order value {fmt(value.normalize())} {product.quote_currency} ({fmt(size)} {base} x {fmt(price)}) "
@@ -64,9 +65,35 @@ def check_order(request: OrderRequest, product: Product, *, reference_price: Dec
         )
 
 
+def _check_leverage(request: OrderRequest, product: Product) -> None:
+    """Leverage is a future's: at least 1 and at most the product's max_leverage."""
+    leverage = request.leverage
+    if leverage is None:
+        return
+    symbol = product.symbol
+    if product.futures is None:
+        raise OrderRejected(
+            f"leverage {fmt(leverage)} on {symbol}: leverage is for futures only; leave it unset for spot"
+        )
+    if not leverage.is_finite() or leverage < 1:
+        raise OrderRejected(f"leverage {fmt(leverage)} on {symbol} must be at least 1")
+    if leverage > product.futures.max_leverage:
+        raise OrderRejected(
+            f"leverage {fmt(leverage)} is above {symbol}'s max_leverage {fmt(product.futures.max_leverage)}"
+        )
+
+
 def check_reduce_only(request: OrderRequest, product: Product, held: Decimal) -> None:
-    """Spot reduce-only: only a sell of at most the base quantity held."""
+    """Reduce-only: spot only a sell of at most the base quantity held; a future an order that only shrinks the
+    position (contracts, negative when short)."""
     if not request.reduce_only:
+        return
+    if product.futures is not None:
+        if not shrinks_position(request.side, request.quantity, held):
+            raise OrderRejected(
+                f"reduce-only {request.side} of {fmt(request.quantity)} contracts would not shrink the position "
+                f"{fmt(held)} contracts of {product.symbol}"
+            )
         return
     if request.side == Side.BUY:
         raise OrderRejected(

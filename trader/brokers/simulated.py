@@ -34,12 +34,13 @@ import uuid
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from trader.brokers import futures as fx
 from trader.brokers.base import Broker
 from trader.brokers.rules import check_order, check_reduce_only, fmt
 from trader.domain import (
@@ -48,6 +49,10 @@ from trader.domain import (
     Candle,
     FeeTier,
     Fill,
+    FundingPayment,
+    FuturesAccount,
+    FuturesPosition,
+    FuturesTerms,
     KeyPermissions,
     Liquidity,
     Order,
@@ -88,7 +93,29 @@ DEFAULT_PRODUCTS: tuple[Product, ...] = (
         quote_min_size=Decimal("1"),
     ),
 )
+# The perpetual-style future the replay carries (COINBASE_ENABLE_DERIVATIVES=1 only): Coinbase's nano Bitcoin perp
+# shape, 0.01 BTC a contract; its index for the paper funding rate is BTC-USD (trader/brokers/futures.py).
+FUTURES_PRODUCTS: tuple[Product, ...] = (
+    Product(
+        symbol="BIP-20DEC30-CDE",
+        base_currency="BIP",
+        quote_currency="USD",
+        base_increment=Decimal("1"),
+        quote_increment=Decimal("5"),
+        base_min_size=Decimal("1"),
+        base_max_size=Decimal("10000"),
+        quote_min_size=Decimal("0"),
+        futures=FuturesTerms(
+            contract_size=Decimal("0.01"),
+            max_leverage=Decimal("10"),
+            initial_margin_rate=Decimal("0.10"),
+            maintenance_margin_rate=Decimal("0.05"),
+            underlying="BTC-USD",
+        ),
+    ),
+)
 DEFAULT_BALANCES = {"USD": Decimal("100000")}
+FEE_STEP = Decimal("0.01")  # futures fees are in cents (their quote increment is the price tick)
 STATE_VERSION = 1
 BPS = Decimal("10000")
 AVERAGE_PRICE_STEP = Decimal("0.00000001")
@@ -126,9 +153,14 @@ class SimulatedExchange(Broker):
         spread_bps: Decimal = Decimal("1"),
         state_path: Path | None = None,
         read_only: bool = False,
+        derivatives: bool = False,
     ) -> None:
         self.market = market
-        self._products = {p.symbol: p for p in (products if products is not None else DEFAULT_PRODUCTS)}
+        if products is None:
+            listed = set(market.symbols())
+            products = [*DEFAULT_PRODUCTS, *(p for p in FUTURES_PRODUCTS if derivatives and p.symbol in listed)]
+        self._products = {p.symbol: p for p in products}
+        self.derivatives = derivatives  # COINBASE_ENABLE_DERIVATIVES: futures orders are refused without it
         self.maker_fee_rate = maker_fee_rate
         self.taker_fee_rate = taker_fee_rate
         self.slippage_bps = slippage_bps
@@ -151,6 +183,13 @@ class SimulatedExchange(Broker):
         self._saved_entries: dict[str, dict[str, Any]] = {}  # order_id or trade_id -> its JSON entry
         self._positions: dict[str, tuple[Decimal, Decimal]] = {}  # symbol -> (quantity, average entry price)
         self._edit_previews: dict[str, tuple[str, Decimal, Decimal]] = {}  # preview_id -> (order_id, qty, price)
+        # Futures: each position's leverage, funding accrued and not yet settled, the funding paid and received
+        # (accruals and settlements, oldest first), the last funding instant applied, liquidations so far.
+        self._leverage: dict[str, Decimal] = {}
+        self._accrued: dict[str, Decimal] = {}
+        self._funding: list[FundingPayment] = []
+        self._funding_through: datetime | None = market.now() if derivatives else None
+        self._liquidations = 0
         self._order_seq = 0
         self._trade_seq = 0
         self._matched_cursor = market.cursor
@@ -164,9 +203,13 @@ class SimulatedExchange(Broker):
     # --- products and market -----------------------------------------------------------------------------------
 
     def get_product(self, symbol: str) -> Product:
+        """The product's rules; a future's with its funding rate and time now."""
         product = self._products.get(symbol)
         if product is None:
             raise UnknownSymbol(f"unknown symbol {symbol}; available: {', '.join(self._products)}")
+        if product.futures is not None:
+            now = self.market.now()
+            return replace(product, funding_rate=self._funding_rate(product), funding_time=fx.next_funding_time(now))
         return product
 
     def list_products(self) -> list[Product]:
@@ -381,18 +424,189 @@ class SimulatedExchange(Broker):
             permissions=KeyPermissions(can_view=True, can_trade=True, can_transfer=False, portfolio_type="PAPER"),
             fee_tier=FeeTier("paper-intro", self.maker_fee_rate, self.taker_fee_rate),
             positions=self.positions(),
+            futures=self.futures_account() if self.derivatives else None,
         )
+
+    # --- futures -----------------------------------------------------------------------------------------------
+
+    def futures_account(self) -> FuturesAccount:
+        """The paper futures account, shaped like Coinbase's CFM balance summary (trader/brokers/futures.py has the
+        arithmetic): the USD balance is the collateral."""
+        self._sync()
+        self._persist()
+        cash = self._totals.get("USD", Decimal(0))
+        positions = []
+        unrealized = initial = maintenance = Decimal(0)
+        for symbol, (contracts, entry) in sorted(self._positions.items()):
+            product = self._products[symbol]
+            if product.futures is None:
+                continue
+            mark = self._mark(product)
+            pnl = fx.unrealized_pnl(contracts, product.futures, entry, mark)
+            unrealized += pnl
+            initial += fx.initial_margin(contracts, product.futures, mark, self._leverage.get(symbol))
+            maintenance += fx.maintenance_margin(contracts, product.futures, mark)
+            positions.append(
+                FuturesPosition(
+                    symbol, "long" if contracts > 0 else "short", abs(contracts), entry, mark, pnl, Decimal(0)
+                )
+            )
+        accrued = sum(self._accrued.values(), Decimal(0))
+        equity = cash + unrealized + accrued
+        buffer, percentage = fx.liquidation_buffer(equity, maintenance)
+        held = self._held.get("USD", Decimal(0))
+        return FuturesAccount(
+            buying_power=max(equity - initial - held, Decimal(0)),
+            total_usd_balance=cash,
+            unrealized_pnl=unrealized,
+            daily_realized_pnl=Decimal(0),
+            initial_margin=initial,
+            available_margin=max(equity - initial - held, Decimal(0)),
+            liquidation_threshold=maintenance,
+            liquidation_buffer_usd=buffer,
+            liquidation_buffer_pct=percentage,
+            positions=positions,
+        )
+
+    def funding_rates(self, symbols: list[str]) -> dict[str, Decimal]:
+        """Each future's funding rate now; spot symbols are left out."""
+        self._sync()
+        self._persist()
+        return {
+            s: self._funding_rate(self._products[s])
+            for s in symbols
+            if s in self._products and self._products[s].futures is not None
+        }
+
+    def funding_payments(self, since: datetime | None = None) -> list[FundingPayment]:
+        """Funding accrued and settled after `since`, oldest first (payment_id is unique)."""
+        self._sync()
+        self._persist()
+        return [p for p in self._funding if since is None or p.at > since]
+
+    def _mark(self, product: Product) -> Decimal:
+        return self.market.latest(product.symbol).close
+
+    def _funding_rate(self, product: Product, at_index: int | None = None) -> Decimal:
+        """The paper hourly rate from the future's premium over its underlying (trader/brokers/futures.py)."""
+        assert product.futures is not None
+        underlying = product.futures.underlying
+        if not underlying or underlying not in self.market.symbols():
+            return Decimal(0)
+        return fx.paper_funding_rate(self._mark(product), self.market.latest(underlying).close)
+
+    def _apply_funding(self, bars: int) -> None:
+        """Every funding instant the market moved past: each futures position accrues its payment at that bar's
+        close; at a settlement instant the accrued funding moves into the USD balance."""
+        now = self.market.now()
+        since = self._funding_through or now
+        self._funding_through = now
+        instants = fx.funding_instants(since, now) if since < now else []
+        if not instants:
+            return
+        futures = [
+            (self._products[s], q) for s, (q, _) in self._positions.items() if self._products[s].futures is not None
+        ]
+        history: dict[str, list[Candle]] = {}
+        interval = now - self.market.latest(futures[0][0].symbol).start if futures else now - now
+        if futures:
+            wanted = {p.symbol for p, _ in futures} | {p.futures.underlying for p, _ in futures if p.futures}
+            history = {s: self.market.history(s, bars) for s in wanted if s in self.market.symbols()}
+        for instant in instants:
+            for product, contracts in futures:
+                terms = product.futures
+                assert terms is not None
+                mark = _close_at(history.get(product.symbol, []), instant, interval)
+                index = _close_at(history.get(terms.underlying, []), instant, interval)
+                if mark is None or index is None:
+                    continue
+                rate = fx.paper_funding_rate(mark, index)
+                amount = fx.funding_payment(contracts, terms, mark, rate)
+                self._accrued[product.symbol] = self._accrued.get(product.symbol, Decimal(0)) + amount
+                self._funding.append(
+                    FundingPayment(
+                        f"funding-{product.symbol}-{instant:%Y%m%dT%H}",
+                        product.symbol,
+                        instant,
+                        rate,
+                        contracts,
+                        mark,
+                        amount,
+                        settled=False,
+                    )
+                )
+            if fx.is_settlement(instant):
+                self._settle(instant)
+        self._dirty = True
+
+    def _settle(self, instant: datetime) -> None:
+        for symbol, amount in sorted(self._accrued.items()):
+            if amount == 0:
+                continue
+            self._totals["USD"] = self._totals.get("USD", Decimal(0)) + amount
+            self._funding.append(
+                FundingPayment(
+                    f"settlement-{symbol}-{instant:%Y%m%dT%H}", symbol, instant, None, None, None, amount, settled=True
+                )
+            )
+        self._accrued.clear()
+
+    def _liquidate_if_due(self) -> None:
+        """Close every futures position at the mark when the liquidation buffer is gone (buffer <= 0)."""
+        if not any(self._products[s].futures is not None for s in self._positions):
+            return
+        account = self.futures_account()
+        if account.liquidation_buffer_usd > 0:
+            return
+        now = self.market.now()
+        log.error(
+            "paper futures liquidated: equity %s at or below the maintenance margin %s",
+            fmt(account.liquidation_threshold + account.liquidation_buffer_usd),
+            fmt(account.liquidation_threshold),
+        )
+        for symbol, (contracts, _) in sorted(self._positions.items()):
+            product = self._products[symbol]
+            if product.futures is None:
+                continue
+            self._liquidations += 1
+            self._order_seq += 1
+            order = Order(
+                order_id=f"sim-order-{self._order_seq}",
+                client_order_id=f"liquidation-{self._liquidations}",
+                symbol=symbol,
+                side=Side.SELL if contracts > 0 else Side.BUY,
+                order_type=OrderType.MARKET,
+                quantity=abs(contracts),
+                status=OrderStatus.OPEN,
+                created_at=now,
+                reduce_only=True,
+                updated_at=now,
+            )
+            self._orders[order.order_id] = order
+            self._requests[order.order_id] = OrderRequest(
+                symbol, order.side, OrderType.MARKET, order.quantity, order.client_order_id, reduce_only=True
+            )
+            self._by_client[order.client_order_id] = order.order_id
+            self._fill(order, product, self._mark(product), Liquidity.TAKER, now)
+        self._dirty = True
 
     # --- validation --------------------------------------------------------------------------------------------
 
     def _validate(self, request: OrderRequest) -> Product:
         product = self.get_product(request.symbol)
+        self._check_futures(request, product)
         check_order(request, product, reference_price=self.market.latest(product.symbol).close, now=self.market.now())
         return product
 
     def _check_reduce_only(self, request: OrderRequest, product: Product) -> None:
         held = self._positions.get(product.symbol, (Decimal(0), Decimal(0)))[0]
         check_reduce_only(request, product, held)
+
+    def _check_futures(self, request: OrderRequest, product: Product) -> None:
+        if product.futures is not None and not self.derivatives:
+            raise OrderRejected(
+                f"{product.symbol} is a future: futures orders need COINBASE_ENABLE_DERIVATIVES=1 (nothing sent)"
+            )
 
     # --- pricing and execution ---------------------------------------------------------------------------------
 
@@ -415,7 +629,8 @@ class SimulatedExchange(Broker):
 
     def _fee(self, product: Product, notional: Decimal, liquidity: Liquidity) -> Decimal:
         rate = self.maker_fee_rate if liquidity == Liquidity.MAKER else self.taker_fee_rate
-        return _round(notional * rate, product.quote_increment, ROUND_HALF_UP)
+        step = FEE_STEP if product.futures is not None else product.quote_increment  # a future's tick is its price's
+        return _round(notional * rate, step, ROUND_HALF_UP)
 
     def _plan(self, request: OrderRequest, product: Product) -> _Plan:
         close = self.market.latest(product.symbol).close
@@ -455,6 +670,8 @@ class SimulatedExchange(Broker):
         """(currency, amount, how it is made up) the plan needs available now."""
         if plan.action == "cancel":
             return product.quote_currency, Decimal(0), "nothing"
+        if product.futures is not None:
+            return self._margin_required(request, product, plan)
         if request.side == Side.SELL:
             return product.base_currency, request.quantity, f"{fmt(request.quantity)} {product.base_currency}"
         notional = request.quantity * plan.price
@@ -464,6 +681,37 @@ class SimulatedExchange(Broker):
             notional + fee,
             f"{fmt(request.quantity)} x {fmt(plan.price)} + fee {fmt(fee)}",
         )
+
+    def _margin_required(self, request: OrderRequest, product: Product, plan: _Plan) -> tuple[str, Decimal, str]:
+        """A future's order needs the initial margin of the contracts it opens (none for those it closes) plus its
+        fee, from the margin not already used: USD available minus the open positions' initial margin."""
+        assert product.futures is not None
+        held = self._positions.get(product.symbol, (Decimal(0), Decimal(0)))[0]
+        signed = request.quantity if request.side == Side.BUY else -request.quantity
+        closing = min(abs(held), request.quantity) if held and (held > 0) != (signed > 0) else Decimal(0)
+        opening = request.quantity - closing
+        fee = self._fee(product, product.notional(request.quantity, plan.price), plan.liquidity)
+        margin = fx.initial_margin(opening, product.futures, plan.price, request.leverage)
+        used = self._margin_in_use()
+        return (
+            product.quote_currency,
+            margin + fee + used,
+            f"initial margin {fmt(margin)} for {fmt(opening)} contracts at {fmt(plan.price)}"
+            f" x{fmt(request.leverage or 1 / product.futures.initial_margin_rate)} + fee {fmt(fee)}"
+            f" + margin in use {fmt(used)}",
+        )
+
+    def _margin_in_use(self) -> Decimal:
+        """The open futures positions' initial margin at the mark, less their unrealized PnL and accrued funding."""
+        used = Decimal(0)
+        for symbol, (contracts, entry) in self._positions.items():
+            product = self._products[symbol]
+            if product.futures is None:
+                continue
+            mark = self._mark(product)
+            used += fx.initial_margin(contracts, product.futures, mark, self._leverage.get(symbol))
+            used -= fx.unrealized_pnl(contracts, product.futures, entry, mark) + self._accrued.get(symbol, Decimal(0))
+        return used
 
     def _funds_problem(
         self, request: OrderRequest, product: Product, plan: _Plan, credit: tuple[str, Decimal] | None = None
@@ -516,7 +764,12 @@ class SimulatedExchange(Broker):
                 self._triggered.add(order.order_id)
 
     def _hold_for(self, order: Order, product: Product, plan: _Plan) -> tuple[str, Decimal]:
-        """What a resting order holds: the base it sells, or its limit value plus the fee it may pay."""
+        """What a resting order holds: the base it sells, or its limit value plus the fee it may pay (a future: the
+        margin it would open, and its fee)."""
+        if product.futures is not None:
+            request = self._requests[order.order_id]
+            currency, amount, _ = self._margin_required(request, product, plan)
+            return currency, amount - self._margin_in_use()
         if order.side == Side.SELL:
             return product.base_currency, order.quantity
         assert order.limit_price is not None
@@ -545,12 +798,20 @@ class SimulatedExchange(Broker):
 
     def _fill(self, order: Order, product: Product, price: Decimal, liquidity: Liquidity, at: datetime) -> None:
         quantity = order.quantity
-        notional = quantity * price
+        notional = product.notional(quantity, price)
         fee = self._fee(product, notional, liquidity)
         base, quote = product.base_currency, product.quote_currency
         self._close(order, OrderStatus.FILLED, at)
         zero = Decimal(0)
-        if order.side == Side.BUY:
+        if product.futures is not None:  # margin trading: no base changes hands; PnL is realized as contracts close
+            signed = quantity if order.side == Side.BUY else -quantity
+            held, entry = self._positions.get(order.symbol, (zero, zero))
+            realized = fx.realized_pnl(held, entry, signed, price, product.futures)
+            self._totals[quote] = self._totals.get(quote, zero) + realized - fee
+            leverage = self._requests[order.order_id].leverage
+            if leverage is not None and not order.client_order_id.startswith("liquidation-"):
+                self._leverage[order.symbol] = leverage
+        elif order.side == Side.BUY:
             self._totals[base] = self._totals.get(base, zero) + quantity
             self._totals[quote] = self._totals.get(quote, zero) - notional - fee
         else:
@@ -584,6 +845,7 @@ class SimulatedExchange(Broker):
         new = held + signed_quantity
         if new == 0:
             self._positions.pop(symbol, None)
+            self._leverage.pop(symbol, None)
             return
         if held == 0 or (held > 0) != (new > 0):
             average = price
@@ -609,10 +871,14 @@ class SimulatedExchange(Broker):
         cursor = self.market.cursor
         if cursor == self._matched_cursor:
             return
-        if cursor > self._matched_cursor and self._open:
-            self._match_bars(cursor - self._matched_cursor)
+        moved = cursor - self._matched_cursor
+        if moved > 0 and self._open:
+            self._match_bars(moved)
         self._matched_cursor = cursor
         self._clock_dirty = True
+        if self.derivatives:
+            self._apply_funding(max(moved, 1))
+            self._liquidate_if_due()
 
     def _match_bars(self, count: int) -> None:
         symbols = {o.symbol for o in self._open.values()}
@@ -693,6 +959,13 @@ class SimulatedExchange(Broker):
                 p: {"order_id": o, "quantity": str(q), "limit_price": str(lp)}
                 for p, (o, q, lp) in self._edit_previews.items()
             },
+            "futures": {
+                "leverage": {s: str(v) for s, v in self._leverage.items()},
+                "accrued": {s: str(v) for s, v in self._accrued.items()},
+                "funding": [_encode(p) for p in self._funding],
+                "funding_through": self._funding_through.isoformat() if self._funding_through else None,
+                "liquidations": self._liquidations,
+            },
         }
 
     def _order_entry(self, order_id: str, order: Order) -> dict[str, Any]:
@@ -743,6 +1016,13 @@ class SimulatedExchange(Broker):
                 p: (e["order_id"], Decimal(e["quantity"]), Decimal(e["limit_price"]))
                 for p, e in state["edit_previews"].items()
             }
+            futures = state.get("futures") or {}
+            self._leverage = {s: Decimal(v) for s, v in (futures.get("leverage") or {}).items()}
+            self._accrued = {s: Decimal(v) for s, v in (futures.get("accrued") or {}).items()}
+            self._funding = [_decode(FundingPayment, p) for p in futures.get("funding") or []]
+            through = futures.get("funding_through")
+            self._funding_through = _parse_time(through) if through else None
+            self._liquidations = int(futures.get("liquidations") or 0)
             market_cursor = int(state["market_cursor"])
             matched_cursor = int(state["matched_cursor"])
             self._saves = int(state.get("saves", 0))
@@ -784,18 +1064,38 @@ def _filled_at(fill: Fill) -> datetime:
     return fill.filled_at
 
 
+def _close_at(bars: list[Candle], instant: datetime, interval: timedelta) -> Decimal | None:
+    """The close of the bar that closed at `instant` (or the last one before it), None without one."""
+    closes = [bar.close for bar in bars if bar.start + interval <= instant]
+    return closes[-1] if closes else None
+
+
 def _parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-_Record = TypeVar("_Record", Order, OrderRequest, Fill)
+_Record = TypeVar("_Record", Order, OrderRequest, Fill, FundingPayment)
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     **dict.fromkeys(
-        ("quantity", "filled_quantity", "fees", "fee", "price", "limit_price", "stop_price", "average_fill_price"),
+        (
+            "quantity",
+            "filled_quantity",
+            "fees",
+            "fee",
+            "price",
+            "limit_price",
+            "stop_price",
+            "average_fill_price",
+            "leverage",
+            "rate",
+            "contracts",
+            "mark_price",
+            "amount",
+        ),
         Decimal,
     ),
-    **dict.fromkeys(("created_at", "expire_at", "updated_at", "filled_at"), _parse_time),
+    **dict.fromkeys(("created_at", "expire_at", "updated_at", "filled_at", "at"), _parse_time),
     "side": Side,
     "order_type": OrderType,
     "status": OrderStatus,
@@ -804,7 +1104,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _encode(record: Order | OrderRequest | Fill) -> dict[str, Any]:
+def _encode(record: Order | OrderRequest | Fill | FundingPayment) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(record):
         value = getattr(record, f.name)

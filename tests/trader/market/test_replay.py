@@ -203,17 +203,23 @@ def test_a_missing_replay_file_names_the_setting() -> None:
 # --- the shipped file and its generator --------------------------------------------------------------------
 
 
-def test_shipped_replay_has_14_days_of_one_minute_bars_for_btc_and_eth() -> None:
+def test_shipped_replay_has_14_days_of_one_minute_bars_for_btc_eth_and_the_btc_future() -> None:
     candles = load_candles_csv(DEFAULT_REPLAY_FILE)
 
-    assert sorted(candles) == ["BTC-USD", "ETH-USD"]
+    assert sorted(candles) == ["BIP-20DEC30-CDE", "BTC-USD", "ETH-USD"]
     for rows in candles.values():
         assert len(rows) == 20_160
         assert rows[0].start == datetime(2025, 9, 18, tzinfo=UTC)
         assert all(b.start - a.start == MINUTE for a, b in zip(rows, rows[1:], strict=False))
     assert candles["BTC-USD"][0].open == Decimal("65000.00")
     assert candles["ETH-USD"][0].open == Decimal("3200.00")
-    assert DEFAULT_REPLAY_FILE.stat().st_size < 1_000_000
+    assert DEFAULT_REPLAY_FILE.stat().st_size < 1_500_000
+    # the future follows BTC within a small basis, each bar opening at the previous close
+    future, spot = candles["BIP-20DEC30-CDE"], candles["BTC-USD"]
+    basis = [f.close / s.close - 1 for f, s in zip(future, spot, strict=True)]
+    assert max(abs(b) for b in basis) < Decimal("0.005")
+    assert Decimal("0") < sum(basis) / len(basis) < Decimal("0.001")  # a premium on average: longs pay funding
+    assert all(b.open == a.close for a, b in zip(future, future[1:], strict=False))
 
 
 def test_shipped_replay_bars_are_ohlc_consistent_on_the_quote_increment_with_positive_volume() -> None:
