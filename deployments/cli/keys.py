@@ -3,18 +3,23 @@
 - status: the key's name (its last four characters only), how long ago its key file was written, its permissions
   and portfolio, and the clock against the exchange's. Never the secret.
 - rotate --to backup|primary: the account's bots switch to the other key (COINBASE_BACKUP_KEY_FILE, or
-  COINBASE_BACKUP_API_KEY/_SECRET) at their next cycle, without a restart: the key is proven first (a permissions
-  read with it), then STATE_DIR/ACTIVE_KEY names it and a SEV-1 incident records the switch.
+  COINBASE_BACKUP_API_KEY/_SECRET; without either, the Prefect Secret blocks coinbase-backup-api-key and
+  coinbase-backup-api-secret) at their next cycle, without a restart: the key is proven first (a permissions read
+  with it), then STATE_DIR/ACTIVE_KEY names it and a SEV-1 incident records the switch. A key from the blocks is
+  written for the bots to STATE_DIR/backup_key.json (mode 0600) before ACTIVE_KEY names it, and removed when they
+  leave it.
 - audit: every order on the exchange in the window that this platform did not place (its client_order_id not in
   the account's ledger), with its fills, listed as unauthorized; any finding opens a SEV-1 security incident
-  (fingerprint security:unauthorized-orders) and exits 1; a clean window resolves it and exits 0.
+  (fingerprint security:unauthorized-orders) and exits 1; a clean window resolves it and exits 0. The same
+  function as the security-audit deployment's (trader/security/audit.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -22,8 +27,10 @@ from deployments.cli.output import say, wide
 from trader.errors import ConfigError
 from trader.settings import Settings
 
+if TYPE_CHECKING:
+    from trader.coinbase.http import KeySlot
+
 KEYS_ACTIONS = ("status", "audit", "rotate")
-AUDIT_FINGERPRINT = "security:unauthorized-orders"
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -66,60 +73,45 @@ def key_status(settings: Settings) -> int:
 
 def audit(settings: Settings, hours: float) -> int:
     from trader.alerts.incidents import IncidentDesk
-    from trader.alerts.severity import IncidentKind
     from trader.brokers.coinbase import CoinbaseBroker
     from trader.runtime import open_ledger
+    from trader.security.audit import COLUMNS, audit_key_activity, record_audit_incident
 
     broker = CoinbaseBroker.from_settings(settings)
-    end = datetime.now(UTC)
-    start = end - timedelta(hours=hours)
-    orders = broker.orders_between(start, end)
-    fills = broker.list_fills(since=start)
     with open_ledger(settings) as ledger:
-        ours = ledger.orders_by_client_id(o.client_order_id for o in orders if o.client_order_id)
-        foreign = [o for o in orders if o.client_order_id not in ours]
-        foreign_ids = {o.order_id for o in foreign}
-        foreign_fills = [f for f in fills if f.order_id in foreign_ids]
-        say(
-            f"{len(orders)} orders on the exchange between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC; "
-            f"{len(foreign)} not placed by this platform (account {settings.account})"
-        )
-        desk = IncidentDesk.on(ledger, settings)
-        if not foreign:
-            desk.resolve(AUDIT_FINGERPRINT)
-            return 0
-        table = Table(title="unauthorized orders")
-        for column in ("created", "order_id", "client_order_id", "symbol", "side", "quantity", "status", "fills"):
-            table.add_column(column)
-        for order in foreign:
-            count = sum(1 for f in foreign_fills if f.order_id == order.order_id)
-            table.add_row(
-                f"{order.created_at:%Y-%m-%d %H:%M:%S}",
-                order.order_id,
-                order.client_order_id or "-",
-                order.symbol,
-                str(order.side),
-                str(order.quantity),
-                str(order.status),
-                str(count),
-            )
-        wide().print(table)
-        evidence = "; ".join(f"{o.symbol} {o.side} {o.quantity} ({o.order_id})" for o in foreign[:10])
-        desk.raise_incident(
-            IncidentKind.UNAUTHORIZED_ACTIVITY,
-            f"{len(foreign)} orders on the exchange were not placed by this platform",
-            f"in the last {hours:g} h: {evidence}; {len(foreign_fills)} fills. Rotate the key "
-            "(perps-bot keys rotate --to backup) and review the account.",
-            fingerprint=AUDIT_FINGERPRINT,
-        )
-        return 1
+        found = audit_key_activity(broker, ledger, hours, account=settings.account)
+        say(found.summary())
+        record_audit_incident(IncidentDesk.on(ledger, settings), found)
+    if not found.unauthorized:
+        return 0
+    table = Table(title="unauthorized orders")
+    for column in COLUMNS:
+        table.add_column(column)
+    for row in found.rows():
+        table.add_row(*row.values())
+    wide().print(table)
+    return 1
 
 
 def rotate(settings: Settings, to: str | None) -> int:
+    from prefect_adapter.secrets import (
+        BACKUP_API_KEY_BLOCK,
+        BACKUP_API_SECRET_BLOCK,
+        backup_key_from_secret_blocks,
+        deliver_block_events,
+    )
     from trader.alerts.incidents import IncidentDesk
     from trader.alerts.severity import IncidentKind
     from trader.brokers.coinbase import CoinbaseBroker
-    from trader.coinbase.http import ACTIVE_KEY_FILE, KEY_SLOTS, active_key_slot, load_credentials
+    from trader.coinbase.http import (
+        ACTIVE_KEY_FILE,
+        KEY_SLOTS,
+        active_key_slot,
+        backup_key_in_environment,
+        drop_backup_key_copy,
+        keep_backup_key_copy,
+        load_credentials,
+    )
     from trader.errors import TraderError
     from trader.fsio import atomic_write
     from trader.runtime import open_ledger
@@ -127,33 +119,53 @@ def rotate(settings: Settings, to: str | None) -> int:
     if to not in KEY_SLOTS:
         got = f" (got {to!r})" if to else ""
         raise ConfigError(f"--to: expected one of {', '.join(KEY_SLOTS)}{got}; e.g. perps-bot keys rotate --to backup")
-    if load_credentials(settings, to) is None:  # type: ignore[arg-type]
+    slot: KeySlot = "backup" if to == "backup" else "primary"
+    # The environment's backup key wins; only without one are the Secret blocks read (the Prefect API's).
+    from_blocks = None
+    if slot == "backup" and not backup_key_in_environment(settings):
+        try:
+            from_blocks = backup_key_from_secret_blocks()
+        finally:
+            deliver_block_events()
+        if from_blocks is None:
+            raise ConfigError(
+                "keys rotate: no backup key is configured; set COINBASE_BACKUP_KEY_FILE (or COINBASE_BACKUP_API_KEY "
+                f"and COINBASE_BACKUP_API_SECRET), or create the Prefect Secret blocks {BACKUP_API_KEY_BLOCK} and "
+                f"{BACKUP_API_SECRET_BLOCK}"
+            )
+    elif load_credentials(settings, slot) is None:
         raise ConfigError(
-            f"keys rotate: no {to} key is configured; set COINBASE_BACKUP_KEY_FILE (or COINBASE_BACKUP_API_KEY and "
-            "COINBASE_BACKUP_API_SECRET)"
-            if to == "backup"
-            else "keys rotate: no primary key is configured; set COINBASE_KEY_FILE (or COINBASE_API_KEY/_SECRET)"
+            "keys rotate: no primary key is configured; set COINBASE_KEY_FILE (or COINBASE_API_KEY/_SECRET)"
         )
     current = active_key_slot(settings)
-    if current == to:
-        say(f"already on the {to} key: nothing changed")
+    if current == slot:
+        say(f"already on the {slot} key: nothing changed")
         return 0
     broker = CoinbaseBroker.from_settings(settings)
-    broker.use_key(to)  # type: ignore[arg-type]
+    broker.use_key(slot, from_blocks)
     try:
         permissions = broker.key_permissions()
     except TraderError as error:
-        say(f"not switched: the {to} key does not work ({error})")
+        say(f"not switched: the {slot} key does not work ({error})")
         return 1
-    atomic_write(settings.state_dir / ACTIVE_KEY_FILE, f"{to}\n")
+    source = ""
+    if from_blocks is not None:
+        # Before ACTIVE_KEY names the backup: a bot that reads "backup" must find the key beside it.
+        copy = keep_backup_key_copy(settings, from_blocks)
+        source = f", from the Prefect Secret blocks {BACKUP_API_KEY_BLOCK} and {BACKUP_API_SECRET_BLOCK}"
+        say(f"backup key read from the Prefect Secret blocks; kept for the bots in {copy} (mode 0600) while in use")
+    atomic_write(settings.state_dir / ACTIVE_KEY_FILE, f"{slot}\n")
+    if from_blocks is None:
+        drop_backup_key_copy(settings)  # the blocks' copy lives only while the bots use it
     hint = broker.key_hint
     with open_ledger(settings) as ledger:
         IncidentDesk.on(ledger, settings).raise_incident(
             IncidentKind.KEY_ROTATION,
-            f"API key switched from {current} to {to}",
-            f"the account's bots use the {to} key ({hint}, can_trade={permissions.can_trade}) from their next cycle; "
-            f"revoke the {current} key in the Coinbase Developer Platform and run perps-bot keys audit --hours 24",
+            f"API key switched from {current} to {slot}",
+            f"the account's bots use the {slot} key ({hint}{source}, can_trade={permissions.can_trade}) from their "
+            f"next cycle; revoke the {current} key in the Coinbase Developer Platform and run perps-bot keys audit "
+            "--hours 24",
             fingerprint="security:key-rotation",
         )
-    say(f"switched to the {to} key ({hint}): running bots use it from their next cycle; revoke the {current} key")
+    say(f"switched to the {slot} key ({hint}): running bots use it from their next cycle; revoke the {current} key")
     return 0

@@ -153,14 +153,17 @@ class CoinbaseBroker(Broker):
         """The key in use, by its last four characters: never more."""
         return self._key_hint
 
-    def use_key(self, slot: KeySlot) -> None:
+    def use_key(self, slot: KeySlot, credentials: Credentials | None = None) -> None:
         """Trade on from now with the other key (the key-compromise rotation): a new REST client; orders in flight on
-        the old client finish on it."""
+        the old client finish on it. `credentials`: that key as read elsewhere (Secret blocks), else the slot's."""
         if self.settings is None:
             raise ConfigError("this broker was not built from settings: it has no other key to use")
-        credentials = load_credentials(self.settings, slot)
+        credentials = credentials or load_credentials(self.settings, slot)
         if credentials is None:
-            raise ConfigError(f"no {slot} key is set (COINBASE_BACKUP_KEY_FILE or COINBASE_BACKUP_API_KEY/_SECRET)")
+            raise ConfigError(
+                f"no {slot} key is set (COINBASE_BACKUP_KEY_FILE or COINBASE_BACKUP_API_KEY/_SECRET, or "
+                "STATE_DIR/backup_key.json from perps-bot keys rotate --to backup)"
+            )
         self.client = build_rest_client(self.settings, credentials)
         self._key_hint = f"…{credentials.name[-4:]}"
         self.key_slot = slot

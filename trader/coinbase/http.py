@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from trader.coinbase.ratelimit import RateLimiter, Scope, shared_limiter
 from trader.errors import AuthenticationFailed, BrokerError, BrokerUnavailable, ConfigError
+from trader.fsio import atomic_write
 from trader.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,30 +48,55 @@ class Credentials:
 KeySlot = Literal["primary", "backup"]
 KEY_SLOTS: tuple[KeySlot, ...] = ("primary", "backup")
 ACTIVE_KEY_FILE = "ACTIVE_KEY"  # in STATE_DIR: which key the account's bots use (perps-bot keys rotate)
+# In STATE_DIR, mode 0600: the backup key perps-bot keys rotate read from the Prefect Secret blocks, there only while
+# the account's bots use it. Beside ACTIVE_KEY so that every bot on this STATE_DIR can switch to it at its next cycle
+# (their settings were read at start, and trader/ never asks Prefect: a bot must switch with the API down).
+BACKUP_KEY_COPY = "backup_key.json"
 
 
 def load_credentials(settings: Settings, slot: KeySlot = "primary") -> Credentials | None:
     """The key from COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET (the COINBASE_BACKUP_* ones for the
-    backup slot), checked before any request."""
+    backup slot, else the copy of the Secret blocks' in STATE_DIR/backup_key.json), checked before any request."""
     prefix = "COINBASE_" if slot == "primary" else "COINBASE_BACKUP_"
     key_file = settings.coinbase_key_file if slot == "primary" else settings.coinbase_backup_key_file
     api_key = settings.coinbase_api_key if slot == "primary" else settings.coinbase_backup_api_key
     api_secret = settings.coinbase_api_secret if slot == "primary" else settings.coinbase_backup_api_secret
     if key_file is not None:
-        path = Path(key_file)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            name, secret = str(data["name"]), str(data["privateKey"])
-        except FileNotFoundError:
-            raise ConfigError(f"{prefix}KEY_FILE: {path} does not exist") from None
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ConfigError(
-                f"{prefix}KEY_FILE: {path} is not a CDP key file (JSON with name and privateKey)"
-            ) from None
-        return _checked(name, secret, source=f"{prefix}KEY_FILE")
+        return _key_file(Path(key_file), source=f"{prefix}KEY_FILE")
     if api_key and api_secret:
         return _checked(api_key.get_secret_value(), api_secret.get_secret_value(), source=f"{prefix}API_SECRET")
+    copy = Path(settings.state_dir) / BACKUP_KEY_COPY
+    if slot == "backup" and copy.exists():
+        return _key_file(copy, source=f"STATE_DIR/{BACKUP_KEY_COPY}")
     return None
+
+
+def backup_key_in_environment(settings: Settings) -> bool:
+    """COINBASE_BACKUP_KEY_FILE or COINBASE_BACKUP_API_KEY/_SECRET is set: it wins over the Prefect Secret blocks."""
+    return settings.coinbase_backup_key_file is not None or settings.coinbase_backup_api_key is not None
+
+
+def credentials_from(name: str, secret: str, *, source: str) -> Credentials:
+    """A key from its name and PEM secret (read elsewhere, e.g. from Secret blocks), checked; `source` names where
+    it came from in the ConfigError (never the values)."""
+    return _checked(name, secret, source=source)
+
+
+def keep_backup_key_copy(settings: Settings, credentials: Credentials) -> Path:
+    """STATE_DIR/backup_key.json (a CDP key file, mode 0600 from its first byte): the backup key for the bots."""
+    path = Path(settings.state_dir) / BACKUP_KEY_COPY
+    key_file = {"name": credentials.name, "privateKey": credentials.private_key.get_secret_value()}
+    atomic_write(path, json.dumps(key_file), mode=0o600)
+    return path
+
+
+def drop_backup_key_copy(settings: Settings) -> bool:
+    """Remove STATE_DIR/backup_key.json; whether there was one."""
+    try:
+        (Path(settings.state_dir) / BACKUP_KEY_COPY).unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def active_key_slot(settings: Settings) -> KeySlot:
@@ -80,6 +106,17 @@ def active_key_slot(settings: Settings) -> KeySlot:
     except FileNotFoundError:
         return "primary"
     return "backup" if text == "backup" else "primary"
+
+
+def _key_file(path: Path, *, source: str) -> Credentials:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        name, secret = str(data["name"]), str(data["privateKey"])
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: {path} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{source}: {path} is not a CDP key file (JSON with name and privateKey)") from None
+    return _checked(name, secret, source=source)
 
 
 def _checked(name: str, secret: str, *, source: str) -> Credentials:
