@@ -74,6 +74,11 @@ class KeyAudit:
         ]
 
 
+def not_audited_rows(reason: str) -> list[dict[str, str]]:
+    """The table of an account that was not audited (a paper account has no exchange key): one row saying why."""
+    return [dict.fromkeys(COLUMNS, "") | {"order_id": "none", "status": f"not audited: {reason}"}]
+
+
 def audit_key_activity(
     exchange: AuditedExchange, ledger: Ledger, hours: float, *, account: str, now: datetime | None = None
 ) -> KeyAudit:
