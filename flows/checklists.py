@@ -23,6 +23,7 @@ from tasks.checklists import (
     backup_age,
     database,
     disk,
+    funding,
     guards,
     heartbeat,
     last_checklist_run,
@@ -67,6 +68,7 @@ def morning_checklist(settings: Settings) -> dict[str, str]:
         disk.submit(settings),
         database.submit(settings),
         backup_age.submit(settings, started),
+        funding.submit(settings, started),
     ]
     results: list[CheckResult] = [f.result() for f in futures]
     return finish_checklist(

@@ -54,6 +54,15 @@ def pnl(settings: Settings, now: datetime) -> CheckResult:
     )
 
 
+@task(name="funding schedule", **NETWORK_READ.options())
+def funding(settings: Settings, now: datetime) -> CheckResult:
+    broker = build_broker(settings, read_only=True)
+    return guarded(
+        "funding schedule",
+        lambda: with_ledger(settings, lambda ledger: daily.funding_schedule(settings, broker, ledger, now)),
+    )
+
+
 @task(name="ERROR/CRITICAL scan", **LOCAL_CHECK.options())
 def log_scan(settings: Settings, since: datetime | None) -> CheckResult:
     return guarded("ERROR/CRITICAL scan", lambda: daily.log_scan(settings.log_file, since))

@@ -27,6 +27,7 @@ from trader.coinbase.ws import WsFeed, ws_jwt_maker
 from trader.domain import Candle, Order, OrderRequest, OrderStatus, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, ConfigError, OrderRejected, TraderError
 from trader.fsio import atomic_write
+from trader.funding import FundingTracker
 from trader.ledger import LEDGER_UNANSWERED, Ledger
 from trader.ledger.lease import Fence, Holder, LeaseHeld, LeaseInfo, LeaseLost
 from trader.orders.path import OrderPath, order_event
@@ -66,6 +67,7 @@ class CycleReport:
     cycle: int
     at: datetime
     prices: dict[str, Decimal] = field(default_factory=dict)
+    values: dict[str, Decimal] = field(default_factory=dict)  # one unit's worth (a future: one contract's notional)
     intents: list[OrderIntent] = field(default_factory=list)
     orders: list[SentOrder] = field(default_factory=list)
     refused: list[tuple[OrderIntent, str]] = field(default_factory=list)
@@ -136,6 +138,7 @@ class TradingBot:
             broker if settings.coinbase_enable_derivatives and hasattr(broker, "futures_account") else None
         )
         self._funding_rates: dict[str, float] = {}
+        self.funding = FundingTracker(ledger)  # rates and payments into the ledger (trader/funding.py)
         self.order_resync_due = False  # a reconnect or gap's REST resync has not succeeded yet: no new orders
         self.ledger = ledger
         self.strategy = strategy
@@ -191,6 +194,7 @@ class TradingBot:
             fence=lambda: self.fence,
             session_id=lambda: self.session_id,
             on_answer=self.stats.record_order,
+            max_leverage=settings.risk_max_leverage,
         )
 
     @property
@@ -455,20 +459,26 @@ class TradingBot:
         candles = self._market_data()
         self._gate(candles, report)
         report.prices = {s: c[-1].close for s, c in candles.items() if c}
+        # What one unit of each position is worth (a future's unit is a contract of contract_size): exposure,
+        # the position limit and the exposure sell-down value positions with these.
+        values = {
+            s: self.products[s].notional(Decimal(1), p) if s in self.products else p for s, p in report.prices.items()
+        }
+        report.values = values
         report.daily_pnl_pct, report.equity = self._unless_unreachable(
             lambda: self._update_daily_loss(report.prices, report.at), self._last_pnl, "balances"
         )
         self._last_pnl = (report.daily_pnl_pct, report.equity)
         self._guards(candles, report)
         if self.mode != "dry_run":
-            report.orders.extend(self._reduce_exposure(report.prices, controls))
+            report.orders.extend(self._reduce_exposure(values, controls))
         for symbol, product in self.products.items():
             if not candles[symbol]:
                 continue  # no market data for this symbol this cycle: nothing to decide on
             position = self.positions.get(symbol, Decimal(0))
             for intent in self.strategy.decide(product, candles[symbol], position):
                 report.intents.append(intent)
-                decision = self.risk.check(intent, position, report.prices.get(symbol, Decimal(0)), controls)
+                decision = self.risk.check(intent, position, values.get(symbol, Decimal(0)), controls)
                 if not decision.approved:
                     report.refused.append((intent, decision.reason))
                     continue
@@ -589,7 +599,7 @@ class TradingBot:
             ),
             "websocket_disconnects": float(sum(f.stats.disconnects_within(3600) for f in feeds)) if feeds else None,
             "position_count": float(open_positions(self.positions.values())),
-            "exposure": exposure_pct(self.positions, report.prices, self.risk.max_position_usd),
+            "exposure": exposure_pct(self.positions, report.values, self.risk.max_position_usd),
             "drawdown": float((peak - equity) / peak * 100) if peak and equity > 0 else None,
             "volatility": max(volatilities) if volatilities else None,
             "api_latency": self.stats.latency_p95_ms(),
@@ -607,8 +617,10 @@ class TradingBot:
         account = self.futures.futures_account()
         held = {p.symbol for p in account.positions}
         traded = {s for s, product in self.products.items() if product.funding_rate is not None}
-        rates = self.futures.funding_rates(sorted(held | traded)) if held | traded else {}
+        products = [self.futures.fresh_product(symbol) for symbol in sorted(held | traded)]
+        rates = {p.symbol: p.funding_rate for p in products if p.funding_rate is not None}
         self._funding_rates = {symbol: float(rate) for symbol, rate in rates.items()}
+        self.funding.track(self.futures, products, account, self.broker.now())
         return {
             "liquidation_buffer": float(account.liquidation_buffer_pct) if account.positions else None,
             "funding_rate": max((abs(rate) for rate in self._funding_rates.values()), default=None),
@@ -652,7 +664,8 @@ class TradingBot:
                 self.broker.restart_market_data()
 
     def _reduce_exposure(self, prices: dict[str, Decimal], controls: RiskControls) -> list[SentOrder]:
-        """With the exposure guard critical, sell each position above the warning level down to it."""
+        """With the exposure guard critical, sell each position above the warning level down to it (prices: what
+        one unit of each position is worth)."""
         if self.risk.monitor.levels.get("exposure") != "critical" or controls.kill_switch:
             return []
         rule = self.risk.monitor.rules["exposure"]
@@ -683,6 +696,10 @@ class TradingBot:
                 orders.append(self._submit(intent, controls))
         return orders
 
+    def _is_future(self, symbol: str) -> bool:
+        product = self.products.get(symbol)
+        return product is not None and product.futures is not None
+
     def _submit(self, intent: OrderIntent, controls: RiskControls) -> SentOrder:
         """One intent through the one order path (trader/orders/path.py)."""
         request = OrderRequest(
@@ -693,6 +710,7 @@ class TradingBot:
             client_order_id=f"bot-{uuid.uuid4().hex[:20]}",
             limit_price=intent.limit_price,
             reduce_only=intent.reduce_only,
+            leverage=self.settings.futures_leverage if self._is_future(intent.symbol) else None,
         )
         position = self.positions.get(intent.symbol, Decimal(0))
         try:

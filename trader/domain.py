@@ -170,6 +170,7 @@ class Fill:
     fee: Decimal
     liquidity: Liquidity
     filled_at: datetime
+    contract_size: Decimal = Decimal(1)  # a future's fill counts contracts of this much of the underlying
 
 
 @dataclass(frozen=True)

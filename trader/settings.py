@@ -34,7 +34,12 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     # polling goes on beside both, and carries them while a socket is down).
     "spot": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws", "market_data": "coinbase-ws"},
     "prod": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws", "market_data": "coinbase-ws"},
-    "perps": {"cycle_interval_seconds": 60.0, "order_updates": "coinbase-ws", "market_data": "coinbase-ws"},
+    "perps": {
+        "cycle_interval_seconds": 60.0,
+        "order_updates": "coinbase-ws",
+        "market_data": "coinbase-ws",
+        "risk_max_leverage": Decimal("5"),
+    },
 }
 
 _BOOL_HELP = "one of 1, 0, true, false"
@@ -105,6 +110,11 @@ class Settings(BaseSettings):
     risk_kill_switch_enabled: bool = False
     risk_reduce_only_mode: bool = False
     risk_max_position_usd: Decimal = Field(Decimal("10000"), gt=0)
+    # The highest leverage a futures order may carry (the order path refuses more before anything is sent); the
+    # product's own max_leverage still applies below it.
+    risk_max_leverage: Decimal = Field(Decimal("3"), ge=1, le=100)
+    # The leverage the bot's futures orders carry (at most RISK_MAX_LEVERAGE).
+    futures_leverage: Decimal = Field(Decimal("1"), ge=1, le=100)
     risk_daily_loss_limit_pct: Decimal = Field(Decimal("2"), gt=0, le=100)
     # Alert thresholds: the runbooks' tables (operations runbook "Alert Thresholds", perpetuals runbook
     # "Key Metrics", AI-bot runbook drawdown) as defaults; warning opens an incident, critical forces the action.
@@ -227,7 +237,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.profile == "perps" and not self.coinbase_enable_derivatives:
-            raise ValueError("profile perps is refused: perpetuals need INTX access and COINBASE_ENABLE_DERIVATIVES=1")
+            raise ValueError(
+                "profile perps is refused: US futures need futures (CFM) access and COINBASE_ENABLE_DERIVATIVES=1"
+            )
         if self.coinbase_key_file and (self.coinbase_api_key or self.coinbase_api_secret):
             raise ValueError("set COINBASE_KEY_FILE or COINBASE_API_KEY/COINBASE_API_SECRET, not both")
         if self.coinbase_backup_key_file and (self.coinbase_backup_api_key or self.coinbase_backup_api_secret):
@@ -246,6 +258,11 @@ class Settings(BaseSettings):
             raise ValueError("RISK_ORDER_SUCCESS_CRITICAL_PCT must be below RISK_ORDER_SUCCESS_WARN_PCT")
         if self.risk_liquidation_buffer_critical_pct > self.risk_liquidation_buffer_warn_pct:
             raise ValueError("RISK_LIQUIDATION_BUFFER_CRITICAL_PCT must be below RISK_LIQUIDATION_BUFFER_WARN_PCT")
+        if self.futures_leverage > self.risk_max_leverage:
+            raise ValueError(
+                f"FUTURES_LEVERAGE {self.futures_leverage} is above RISK_MAX_LEVERAGE {self.risk_max_leverage}: "
+                "lower FUTURES_LEVERAGE or raise RISK_MAX_LEVERAGE"
+            )
         if self.strategy_fast_window >= self.strategy_slow_window:
             raise ValueError("STRATEGY_FAST_WINDOW must be smaller than STRATEGY_SLOW_WINDOW")
         self._check_one_exchange()

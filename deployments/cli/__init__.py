@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
             "accounts",
             "websocket",
             "rejections",
+            "funding",
             "dashboard",
             "preflight",
             "keys",
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         "drill SCENARIO: a failover drill on its own namespace; metrics --metrics-file PATH: serve a metrics file; "
         "accounts list|check|deployments: the accounts ACCOUNTS_FILE declares, and the prefect file for workers; "
         "websocket test|monitor|stability|capture: the Coinbase WebSocket checks; rejections --last-hour: refused "
-        "orders by reason; dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard; "
+        "orders by reason; funding [--days 7]: funding rates and payments per future; "
+        "dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard; "
         "preflight: the startup checks (exit 0 pass, 1 warn, 2 fail); keys status|audit [--hours 24]|rotate --to "
         "backup: the key, the orders it did not place, the switch to the backup key",
     )
@@ -138,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument("--order-expire", help="GTD expiry, ISO-8601 UTC (e.g. 2026-11-22T00:00:00Z)")
     tools.add_argument("--order-client-id")
     tools.add_argument("--order-reduce-only", action="store_true")
+    tools.add_argument(
+        "--order-leverage",
+        type=_decimal("--order-leverage"),
+        help="futures only: the order's leverage (at most RISK_MAX_LEVERAGE and the product's max_leverage)",
+    )
     tools.add_argument("--order-id", help="with --preview-order: preview an edit of this resting order")
     checkpoints = parser.add_argument_group("checkpoints (perps-bot checkpoint list | create | restore ID)")
     checkpoints.add_argument("--reason", default="manual", help="with checkpoint create: why (default manual)")
@@ -160,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     rejected = parser.add_argument_group("rejections (perps-bot rejections --last-hour | --hours N)")
     rejected.add_argument("--last-hour", action="store_true", help="with rejections: the last hour (the default)")
     rejected.add_argument("--hours", type=float, help="with rejections and keys audit: the last N hours")
+    rejected.add_argument("--days", type=float, help="with funding: the last N days (default 7)")
     rejected.add_argument("--to", help="with keys rotate: the key the account's bots switch to (backup or primary)")
     board = parser.add_argument_group("dashboard (perps-bot dashboard --refresh 5 --window-min 15 [--url URL])")
     board.add_argument("--refresh", type=float, help="with dashboard: seconds between redraws (default 5)")
@@ -242,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.action is not None:
                 raise ConfigError(f"dashboard: takes no action (got {args.action!r})")
             return dashboard_command(settings, args)
+        if args.command == "funding":
+            from deployments.cli.funding import funding_command
+
+            return funding_command(settings, args)
         if args.command == "rejections":
             from deployments.cli.rejections import rejections_command
 

@@ -86,6 +86,7 @@ def _order_request(args: argparse.Namespace) -> OrderRequest:
         time_in_force=TimeInForce(args.order_tif),
         expire_at=expire_at,
         reduce_only=args.order_reduce_only,
+        leverage=args.order_leverage,
     )
 
 
@@ -100,7 +101,10 @@ def preview_order(settings: Settings, args: argparse.Namespace) -> int:
         _print_preview(preview)
         out.print(f"apply with: perps-bot --apply-order-edit {args.order_id}:{preview.preview_id}")
         return 0
+    from trader.orders.path import check_leverage_cap
+
     request = _order_request(args)
+    check_leverage_cap(request, settings.risk_max_leverage)
     broker = build_broker(settings)
     broker.validate(request)  # bad input stops here: nothing previewed, sent or written
     position = Decimal(0)
@@ -152,7 +156,13 @@ def _manual_order_path(settings: Settings, broker: Broker, command: str) -> Iter
             raise LeaseHeld(held.lease, hint) from None
         try:
             controls = current_controls(settings)
-            yield OrderPath(broker, ledger, controls=lambda: controls, fence=lambda: lease.fence)
+            yield OrderPath(
+                broker,
+                ledger,
+                controls=lambda: controls,
+                fence=lambda: lease.fence,
+                max_leverage=settings.risk_max_leverage,
+            )
         finally:
             ledger.release_lease(lease.fence, f"{command} done")
     finally:
@@ -189,6 +199,7 @@ def _print_preview(preview: OrderPreview) -> None:
         ("stop price", r.stop_price),
         ("time in force", r.time_in_force),
         ("reduce only", r.reduce_only),
+        ("leverage", r.leverage),
         ("client order id", r.client_order_id),
         ("estimated price", preview.estimated_price),
         ("quote size", preview.quote_size),

@@ -493,6 +493,11 @@ class CoinbaseBroker(Broker):
             positions=[_futures_position(raw) for raw in listed.get("positions") or []],
         )
 
+    def fresh_product(self, symbol: str) -> Product:
+        """The product read now, not from the cache: a future's funding rate and time change every interval."""
+        self._derivatives_on()
+        return self._fetch_product(symbol)
+
     def funding_rates(self, symbols: list[str]) -> dict[str, Decimal]:
         """Each perpetual-style future's funding rate now (read fresh: it changes every interval); symbols without
         one (spot) are left out."""

@@ -5,8 +5,9 @@ assumptions below hold in one place (Coinbase's US perpetual-style futures work 
 
 - a position is `contracts` (negative: short) of `contract_size` of the underlying each;
   notional = |contracts| x contract_size x mark price.
-- initial margin = notional x max(1 / leverage, initial_margin_rate): leverage can only lower the margin to the
-  product's own rate (its max leverage); maintenance margin = notional x maintenance_margin_rate.
+- initial margin = notional x max(1 / leverage, initial_margin_rate), 1x when no leverage is given: leverage can
+  only lower the margin to the product's own rate (its max leverage);
+  maintenance margin = notional x maintenance_margin_rate.
 - equity = collateral (the account's USD) + unrealized PnL + funding accrued and not yet settled;
   liquidation buffer = equity - maintenance margin (USD), and as a percentage of equity. At a buffer of zero or
   less, every futures position is closed at the mark price (liquidation).
@@ -40,9 +41,9 @@ def notional(contracts: Decimal, terms: FuturesTerms, price: Decimal) -> Decimal
 
 
 def initial_margin(contracts: Decimal, terms: FuturesTerms, price: Decimal, leverage: Decimal | None) -> Decimal:
-    """Margin to open or hold `contracts` at `price`: notional / leverage, never below the product's own rate."""
-    rate = max(ONE / leverage, terms.initial_margin_rate) if leverage else terms.initial_margin_rate
-    return notional(contracts, terms, price) * rate
+    """Margin to open or hold `contracts` at `price`: notional / leverage (none given: 1x), never below the
+    product's own rate."""
+    return notional(contracts, terms, price) * max(ONE / (leverage or ONE), terms.initial_margin_rate)
 
 
 def maintenance_margin(contracts: Decimal, terms: FuturesTerms, price: Decimal) -> Decimal:

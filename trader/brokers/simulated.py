@@ -468,6 +468,11 @@ class SimulatedExchange(Broker):
             positions=positions,
         )
 
+    def fresh_product(self, symbol: str) -> Product:
+        """The product with its funding now (the funding tracker's read)."""
+        self._sync()
+        return self.get_product(symbol)
+
     def funding_rates(self, symbols: list[str]) -> dict[str, Decimal]:
         """Each future's funding rate now; spot symbols are left out."""
         self._sync()
@@ -737,7 +742,7 @@ class SimulatedExchange(Broker):
         errors: list[str],
         order_id: str | None = None,
     ) -> OrderPreview:
-        notional = request.quantity * plan.price
+        notional = product.notional(request.quantity, plan.price)
         return OrderPreview(
             preview_id=preview_id,
             request=request,
@@ -833,6 +838,7 @@ class SimulatedExchange(Broker):
             fee=fee,
             liquidity=liquidity,
             filled_at=at,
+            contract_size=product.futures.contract_size if product.futures is not None else Decimal(1),
         )
         if self._fills and self._fills[-1].filled_at > at:  # only if the market was seeked backwards
             self._fills.insert(bisect_right(self._fills, at, key=_filled_at), fill)
@@ -1092,6 +1098,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
             "contracts",
             "mark_price",
             "amount",
+            "contract_size",
         ),
         Decimal,
     ),

@@ -106,6 +106,40 @@ def preflight(settings: Settings, broker: Broker) -> CheckResult:
     return CheckResult("preflight", status, "; ".join(notes))
 
 
+def funding_schedule(settings: Settings, broker: Broker, ledger: Ledger, now: datetime) -> CheckResult:
+    """The perpetuals runbook's check_funding_schedule: each future traded or held, its rate and next funding time
+    (warn beyond |0.001|, the funding_rate_spike level), and the last 24 hours' funding paid or received."""
+    from trader.funding import FUNDING_RATE_ALERT, funding_summary
+
+    if not settings.coinbase_enable_derivatives:
+        return CheckResult("funding schedule", "pass", "derivatives off: no futures, no funding")
+    account = broker.futures_account() if hasattr(broker, "futures_account") else None
+    held = {p.symbol for p in account.positions} if account is not None else set()
+    symbols = sorted(held | {s for s in settings.symbols if broker.get_product(s).futures is not None})
+    if not symbols:
+        return CheckResult("funding schedule", "pass", "no futures traded or held")
+    status: Status = "pass"
+    notes = []
+    for symbol in symbols:
+        product = broker.fresh_product(symbol) if hasattr(broker, "fresh_product") else broker.get_product(symbol)
+        rate, when = product.funding_rate, product.funding_time
+        if rate is None or when is None:
+            status = _max(status, "warn")
+            notes.append(f"{symbol}: no funding rate or time from the exchange")
+            continue
+        minutes = max((when - now).total_seconds() / 60, 0)
+        notes.append(f"{symbol}{' (held)' if symbol in held else ''}: rate {rate} next at {when:%H:%M} UTC")
+        notes[-1] += f" (in {minutes:.0f} min)"
+        if abs(rate) > FUNDING_RATE_ALERT:
+            status = _max(status, "warn")
+            notes[-1] += f", above |{FUNDING_RATE_ALERT}|"
+    total = next((r for r in funding_summary(ledger, now - timedelta(hours=24)) if r["symbol"] == "TOTAL"), None)
+    notes.append(f"funding 24 h: net {total['net'] if total else '0.00'} USD")
+    return CheckResult(
+        "funding schedule", status, "; ".join(notes), "" if status == "pass" else "review futures entries"
+    )
+
+
 # --- telemetry ----------------------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trader.funding import funding_summary
 from trader.ledger import FillRecord, Ledger
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def replay_trades(fills: Iterable[FillRecord]) -> pd.DataFrame:
             entry = total / abs(quantity + signed) if quantity + signed else Decimal(0)
         else:
             closed = min(abs(quantity), fill.quantity)
-            gross = (fill.price - entry) * closed * (1 if quantity > 0 else -1)
+            gross = (fill.price - entry) * closed * (1 if quantity > 0 else -1) * fill.contract_size
             if abs(signed) > abs(quantity):  # crossed through zero: the remainder opens at the fill price
                 entry = fill.price
         quantity += signed
@@ -55,7 +56,7 @@ def replay_trades(fills: Iterable[FillRecord]) -> pd.DataFrame:
                 "qty": float(fill.quantity),
                 "price": float(fill.price),
                 "fee": float(fill.fee),
-                "notional": float(fill.quantity * fill.price),
+                "notional": float(fill.quantity * fill.price * fill.contract_size),
                 "gross": float(gross),
                 "net": float(gross - fill.fee),
                 "closing": closing,
@@ -165,6 +166,7 @@ class DailyReport:
     by_symbol: list[dict[str, Any]] = field(default_factory=list)
     positions: list[dict[str, Any]] = field(default_factory=list)
     guard_counters: dict[str, int] | None = None
+    funding: list[dict[str, Any]] = field(default_factory=list)  # per future: rates and payments (trader/funding.py)
 
     @property
     def equity_change(self) -> float | None:
@@ -191,6 +193,7 @@ class DailyReport:
             "equity_change": None if self.equity_change is None else round(self.equity_change, 2),
             "positions": len(self.positions),
             "guard_trips": sum((self.guard_counters or {}).values()),
+            "funding_net": next((float(r["net"]) for r in self.funding if r["symbol"] == "TOTAL"), 0.0),
         }
 
     def table(self) -> list[dict[str, Any]]:
@@ -236,6 +239,10 @@ class DailyReport:
                 "## Positions at report time",
                 "",
                 markdown_table(self.positions),
+                "",
+                "## Funding (futures)",
+                "",
+                markdown_table(self.funding) if self.funding else "no funding rates or payments on this day",
             ]
         )
 
@@ -268,4 +275,5 @@ def daily_report(ledger: Ledger, day: date, heartbeat_file: Path) -> DailyReport
         by_symbol=records(table),
         positions=positions,
         guard_counters=read_guard_counters(heartbeat_file),
+        funding=funding_summary(ledger, start, end),
     )

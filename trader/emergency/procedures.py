@@ -387,9 +387,15 @@ def flatten(
             if symbol not in wanted and quantity != 0:
                 result.skipped.append(SkippedPosition(symbol, quantity, "not in the symbols to flatten"))
         # The one order path; the exits are the only orders it lets through with the kill switch on.
-        path = OrderPath(broker, ledger, controls=lambda: _switches_now(settings), fence=lambda: lease.fence)
+        path = OrderPath(
+            broker,
+            ledger,
+            controls=lambda: _switches_now(settings),
+            fence=lambda: lease.fence,
+            max_leverage=settings.risk_max_leverage,
+        )
         for symbol in wanted:
-            exit_order = _exit(broker, ledger, path, symbol, held.get(symbol, Decimal(0)), request_id, result)
+            exit_order = send_exit(broker, ledger, path, symbol, held.get(symbol, Decimal(0)), request_id, result)
             if exit_order is not None:
                 result.exits.append(exit_order)
     result.fills_recorded += _record_exit_fills(broker, ledger, result, at)
@@ -412,7 +418,7 @@ def _switches_now(settings: Settings) -> RiskControls:
     return read_controls(settings)
 
 
-def _exit(
+def send_exit(
     broker: Broker,
     ledger: Ledger,
     path: OrderPath,
@@ -421,6 +427,10 @@ def _exit(
     request_id: str,
     result: FlattenResult,
 ) -> ExitOrder | None:
+    """One reduce-only market sell of a held `quantity` through the order path (flatten's exits, and each round of
+    the graceful shutdown's wait for flat): the exit already sent for (request_id, symbol) is found and returned
+    instead of a second one; a short, an unknown product, dust or a refusal goes to result.skipped; None when
+    nothing was sent or found."""
     client_order_id = exit_client_order_id(request_id, symbol, ledger.account)
     existing = broker.find_order(client_order_id)
     if existing is not None:

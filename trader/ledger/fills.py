@@ -30,7 +30,9 @@ def _apply_fill(position: PositionRecord, fill: Fill) -> None:
         elif signed:
             closed = min(abs(held), fill.quantity)
             direction = 1 if held > 0 else -1
-            position.realized_pnl += (fill.price - position.average_entry_price) * closed * direction
+            position.realized_pnl += (
+                (fill.price - position.average_entry_price) * closed * direction * fill.contract_size
+            )
             if abs(signed) > abs(held):  # crossed through zero: the remainder opens at the fill price
                 position.average_entry_price = fill.price
         position.quantity = held + signed

@@ -4,7 +4,7 @@ checkpoint and account lease, and the only code that speaks SQL to the ledger da
 One database holds many accounts; a Ledger is opened for one of them (`account`, default "default") and reads and
 writes only that account's rows. The lease methods alone take the account they act on.
 
-The Ledger is put together from one section per area (trader/ledger/sessions.py, orders.py, fills.py,
+The Ledger is put together from one section per area (trader/ledger/sessions.py, orders.py, fills.py, funding.py,
 balances.py, incidents.py, checkpoints.py, housekeeping.py, and the lease below); records become domain objects
 in trader/ledger/mappers.py.
 """
@@ -18,6 +18,7 @@ from trader.ledger.balances import BalancesMixin
 from trader.ledger.base import now
 from trader.ledger.checkpoints import CheckpointsMixin
 from trader.ledger.fills import FillsMixin
+from trader.ledger.funding import FundingMixin
 from trader.ledger.housekeeping import HousekeepingMixin
 from trader.ledger.incidents import IncidentsMixin
 from trader.ledger.lease import Fence, Holder, LeaseEvent, LeaseInfo
@@ -29,6 +30,7 @@ class Ledger(
     SessionsMixin,
     OrdersMixin,
     FillsMixin,
+    FundingMixin,
     BalancesMixin,
     IncidentsMixin,
     CheckpointsMixin,

@@ -74,6 +74,7 @@ def fill_values(fill: Fill, session_id: str | None, account: str) -> dict[str, A
         "liquidity": str(fill.liquidity),
         "filled_at": fill.filled_at,
         "session_id": session_id,
+        "contract_size": fill.contract_size,
     }
 
 
@@ -90,6 +91,7 @@ def fill_of(row: FillRecord) -> Fill:
         fee=row.fee,
         liquidity=Liquidity(row.liquidity),
         filled_at=row.filled_at,
+        contract_size=row.contract_size,
     )
 
 

@@ -121,6 +121,39 @@ class FillRecord(LedgerModel, table=True):
     liquidity: str
     filled_at: datetime = timestamp(index=True)
     session_id: str | None = None
+    contract_size: Decimal = Field(default=Decimal(1), sa_type=DecimalType, sa_column_kwargs={"server_default": "1"})
+
+
+class FundingRateRecord(LedgerModel, table=True):
+    """A future's funding rate as read for its next funding time (one row per symbol and funding time)."""
+
+    __tablename__ = "funding_rates"
+    __table_args__ = (UniqueConstraint("account", "symbol", "funding_time", name="uq_funding_rates_account"),)
+
+    account: str = account_column(index=False)
+    id: int | None = Field(default=None, primary_key=True)
+    symbol: str
+    rate: Decimal = money()
+    funding_time: datetime = timestamp(index=True)
+    recorded_at: datetime = timestamp()
+
+
+class FundingPaymentRecord(LedgerModel, table=True):
+    """Funding on a futures position: an hourly accrual (rate, contracts, mark) or its settlement into USD."""
+
+    __tablename__ = "funding_payments"
+    __table_args__ = (UniqueConstraint("account", "payment_id", name="uq_funding_payments_account"),)
+
+    account: str = account_column(index=False)
+    id: int | None = Field(default=None, primary_key=True)
+    payment_id: str
+    symbol: str
+    at: datetime = timestamp(index=True)
+    rate: Decimal | None = money(nullable=True)
+    contracts: Decimal | None = money(nullable=True)
+    mark_price: Decimal | None = money(nullable=True)
+    amount: Decimal = money()
+    settled: bool
 
 
 class PositionRecord(LedgerModel, table=True):

@@ -4,7 +4,7 @@ The bot's cycle, the exposure guard's sell-down, flatten's exits, the emergency 
 and --apply-order-edit all call it; nothing else calls Broker.place_order or Broker.apply_edit. In order it
 1. checks the operator's controls: with the kill switch on nothing is sent, except an emergency flatten's
    reduce-only exits; with reduce-only on only orders that shrink a position are sent,
-2. validates the request against the product's rules,
+2. validates the request against the profile's leverage cap (RISK_MAX_LEVERAGE) and the product's rules,
 3. records the order as pending_submit, in a transaction that also checks the account lease's fencing token
    (a process that lost its lease is refused here, before anything reaches the exchange),
 4. sends it; an unreachable exchange is never answered with a blind resend: the order is looked up by
@@ -83,6 +83,15 @@ def check_controls(
         )
 
 
+def check_leverage_cap(request: OrderRequest, cap: Decimal | None) -> None:
+    """OrderRejected when a futures order's leverage is above the profile's cap; nothing is sent or written."""
+    if cap is not None and request.leverage is not None and request.leverage > cap:
+        raise OrderRejected(
+            f"leverage {request.leverage} on {request.symbol} is above the profile's cap RISK_MAX_LEVERAGE={cap}: "
+            "lower the leverage, or raise RISK_MAX_LEVERAGE (nothing sent)"
+        )
+
+
 def order_event(event: str, at: datetime, **fields: Any) -> None:
     """One JSON line in orders.log (trader/logs.py): the event, when, and its fields (order_sent, order_rejected
     with its reason, order_filled)."""
@@ -112,8 +121,10 @@ class OrderPath:
         fence: Callable[[], Fence | None],
         session_id: Callable[[], str | None] = lambda: None,
         on_answer: Callable[[bool], None] | None = None,
+        max_leverage: Decimal | None = None,
     ) -> None:
         self.broker = broker
+        self.max_leverage = max_leverage  # the profile's RISK_MAX_LEVERAGE
         self.ledger = ledger
         self.controls = controls
         self.fence = fence
@@ -134,6 +145,7 @@ class OrderPath:
         when the fence refuses the pending record (nothing sent). resume_pending: a pending_submit row with this
         client_order_id (recorded by an attempt that died before sending, and not on the broker) is sent as is."""
         check_controls(request, position, controls or self.controls(), emergency_exit=emergency_exit)
+        check_leverage_cap(request, self.max_leverage)
         self.broker.validate(request)
         if dry_run:
             return OrderOutcome(request, "dry_run", "dry run: nothing sent")

@@ -39,7 +39,10 @@ class MovingAverageCrossover(Strategy):
         closes = [c.close for c in candles[-self.warmup :]]
         before, now = self.spread(closes[:-1]), self.spread(closes)
         if before <= 0 < now and position <= 0:
-            quantity = quantize_down(self.position_size_usd / closes[-1], product.base_increment)
+            # a future's unit is one contract: position_size_usd buys that much notional
+            quantity = quantize_down(
+                self.position_size_usd / product.notional(Decimal(1), closes[-1]), product.base_increment
+            )
             if quantity < product.base_min_size:
                 return []
             return [OrderIntent(product.symbol, Side.BUY, quantity, f"golden cross: fast-slow {now:.2f}")]

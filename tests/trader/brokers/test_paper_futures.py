@@ -123,9 +123,8 @@ def test_an_order_needs_its_initial_margin_and_leverage_lowers_it_only_to_the_pr
         exchange.place_order(order(Side.BUY, "2", "one-x", leverage="1"))
     exchange.place_order(order(Side.BUY, "2", "ten-x", leverage="10"))
     assert exchange.futures_account().initial_margin == Decimal("130")
-    assert fx.initial_margin(Decimal(2), TERMS, Decimal(65000), Decimal(10)) == fx.initial_margin(
-        Decimal(2), TERMS, Decimal(65000), None
-    )  # 10x is the product's 10 % floor
+    assert fx.initial_margin(Decimal(2), TERMS, Decimal(65000), Decimal(20)) == Decimal(130)  # the 10 % floor
+    assert fx.initial_margin(Decimal(2), TERMS, Decimal(65000), None) == Decimal(1300)  # no leverage given: 1x
 
 
 def test_funding_accrues_every_hour_and_settles_into_usd_at_noon() -> None:
@@ -226,7 +225,8 @@ def test_margins_are_ordered_and_leverage_only_lowers_to_the_floor(
     count: Decimal, t: FuturesTerms, price: Decimal, leverage: Decimal
 ) -> None:
     initial = fx.initial_margin(count, t, price, leverage)
-    assert initial >= fx.initial_margin(count, t, price, None)  # never below the product's rate
+    assert initial >= fx.notional(count, t, price) * t.initial_margin_rate  # never below the product's rate
+    assert initial <= fx.initial_margin(count, t, price, None)  # no leverage given is 1x: the most margin
     assert initial >= fx.maintenance_margin(count, t, price)
     assert fx.initial_margin(count, t, price, Decimal(1)) == fx.notional(count, t, price)
 

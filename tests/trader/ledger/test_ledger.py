@@ -492,6 +492,8 @@ def test_counts_reports_rows_per_table(ledger: Ledger) -> None:
         "checkpoints": 0,
         "account_leases": 0,
         "lease_events": 0,
+        "funding_rates": 0,
+        "funding_payments": 0,
     }
 
 

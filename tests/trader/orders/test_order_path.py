@@ -205,3 +205,20 @@ def test_an_unreachable_exchange_leaves_the_order_pending_for_reconciliation(
     assert creates(exchange_server, "down-1") == 1  # never resent blindly
     row = ledger.get_order("down-1")
     assert row is not None and row.status == "pending_submit" and row.fencing_token == lease.token
+
+
+def test_leverage_above_the_profiles_cap_is_refused_before_anything_is_written_and_within_it_goes_through(
+    ledger: Ledger, lease: LeaseInfo
+) -> None:
+    futures = SimulatedExchange(ReplayMarketData(), derivatives=True)
+    path = OrderPath(futures, ledger, controls=lambda: OFF, fence=lambda: lease.fence, max_leverage=Decimal(3))
+    over = OrderRequest("BIP-20DEC30-CDE", Side.BUY, OrderType.MARKET, Decimal(2), "lev-4", leverage=Decimal(4))
+    with pytest.raises(OrderRejected, match="above the profile's cap RISK_MAX_LEVERAGE=3"):
+        path.send(over, position=Decimal(0))
+    assert ledger.get_order("lev-4") is None and futures.list_fills() == []
+
+    within = OrderRequest("BIP-20DEC30-CDE", Side.BUY, OrderType.MARKET, Decimal(2), "lev-3", leverage=Decimal(3))
+    outcome = path.send(within, position=Decimal(0))
+    assert outcome.status == OrderStatus.FILLED
+    assert ledger.positions()["BIP-20DEC30-CDE"].quantity == Decimal(2)  # the ledger counts contracts
+    assert futures.futures_account().initial_margin > 0

@@ -427,9 +427,11 @@ class AdvancedTradeServer(_Endpoints):
         funding_rate: Decimal | str,
         contract_size: Decimal | str = "0.01",
         max_leverage: Decimal | str = "10",
+        funding_time: datetime | None = None,
     ) -> None:
-        """List (or update) a perpetual-style future with this price and funding rate; funding is hourly."""
-        next_hour = self.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        """List (or update) a perpetual-style future with this price and funding rate; funding is hourly, next at
+        the coming hour unless `funding_time` says otherwise."""
+        next_hour = funding_time or self.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         with self._lock:
             self._futures_products[product_id] = FuturesProduct(
                 product_id,
