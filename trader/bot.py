@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from trader.brokers.base import Broker
 from trader.coinbase.http import active_key_slot
 from trader.coinbase.ws import WsFeed, ws_jwt_maker
-from trader.domain import Candle, Order, OrderRequest, OrderStatus, OrderType, Product, Side
+from trader.domain import Candle, FuturesAccount, Order, OrderRequest, OrderStatus, OrderType, Product, Side
 from trader.errors import BrokerUnavailable, ConfigError, OrderRejected, TraderError
 from trader.fsio import atomic_write
 from trader.funding import FundingTracker
@@ -139,6 +139,7 @@ class TradingBot:
         )
         self._funding_rates: dict[str, float] = {}
         self.funding = FundingTracker(ledger)  # rates and payments into the ledger (trader/funding.py)
+        self._futures_now: FuturesAccount | None = None  # this cycle's futures account read (equity, then guards)
         self.order_resync_due = False  # a reconnect or gap's REST resync has not succeeded yet: no new orders
         self.ledger = ledger
         self.strategy = strategy
@@ -614,7 +615,7 @@ class TradingBot:
         futures held or traded; nothing without derivatives."""
         if self.futures is None:
             return {}
-        account = self.futures.futures_account()
+        account, self._futures_now = self._futures_now or self.futures.futures_account(), None
         held = {p.symbol for p in account.positions}
         traded = {s for s, product in self.products.items() if product.funding_rate is not None}
         products = [self.futures.fresh_product(symbol) for symbol in sorted(held | traded)]
@@ -883,6 +884,9 @@ class TradingBot:
         balances = self.broker.balances()
         valuation = self._valuation(prices)
         equity = sum((b.total * valuation.get(b.currency, Decimal(0)) for b in balances), Decimal(0))
+        if self.futures is not None:  # futures positions' unrealized PnL counts (read once a cycle, reused below)
+            self._futures_now = self.futures.futures_account()
+            equity += self._futures_now.unrealized_pnl
         day = at.date()
         if self._equity_day is None or self._equity_day[0] != day:
             start = self.ledger.equity_at_start_of_day(day) if self.mode != "dry_run" else None

@@ -158,3 +158,51 @@ def test_a_live_account_records_an_estimate_when_a_funding_time_passes(
         ]
     finally:
         ledger.dispose()
+
+
+def test_a_paper_bot_trades_the_future_with_leverage_and_records_its_funding(tmp_path: Path) -> None:
+    from trader.runtime import build_bot
+
+    settings = load_settings(
+        profile="dev",
+        state_dir=tmp_path / "state",
+        log_dir=tmp_path / "logs",
+        broker="simulated",
+        strategy_fast_window=2,
+        strategy_slow_window=4,
+        coinbase_enable_derivatives=True,
+        trading_symbols=FUTURE,
+        futures_leverage=Decimal(2),
+        position_size_usd=Decimal(1300),
+    )
+    exchange = SimulatedExchange(ReplayMarketData(), derivatives=True)
+    ledger = Ledger(settings.database_url)
+    try:
+        bot = build_bot(settings, broker=exchange, ledger=ledger)
+        bot.start()
+        margins_checked = False
+        for _ in range(150):  # two and a half hours of bars
+            summary = bot.run(1, interval_seconds=0)  # (the session's totals so far)
+            account = exchange.futures_account()
+            if account.positions and not margins_checked:  # opened at FUTURES_LEVERAGE: half the notional
+                (position,) = account.positions
+                notional = position.contracts * Decimal("0.01") * position.current_price
+                assert account.initial_margin == notional / 2
+                margins_checked = True
+        bot.stop()
+
+        assert margins_checked and summary.orders > 0 and summary.fills == len(exchange.list_fills())
+        buys = [o for o in ledger.list_orders() if o.side == "buy"]
+        assert buys
+        for buy in buys:  # whole contracts worth up to POSITION_SIZE_USD (1 or 2 at ~65,000 x 0.01)
+            assert buy.quantity in (1, 2) and buy.average_fill_price is not None
+            assert buy.quantity * Decimal("0.01") * buy.average_fill_price <= Decimal(1300) * Decimal("1.01")
+        assert {s: p.quantity for s, p in ledger.positions().items() if p.quantity} == {
+            p.symbol: p.quantity for p in exchange.positions()
+        }
+        since = exchange.now() - timedelta(days=1)
+        assert len(ledger.funding_rates_since(since)) >= 2  # one a funding time the run went through
+        recorded = [(p.payment_id, p.amount) for p in ledger.funding_payments_since(since)]
+        assert recorded == [(p.payment_id, p.amount) for p in exchange.funding_payments()]
+    finally:
+        ledger.dispose()
