@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trader.brokers.base import Broker
+from trader.coinbase.ws import MAX_CLOCK_SKEW_SECONDS
 from trader.ledger import Ledger
 from trader.quality.gx_runtime import GateResult
 from trader.quality.market_data import MarketDataGate
@@ -31,8 +32,9 @@ RANK = {"pass": 0, "warn": 1, "fail": 2}
 
 HEARTBEAT_WARN = timedelta(minutes=5)
 HEARTBEAT_FAIL = timedelta(minutes=15)
-CLOCK_SKEW_WARN_S = 2.0
-CLOCK_SKEW_FAIL_S = 30.0
+# The same as perps-bot preflight's: a JWT's nbf is the local clock, so beyond a second or two requests fail.
+CLOCK_SKEW_WARN_S = MAX_CLOCK_SKEW_SECONDS
+CLOCK_SKEW_FAIL_S = 2 * MAX_CLOCK_SKEW_SECONDS
 DAILY_LOSS_WARN_PCT = Decimal("-1")
 DAILY_LOSS_FAIL_PCT = Decimal("-2")
 LOG_ERRORS_FAIL = 10
@@ -91,7 +93,7 @@ def preflight(settings: Settings, broker: Broker) -> CheckResult:
         server_time = getattr(broker, "server_time", None)
         if server_time is not None:
             skew = abs((server_time() - datetime.now(UTC)).total_seconds())
-            notes.append(f"clock skew {skew:.1f} s")
+            notes.append(f"clock skew {skew:.2f} s")
             if skew > CLOCK_SKEW_FAIL_S:
                 status = "fail"
             elif skew > CLOCK_SKEW_WARN_S:
@@ -100,7 +102,10 @@ def preflight(settings: Settings, broker: Broker) -> CheckResult:
         notes.append("paper trading: no key needed")
     if settings.coinbase_enable_derivatives and settings.profile != "perps":
         status = _max(status, "warn")
-        notes.append(f"COINBASE_ENABLE_DERIVATIVES=1 on profile {settings.profile}: unset it unless INTX is confirmed")
+        notes.append(
+            f"COINBASE_ENABLE_DERIVATIVES=1 on profile {settings.profile}: unset it unless US futures (CFM) access "
+            "is confirmed"
+        )
     else:
         notes.append(f"derivatives {'on' if settings.coinbase_enable_derivatives else 'off'}")
     return CheckResult("preflight", status, "; ".join(notes))
