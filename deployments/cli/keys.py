@@ -44,7 +44,7 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "rotate":
         return rotate(settings, args.to)
     hours = 24.0 if args.hours is None else args.hours
-    if hours <= 0:
+    if not hours > 0:  # (NaN too)
         raise ConfigError(f"--hours: must be above 0 (got {hours:g}); e.g. --hours 24")
     return audit(settings, hours)
 

@@ -27,7 +27,7 @@ def rejections_command(settings: Settings, args: argparse.Namespace) -> int:
     from trader.runtime import open_ledger
 
     hours = 1.0 if args.last_hour or args.hours is None else args.hours
-    if hours <= 0:
+    if not hours > 0:  # (NaN too)
         raise ConfigError(f"--hours: must be above 0 (got {hours:g}); e.g. --hours 24, or --last-hour")
     if args.action is not None:
         raise ConfigError(f"rejections: takes no action (got {args.action!r}); use --last-hour or --hours N")

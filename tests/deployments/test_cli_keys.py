@@ -86,6 +86,7 @@ def test_bad_keys_input_is_one_line_and_exit_2(tmp_path: Path, exchange: Advance
             "--to: expected one of primary, backup (got 'spare'); e.g. perps-bot keys rotate --to backup",
         ),
         (("keys", "audit", "--hours", "0"), "--hours: must be above 0 (got 0); e.g. --hours 24"),
+        (("keys", "audit", "--hours", "nan"), "--hours: must be above 0 (got nan); e.g. --hours 24"),
     ):
         result = perps_bot(tmp_path, *args, "--profile", "spot", **env)
         assert result.returncode == 2 and result.stderr.strip() == f"perps-bot: error: {message}", result.stderr
