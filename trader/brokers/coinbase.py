@@ -5,8 +5,10 @@ connection, 5xx, malformed JSON, 429), the order is first looked up by client_or
 does not have it is the same request sent again, with the same client_order_id (which Coinbase also refuses to
 duplicate). So no path places one logical order twice.
 
-Spot reduce-only is enforced here (Coinbase spot orders have no such flag): a reduce-only sell may not exceed the
-base currency held. Perpetuals (INTX) calls are refused unless COINBASE_ENABLE_DERIVATIVES=1.
+Reduce-only is enforced here (Coinbase orders have no such flag): a spot reduce-only sell may not exceed the base
+currency held; a US future's (CFM) reduce-only order must shrink the signed CFM position. Futures orders carry their
+leverage and margin type (trader/brokers/coinbase_futures.py) and, like every derivatives call, are refused unless
+COINBASE_ENABLE_DERIVATIVES=1; INTX perpetuals are read-only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from trader.brokers.base import Broker
+from trader.brokers.coinbase_futures import futures_terms, order_fields, signed_contracts
 from trader.brokers.rules import check_order, check_reduce_only, fmt
 from trader.coinbase.http import (
     CallPolicy,
@@ -95,7 +98,12 @@ _STATUSES = {
     "EXPIRED": OrderStatus.EXPIRED,
     "FAILED": OrderStatus.REJECTED,
 }
-_FUNDS_ERRORS = {"INSUFFICIENT_FUND", "INSUFFICIENT_FUNDS", "PREVIEW_INSUFFICIENT_FUND"}
+_FUNDS_ERRORS = {
+    "INSUFFICIENT_FUND",
+    "INSUFFICIENT_FUNDS",
+    "PREVIEW_INSUFFICIENT_FUND",
+    "PREVIEW_INSUFFICIENT_FUNDS_FOR_FUTURES",
+}
 _SYMBOL_ERRORS = {"INVALID_PRODUCT_ID", "UNKNOWN_PRODUCT", "PREVIEW_INVALID_PRODUCT_ID"}
 
 
@@ -261,18 +269,21 @@ class CoinbaseBroker(Broker):
 
     def preview_order(self, request: OrderRequest) -> OrderPreview:
         """Rule breaks raise; the exchange's preview failure reasons (funds, post-only…) go to errors."""
-        self._check(request)
+        fields = order_fields(request, self._check(request))
         data = self._read(
             f"preview order {request.client_order_id}",
             lambda: self.client.preview_order(
-                product_id=request.symbol, side=request.side.upper(), order_configuration=_configuration(request)
+                product_id=request.symbol,
+                side=request.side.upper(),
+                order_configuration=_configuration(request),
+                **fields,
             ),
         )
         return _preview(data, request, preview_id=str(data.get("preview_id") or ""), errors=data.get("errs", []))
 
     def place_order(self, request: OrderRequest) -> Order:
         """Submit once; on an unclear answer look the order up by client_order_id before sending again."""
-        self._check(request)
+        fields = order_fields(request, self._check(request))  # a future's leverage and margin type
         what = f"create order {request.client_order_id}"
         attempts = self.policy.max_retries + 1
         for attempt in range(attempts):
@@ -283,6 +294,7 @@ class CoinbaseBroker(Broker):
                     product_id=request.symbol,
                     side=request.side.upper(),
                     order_configuration=_configuration(request),
+                    **fields,
                 ),
             )
             if not isinstance(result, Failure):
@@ -509,6 +521,19 @@ class CoinbaseBroker(Broker):
                 rates[symbol] = rate
         return rates
 
+    def futures_contracts(self, symbol: str) -> Decimal:
+        """The CFM position in `symbol` as signed contracts (negative: short; 0 when there is none)."""
+        self._derivatives_on()
+        try:
+            data = plain_json(
+                self.policy.read(
+                    f"futures position {symbol}", partial(self.client.get_futures_position, product_id=symbol)
+                )
+            )
+        except NotFound:
+            return ZERO
+        return signed_contracts(data.get("position"))
+
     def _derivatives_on(self) -> None:
         if not self.derivatives:
             raise ConfigError("derivatives are off: set COINBASE_ENABLE_DERIVATIVES=1 (with futures access granted)")
@@ -558,6 +583,10 @@ class CoinbaseBroker(Broker):
         if request.symbol.upper().endswith("-INTX"):
             raise OrderRejected(INTX_READ_ONLY.format(symbol=request.symbol))
         product = self.get_product(request.symbol)
+        if product.futures is not None and not self.derivatives:
+            raise OrderRejected(
+                f"{product.symbol} is a future: futures orders need COINBASE_ENABLE_DERIVATIVES=1 (nothing sent)"
+            )
         if request.limit_price is not None:
             reference = request.limit_price
         else:
@@ -569,7 +598,10 @@ class CoinbaseBroker(Broker):
     def _check(self, request: OrderRequest) -> Product:
         product = self._check_rules(request)
         if request.reduce_only:
-            held = sum((b.total for b in self.balances() if b.currency == product.base_currency), ZERO)
+            if product.futures is not None:
+                held = self.futures_contracts(product.symbol)
+            else:
+                held = sum((b.total for b in self.balances() if b.currency == product.base_currency), ZERO)
             check_reduce_only(request, product, held)
         return product
 
@@ -646,7 +678,19 @@ class CoinbaseBroker(Broker):
             fee=Decimal(str(raw.get("commission") or 0)),
             liquidity=Liquidity.MAKER if raw.get("liquidity_indicator") == "MAKER" else Liquidity.TAKER,
             filled_at=_parse_time(str(raw.get("trade_time") or raw.get("sequence_timestamp"))),
+            contract_size=self._contract_size(str(raw["product_id"])),
         )
+
+    def _contract_size(self, symbol: str) -> Decimal:
+        """What one unit of a fill's size is of the underlying: a future's contract size, 1 for spot. Only with
+        derivatives on can a fill be a future, so only then is an unseen product looked up."""
+        product = self._products.get(symbol)
+        if product is None and self.derivatives:
+            try:
+                product = self.get_product(symbol)
+            except UnknownSymbol:
+                product = None
+        return product.futures.contract_size if product is not None and product.futures is not None else Decimal(1)
 
     def _default_portfolio(self) -> str:
         if self._portfolio_uuid is None:
@@ -686,10 +730,11 @@ def _product(data: dict[str, Any]) -> Product:
     )
     symbol = str(data["product_id"])
     base, _, quote = symbol.partition("-")
+    quote = str(data.get("quote_currency_id") or quote)
     return Product(
         symbol=symbol,
         base_currency=str(data.get("base_currency_id") or base),
-        quote_currency=str(data.get("quote_currency_id") or quote),
+        quote_currency=quote,
         base_increment=Decimal(str(data["base_increment"])),
         quote_increment=Decimal(str(data.get("price_increment") or data["quote_increment"])),
         base_min_size=Decimal(str(data["base_min_size"])),
@@ -697,6 +742,7 @@ def _product(data: dict[str, Any]) -> Product:
         quote_min_size=Decimal(str(data.get("quote_min_size") or 0)),
         trading_disabled=disabled,
         status=_product_status(data),
+        futures=futures_terms(data, quote),
         **_funding(data),
     )
 

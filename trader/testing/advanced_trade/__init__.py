@@ -23,6 +23,10 @@ What it models:
 * Per-request fault injection (`Fault`): 429 with Retry-After, 500, 503, a hang (optionally after the request took
   effect, so a client time-out hides a created order), a truncated JSON body, or any canned error.
 * Optional INTX perpetuals read endpoints (`derivatives=True`) fed by `add_perp_position`.
+* US futures (CFM, `derivatives=True`): the balance summary and positions (`set_futures_cash`,
+  `add_futures_position`), and the perpetual-style futures listed with `set_futures_product`, whose market IOC and
+  limit IOC orders fill at once at the product's price, move the CFM position and pay the fee from the futures cash
+  (`cfm`).
 
 Operators and subprocess tests run it standalone: `python -m trader.testing.advanced_trade --state-dir DIR
 [--port N]` writes DIR/cdp_key.json and DIR/cert.pem, then DIR/server.json {"base_url", "ca_file", "key_file"} once
@@ -30,8 +34,8 @@ listening, and serves until SIGTERM or SIGINT. The Authorization header and key 
 
 Modules: `keys` (CDP keys, the TLS certificate, JWT checks), `faults` (fault injection, recorded requests), `wire`
 (request and record models, Coinbase's JSON shapes), `exchange` (the in-memory exchange: quotes, balances,
-matching), `http` (the endpoints and the route table), `server` (`AdvancedTradeServer`: lifecycle, TLS, test
-controls, request pipeline), `__main__` (the command line).
+matching), `cfm` (US futures order entry and positions), `http` (the endpoints and the route table), `server`
+(`AdvancedTradeServer`: lifecycle, TLS, test controls, request pipeline), `__main__` (the command line).
 """
 
 from trader.testing.advanced_trade.faults import Fault, FaultKind, RecordedRequest

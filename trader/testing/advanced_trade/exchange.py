@@ -267,6 +267,18 @@ class _Exchange:
             self._match(order, now)
         return order
 
+    def next_sequence(self) -> int:
+        """The next number of the one sequence orders and fills are paged by."""
+        return next(self._sequence)
+
+    def record(self, order: Order, fills: Iterable[Fill]) -> None:
+        """Keep an order traded outside the spot book (a US future: cfm.py) and its fills, so the order and fill
+        endpoints and the user channel see it as they see spot orders; it holds nothing here."""
+        self.orders[order.order_id] = order
+        self.client_ids[order.client_order_id] = order.order_id
+        self.changed[order.order_id] = None
+        self.fills.extend(fills)
+
     def _fill_market(self, order: Order, spec: ProductSpec, now: datetime) -> None:
         bid, ask = self.quotes[order.product_id]
         if order.side == "BUY":

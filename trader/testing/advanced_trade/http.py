@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from trader.domain import quantize_down
+from trader.testing.advanced_trade.cfm import _FuturesOrders
 from trader.testing.advanced_trade.exchange import USD_PEGGED, _Exchange
 from trader.testing.advanced_trade.wire import (
     ONE,
@@ -123,8 +124,9 @@ def _route(method: str, path: str, handler: Handler, scope: Scope = "view") -> _
     return _Route(method, re.compile(regex), handler, scope)
 
 
-class _Endpoints:
-    """The endpoint methods; `AdvancedTradeServer` supplies the state they read and its clock."""
+class _Endpoints(_FuturesOrders):
+    """The endpoint methods; `AdvancedTradeServer` supplies the state they read and its clock (futures order entry
+    is cfm.py's)."""
 
     permissions: dict[str, Any]
     derivatives: bool
@@ -222,7 +224,13 @@ class _Endpoints:
     def _get_best_bid_ask(self, call: _Call) -> JsonObject:
         wanted = call.args("product_ids") or list(self._exchange.products)
         specs = [self._exchange.products[p] for p in wanted if p in self._exchange.products]
-        return {"pricebooks": [self._book_json(spec, 1) for spec in specs]}
+        books = [self._book_json(spec, 1) for spec in specs]
+        for product_id in wanted:  # a listed future's touch is its price on both sides (its orders fill there)
+            future = self._futures_products.get(product_id)
+            if future is not None:
+                level = [{"price": _fmt(future.price), "size": "100"}]
+                books.append({"product_id": product_id, "bids": level, "asks": level, "time": _rfc3339(self.now())})
+        return {"pricebooks": books}
 
     # ---------------------------------------------------------------- endpoints: accounts and portfolios
 
@@ -375,12 +383,20 @@ class _Endpoints:
         if existing is not None:  # Coinbase answers a repeated client_order_id with the original order
             return _order_created(self._exchange.orders[existing])
         try:
-            order = self._exchange.place(_parse_order_request(call.body), self.now())
+            request = _parse_order_request(call.body)
+            future = self._futures_products.get(request.product_id)
+            if future is not None:
+                order = self._place_future(request, call.body, future)
+            else:
+                order = self._exchange.place(request, self.now())
         except _Rejected as rejection:
             return _order_failed(rejection, call.body.get("order_configuration"))
         return _order_created(order)
 
     def _post_preview(self, call: _Call) -> JsonObject:
+        future = self._futures_products.get(str(call.body.get("product_id") or ""))
+        if future is not None:
+            return self._preview_future(call.body, future)
         exchange = self._exchange
         errors: list[str] = []
         base = value = commission = ZERO
@@ -495,11 +511,11 @@ class _Endpoints:
         ids, products = call.args("order_ids"), call.args("product_ids")
         types, side = call.args("order_types"), call.arg("order_side")
         start, end = call.time_arg("start_date"), call.time_arg("end_date")
-        spot = call.arg("product_type") in (None, "SPOT")  # every order here is a SPOT order
+        product_type = call.arg("product_type")
         orders = [
             order
             for order in sorted(self._exchange.orders.values(), key=lambda o: o.sequence, reverse=True)
-            if spot
+            if (product_type is None or order.product_type == product_type)
             and (not ids or order.order_id in ids)
             and (not products or order.product_id in products)
             and (not statuses or order.status in statuses)
@@ -535,22 +551,18 @@ class _Endpoints:
 
     # ---------------------------------------------------------------- endpoints: US futures (CFM)
 
-    def _futures_allowed(self) -> None:
-        if not self.derivatives:
-            raise _permission_denied("futures trading is not enabled for this key")
-
     def _get_cfm_balance_summary(self, call: _Call) -> JsonObject:
         self._futures_allowed()
         return {"balance_summary": _futures_balance_json(self._futures_cash, list(self._futures_positions.values()))}
 
     def _get_cfm_positions(self, call: _Call) -> JsonObject:
         self._futures_allowed()
-        return {"positions": [_futures_position_json(p) for p in self._futures_positions.values()]}
+        return {"positions": [_futures_position_json(p) for p in self._open_futures_positions()]}
 
     def _get_cfm_position(self, call: _Call) -> JsonObject:
         self._futures_allowed()
         position = self._futures_positions.get(call.params["product_id"])
-        if position is None:
+        if position is None or position.contracts == 0:
             raise _not_found(f"no futures position in {call.params['product_id']}")
         return {"position": _futures_position_json(position)}
 

@@ -259,6 +259,9 @@ class Order:
     hold_currency: str = ""
     cancel_message: str = ""
     edit_history: list[JsonObject] = field(default_factory=list)
+    product_type: str = "SPOT"  # FUTURE for an order on a US future (cfm.py)
+    leverage: Decimal | None = None  # a future's, as the create carried it
+    margin_type: str = ""  # a future's: CROSS
 
     @property
     def order_type(self) -> str:
@@ -363,6 +366,8 @@ class FuturesProduct:
 
 FUTURES_INITIAL_MARGIN_RATE = Decimal("0.10")  # of notional, the test exchange's intraday rate
 FUTURES_MAINTENANCE_MARGIN_RATE = Decimal("0.05")  # below this much margin the position is liquidated
+FUTURES_MIN_CONTRACTS, FUTURES_MAX_CONTRACTS = ONE, Decimal("10000")  # whole contracts (base_increment 1)
+FUTURES_PRICE_INCREMENT = Decimal("5")  # the nano perps' tick
 
 
 # --------------------------------------------------------------------------------------------------- JSON shapes
@@ -469,7 +474,7 @@ def _order_json(order: Order, user_id: str, portfolio_id: str) -> JsonObject:
         "order_type": order.order_type,
         "reject_reason": "REJECT_REASON_UNSPECIFIED",
         "settled": not order.is_open,
-        "product_type": "SPOT",
+        "product_type": order.product_type,
         "reject_message": "",
         "cancel_message": order.cancel_message,
         "order_placement_source": "RETAIL_ADVANCED",
@@ -477,8 +482,8 @@ def _order_json(order: Order, user_id: str, portfolio_id: str) -> JsonObject:
         "is_liquidation": False,
         "last_fill_time": _rfc3339(order.last_fill_time) if order.last_fill_time else None,
         "edit_history": list(order.edit_history),
-        "leverage": "",
-        "margin_type": "UNKNOWN_MARGIN_TYPE",
+        "leverage": _fmt(order.leverage) if order.leverage is not None else "",
+        "margin_type": order.margin_type or "UNKNOWN_MARGIN_TYPE",
         "retail_portfolio_id": portfolio_id,
         "originating_order_id": "",
         "attached_order_id": "",
@@ -495,7 +500,7 @@ def _user_order_json(order: Order, portfolio_id: str) -> JsonObject:
         "order_id": order.order_id,
         "client_order_id": order.client_order_id,
         "product_id": order.product_id,
-        "product_type": "SPOT",
+        "product_type": order.product_type,
         "order_side": order.side,
         "order_type": order.order_type,
         "status": order.status,
@@ -729,10 +734,10 @@ def _futures_product_json(product: FuturesProduct) -> JsonObject:
         "product_id": product.product_id,
         "price": _fmt(product.price),
         "base_increment": "1",
-        "quote_increment": "5",
-        "price_increment": "5",
-        "base_min_size": "1",
-        "base_max_size": "10000",
+        "quote_increment": _fmt(FUTURES_PRICE_INCREMENT),
+        "price_increment": _fmt(FUTURES_PRICE_INCREMENT),
+        "base_min_size": _fmt(FUTURES_MIN_CONTRACTS),
+        "base_max_size": _fmt(FUTURES_MAX_CONTRACTS),
         "quote_min_size": "0",
         "base_currency_id": "",
         "quote_currency_id": "USD",
