@@ -190,6 +190,7 @@ class SimulatedExchange(Broker):
         self._funding: list[FundingPayment] = []
         self._funding_through: datetime | None = market.now() if derivatives else None
         self._liquidations = 0
+        self._realized_day: tuple[str, dict[str, Decimal]] = ("", {})  # (UTC day, futures PnL realized that day)
         self._order_seq = 0
         self._trade_seq = 0
         self._matched_cursor = market.cursor
@@ -435,6 +436,8 @@ class SimulatedExchange(Broker):
         self._sync()
         self._persist()
         cash = self._totals.get("USD", Decimal(0))
+        day, realized = self._realized_day
+        today = realized if day == self.market.now().date().isoformat() else {}
         positions = []
         unrealized = initial = maintenance = Decimal(0)
         for symbol, (contracts, entry) in sorted(self._positions.items()):
@@ -448,7 +451,13 @@ class SimulatedExchange(Broker):
             maintenance += fx.maintenance_margin(contracts, product.futures, mark)
             positions.append(
                 FuturesPosition(
-                    symbol, "long" if contracts > 0 else "short", abs(contracts), entry, mark, pnl, Decimal(0)
+                    symbol,
+                    "long" if contracts > 0 else "short",
+                    abs(contracts),
+                    entry,
+                    mark,
+                    pnl,
+                    today.get(symbol, Decimal(0)),
                 )
             )
         accrued = sum(self._accrued.values(), Decimal(0))
@@ -459,7 +468,7 @@ class SimulatedExchange(Broker):
             buying_power=max(equity - initial - held, Decimal(0)),
             total_usd_balance=cash,
             unrealized_pnl=unrealized,
-            daily_realized_pnl=Decimal(0),
+            daily_realized_pnl=sum(today.values(), Decimal(0)),
             initial_margin=initial,
             available_margin=max(equity - initial - held, Decimal(0)),
             liquidation_threshold=maintenance,
@@ -812,6 +821,11 @@ class SimulatedExchange(Broker):
             signed = quantity if order.side == Side.BUY else -quantity
             held, entry = self._positions.get(order.symbol, (zero, zero))
             realized = fx.realized_pnl(held, entry, signed, price, product.futures)
+            day, today = self._realized_day
+            if day != at.date().isoformat():
+                day, today = at.date().isoformat(), {}
+                self._realized_day = (day, today)
+            today[order.symbol] = today.get(order.symbol, zero) + realized
             self._totals[quote] = self._totals.get(quote, zero) + realized - fee
             leverage = self._requests[order.order_id].leverage
             if leverage is not None and not order.client_order_id.startswith("liquidation-"):
@@ -971,6 +985,7 @@ class SimulatedExchange(Broker):
                 "funding": [_encode(p) for p in self._funding],
                 "funding_through": self._funding_through.isoformat() if self._funding_through else None,
                 "liquidations": self._liquidations,
+                "realized_day": [self._realized_day[0], {s: str(v) for s, v in self._realized_day[1].items()}],
             },
         }
 
@@ -1029,6 +1044,8 @@ class SimulatedExchange(Broker):
             through = futures.get("funding_through")
             self._funding_through = _parse_time(through) if through else None
             self._liquidations = int(futures.get("liquidations") or 0)
+            day, realized = futures.get("realized_day") or ["", {}]
+            self._realized_day = (str(day), {s: Decimal(v) for s, v in realized.items()})
             market_cursor = int(state["market_cursor"])
             matched_cursor = int(state["matched_cursor"])
             self._saves = int(state.get("saves", 0))

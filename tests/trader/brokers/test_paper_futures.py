@@ -111,6 +111,7 @@ def test_a_long_opens_on_margin_marks_to_market_and_closes_reduce_only_realizing
     exchange.place_order(order(Side.SELL, "10", "close", reduce_only=True))
     fee_close = Decimal("10") * Decimal("0.01") * Decimal("66000") * TAKER
     assert exchange.positions() == []
+    assert exchange.futures_account().daily_realized_pnl == Decimal("100")  # before fees, as Coinbase reports it
     assert usd(exchange) == before + Decimal("100") - fee_close - sum(
         (p.amount for p in exchange.funding_payments() if p.settled), Decimal(0)
     )
