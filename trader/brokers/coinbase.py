@@ -445,7 +445,8 @@ class CoinbaseBroker(Broker):
         return dict(data.get("breakdown", {}))
 
     def positions(self) -> list[Position]:
-        """Spot holdings from the portfolio breakdown (non-cash, non-zero); INTX perps too when enabled."""
+        """Spot holdings from the portfolio breakdown (non-cash, non-zero); with derivatives on, US futures (CFM)
+        positions in signed contracts (short negative) and INTX perps too."""
         positions = []
         for spot in self.portfolio_breakdown().get("spot_positions", []):
             quantity = Decimal(str(spot.get("total_balance_crypto") or 0))
@@ -454,6 +455,11 @@ class CoinbaseBroker(Broker):
             entry = _money(spot.get("average_entry_price"))
             positions.append(Position(f"{spot['asset']}-USD", quantity, entry))
         if self.derivatives:
+            listed = self._read("futures positions", lambda: self.client.list_futures_positions())
+            for raw in listed.get("positions") or []:
+                future = _futures_position(raw)
+                signed = future.contracts if future.side == "long" else -future.contracts
+                positions.append(Position(future.symbol, signed, future.average_entry_price))
             positions.extend(self.perps_positions())
         return sorted(positions, key=lambda p: p.symbol)
 

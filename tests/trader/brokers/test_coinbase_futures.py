@@ -71,6 +71,9 @@ def test_the_futures_account_has_margins_buffer_pnl_and_each_position(
     assert account.liquidation_buffer_usd == equity - notional * Decimal("0.05")
     assert account.liquidation_buffer_pct == (account.liquidation_buffer_usd / equity * 100).quantize(Decimal("0.01"))
     assert account.available_margin == account.buying_power == equity - notional * Decimal("0.10")
+    # the positions reconciliation compares with the ledger's: signed contracts, a short negative
+    futures = {p.symbol: (p.quantity, p.average_entry_price) for p in broker.positions() if p.symbol.endswith("-CDE")}
+    assert futures == {BIP: (Decimal("4"), Decimal("60000")), "ETP-20DEC30-CDE": (Decimal("-10"), Decimal("3000"))}
 
 
 def test_futures_are_refused_without_the_derivatives_flag_and_unknown_to_a_key_without_access(
@@ -117,8 +120,10 @@ def test_the_account_snapshot_prints_the_futures_account(
 
     assert result.returncode == 0, result.stderr
     assert "futures: buying power" in result.stdout and "liquidation buffer" in result.stdout
-    [row] = [line for line in result.stdout.splitlines() if BIP in line]
-    assert "long" in row and "61000" in row and "40" in row
+    [row] = [line for line in result.stdout.splitlines() if BIP in line and "long" in line]  # the futures table
+    assert "61000" in row and "40" in row
+    [position] = [line for line in result.stdout.splitlines() if BIP in line and "long" not in line]
+    assert " 4 " in position and "60000" in position  # the positions table: signed contracts and entry
 
 
 def test_funding_and_the_liquidation_buffer_are_guards_of_a_bot_with_derivatives(
