@@ -14,7 +14,9 @@ from trader.logs import LOGGER_NAMES, ORDER_EVENTS_LOGGER, configure_logging
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>\S+) (?P<message>.*)$")
-THIRD_PARTY = {"coinbase.RESTClient"}  # the SDK's own logger, quieted on purpose (trader/coinbase/http.py)
+# Libraries' own loggers, quieted on purpose: the SDK's (trader/coinbase/http.py), Prefect's events worker's "Still
+# processing items" at a CLI's exit (prefect_adapter/secrets.py).
+THIRD_PARTY = {"coinbase.RESTClient", "EventsWorker"}
 
 
 def module_names() -> list[str]:
