@@ -20,7 +20,7 @@ from trader.domain import Candle, OrderRequest, OrderType, Side
 from trader.funding import FundingTracker, funding_summary
 from trader.ledger import Ledger
 from trader.market import ReplayMarketData
-from trader.settings import load_settings
+from trader.settings import Settings, load_settings
 from trader.testing.advanced_trade import AdvancedTradeServer, CdpKey
 
 FUTURE = "BIP-20DEC30-CDE"
@@ -160,20 +160,16 @@ def test_a_live_account_records_an_estimate_when_a_funding_time_passes(
         ledger.dispose()
 
 
-def test_a_paper_bot_trades_the_future_with_leverage_and_records_its_funding(tmp_path: Path) -> None:
+def test_a_paper_bot_trades_the_future_with_leverage_and_records_its_funding(paper_settings: Settings) -> None:
     from trader.runtime import build_bot
 
-    settings = load_settings(
-        profile="dev",
-        state_dir=tmp_path / "state",
-        log_dir=tmp_path / "logs",
-        broker="simulated",
-        strategy_fast_window=2,
-        strategy_slow_window=4,
-        coinbase_enable_derivatives=True,
-        trading_symbols=FUTURE,
-        futures_leverage=Decimal(2),
-        position_size_usd=Decimal(1300),
+    settings = paper_settings.model_copy(
+        update={
+            "coinbase_enable_derivatives": True,
+            "trading_symbols": FUTURE,
+            "futures_leverage": Decimal(2),
+            "position_size_usd": Decimal(1300),
+        }
     )
     exchange = SimulatedExchange(ReplayMarketData(), derivatives=True)
     ledger = Ledger(settings.database_url)
