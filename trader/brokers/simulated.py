@@ -705,6 +705,8 @@ class SimulatedExchange(Broker):
         closing = min(abs(held), request.quantity) if held and (held > 0) != (signed > 0) else Decimal(0)
         opening = request.quantity - closing
         fee = self._fee(product, product.notional(request.quantity, plan.price), plan.liquidity)
+        if not opening:  # it only closes: never refused for margin (the fee comes out of what is left)
+            return product.quote_currency, Decimal(0), f"closing {fmt(closing)} contracts: no margin needed"
         margin = fx.initial_margin(opening, product.futures, plan.price, request.leverage)
         used = self._margin_in_use()
         return (
@@ -982,7 +984,7 @@ class SimulatedExchange(Broker):
             "futures": {
                 "leverage": {s: str(v) for s, v in self._leverage.items()},
                 "accrued": {s: str(v) for s, v in self._accrued.items()},
-                "funding": [_encode(p) for p in self._funding],
+                "funding": [self._funding_entry(p) for p in self._funding],
                 "funding_through": self._funding_through.isoformat() if self._funding_through else None,
                 "liquidations": self._liquidations,
                 "realized_day": [self._realized_day[0], {s: str(v) for s, v in self._realized_day[1].items()}],
@@ -1002,6 +1004,12 @@ class SimulatedExchange(Broker):
             }
             if order_id not in self._open:  # closed (filled, cancelled, expired): final
                 self._saved_entries[order_id] = entry
+        return entry
+
+    def _funding_entry(self, payment: FundingPayment) -> dict[str, Any]:
+        entry = self._saved_entries.get(payment.payment_id)
+        if entry is None:
+            entry = self._saved_entries[payment.payment_id] = _encode(payment)
         return entry
 
     def _fill_entry(self, fill: Fill) -> dict[str, Any]:

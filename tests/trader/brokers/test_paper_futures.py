@@ -260,3 +260,17 @@ def test_funding_instants_are_the_whole_hours_crossed(start_minute: int, minutes
     assert all(after < i <= until and i.minute == 0 for i in instants)
     assert len(instants) == until.replace(minute=0).timestamp() // 3600 - after.replace(minute=0).timestamp() // 3600
     assert sum(1 for i in instants if fx.is_settlement(i)) == sum(1 for i in instants if i.hour in (0, 12))
+
+
+def test_an_underwater_position_can_always_be_closed() -> None:
+    closes = ["65000", "65000", "61000"]
+    exchange = paper(closes, usd="800", index=closes)
+    exchange.place_order(order(Side.BUY, "10", "open", leverage="10"))
+    exchange.advance()
+    exchange.advance()  # 61000: equity 761 - 400 = 361, below the 610 of initial margin; above the 305 maintenance
+    account = exchange.futures_account()
+    assert account.positions and account.available_margin == 0 and account.liquidation_buffer_usd > 0
+    with pytest.raises(InsufficientFunds):
+        exchange.place_order(order(Side.BUY, "1", "more"))
+    exchange.place_order(order(Side.SELL, "10", "close", reduce_only=True))
+    assert exchange.positions() == []
