@@ -54,6 +54,18 @@ def choose_accounts(account: str | None, profile: str) -> list[Settings]:
     return [with_secret_blocks(one) for one in chosen]
 
 
+def named_accounts(flow_name: str, account: str | None, profile: str) -> list[Settings]:
+    """The accounts a procedure that changes orders works on: with declared accounts it never guesses (a name or
+    "all"); without a file, the environment's one account as before."""
+    accounts = choose_accounts(account, profile)
+    if account is None and declared(accounts[0]) is not None:
+        names = ", ".join(a.account for a in accounts)
+        raise ConfigError(
+            f"{flow_name}: account: required with {accounts[0].accounts_file} (declared: {names}); name one, or all"
+        )
+    return accounts
+
+
 def bad_input(error: ConfigError) -> State:
     """The Failed state of a run refused for its parameters: the one line, no incident (flows/hooks.py)."""
     get_run_logger().error("%s", error)

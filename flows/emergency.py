@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.states import State
 
-from flows.accounts import bad_input, choose_accounts, for_each_account
+from flows.accounts import bad_input, choose_accounts, for_each_account, named_accounts
 from flows.hooks import RUNBOOK_HOOKS
 from prefect_adapter.artifacts import account_key, publish_markdown, publish_table
 from prefect_adapter.runs import current_flow_run_id, flow_run_url
@@ -81,7 +81,7 @@ def emergency_cancel_all(profile: str = "dev", reason: str = "", account: str | 
     """Force cancel all orders: every working order on the account's broker, in batches of 100, recorded in the
     ledger. With declared accounts, `account` is required: a name, or "all"."""
     try:
-        accounts = _named_accounts("emergency-cancel-all", account, profile)
+        accounts = named_accounts("emergency-cancel-all", account, profile)
     except ConfigError as error:
         return bad_input(error)
     return for_each_account(
@@ -102,7 +102,7 @@ def emergency_flatten(
     the account's symbols). request_id (default: this flow run's id) makes a retry find its exits instead of selling
     twice. With declared accounts, `account` is required: a name, or "all"."""
     try:
-        accounts = _named_accounts("emergency-flatten", account, profile)
+        accounts = named_accounts("emergency-flatten", account, profile)
     except ConfigError as error:
         return bad_input(error)
     # The Variable reduce_only reaches every bot: set only when every account is flattened. One account's bot stands
@@ -184,18 +184,6 @@ def _flatten_of(
             "request_id": result.request_id,
         },
     )
-
-
-def _named_accounts(flow_name: str, account: str | None, profile: str) -> list[Settings]:
-    """The accounts an order-changing procedure works on: with declared accounts it never guesses (a name or
-    "all"); without a file, the environment's one account as before."""
-    accounts = choose_accounts(account, profile)
-    if account is None and declared(accounts[0]) is not None:
-        names = ", ".join(a.account for a in accounts)
-        raise ConfigError(
-            f"{flow_name}: account: required with {accounts[0].accounts_file} (declared: {names}); name one, or all"
-        )
-    return accounts
 
 
 def _cancel_all(settings: Settings) -> CancelResult:
