@@ -30,6 +30,7 @@ from trader.ledger.lease import LeaseHeld
 from trader.logs import configure_logging
 from trader.runtime import build_bot, start_metrics
 from trader.session_render import session_markdown
+from trader.shutdown.stop import StopRequest
 from trader.supervision import lease_wait_seconds
 
 PROGRESS_LOG_EVERY = 60
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class StopBetweenCycles:
-    """True once the run is being cancelled: by the runner's SIGTERM or by CANCELLING seen by the poller.
+    """True once the run is being cancelled: by the runner's SIGTERM, by CANCELLING seen by the poller, or by the
+    operator's stop request on this machine (STATE_DIR/STOP, written by the graceful shutdown: stop.py).
 
     Prefect's engine turns SIGTERM into an exception wherever the code is; the bot takes SIGTERM
     over from before its first cycle until the flow returns, so a cancel in the UI stops it between
@@ -45,8 +47,9 @@ class StopBetweenCycles:
     between cycles and in the sleep between them: it only reads the poller's last-known state.
     """
 
-    def __init__(self, poller: OrchestratorPoller | None) -> None:
+    def __init__(self, poller: OrchestratorPoller | None, operator_stop: StopRequest | None = None) -> None:
         self.poller = poller
+        self.operator_stop = operator_stop
         self.reason: str | None = None
         self._previous = None
         if threading.current_thread() is threading.main_thread():
@@ -62,6 +65,8 @@ class StopBetweenCycles:
     def __call__(self) -> bool:
         if self.reason is None and self.poller is not None:
             self.reason = self.poller.cancel_reason()
+        if self.reason is None and self.operator_stop is not None:
+            self.reason = self.operator_stop()
         return self.reason is not None
 
 
@@ -96,6 +101,7 @@ def trading_bot(
         if reduce_only:
             settings = settings.model_copy(update={"risk_reduce_only_mode": True})
     configure_logging(settings.log_file, stderr=False)
+    operator_stop = StopRequest(settings)  # a graceful shutdown's stop request made from now on stops this run
     # Started by the restart automation (deployments/automations.py): the restart policy decides before anything.
     restart = apply_restart_policy(settings, restart_of, restart_event) if restart_of else None
     if restart is not None and not restart.restart:
@@ -139,7 +145,7 @@ def trading_bot(
             "environment and flag files; the Variables apply as soon as the API answers",
             poller.variables().error or "no answer yet",
         )
-    stop = StopBetweenCycles(poller)
+    stop = StopBetweenCycles(poller, operator_stop)
 
     def progress(report: CycleReport) -> None:
         if report.orders or report.cycle % PROGRESS_LOG_EVERY == 0:

@@ -31,6 +31,9 @@ BOT_FLOW = "trading-bot"
 LEASE_HELD_STATE = "LeaseHeld"
 # The state name of a run refused for its parameters (an undeclared account): the operator's typo, nothing is down.
 BAD_INPUT_STATE = "BadInput"
+# The state name of a run that failed after opening its own incident, with its evidence (a graceful shutdown stopped
+# at a failed step: its SEV-2 graceful-shutdown incident): no second incident for the same failure.
+INCIDENT_OPENED_STATE = "IncidentOpened"
 
 
 def flow_fingerprint(flow_name: str) -> str:
@@ -113,8 +116,8 @@ def _open(flow: Any, flow_run: Any, state: Any, *, crashed: bool) -> None:
 def incident_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """on_failure hook: open (or update) the flow's incident with the state message as evidence; a bot run refused
     because another bot holds the account opens none (that bot is trading: not "bot offline"), nor does a run refused
-    for its parameters (an undeclared account: nothing written)."""
-    if getattr(state, "name", None) in (LEASE_HELD_STATE, BAD_INPUT_STATE):
+    for its parameters (an undeclared account: nothing written), nor one that opened its own incident."""
+    if getattr(state, "name", None) in (LEASE_HELD_STATE, BAD_INPUT_STATE, INCIDENT_OPENED_STATE):
         _run_logger(flow, flow_run).warning("refused, no incident: %s", getattr(state, "message", ""))
         return
     _open(flow, flow_run, state, crashed=False)

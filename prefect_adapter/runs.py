@@ -1,12 +1,15 @@
 """Flow runs as Prefect sees them: this run's id, a run's page in the UI, a crashed run's history, a revived run, a
-deployment's runs and the first restart of a crash."""
+deployment's runs, the first restart of a crash, and an account's bot runs stopped by a graceful shutdown."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+from trader.shutdown.results import FINAL_RUN_STATES, RunStopped
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -103,3 +106,73 @@ def first_restart(this_run: str, restart_of: str, restart_event: str) -> str | N
         return this_run
     first = min(started, key=lambda run: (run.created or datetime.max.replace(tzinfo=UTC), str(run.id)))
     return str(first.id)
+
+
+# --- a graceful shutdown's stop of the account's bot runs ------------------------------------------------------------
+
+BOT_FLOW_NAME = "trading-bot"
+LIVE_STATE_TYPES = ("SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED")
+
+
+class PrefectBotRuns:
+    """The account's trading-bot runs, cancelled as the UI's Cancel does: a run that is running gets Cancelling (its
+    bot stops between cycles and the run ends Cancelled), one that never started goes straight to Cancelled. The
+    restart automation only ever answers Crashed, and the restart policy skips a run ever Cancelling or Cancelled
+    (trader/supervision.py): an operator's stop, never undone. trader.shutdown.procedure.BotRuns for Prefect.
+
+    unnamed_runs: runs without an `account` parameter belong to the account too (trading-bot/paper: no accounts
+    file, the environment's one account)."""
+
+    def __init__(self, *, unnamed_runs: bool, poll_seconds: float = 0.5) -> None:
+        self.unnamed_runs = unnamed_runs
+        self.poll_seconds = poll_seconds
+
+    def stop(self, account: str, run_ids: Collection[str], wait_seconds: float) -> list[RunStopped]:
+        """Cancel the account's live trading-bot runs and the runs named; wait for each to be final."""
+        import time
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowFilter,
+            FlowFilterName,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Cancelled, Cancelling
+
+        live = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in LIVE_STATE_TYPES]))
+        )
+        message = f"graceful shutdown of account {account}: an operator's stop (not restarted)"
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[BOT_FLOW_NAME])), flow_run_filter=live, limit=200
+            )
+            wanted = [str(run.id) for run in runs if self._of_account(run.parameters, account)]
+            wanted += [run_id for run_id in run_ids if run_id not in wanted]
+            before: dict[str, str] = {}
+            for run_id in wanted:
+                run = client.read_flow_run(UUID(run_id))
+                state = run.state.type.value if run.state is not None else "UNKNOWN"
+                before[run_id] = state
+                if state in FINAL_RUN_STATES:
+                    continue
+                # Only a running process can act on Cancelling; a run that never started goes straight to Cancelled.
+                target = Cancelling if state in ("RUNNING", "CANCELLING") else Cancelled
+                client.set_flow_run_state(UUID(run_id), target(message=message), force=True)
+            after = dict(before)
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                for run_id in [r for r, state in after.items() if state not in FINAL_RUN_STATES]:
+                    run = client.read_flow_run(UUID(run_id))
+                    after[run_id] = run.state.type.value if run.state is not None else "UNKNOWN"
+                if all(state in FINAL_RUN_STATES for state in after.values()) or time.monotonic() >= deadline:
+                    break
+                time.sleep(self.poll_seconds)
+        return [RunStopped(run_id, before[run_id], after[run_id]) for run_id in wanted]
+
+    def _of_account(self, parameters: dict[str, Any] | None, account: str) -> bool:
+        named = (parameters or {}).get("account")
+        return named == account or (self.unnamed_runs and not named)

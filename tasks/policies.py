@@ -96,6 +96,11 @@ EXCHANGE_WRITE = TaskPolicy(
     retry_condition_fn=is_transient,
     timeout_seconds=300,
 )
+# A read of the broker whose answer is a verdict (orders still open, positions left): only an unreachable exchange or
+# database is retried, never the verdict itself.
+EXCHANGE_READ = TaskPolicy(
+    retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=is_transient
+)
 # A flag file in STATE_DIR: a second try for a full or busy disk.
 FLAG_FILE = TaskPolicy(retries=2, retry_delay_seconds=[1, 5])
 # A write through the Prefect API (a Variable): retried while the API is unreachable, not when it refuses.

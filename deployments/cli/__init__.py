@@ -2,10 +2,10 @@
 
 This package parses the command line and hands each command to a thin handler over trader/ functions, one module
 per command group: `bot` (the bot in the foreground), `orders` (account snapshot, order preview, place, edit),
-`emergency` (kill-switch, reduce-only, cancel-all, flatten), `checkpoint` (list, create, restore), `metrics` (the
-standalone exporter), `drill` (failover drills), `websocket` (the runbook's WebSocket checks); `status` and `up`
-live in deployments/status.py and deployments/embedded.py. Bad input is one line on stderr and exit 2; a failure
-the operator must act on, exit 1.
+`emergency` (kill-switch, reduce-only, cancel-all, flatten), `shutdown` (the perpetuals runbook's graceful shutdown),
+`checkpoint` (list, create, restore), `metrics` (the standalone exporter), `drill` (failover drills), `websocket` (the
+runbook's WebSocket checks); `status` and `up` live in deployments/status.py and deployments/embedded.py. Bad input
+is one line on stderr and exit 2; a failure the operator must act on, exit 1.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             "dashboard",
             "preflight",
             "keys",
+            "shutdown",
             *EMERGENCY_COMMANDS,
         ],
         default="run",
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "orders by reason; funding [--days 7]: funding rates and payments per future; "
         "dashboard [--refresh 5] [--window-min 15] [--url URL]: the live terminal dashboard; "
         "preflight: the startup checks (exit 0 pass, 1 warn, 2 fail); keys status|audit [--hours 24]|rotate --to "
-        "backup: the key, the orders it did not place, the switch to the backup key",
+        "backup: the key, the orders it did not place, the switch to the backup key; shutdown [--timeout 300]: the "
+        "graceful shutdown (reduce-only, wait for flat, cancel all, verify, final positions, checkpoint, stop the bot; "
+        "exit 0 done, 1 a step failed)",
     )
     parser.add_argument(
         "action",
@@ -95,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", help=f"one of {', '.join(PROFILES)} (default: PERPS_PROFILE or dev)")
     parser.add_argument(
         "--account",
-        help="the declared account (ACCOUNTS_FILE) a command works on (default: ACCOUNT); with cancel-all and "
-        "flatten also all; required for those when accounts are declared",
+        help="the declared account (ACCOUNTS_FILE) a command works on (default: ACCOUNT); with cancel-all, "
+        "flatten and shutdown also all; required for those when accounts are declared",
     )
     mode = parser.add_argument_group("bot")
     mode.add_argument("--dev-fast", action="store_true", help="run one cycle and exit (smoke test)")
@@ -157,7 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-id", help="with flatten: reuse the id of an earlier flatten so a retry never sells twice"
     )
     emergency.add_argument("--symbols", help="with flatten: comma-separated symbols (default TRADING_SYMBOLS)")
-    emergency.add_argument("--note", default="", help="with an emergency command: why (goes into the incident)")
+    emergency.add_argument(
+        "--note", default="", help="with an emergency command or shutdown: why (goes into the incident)"
+    )
+    shutdown = parser.add_argument_group("graceful shutdown (perps-bot shutdown [--timeout 300])")
+    shutdown.add_argument(
+        "--timeout",
+        default="300",
+        metavar="SECONDS",
+        help="with shutdown: how long to wait for the positions to close (default 300, the runbook's)",
+    )
     ws = parser.add_argument_group("WebSocket checks (perps-bot websocket test | monitor | stability | capture)")
     ws.add_argument("--channels", help="comma-separated channels (default heartbeats,ticker; user needs a CDP key)")
     ws.add_argument(
@@ -230,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             return checkpoint_command(settings, args)
         if args.command in EMERGENCY_COMMANDS:
             return emergency_command(settings, args)
+        if args.command == "shutdown":
+            from deployments.cli.shutdown import shutdown_command
+
+            return shutdown_command(settings, args)
         if args.command == "websocket":
             from deployments.cli.websocket import websocket_command
 
@@ -281,13 +297,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _chosen_account(settings: Settings, args: argparse.Namespace) -> Settings:
     """The settings of --account's declared account (ConfigError, one line, when it is not declared); all, for
-    cancel-all and flatten, is resolved by the emergency command itself."""
+    cancel-all, flatten and shutdown, is resolved by the command itself."""
     if args.account is None:
         return settings
     if args.command in ("accounts", "up", "status"):
         raise ConfigError(f"--account: not for perps-bot {args.command} (it covers every declared account)")
     if args.account == ALL_ACCOUNTS:
-        if args.command not in EMERGENCY_COMMANDS:
+        if args.command not in (*EMERGENCY_COMMANDS, "shutdown"):
             raise ConfigError(f"--account all: only with an emergency command, not with {args.command}")
         return settings
     from prefect_adapter.secrets import secret_block_value

@@ -59,6 +59,7 @@ class IncidentKind(StrEnum):
     EMERGENCY_PROCEDURE = "emergency_procedure"
     DATA_QUALITY = "data_quality"
     DRILL_FAILED = "drill_failed"
+    SHUTDOWN_FAILED = "shutdown_failed"
 
 
 KIND_SEVERITY: dict[IncidentKind, Severity] = {
@@ -88,6 +89,9 @@ KIND_SEVERITY: dict[IncidentKind, Severity] = {
     IncidentKind.DATA_QUALITY: "SEV-2",
     # A failover drill missed the runbook's timings or found the cache incoherent: a recovery path is degraded.
     IncidentKind.DRILL_FAILED: "SEV-2",
+    # A graceful shutdown stopped at a failed step (positions not flat in time, orders left, the bot not stopped):
+    # the account is half shut down, the operator finishes by hand.
+    IncidentKind.SHUTDOWN_FAILED: "SEV-2",
 }
 
 

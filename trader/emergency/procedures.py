@@ -11,7 +11,8 @@ second call finds nothing left to do and says so.
 
 Flatten is spot-only: it sells what the broker reports held for the given symbols, reduce-only, at market. A short
 position (perpetuals, COINBASE_ENABLE_DERIVATIVES=1) or a symbol the broker cannot trade is reported as skipped,
-never bought back here: close it on Coinbase (INTX) by hand.
+never bought back here: close it on Coinbase (INTX) by hand. (The graceful shutdown's exits, send_exit with
+close_shorts, also buy a short futures position back, reduce-only: trader/shutdown/procedure.py.)
 """
 
 from __future__ import annotations
@@ -426,11 +427,13 @@ def send_exit(
     quantity: Decimal,
     request_id: str,
     result: FlattenResult,
+    *,
+    close_shorts: bool = False,
 ) -> ExitOrder | None:
-    """One reduce-only market sell of a held `quantity` through the order path (flatten's exits, and each round of
-    the graceful shutdown's wait for flat): the exit already sent for (request_id, symbol) is found and returned
-    instead of a second one; a short, an unknown product, dust or a refusal goes to result.skipped; None when
-    nothing was sent or found."""
+    """One reduce-only market exit of a held `quantity` through the order path (flatten's sells, and each round of
+    the graceful shutdown's wait for flat, which also buys a short back: close_shorts): the exit already sent for
+    (request_id, symbol) is found and returned instead of a second one; a short (unless close_shorts), an unknown
+    product, dust or a refusal goes to result.skipped; None when nothing was sent or found."""
     client_order_id = exit_client_order_id(request_id, symbol, ledger.account)
     existing = broker.find_order(client_order_id)
     if existing is not None:
@@ -445,7 +448,7 @@ def send_exit(
         )
     if quantity == 0:
         return None
-    if quantity < 0:
+    if quantity < 0 and not close_shorts:
         result.skipped.append(
             SkippedPosition(
                 symbol, quantity, "short position (perpetuals): spot flatten only sells; close it on Coinbase INTX"
@@ -457,25 +460,27 @@ def send_exit(
     except OrderRejected as error:
         result.skipped.append(SkippedPosition(symbol, quantity, str(error)))
         return None
-    size = quantize_down(min(quantity, product.base_max_size), product.base_increment)
+    held = abs(quantity)
+    size = quantize_down(min(held, product.base_max_size), product.base_increment)
     if size < product.base_min_size:
         result.skipped.append(
             SkippedPosition(
                 symbol,
                 quantity,
-                f"dust: {fmt(quantity)} {product.base_currency} is below base_min_size "
+                f"dust: {fmt(held)} {product.base_currency} is below base_min_size "
                 f"{fmt(product.base_min_size)} for {symbol}; left in place",
             )
         )
         return None
-    request = OrderRequest(symbol, Side.SELL, OrderType.MARKET, size, client_order_id, reduce_only=True)
+    side = Side.SELL if quantity > 0 else Side.BUY  # a short (close_shorts) is bought back
+    request = OrderRequest(symbol, side, OrderType.MARKET, size, client_order_id, reduce_only=True)
     try:  # a crashed attempt may have recorded it without sending: resume that pending row
         outcome = path.send(request, position=quantity, emergency_exit=True, resume_pending=True)
     except OrderRejected as error:
         result.skipped.append(SkippedPosition(symbol, quantity, f"exit refused before sending: {error}"))
         return None
     result.fills_recorded += outcome.fills_recorded
-    note = "sent" if size == quantity else f"sent; {fmt(quantity - size)} {product.base_currency} left (increments)"
+    note = "sent" if size == held else f"sent; {fmt(held - size)} {product.base_currency} left (increments)"
     if outcome.order is None:
         if outcome.status == OrderStatus.PENDING_SUBMIT:
             note = "broker unreachable; left for reconciliation"
@@ -484,7 +489,7 @@ def send_exit(
         return ExitOrder(symbol, client_order_id, size, str(outcome.status), None, note)
     if not outcome.accepted:
         note = f"rejected: {outcome.order.reject_reason or 'no reason given'}"
-    log.warning("flatten: %s %s %s reduce-only market: %s", client_order_id, fmt(size), symbol, outcome.status)
+    log.warning("flatten: %s %s %s %s reduce-only market: %s", client_order_id, side, fmt(size), symbol, outcome.status)
     return ExitOrder(symbol, client_order_id, size, str(outcome.status), outcome.order.order_id, note)
 
 
