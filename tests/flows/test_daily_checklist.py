@@ -27,6 +27,7 @@ ITEMS = {
     "disk space",
     "database size and connectivity",
     "backup age",
+    "funding schedule",
 }
 
 
