@@ -153,3 +153,18 @@ def test_a_step_that_fails_ends_the_run_failed_with_one_sev2_incident(
     finally:
         ledger.dispose()
     assert not (Path(env["STATE_DIR"]) / "STOP").exists()
+
+
+def test_a_timeout_not_above_zero_is_bad_input_and_nothing_is_written(
+    prefect_server: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.shutdown import graceful_shutdown
+
+    monkeypatch.setenv("STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+
+    state = graceful_shutdown(timeout_seconds=0, return_state=True)
+
+    assert state.is_failed() and state.name == "BadInput"
+    assert "timeout_seconds must be more than 0 (got 0)" in (state.message or "")
+    assert not (tmp_path / "state").exists() and not (tmp_path / "ledger.db").exists()
