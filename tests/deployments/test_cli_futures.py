@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deployments.test_cli import home, ledger_of, perps_bot  # noqa: F401 (home: the fixture)
+from tests.deployments.test_cli import ledger_of, perps_bot
 
 FUTURE = "BIP-20DEC30-CDE"
 DERIVATIVES = {"COINBASE_ENABLE_DERIVATIVES": "1"}
@@ -19,7 +19,8 @@ def place(home: Path, *args: str, **env: str):  # type: ignore[no-untyped-def]
     return perps_bot(home, "--place-order", "--order-side", "buy", "--order-symbol", FUTURE, *args, **env)
 
 
-def test_a_leveraged_futures_order_goes_through_the_order_path_and_shows_in_the_futures_account(home: Path) -> None:
+def test_a_leveraged_futures_order_goes_through_the_order_path_and_shows_in_the_futures_account(tmp_path: Path) -> None:
+    home = tmp_path
     placed = place(home, "--order-quantity", "3", "--order-leverage", "2", "--order-client-id", "fut-1", **DERIVATIVES)
     assert placed.returncode == 0, placed.stderr
     assert "leverage" in placed.stdout and "placed: order_id=" in placed.stdout
@@ -55,8 +56,9 @@ def test_a_leveraged_futures_order_goes_through_the_order_path_and_shows_in_the_
     ids=["above-profile-cap", "above-product-max", "below-one", "unknown-future", "no-derivatives"],
 )
 def test_bad_futures_input_is_one_line_exit_2_nothing_sent_nothing_written(
-    home: Path, args: list[str], env: dict[str, str], names: str
+    tmp_path: Path, args: list[str], env: dict[str, str], names: str
 ) -> None:
+    home = tmp_path
     result = place(home, *args, **env)
 
     assert result.returncode == 2, result.stdout + result.stderr

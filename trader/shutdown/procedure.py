@@ -300,11 +300,11 @@ class GracefulShutdown:
         return {p.symbol: p.quantity for p in self.broker.positions() if p.symbol in symbols and p.quantity != 0}
 
     def _exposure(self, held: dict[str, Decimal]) -> Decimal:
-        """What is held, valued at the middle of each symbol's touch."""
+        """What is held, valued at the middle of each symbol's touch (a future's quantity counts contracts)."""
         total = Decimal(0)
         for symbol, quantity in held.items():
             bid, ask = self.broker.best_bid_ask(symbol)
-            total += abs(quantity) * (bid + ask) / 2
+            total += self.broker.get_product(symbol).notional(abs(quantity), (bid + ask) / 2)
         return total
 
     def _exit_round(
