@@ -15,33 +15,26 @@ Prices and fills:
   closes at or after its expire_at expires.
 - fee = quantity x price x rate, rounded half-up to the quote increment. Orders fill in full.
 
-Persistence: with state_path, the paper account is written (temp file, fsync, os.replace) after every call that
-changed it, including the first use of a new account; validate() and product look-ups never write. A call that
-only moved the market clock (a new bar, no order, fill, hold or balance changed: most of a bot's cycles) writes
-just the clock, to a small file beside it (<state>.clock.json), without fsync: a killed process loses nothing (the
-page cache keeps it), and a power cut can at worst bring back the clock of the last account write, so the replay
-shows again the bars since then (never an order or fill). The clock file names the account write it follows
-("saves") and counts only for that one. Reopening a saved account seeks the market to the saved cursor and steps
-one bar, so consecutive CLI runs trade consecutive bars and never see the same bar twice.
+Persistence: trader/brokers/paper_state.py (the account written after every call that changed it, the market clock
+beside it).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import uuid
 from bisect import bisect_right
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
-from enum import Enum
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from trader.brokers import futures as fx
 from trader.brokers.base import Broker
+from trader.brokers.paper_futures import FuturesBook, Held
+from trader.brokers.paper_state import PaperAccountFile
 from trader.brokers.rules import check_order, check_reduce_only, fmt
 from trader.domain import (
     AccountSnapshot,
@@ -51,7 +44,6 @@ from trader.domain import (
     Fill,
     FundingPayment,
     FuturesAccount,
-    FuturesPosition,
     FuturesTerms,
     KeyPermissions,
     Liquidity,
@@ -65,8 +57,7 @@ from trader.domain import (
     Side,
     TimeInForce,
 )
-from trader.errors import ConfigError, InsufficientFunds, OrderNotFound, OrderRejected, UnknownSymbol
-from trader.fsio import atomic_write
+from trader.errors import InsufficientFunds, OrderNotFound, OrderRejected, UnknownSymbol
 from trader.market.source import MarketDataSource
 
 log = logging.getLogger(__name__)
@@ -116,7 +107,6 @@ FUTURES_PRODUCTS: tuple[Product, ...] = (
 )
 DEFAULT_BALANCES = {"USD": Decimal("100000")}
 FEE_STEP = Decimal("0.01")  # futures fees are in cents (their quote increment is the price tick)
-STATE_VERSION = 1
 BPS = Decimal("10000")
 AVERAGE_PRICE_STEP = Decimal("0.00000001")
 
@@ -136,7 +126,7 @@ class _Plan:
     error: str | None = None  # post_only that would cross
 
 
-class SimulatedExchange(Broker):
+class SimulatedExchange(PaperAccountFile, Broker):
     """A paper exchange over a MarketDataSource: balances, holds, orders, fills and positions in memory."""
 
     name = "simulated"
@@ -183,14 +173,8 @@ class SimulatedExchange(Broker):
         self._saved_entries: dict[str, dict[str, Any]] = {}  # order_id or trade_id -> its JSON entry
         self._positions: dict[str, tuple[Decimal, Decimal]] = {}  # symbol -> (quantity, average entry price)
         self._edit_previews: dict[str, tuple[str, Decimal, Decimal]] = {}  # preview_id -> (order_id, qty, price)
-        # Futures: each position's leverage, funding accrued and not yet settled, the funding paid and received
-        # (accruals and settlements, oldest first), the last funding instant applied, liquidations so far.
-        self._leverage: dict[str, Decimal] = {}
-        self._accrued: dict[str, Decimal] = {}
-        self._funding: list[FundingPayment] = []
-        self._funding_through: datetime | None = market.now() if derivatives else None
-        self._liquidations = 0
-        self._realized_day: tuple[str, dict[str, Decimal]] = ("", {})  # (UTC day, futures PnL realized that day)
+        # Futures: leverage, funding, the day's realized PnL, liquidations (trader/brokers/paper_futures.py).
+        self._book = FuturesBook(funding_through=market.now() if derivatives else None)
         self._order_seq = 0
         self._trade_seq = 0
         self._matched_cursor = market.cursor
@@ -431,51 +415,15 @@ class SimulatedExchange(Broker):
     # --- futures -----------------------------------------------------------------------------------------------
 
     def futures_account(self) -> FuturesAccount:
-        """The paper futures account, shaped like Coinbase's CFM balance summary (trader/brokers/futures.py has the
-        arithmetic): the USD balance is the collateral."""
+        """The paper futures account, shaped like Coinbase's CFM balance summary: the USD balance is the
+        collateral (trader/brokers/paper_futures.py)."""
         self._sync()
         self._persist()
-        cash = self._totals.get("USD", Decimal(0))
-        day, realized = self._realized_day
-        today = realized if day == self.market.now().date().isoformat() else {}
-        positions = []
-        unrealized = initial = maintenance = Decimal(0)
-        for symbol, (contracts, entry) in sorted(self._positions.items()):
-            product = self._products[symbol]
-            if product.futures is None:
-                continue
-            mark = self._mark(product)
-            pnl = fx.unrealized_pnl(contracts, product.futures, entry, mark)
-            unrealized += pnl
-            initial += fx.initial_margin(contracts, product.futures, mark, self._leverage.get(symbol))
-            maintenance += fx.maintenance_margin(contracts, product.futures, mark)
-            positions.append(
-                FuturesPosition(
-                    symbol,
-                    "long" if contracts > 0 else "short",
-                    abs(contracts),
-                    entry,
-                    mark,
-                    pnl,
-                    today.get(symbol, Decimal(0)),
-                )
-            )
-        accrued = sum(self._accrued.values(), Decimal(0))
-        equity = cash + unrealized + accrued
-        buffer, percentage = fx.liquidation_buffer(equity, maintenance)
-        held = self._held.get("USD", Decimal(0))
-        return FuturesAccount(
-            buying_power=max(equity - initial - held, Decimal(0)),
-            total_usd_balance=cash,
-            unrealized_pnl=unrealized,
-            daily_realized_pnl=sum(today.values(), Decimal(0)),
-            initial_margin=initial,
-            available_margin=max(equity - initial - held, Decimal(0)),
-            liquidation_threshold=maintenance,
-            liquidation_buffer_usd=buffer,
-            liquidation_buffer_pct=percentage,
-            positions=positions,
-        )
+        return self._futures_account()
+
+    def _futures_account(self) -> FuturesAccount:
+        cash, held = self._totals.get("USD", Decimal(0)), self._held.get("USD", Decimal(0))
+        return self._book.account(cash, held, self._futures_held(), self.market.now().date().isoformat())
 
     def fresh_product(self, symbol: str) -> Product:
         """The product with its funding now (the funding tracker's read)."""
@@ -496,12 +444,20 @@ class SimulatedExchange(Broker):
         """Funding accrued and settled after `since`, oldest first (payment_id is unique)."""
         self._sync()
         self._persist()
-        return [p for p in self._funding if since is None or p.at > since]
+        return self._book.payments_since(since)
+
+    def _futures_held(self) -> list[Held]:
+        """The futures positions at their marks, by symbol."""
+        return [
+            Held(self._products[s], contracts, entry, self._mark(self._products[s]))
+            for s, (contracts, entry) in sorted(self._positions.items())
+            if self._products[s].futures is not None
+        ]
 
     def _mark(self, product: Product) -> Decimal:
         return self.market.latest(product.symbol).close
 
-    def _funding_rate(self, product: Product, at_index: int | None = None) -> Decimal:
+    def _funding_rate(self, product: Product) -> Decimal:
         """The paper hourly rate from the future's premium over its underlying (trader/brokers/futures.py)."""
         assert product.futures is not None
         underlying = product.futures.underlying
@@ -513,63 +469,31 @@ class SimulatedExchange(Broker):
         """Every funding instant the market moved past: each futures position accrues its payment at that bar's
         close; at a settlement instant the accrued funding moves into the USD balance."""
         now = self.market.now()
-        since = self._funding_through or now
-        self._funding_through = now
+        since = self._book.funding_through or now
+        self._book.funding_through = now
         instants = fx.funding_instants(since, now) if since < now else []
         if not instants:
             return
-        futures = [
-            (self._products[s], q) for s, (q, _) in self._positions.items() if self._products[s].futures is not None
-        ]
-        history: dict[str, list[Candle]] = {}
-        interval = now - self.market.latest(futures[0][0].symbol).start if futures else now - now
-        if futures:
-            wanted = {p.symbol for p, _ in futures} | {p.futures.underlying for p, _ in futures if p.futures}
-            history = {s: self.market.history(s, bars) for s in wanted if s in self.market.symbols()}
+        held = self._futures_held()
+        wanted = {p.product.symbol for p in held} | {p.terms.underlying for p in held}
+        history = {s: self.market.history(s, bars) for s in wanted if s in self.market.symbols()}
+        interval = now - self.market.latest(held[0].product.symbol).start if held else now - now
         for instant in instants:
-            for product, contracts in futures:
-                terms = product.futures
-                assert terms is not None
-                mark = _close_at(history.get(product.symbol, []), instant, interval)
-                index = _close_at(history.get(terms.underlying, []), instant, interval)
-                if mark is None or index is None:
-                    continue
-                rate = fx.paper_funding_rate(mark, index)
-                amount = fx.funding_payment(contracts, terms, mark, rate)
-                self._accrued[product.symbol] = self._accrued.get(product.symbol, Decimal(0)) + amount
-                self._funding.append(
-                    FundingPayment(
-                        f"funding-{product.symbol}-{instant:%Y%m%dT%H}",
-                        product.symbol,
-                        instant,
-                        rate,
-                        contracts,
-                        mark,
-                        amount,
-                        settled=False,
-                    )
-                )
+            for position in held:
+                mark = _close_at(history.get(position.product.symbol, []), instant, interval)
+                index = _close_at(history.get(position.terms.underlying, []), instant, interval)
+                if mark is not None and index is not None:
+                    self._book.accrue(instant, replace(position, mark=mark), index)
             if fx.is_settlement(instant):
-                self._settle(instant)
+                self._totals["USD"] = self._totals.get("USD", Decimal(0)) + self._book.settle(instant)
         self._dirty = True
-
-    def _settle(self, instant: datetime) -> None:
-        for symbol, amount in sorted(self._accrued.items()):
-            if amount == 0:
-                continue
-            self._totals["USD"] = self._totals.get("USD", Decimal(0)) + amount
-            self._funding.append(
-                FundingPayment(
-                    f"settlement-{symbol}-{instant:%Y%m%dT%H}", symbol, instant, None, None, None, amount, settled=True
-                )
-            )
-        self._accrued.clear()
 
     def _liquidate_if_due(self) -> None:
         """Close every futures position at the mark when the liquidation buffer is gone (buffer <= 0)."""
-        if not any(self._products[s].futures is not None for s in self._positions):
+        held = self._futures_held()
+        if not held:
             return
-        account = self.futures_account()
+        account = self._futures_account()
         if account.liquidation_buffer_usd > 0:
             return
         now = self.market.now()
@@ -578,30 +502,34 @@ class SimulatedExchange(Broker):
             fmt(account.liquidation_threshold + account.liquidation_buffer_usd),
             fmt(account.liquidation_threshold),
         )
-        for symbol, (contracts, _) in sorted(self._positions.items()):
-            product = self._products[symbol]
-            if product.futures is None:
-                continue
-            self._liquidations += 1
+        for position in held:
+            self._book.liquidations += 1
+            side = Side.SELL if position.contracts > 0 else Side.BUY
+            request = OrderRequest(
+                position.product.symbol,
+                side,
+                OrderType.MARKET,
+                abs(position.contracts),
+                f"liquidation-{self._book.liquidations}",
+                reduce_only=True,
+            )
             self._order_seq += 1
             order = Order(
                 order_id=f"sim-order-{self._order_seq}",
-                client_order_id=f"liquidation-{self._liquidations}",
-                symbol=symbol,
-                side=Side.SELL if contracts > 0 else Side.BUY,
+                client_order_id=request.client_order_id,
+                symbol=request.symbol,
+                side=side,
                 order_type=OrderType.MARKET,
-                quantity=abs(contracts),
+                quantity=request.quantity,
                 status=OrderStatus.OPEN,
                 created_at=now,
                 reduce_only=True,
                 updated_at=now,
             )
             self._orders[order.order_id] = order
-            self._requests[order.order_id] = OrderRequest(
-                symbol, order.side, OrderType.MARKET, order.quantity, order.client_order_id, reduce_only=True
-            )
+            self._requests[order.order_id] = request
             self._by_client[order.client_order_id] = order.order_id
-            self._fill(order, product, self._mark(product), Liquidity.TAKER, now)
+            self._fill(order, position.product, position.mark, Liquidity.TAKER, now)
         self._dirty = True
 
     # --- validation --------------------------------------------------------------------------------------------
@@ -697,37 +625,19 @@ class SimulatedExchange(Broker):
         )
 
     def _margin_required(self, request: OrderRequest, product: Product, plan: _Plan) -> tuple[str, Decimal, str]:
-        """A future's order needs the initial margin of the contracts it opens (none for those it closes) plus its
-        fee, from the margin not already used: USD available minus the open positions' initial margin."""
+        """A future's order needs the initial margin of the contracts it opens (none for those it closes: an
+        underwater position can always be closed) plus its fee, from the margin not already used."""
         assert product.futures is not None
         held = self._positions.get(product.symbol, (Decimal(0), Decimal(0)))[0]
         signed = request.quantity if request.side == Side.BUY else -request.quantity
-        closing = min(abs(held), request.quantity) if held and (held > 0) != (signed > 0) else Decimal(0)
-        opening = request.quantity - closing
-        fee = self._fee(product, product.notional(request.quantity, plan.price), plan.liquidity)
-        if not opening:  # it only closes: never refused for margin (the fee comes out of what is left)
-            return product.quote_currency, Decimal(0), f"closing {fmt(closing)} contracts: no margin needed"
-        margin = fx.initial_margin(opening, product.futures, plan.price, request.leverage)
-        used = self._margin_in_use()
-        return (
-            product.quote_currency,
-            margin + fee + used,
-            f"initial margin {fmt(margin)} for {fmt(opening)} contracts at {fmt(plan.price)}"
-            f" x{fmt(request.leverage or 1 / product.futures.initial_margin_rate)} + fee {fmt(fee)}"
-            f" + margin in use {fmt(used)}",
+        opening, margin, breakdown = FuturesBook.opening_margin(
+            product.futures, held, signed, plan.price, request.leverage
         )
-
-    def _margin_in_use(self) -> Decimal:
-        """The open futures positions' initial margin at the mark, less their unrealized PnL and accrued funding."""
-        used = Decimal(0)
-        for symbol, (contracts, entry) in self._positions.items():
-            product = self._products[symbol]
-            if product.futures is None:
-                continue
-            mark = self._mark(product)
-            used += fx.initial_margin(contracts, product.futures, mark, self._leverage.get(symbol))
-            used -= fx.unrealized_pnl(contracts, product.futures, entry, mark) + self._accrued.get(symbol, Decimal(0))
-        return used
+        if not opening:
+            return product.quote_currency, Decimal(0), breakdown
+        fee = self._fee(product, product.notional(request.quantity, plan.price), plan.liquidity)
+        used = self._book.margin_in_use(self._futures_held())
+        return product.quote_currency, margin + fee + used, f"{breakdown} + fee {fmt(fee)} + margin in use {fmt(used)}"
 
     def _funds_problem(
         self, request: OrderRequest, product: Product, plan: _Plan, credit: tuple[str, Decimal] | None = None
@@ -785,16 +695,12 @@ class SimulatedExchange(Broker):
         if product.futures is not None:
             request = self._requests[order.order_id]
             currency, amount, _ = self._margin_required(request, product, plan)
-            return currency, amount - self._margin_in_use()
+            return currency, amount - self._book.margin_in_use(self._futures_held())
         if order.side == Side.SELL:
             return product.base_currency, order.quantity
         assert order.limit_price is not None
         notional = order.quantity * order.limit_price
         return product.quote_currency, notional + self._fee(product, notional, plan.liquidity)
-
-    def _hold(self, order_id: str, currency: str, amount: Decimal) -> None:
-        self._holds[order_id] = (currency, amount)
-        self._held[currency] = self._held.get(currency, Decimal(0)) + amount
 
     def _release_hold(self, order_id: str) -> None:
         hold = self._holds.pop(order_id, None)
@@ -821,17 +727,11 @@ class SimulatedExchange(Broker):
         zero = Decimal(0)
         if product.futures is not None:  # margin trading: no base changes hands; PnL is realized as contracts close
             signed = quantity if order.side == Side.BUY else -quantity
-            held, entry = self._positions.get(order.symbol, (zero, zero))
-            realized = fx.realized_pnl(held, entry, signed, price, product.futures)
-            day, today = self._realized_day
-            if day != at.date().isoformat():
-                day, today = at.date().isoformat(), {}
-                self._realized_day = (day, today)
-            today[order.symbol] = today.get(order.symbol, zero) + realized
-            self._totals[quote] = self._totals.get(quote, zero) + realized - fee
+            held = self._positions.get(order.symbol, (zero, zero))
             leverage = self._requests[order.order_id].leverage
-            if leverage is not None and not order.client_order_id.startswith("liquidation-"):
-                self._leverage[order.symbol] = leverage
+            day = at.date().isoformat()
+            realized = self._book.on_fill(order.symbol, product.futures, held, signed, price, leverage, day)
+            self._totals[quote] = self._totals.get(quote, zero) + realized - fee
         elif order.side == Side.BUY:
             self._totals[base] = self._totals.get(base, zero) + quantity
             self._totals[quote] = self._totals.get(quote, zero) - notional - fee
@@ -867,7 +767,6 @@ class SimulatedExchange(Broker):
         new = held + signed_quantity
         if new == 0:
             self._positions.pop(symbol, None)
-            self._leverage.pop(symbol, None)
             return
         if held == 0 or (held > 0) != (new > 0):
             average = price
@@ -938,158 +837,6 @@ class SimulatedExchange(Broker):
         if candle.low <= limit if buy else candle.high >= limit:
             self._fill(order, product, limit, Liquidity.MAKER, at)
 
-    # --- persistence -------------------------------------------------------------------------------------------
-
-    @property
-    def clock_path(self) -> Path | None:
-        """The market clock's file beside the account's (see the module docstring)."""
-        return None if self.state_path is None else self.state_path.with_suffix(".clock.json")
-
-    def _persist(self) -> None:
-        if self.state_path is None or self.read_only:
-            return
-        if self._dirty:
-            self._saves += 1
-            atomic_write(self.state_path, json.dumps(self._state(), separators=(",", ":")))
-            self._dirty = self._clock_dirty = False
-        elif self._clock_dirty:
-            assert self.clock_path is not None
-            atomic_write(self.clock_path, json.dumps(self._clock(), separators=(",", ":")), durable=False)
-            self._clock_dirty = False
-
-    def _clock(self) -> dict[str, Any]:
-        return {
-            "saves": self._saves,
-            "market_cursor": self.market.cursor,
-            "matched_cursor": self._matched_cursor,
-            "broker_time": self.market.now().isoformat(),
-        }
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            **self._clock(),
-            "order_seq": self._order_seq,
-            "trade_seq": self._trade_seq,
-            "balances": {c: str(v) for c, v in self._totals.items()},
-            "orders": [self._order_entry(order_id, order) for order_id, order in self._orders.items()],
-            "fills": [self._fill_entry(fill) for fill in self._fills],
-            "positions": {
-                s: {"quantity": str(q), "average_entry_price": str(a)} for s, (q, a) in self._positions.items()
-            },
-            "edit_previews": {
-                p: {"order_id": o, "quantity": str(q), "limit_price": str(lp)}
-                for p, (o, q, lp) in self._edit_previews.items()
-            },
-            "futures": {
-                "leverage": {s: str(v) for s, v in self._leverage.items()},
-                "accrued": {s: str(v) for s, v in self._accrued.items()},
-                "funding": [self._funding_entry(p) for p in self._funding],
-                "funding_through": self._funding_through.isoformat() if self._funding_through else None,
-                "liquidations": self._liquidations,
-                "realized_day": [self._realized_day[0], {s: str(v) for s, v in self._realized_day[1].items()}],
-            },
-        }
-
-    def _order_entry(self, order_id: str, order: Order) -> dict[str, Any]:
-        entry = self._saved_entries.get(order_id)
-        if entry is None:
-            hold = self._holds.get(order_id)
-            entry = {
-                "order": _encode(order),
-                "request": _encode(self._requests[order_id]),
-                "open": order_id in self._open,
-                "triggered": order_id in self._triggered,
-                "hold": [hold[0], str(hold[1])] if hold is not None else None,
-            }
-            if order_id not in self._open:  # closed (filled, cancelled, expired): final
-                self._saved_entries[order_id] = entry
-        return entry
-
-    def _funding_entry(self, payment: FundingPayment) -> dict[str, Any]:
-        entry = self._saved_entries.get(payment.payment_id)
-        if entry is None:
-            entry = self._saved_entries[payment.payment_id] = _encode(payment)
-        return entry
-
-    def _fill_entry(self, fill: Fill) -> dict[str, Any]:
-        entry = self._saved_entries.get(fill.trade_id)
-        if entry is None:
-            entry = self._saved_entries[fill.trade_id] = _encode(fill)
-        return entry
-
-    def _load(self, path: Path) -> None:
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            if state.get("version") != STATE_VERSION:
-                raise ValueError(f"version {state.get('version')} is not {STATE_VERSION}")
-            self._totals = {c: Decimal(v) for c, v in state["balances"].items()}
-            self._order_seq = int(state["order_seq"])
-            self._trade_seq = int(state["trade_seq"])
-            for entry in state["orders"]:
-                order = _decode(Order, entry["order"])
-                self._orders[order.order_id] = order
-                self._requests[order.order_id] = _decode(OrderRequest, entry["request"])
-                self._by_client[order.client_order_id] = order.order_id
-                if entry["open"]:
-                    self._open[order.order_id] = order
-                if entry["triggered"]:
-                    self._triggered.add(order.order_id)
-                if entry["hold"] is not None:
-                    self._hold(order.order_id, entry["hold"][0], Decimal(entry["hold"][1]))
-            self._fills = [_decode(Fill, f) for f in state["fills"]]
-            self._positions = {
-                s: (Decimal(p["quantity"]), Decimal(p["average_entry_price"])) for s, p in state["positions"].items()
-            }
-            self._edit_previews = {
-                p: (e["order_id"], Decimal(e["quantity"]), Decimal(e["limit_price"]))
-                for p, e in state["edit_previews"].items()
-            }
-            futures = state.get("futures") or {}
-            self._leverage = {s: Decimal(v) for s, v in (futures.get("leverage") or {}).items()}
-            self._accrued = {s: Decimal(v) for s, v in (futures.get("accrued") or {}).items()}
-            self._funding = [_decode(FundingPayment, p) for p in futures.get("funding") or []]
-            through = futures.get("funding_through")
-            self._funding_through = _parse_time(through) if through else None
-            self._liquidations = int(futures.get("liquidations") or 0)
-            day, realized = futures.get("realized_day") or ["", {}]
-            self._realized_day = (str(day), {s: Decimal(v) for s, v in realized.items()})
-            market_cursor = int(state["market_cursor"])
-            matched_cursor = int(state["matched_cursor"])
-            self._saves = int(state.get("saves", 0))
-        except (OSError, ValueError, KeyError, TypeError, InvalidOperation) as error:
-            raise ConfigError(
-                f"paper exchange state {path} is unreadable ({error}); move it away to start a new paper account"
-            ) from None
-        clock = self._saved_clock()
-        if clock is not None:
-            market_cursor, matched_cursor = clock
-        try:
-            self.market.seek(market_cursor)
-        except ConfigError as error:
-            raise ConfigError(
-                f"paper exchange state {path}: {error}; the market data changed since it was saved"
-            ) from None
-        self._matched_cursor = matched_cursor
-
-    def _saved_clock(self) -> tuple[int, int] | None:
-        """The clock file's market and matched cursors when it follows the account write just loaded; None when
-        there is none, it follows an earlier write, or a power cut left it unreadable (the account's own clock
-        stands: the replay shows the bars since that write again)."""
-        assert self.clock_path is not None
-        try:
-            clock = json.loads(self.clock_path.read_text(encoding="utf-8"))
-            if int(clock["saves"]) != self._saves:
-                return None
-            return int(clock["market_cursor"]), int(clock["matched_cursor"])
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            log.warning(
-                "paper exchange clock %s unreadable (%s): the account's own clock stands", self.clock_path, error
-            )
-            return None
-
 
 def _filled_at(fill: Fill) -> datetime:
     return fill.filled_at
@@ -1099,61 +846,3 @@ def _close_at(bars: list[Candle], instant: datetime, interval: timedelta) -> Dec
     """The close of the bar that closed at `instant` (or the last one before it), None without one."""
     closes = [bar.close for bar in bars if bar.start + interval <= instant]
     return closes[-1] if closes else None
-
-
-def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
-_Record = TypeVar("_Record", Order, OrderRequest, Fill, FundingPayment)
-
-_DECODERS: dict[str, Callable[[Any], Any]] = {
-    **dict.fromkeys(
-        (
-            "quantity",
-            "filled_quantity",
-            "fees",
-            "fee",
-            "price",
-            "limit_price",
-            "stop_price",
-            "average_fill_price",
-            "leverage",
-            "rate",
-            "contracts",
-            "mark_price",
-            "amount",
-            "contract_size",
-        ),
-        Decimal,
-    ),
-    **dict.fromkeys(("created_at", "expire_at", "updated_at", "filled_at", "at"), _parse_time),
-    "side": Side,
-    "order_type": OrderType,
-    "status": OrderStatus,
-    "time_in_force": TimeInForce,
-    "liquidity": Liquidity,
-}
-
-
-def _encode(record: Order | OrderRequest | Fill | FundingPayment) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in fields(record):
-        value = getattr(record, f.name)
-        if isinstance(value, Enum):
-            value = value.value
-        elif isinstance(value, Decimal):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        out[f.name] = value
-    return out
-
-
-def _decode(cls: type[_Record], data: dict[str, Any]) -> _Record:
-    values: dict[str, Any] = {k: v if v is None else _DECODERS.get(k, _same)(v) for k, v in data.items()}
-    return cls(**values)
-
-
-def _same(value: Any) -> Any:
-    return value
