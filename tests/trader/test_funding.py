@@ -202,3 +202,52 @@ def test_a_paper_bot_trades_the_future_with_leverage_and_records_its_funding(pap
         assert recorded == [(p.payment_id, p.amount) for p in exchange.funding_payments()]
     finally:
         ledger.dispose()
+
+
+def test_a_paper_bot_whose_future_crashes_through_its_buffer_is_liquidated_and_the_ledger_follows(
+    paper_settings: Settings,
+) -> None:
+    from trader.runtime import build_bot
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    rising = [str(65000 + 10 * i) for i in range(8)]  # a golden cross: the 2/4 crossover buys one contract
+    closes = ["65000"] * 6 + rising + ["58000", "58000"]  # then a crash in one bar, before any exit can go
+    minute = timedelta(minutes=1)
+    candles = {
+        symbol: [
+            Candle(start + minute * i, Decimal(c), Decimal(c), Decimal(c), Decimal(c), Decimal(1))
+            for i, c in enumerate(closes)
+        ]
+        for symbol in ("BTC-USD", FUTURE)  # no premium: no funding in the way
+    }
+    exchange = SimulatedExchange(
+        ReplayMarketData.from_candles(candles, start=5), balances={"USD": Decimal(100)}, derivatives=True
+    )
+    settings = paper_settings.model_copy(
+        update={
+            "coinbase_enable_derivatives": True,
+            "trading_symbols": FUTURE,
+            "futures_leverage": Decimal(10),
+            "risk_max_leverage": Decimal(10),
+            "position_size_usd": Decimal(1300),
+        }
+    )
+    ledger = Ledger(settings.database_url)
+    try:
+        bot = build_bot(settings, broker=exchange, ledger=ledger)
+        bot.start()
+        bot.run(len(closes) - 6, interval_seconds=0)
+        bot.stop()
+
+        # bought 1 contract at ~65,045 on 100 USD; at 58,000 equity ~25.6 is below the 29 of maintenance margin
+        opened, liquidated = ledger.list_fills()
+        assert (opened.side, opened.quantity) == ("buy", 1)
+        assert (liquidated.side, liquidated.quantity, liquidated.price) == ("sell", 1, Decimal(58000))
+        assert liquidated.client_order_id == "liquidation-1" and liquidated.contract_size == Decimal("0.01")
+        assert not any(p.quantity for p in ledger.positions().values()) and exchange.positions() == []
+        order = ledger.get_order("liquidation-1")
+        assert order is not None and order.status == "filled"  # the exchange's order, taken into the ledger
+        loss = (Decimal(58000) - opened.price) * Decimal("0.01") - opened.fee - liquidated.fee
+        assert ledger.realized_pnl(FUTURE) == loss
+    finally:
+        ledger.dispose()
