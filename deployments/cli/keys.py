@@ -51,18 +51,19 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def key_status(settings: Settings) -> int:
     from trader.brokers.coinbase import CoinbaseBroker
-    from trader.coinbase.http import load_credentials
 
-    credentials = load_credentials(settings)
-    assert credentials is not None  # broker_kind coinbase means a key is configured
-    broker = CoinbaseBroker.from_settings(settings)
+    broker = CoinbaseBroker.from_settings(settings)  # on the account's active key (STATE_DIR/ACTIVE_KEY)
+    slot = broker.key_slot
     permissions = broker.key_permissions()
     skew = (datetime.now(UTC) - broker.server_time()).total_seconds()
+    key_file = settings.coinbase_key_file if slot == "primary" else settings.coinbase_backup_key_file
     age = "set in the environment"
-    if settings.coinbase_key_file is not None:
-        days = (time.time() - settings.coinbase_key_file.stat().st_mtime) / 86400
+    if key_file is not None:
+        days = (time.time() - key_file.stat().st_mtime) / 86400
         age = f"key file written {days:.0f} days ago"
-    say(f"key …{credentials.name[-4:]} ({age})")
+    elif slot == "backup" and not settings.coinbase_backup_api_key:
+        age = "from the Prefect Secret blocks"
+    say(f"{slot} key {broker.key_hint} ({age}), the one the account's bots use")
     say(
         f"permissions: can_view={permissions.can_view} can_trade={permissions.can_trade} "
         f"can_transfer={permissions.can_transfer} portfolio_type={permissions.portfolio_type}"

@@ -32,7 +32,7 @@ def test_keys_status_shows_the_key_without_its_secret(
     result = perps_bot(tmp_path, "keys", "status", "--profile", "spot", **env_for(exchange, cdp_key, tmp_path))
 
     assert result.returncode == 0, result.stderr
-    assert f"key …{cdp_key.name[-4:]} (key file written 0 days ago)" in result.stdout
+    assert f"primary key …{cdp_key.name[-4:]} (key file written 0 days ago)" in result.stdout
     assert (
         "can_trade=True can_transfer=False portfolio_type=DEFAULT" in result.stdout and "clock: local" in result.stdout
     )
@@ -141,6 +141,9 @@ def test_rotating_to_the_backup_key_under_a_running_bot_fails_no_order(
     incidents = {i.fingerprint: i.severity for i in ledger_of(tmp_path).open_incidents()}
     assert incidents["security:key-rotation"] == "SEV-1"
     assert cdp_key.private_key_pem.splitlines()[1] not in rotated.stdout + rotated.stderr
+    status = perps_bot(tmp_path, "keys", "status", "--profile", "dev", BROKER="coinbase", **env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"backup key …{backup.name[-4:]} (key file written 0 days ago)" in status.stdout  # the key in use now
 
 
 # --- the backup key from Prefect Secret blocks ---------------------------------------------------------------------
