@@ -22,7 +22,19 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from trader.brokers.base import Broker
-from trader.brokers.coinbase_futures import futures_terms, order_fields, signed_contracts
+from trader.brokers.coinbase_futures import order_fields, signed_contracts
+from trader.brokers.coinbase_wire import (
+    edit_error,
+    futures_position,
+    iso,
+    money,
+    order_configuration,
+    order_from,
+    parse_time,
+    preview_from,
+    product_from,
+    request_of,
+)
 from trader.brokers.rules import check_order, check_reduce_only, fmt
 from trader.coinbase.http import (
     CallPolicy,
@@ -43,18 +55,15 @@ from trader.domain import (
     FeeTier,
     Fill,
     FuturesAccount,
-    FuturesPosition,
     KeyPermissions,
     Liquidity,
     Order,
     OrderPreview,
     OrderRequest,
     OrderStatus,
-    OrderType,
     Position,
     Product,
     Side,
-    TimeInForce,
 )
 from trader.errors import (
     BrokerError,
@@ -86,18 +95,6 @@ FIND_ORDER_WINDOW = timedelta(days=2)  # how far back a client_order_id lookup s
 ONE_MINUTE = timedelta(minutes=1)
 ZERO = Decimal(0)
 
-_STATUSES = {
-    "OPEN": OrderStatus.OPEN,
-    "PENDING": OrderStatus.OPEN,
-    "QUEUED": OrderStatus.OPEN,
-    "CANCEL_QUEUED": OrderStatus.OPEN,
-    "EDIT_QUEUED": OrderStatus.OPEN,
-    "UNKNOWN_ORDER_STATUS": OrderStatus.OPEN,
-    "FILLED": OrderStatus.FILLED,
-    "CANCELLED": OrderStatus.CANCELLED,
-    "EXPIRED": OrderStatus.EXPIRED,
-    "FAILED": OrderStatus.REJECTED,
-}
 _FUNDS_ERRORS = {
     "INSUFFICIENT_FUND",
     "INSUFFICIENT_FUNDS",
@@ -189,11 +186,11 @@ class CoinbaseBroker(Broker):
 
     def _fetch_product(self, symbol: str) -> Product:
         data = self._read(f"get product {symbol}", partial(self.client.get_product, symbol), not_found=symbol)
-        return _product(data)
+        return product_from(data)
 
     def list_products(self) -> list[Product]:
         data = self._read("list products", lambda: self.client.get_products(product_type="SPOT"))
-        products = [_product(p) for p in data.get("products", [])]
+        products = [product_from(p) for p in data.get("products", [])]
         self._products.update({p.symbol: p for p in products})
         return products
 
@@ -275,11 +272,11 @@ class CoinbaseBroker(Broker):
             lambda: self.client.preview_order(
                 product_id=request.symbol,
                 side=request.side.upper(),
-                order_configuration=_configuration(request),
+                order_configuration=order_configuration(request),
                 **fields,
             ),
         )
-        return _preview(data, request, preview_id=str(data.get("preview_id") or ""), errors=data.get("errs", []))
+        return preview_from(data, request, preview_id=str(data.get("preview_id") or ""), errors=data.get("errs", []))
 
     def place_order(self, request: OrderRequest) -> Order:
         """Submit once; on an unclear answer look the order up by client_order_id before sending again."""
@@ -293,7 +290,7 @@ class CoinbaseBroker(Broker):
                     client_order_id=request.client_order_id,
                     product_id=request.symbol,
                     side=request.side.upper(),
-                    order_configuration=_configuration(request),
+                    order_configuration=order_configuration(request),
                     **fields,
                 ),
             )
@@ -321,15 +318,15 @@ class CoinbaseBroker(Broker):
     def preview_edit(self, order_id: str, quantity: Decimal, limit_price: Decimal) -> OrderPreview:
         """Preview a new size and price for a resting GTC limit; the preview id is what apply_edit takes."""
         order = self.get_order(order_id)
-        request = replace(_request_of(order), quantity=quantity, limit_price=limit_price)
+        request = replace(request_of(order), quantity=quantity, limit_price=limit_price)
         self._check_rules(request)
         data = self._read(
             f"preview edit {order_id}",
             lambda: self.client.preview_edit_order(order_id=order_id, size=fmt(quantity), price=fmt(limit_price)),
         )
-        errors = [_edit_error(e) for e in data.get("errors", []) or []]
+        errors = [edit_error(e) for e in data.get("errors", []) or []]
         # Coinbase's edit takes the new values, not a preview id: the id carries them to apply_edit.
-        return _preview(
+        return preview_from(
             data, request, preview_id=f"{fmt(quantity)}@{fmt(limit_price)}", errors=errors, order_id=order_id
         )
 
@@ -344,7 +341,7 @@ class CoinbaseBroker(Broker):
                 f"preview id {preview_id!r} is not from a Coinbase edit preview (SIZE@PRICE); run the preview again"
             )
         order = self.get_order(order_id)
-        self._check_rules(replace(_request_of(order), quantity=quantity, limit_price=limit_price))
+        self._check_rules(replace(request_of(order), quantity=quantity, limit_price=limit_price))
         what = f"edit order {order_id}"
         result = self.policy.send(
             what, lambda: self.client.edit_order(order_id=order_id, size=fmt(quantity), price=fmt(limit_price))
@@ -356,7 +353,7 @@ class CoinbaseBroker(Broker):
             raise BrokerUnavailable(f"Coinbase {what}: {result.describe()}; the order still shows the old values")
         data = plain_json(result)
         if not data.get("success", False):
-            reasons = "; ".join(_edit_error(e) for e in data.get("errors", []) or []) or "no reason given"
+            reasons = "; ".join(edit_error(e) for e in data.get("errors", []) or []) or "no reason given"
             raise OrderRejected(f"Coinbase refused {what}: {reasons}")
         return self.get_order(order_id)
 
@@ -386,14 +383,14 @@ class CoinbaseBroker(Broker):
     def find_order(self, client_order_id: str, *, symbol: str | None = None) -> Order | None:
         """The order with this client_order_id placed in the last two days, or None."""
         since = self.now() - FIND_ORDER_WINDOW
-        for raw in self._orders(product_ids=[symbol] if symbol else None, start_date=_iso(since)):
+        for raw in self._orders(product_ids=[symbol] if symbol else None, start_date=iso(since)):
             if raw.get("client_order_id") == client_order_id:
                 return self._order(raw)
         return None
 
     def orders_between(self, start: datetime, end: datetime) -> list[Order]:
         """Every order created in [start, end] on the account, whatever placed it (the key audit's input)."""
-        raws = self._orders(start_date=_iso(start), end_date=_iso(end))
+        raws = self._orders(start_date=iso(start), end_date=iso(end))
         return [self._order(raw) for raw in raws]
 
     def list_open_orders(self, symbol: str | None = None) -> list[Order]:
@@ -405,7 +402,7 @@ class CoinbaseBroker(Broker):
         """Every fill after `since` across all cursor pages, oldest first, each trade once."""
         fills: dict[str, Fill] = {}
         cursor: str | None = None
-        start = _iso(since) if since is not None else None
+        start = iso(since) if since is not None else None
         while True:
             data = self._read(
                 "list fills",
@@ -429,8 +426,8 @@ class CoinbaseBroker(Broker):
             data = self._read("list accounts", partial(self.client.get_accounts, limit=PAGE_LIMIT, cursor=cursor))
             for account in data.get("accounts", []):
                 currency = account["currency"]
-                available = _money(account.get("available_balance"))
-                hold = _money(account.get("hold"))
+                available = money(account.get("available_balance"))
+                hold = money(account.get("hold"))
                 a, h = totals.get(currency, (ZERO, ZERO))
                 totals[currency] = (a + available, h + hold)
             cursor = data.get("cursor") or None
@@ -452,12 +449,12 @@ class CoinbaseBroker(Broker):
             quantity = Decimal(str(spot.get("total_balance_crypto") or 0))
             if spot.get("is_cash") or quantity == 0:
                 continue
-            entry = _money(spot.get("average_entry_price"))
+            entry = money(spot.get("average_entry_price"))
             positions.append(Position(f"{spot['asset']}-USD", quantity, entry))
         if self.derivatives:
             listed = self._read("futures positions", lambda: self.client.list_futures_positions())
             for raw in listed.get("positions") or []:
-                future = _futures_position(raw)
+                future = futures_position(raw)
                 signed = future.contracts if future.side == "long" else -future.contracts
                 positions.append(Position(future.symbol, signed, future.average_entry_price))
             positions.extend(self.perps_positions())
@@ -499,16 +496,16 @@ class CoinbaseBroker(Broker):
         data = summary.get("balance_summary") or {}
         listed = self._read("futures positions", lambda: self.client.list_futures_positions())
         return FuturesAccount(
-            buying_power=_money(data.get("futures_buying_power")),
-            total_usd_balance=_money(data.get("total_usd_balance")),
-            unrealized_pnl=_money(data.get("unrealized_pnl")),
-            daily_realized_pnl=_money(data.get("daily_realized_pnl")),
-            initial_margin=_money(data.get("initial_margin")),
-            available_margin=_money(data.get("available_margin")),
-            liquidation_threshold=_money(data.get("liquidation_threshold")),
-            liquidation_buffer_usd=_money(data.get("liquidation_buffer_amount")),
-            liquidation_buffer_pct=_money(data.get("liquidation_buffer_percentage")),
-            positions=[_futures_position(raw) for raw in listed.get("positions") or []],
+            buying_power=money(data.get("futures_buying_power")),
+            total_usd_balance=money(data.get("total_usd_balance")),
+            unrealized_pnl=money(data.get("unrealized_pnl")),
+            daily_realized_pnl=money(data.get("daily_realized_pnl")),
+            initial_margin=money(data.get("initial_margin")),
+            available_margin=money(data.get("available_margin")),
+            liquidation_threshold=money(data.get("liquidation_threshold")),
+            liquidation_buffer_usd=money(data.get("liquidation_buffer_amount")),
+            liquidation_buffer_pct=money(data.get("liquidation_buffer_percentage")),
+            positions=[futures_position(raw) for raw in listed.get("positions") or []],
         )
 
     def fresh_product(self, symbol: str) -> Product:
@@ -550,7 +547,7 @@ class CoinbaseBroker(Broker):
         uuid = self._intx_portfolio()
         data = self._read("INTX positions", lambda: self.client.list_perps_positions(portfolio_uuid=uuid))
         return [
-            Position(p["symbol"], Decimal(str(p.get("net_size") or 0)), _money(p.get("entry_vwap") or p.get("vwap")))
+            Position(p["symbol"], Decimal(str(p.get("net_size") or 0)), money(p.get("entry_vwap") or p.get("vwap")))
             for p in data.get("positions", []) or []
         ]
 
@@ -660,7 +657,7 @@ class CoinbaseBroker(Broker):
                 return
 
     def _order(self, raw: dict[str, Any]) -> Order:
-        order = _order(raw)
+        order = order_from(raw)
         self._client_ids[order.order_id] = order.client_order_id
         return order
 
@@ -683,7 +680,7 @@ class CoinbaseBroker(Broker):
             price=price,
             fee=Decimal(str(raw.get("commission") or 0)),
             liquidity=Liquidity.MAKER if raw.get("liquidity_indicator") == "MAKER" else Liquidity.TAKER,
-            filled_at=_parse_time(str(raw.get("trade_time") or raw.get("sequence_timestamp"))),
+            filled_at=parse_time(str(raw.get("trade_time") or raw.get("sequence_timestamp"))),
             contract_size=self._contract_size(str(raw["product_id"])),
         )
 
@@ -706,248 +703,3 @@ class CoinbaseBroker(Broker):
                 raise BrokerError("Coinbase: this key sees no portfolio")
             self._portfolio_uuid = str(portfolios[0]["uuid"])
         return self._portfolio_uuid
-
-
-# --- JSON <-> domain -----------------------------------------------------------------------------------------------
-
-
-def _money(value: Any) -> Decimal:
-    """{"value": "1.5", "currency": "USD"} or a bare number as a Decimal; missing is 0."""
-    if isinstance(value, dict):
-        value = value.get("value")
-    return Decimal(str(value)) if value not in (None, "") else ZERO
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(text: str) -> datetime:
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _product(data: dict[str, Any]) -> Product:
-    disabled = bool(
-        data.get("trading_disabled")
-        or data.get("is_disabled")
-        or data.get("cancel_only")
-        or str(data.get("status", "online")).lower() not in ("online", "")
-    )
-    symbol = str(data["product_id"])
-    base, _, quote = symbol.partition("-")
-    quote = str(data.get("quote_currency_id") or quote)
-    return Product(
-        symbol=symbol,
-        base_currency=str(data.get("base_currency_id") or base),
-        quote_currency=quote,
-        base_increment=Decimal(str(data["base_increment"])),
-        quote_increment=Decimal(str(data.get("price_increment") or data["quote_increment"])),
-        base_min_size=Decimal(str(data["base_min_size"])),
-        base_max_size=Decimal(str(data["base_max_size"])),
-        quote_min_size=Decimal(str(data.get("quote_min_size") or 0)),
-        trading_disabled=disabled,
-        status=_product_status(data),
-        futures=futures_terms(data, quote),
-        **_funding(data),
-    )
-
-
-def _funding(data: dict[str, Any]) -> dict[str, Any]:
-    """A perpetual-style future's funding rate and time (perpetual_details first, then the product's own)."""
-    details = data.get("future_product_details") or {}
-    perpetual = details.get("perpetual_details") or {}
-    rate = perpetual.get("funding_rate") or details.get("funding_rate")
-    when = perpetual.get("funding_time") or details.get("funding_time")
-    return {
-        "funding_rate": Decimal(str(rate)) if rate not in (None, "") else None,
-        "funding_time": _parse_time(str(when)) if when else None,
-    }
-
-
-def _product_status(data: dict[str, Any]) -> str:
-    """online, or the first restriction in force: trading_disabled, cancel_only, limit_only, post_only, or the
-    exchange's own status word when it is not online."""
-    for flag in ("trading_disabled", "cancel_only", "limit_only", "post_only"):
-        if data.get(flag) or (flag == "trading_disabled" and data.get("is_disabled")):
-            return flag
-    status = str(data.get("status") or "online").lower()
-    return status if status != "online" else "online"
-
-
-def _configuration(request: OrderRequest) -> dict[str, dict[str, Any]]:
-    """Coinbase's order_configuration for a request (base_size everywhere: the bot sizes in base units)."""
-    size = fmt(request.quantity)
-    end_time = _iso(request.expire_at) if request.expire_at is not None else None
-    gtd = request.time_in_force == TimeInForce.GTD
-    if request.order_type == OrderType.MARKET:
-        return {"market_market_ioc": {"base_size": size}}
-    limit = fmt(request.limit_price) if request.limit_price is not None else None
-    if request.order_type == OrderType.LIMIT:
-        if request.time_in_force == TimeInForce.IOC:
-            return {"sor_limit_ioc": {"base_size": size, "limit_price": limit}}
-        if gtd:
-            return {
-                "limit_limit_gtd": {
-                    "base_size": size,
-                    "limit_price": limit,
-                    "end_time": end_time,
-                    "post_only": request.post_only,
-                }
-            }
-        return {"limit_limit_gtc": {"base_size": size, "limit_price": limit, "post_only": request.post_only}}
-    stop = {
-        "base_size": size,
-        "limit_price": limit,
-        "stop_price": fmt(request.stop_price) if request.stop_price is not None else None,
-        "stop_direction": "STOP_DIRECTION_STOP_UP" if request.side == Side.BUY else "STOP_DIRECTION_STOP_DOWN",
-    }
-    if gtd:
-        return {"stop_limit_stop_limit_gtd": {**stop, "end_time": end_time}}
-    return {"stop_limit_stop_limit_gtc": stop}
-
-
-def _from_configuration(config: dict[str, Any]) -> tuple[OrderType, TimeInForce, dict[str, Any]]:
-    kind, params = next(iter(config.items())) if config else ("market_market_ioc", {})
-    params = params or {}
-    if kind.startswith("market"):
-        return OrderType.MARKET, TimeInForce.IOC, params
-    if kind.startswith("stop_limit"):
-        return OrderType.STOP_LIMIT, TimeInForce.GTD if kind.endswith("gtd") else TimeInForce.GTC, params
-    if kind in ("sor_limit_ioc", "limit_limit_fok"):
-        return OrderType.LIMIT, TimeInForce.IOC, params
-    return OrderType.LIMIT, TimeInForce.GTD if kind.endswith("gtd") else TimeInForce.GTC, params
-
-
-def _futures_position(raw: dict[str, Any]) -> FuturesPosition:
-    side = str(raw.get("side") or "").upper()
-    return FuturesPosition(
-        symbol=str(raw["product_id"]),
-        side="short" if side.endswith("SHORT") else "long",
-        contracts=_money(raw.get("number_of_contracts")),
-        average_entry_price=_money(raw.get("avg_entry_price")),
-        current_price=_money(raw.get("current_price")),
-        unrealized_pnl=_money(raw.get("unrealized_pnl")),
-        daily_realized_pnl=_money(raw.get("daily_realized_pnl")),
-    )
-
-
-def _status(raw: dict[str, Any], filled: Decimal) -> OrderStatus:
-    """The domain status of an order as REST or the user channel reports it; an open order with fills is partial."""
-    status = _STATUSES.get(str(raw.get("status", "")).upper(), OrderStatus.OPEN)
-    return OrderStatus.PARTIALLY_FILLED if status == OrderStatus.OPEN and filled > 0 else status
-
-
-def _order(raw: dict[str, Any]) -> Order:
-    order_type, tif, params = _from_configuration(raw.get("order_configuration") or {})
-    filled = Decimal(str(raw.get("filled_size") or 0))
-    status = _status(raw, filled)
-    size = params.get("base_size")
-    average = Decimal(str(raw.get("average_filled_price") or 0))
-    quantity = Decimal(str(size)) if size not in (None, "") else filled
-    if order_type == OrderType.MARKET and tif == TimeInForce.IOC:
-        tif = TimeInForce.GTC  # the domain has no IOC market order; a market order is immediate anyway
-    created = _parse_time(str(raw["created_time"]))
-    last_fill = raw.get("last_fill_time")
-    end_time = params.get("end_time")
-    return Order(
-        order_id=str(raw["order_id"]),
-        client_order_id=str(raw.get("client_order_id") or ""),
-        symbol=str(raw["product_id"]),
-        side=Side(str(raw["side"]).lower()),
-        order_type=order_type,
-        quantity=quantity,
-        status=status,
-        created_at=created,
-        limit_price=Decimal(str(params["limit_price"])) if params.get("limit_price") else None,
-        stop_price=Decimal(str(params["stop_price"])) if params.get("stop_price") else None,
-        time_in_force=tif,
-        expire_at=_parse_time(str(end_time)) if end_time else None,
-        filled_quantity=filled,
-        average_fill_price=average if filled > 0 else None,
-        fees=Decimal(str(raw.get("total_fees") or raw.get("fee") or 0)),
-        reject_reason=(raw.get("reject_message") or raw.get("reject_reason") or None)
-        if status == OrderStatus.REJECTED
-        else None,
-        updated_at=_parse_time(str(last_fill)) if last_fill else created,
-    )
-
-
-def order_from_user_channel(raw: dict[str, Any]) -> Order:
-    """An order as the WebSocket `user` channel reports it (cumulative_quantity, leaves_quantity, avg_price,
-    total_fees), in the domain's terms; a market order's quantity is what filled plus what is left."""
-    kind = str(raw.get("order_type") or "").upper().replace(" ", "_")
-    order_type = {"MARKET": OrderType.MARKET, "STOP_LIMIT": OrderType.STOP_LIMIT}.get(kind, OrderType.LIMIT)
-    filled = Decimal(str(raw.get("cumulative_quantity") or 0))
-    leaves = Decimal(str(raw.get("leaves_quantity") or 0))
-    status = _status(raw, filled)
-    average = Decimal(str(raw.get("avg_price") or 0))
-    tif = {"GOOD_UNTIL_DATE_TIME": TimeInForce.GTD, "IMMEDIATE_OR_CANCEL": TimeInForce.IOC}.get(
-        str(raw.get("time_in_force") or ""), TimeInForce.GTC
-    )
-    limit, stop = (Decimal(str(raw.get(name) or 0)) for name in ("limit_price", "stop_price"))
-    return Order(
-        order_id=str(raw["order_id"]),
-        client_order_id=str(raw.get("client_order_id") or ""),
-        symbol=str(raw["product_id"]),
-        side=Side(str(raw["order_side"]).lower()),
-        order_type=order_type,
-        quantity=filled + leaves,
-        status=status,
-        created_at=_parse_time(str(raw["creation_time"])),
-        limit_price=limit or None,
-        stop_price=stop or None,
-        time_in_force=TimeInForce.GTC if order_type == OrderType.MARKET else tif,
-        filled_quantity=filled,
-        average_fill_price=average if filled > 0 else None,
-        fees=Decimal(str(raw.get("total_fees") or 0)),
-        reject_reason=str(raw.get("reject_reason") or "") or None if status == OrderStatus.REJECTED else None,
-    )
-
-
-def _request_of(order: Order) -> OrderRequest:
-    return OrderRequest(
-        symbol=order.symbol,
-        side=order.side,
-        order_type=order.order_type,
-        quantity=order.quantity,
-        client_order_id=order.client_order_id,
-        limit_price=order.limit_price,
-        stop_price=order.stop_price,
-        time_in_force=order.time_in_force,
-        expire_at=order.expire_at,
-    )
-
-
-def _edit_error(error: Any) -> str:
-    if isinstance(error, dict):
-        parts = [str(v) for k, v in error.items() if v and k in ("edit_failure_reason", "preview_failure_reason")]
-        return " / ".join(parts) or str(error)
-    return str(error)
-
-
-def _preview(
-    data: dict[str, Any],
-    request: OrderRequest,
-    *,
-    preview_id: str,
-    errors: list[Any],
-    order_id: str | None = None,
-) -> OrderPreview:
-    base_size = Decimal(str(data.get("base_size") or request.quantity))
-    quote_size = Decimal(str(data.get("quote_size") or 0))
-    if base_size > 0 and quote_size > 0:
-        estimated = quote_size / base_size
-    else:
-        touch = data.get("best_ask") if request.side == Side.BUY else data.get("best_bid")
-        estimated = Decimal(str(touch or request.limit_price or 0))
-    return OrderPreview(
-        preview_id=preview_id,
-        request=request,
-        estimated_price=estimated,
-        quote_size=quote_size,
-        base_size=base_size,
-        commission=Decimal(str(data.get("commission_total") or 0)),
-        errors=tuple(str(e) for e in errors),
-        order_id=order_id,
-    )

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from trader.brokers.coinbase import order_from_user_channel
+from trader.brokers.coinbase_wire import order_from_user_channel
 from trader.coinbase.ws import Subscription, WsFeed, ws_jwt_maker, ws_ssl_context
 from trader.domain import Order
 from trader.settings import Settings
