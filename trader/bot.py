@@ -430,7 +430,16 @@ class TradingBot:
     def _stand_down(self, reason: str) -> None:
         if self.lease_lost is None:
             self.lease_lost = reason
-            log.critical("standing down: %s", reason)
+            # An operator's procedure (graceful shutdown, flatten, cancel-all) taking the account is planned: a
+            # warning; another bot taking it, or a lapsed lease, is what the ERROR/CRITICAL scan should find.
+            (log.warning if self._taken_by_operator() else log.critical)("standing down: %s", reason)
+
+    def _taken_by_operator(self) -> bool:
+        try:
+            now_held = self.ledger.current_lease(self.settings.account)
+        except Exception:  # the database is down: assume the worst
+            return False
+        return now_held is not None and now_held.holder.kind == "operator" and not now_held.expired()
 
     def _release_lease(self) -> None:
         with self._lease_lock:
@@ -884,9 +893,9 @@ class TradingBot:
         balances = self.broker.balances()
         valuation = self._valuation(prices)
         equity = sum((b.total * valuation.get(b.currency, Decimal(0)) for b in balances), Decimal(0))
-        if self.futures is not None:  # futures positions' unrealized PnL counts (read once a cycle, reused below)
+        if self.futures is not None:  # futures' unrealized PnL and accrued funding (read once a cycle, reused below)
             self._futures_now = self.futures.futures_account()
-            equity += self._futures_now.unrealized_pnl
+            equity += self._futures_now.open_pnl
         day = at.date()
         if self._equity_day is None or self._equity_day[0] != day:
             start = self.ledger.equity_at_start_of_day(day) if self.mode != "dry_run" else None

@@ -273,3 +273,13 @@ class FuturesAccount:
     liquidation_buffer_usd: Decimal
     liquidation_buffer_pct: Decimal
     positions: list[FuturesPosition] = field(default_factory=list)
+
+    @property
+    def equity(self) -> Decimal:
+        """The futures account's equity: the liquidation threshold plus the buffer above it."""
+        return self.liquidation_threshold + self.liquidation_buffer_usd
+
+    @property
+    def open_pnl(self) -> Decimal:
+        """What the equity holds beyond the USD balance: unrealized PnL and funding accrued, not yet settled."""
+        return self.equity - self.total_usd_balance

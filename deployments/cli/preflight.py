@@ -88,16 +88,21 @@ def exchange_check(settings: Settings, broker: Broker) -> CheckResult:
 def derivatives_check(settings: Settings, broker: Broker) -> CheckResult:
     if not settings.coinbase_enable_derivatives:
         return CheckResult("derivatives", "pass", "off (COINBASE_ENABLE_DERIVATIVES unset)")
-    if settings.profile != "perps":
-        return CheckResult("derivatives", "warn", f"COINBASE_ENABLE_DERIVATIVES=1 on profile {settings.profile}")
+    if settings.profile != "perps" and broker.name == "coinbase":  # live futures outside the perps profile
+        return CheckResult(
+            "derivatives",
+            "warn",
+            f"COINBASE_ENABLE_DERIVATIVES=1 on profile {settings.profile}: live futures belong to profile perps",
+        )
     futures = getattr(broker, "futures_account", None)
     if futures is None:
-        return CheckResult("derivatives", "warn", "on, but this broker has no futures account (paper)")
+        return CheckResult("derivatives", "warn", "on, but this broker has no futures account")
     account = futures()
+    where = "paper futures account" if broker.name == "simulated" else "futures account"
     return CheckResult(
         "derivatives",
         "pass",
-        f"futures account readable: buying power {account.buying_power} USD, liquidation buffer "
+        f"{where} readable: buying power {account.buying_power} USD, liquidation buffer "
         f"{account.liquidation_buffer_pct}%, {len(account.positions)} positions",
     )
 

@@ -61,3 +61,14 @@ def test_derivatives_are_checked_on_the_perps_profile(tmp_path: Path, start_exch
 
     found = rows(result.stdout)
     assert "PASS" in found["derivatives"] and "buying power 5000" in found["derivatives"], result.stdout
+
+
+def test_paper_futures_pass_the_derivatives_check_on_any_profile(tmp_path: Path) -> None:
+    result = perps_bot(
+        tmp_path, "preflight", "--profile", "dev", COINBASE_ENABLE_DERIVATIVES="1", TRADING_SYMBOLS="BIP-20DEC30-CDE"
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = rows(result.stdout)
+    assert "PASS" in found["derivatives"] and "paper futures account readable" in found["derivatives"]
+    assert "PASS" in found["product BIP-20DEC30-CDE"]

@@ -146,6 +146,9 @@ def test_shutdown_of_a_running_bot_leaves_it_flat_without_orders_checkpointed_an
     assert "stood down" in shutdown.stdout and "1 reduce-only exit(s)" in shutdown.stdout
     assert bot.wait(timeout=30) == 0, bot.stderr.read()  # type: ignore[union-attr]
     assert "stopped: lease lost" in bot.stdout.read()  # type: ignore[union-attr]  # the operator took the account
+    log = (tmp_path / "var/logs/perps_bot.log").read_text()
+    assert "WARNING" in next(line for line in log.splitlines() if "standing down" in line)  # planned: no CRITICAL
+    assert "CRITICAL" not in log
     account = paper(tmp_path)
     assert account.positions() == [] and account.list_open_orders() == []
     assert (tmp_path / "var/state/REDUCE_ONLY").exists() and (tmp_path / "var/state/STOP").exists()

@@ -14,7 +14,7 @@ from tests.trader.brokers.test_coinbase_broker import settings_for
 from trader.brokers import futures as fx
 from trader.brokers.coinbase import CoinbaseBroker
 from trader.brokers.simulated import SimulatedExchange
-from trader.checklists.daily import funding_schedule
+from trader.checklists.daily import funding_schedule, overnight_pnl_and_positions
 from trader.checklists.report import daily_report
 from trader.domain import Candle, OrderRequest, OrderType, Side
 from trader.funding import FundingTracker, funding_summary
@@ -55,6 +55,9 @@ def test_rates_are_recorded_once_per_funding_time_and_every_payment_once(tmp_pat
             (p.payment_id, p.amount, p.settled) for p in reported
         ]
         accruals = [p for p in payments if not p.settled]
+        recorded_rate = {r.funding_time: r.rate for r in rates}
+        # the rate a product shows during an hour is the one its funding instant charges
+        assert [p.rate for p in accruals] == [recorded_rate[p.at] for p in accruals]
         settlement = next(p for p in payments if p.settled)
         assert settlement.at.hour == 12 and settlement.amount == sum(
             (p.amount for p in accruals if p.at <= settlement.at), Decimal(0)
@@ -65,6 +68,11 @@ def test_rates_are_recorded_once_per_funding_time_and_every_payment_once(tmp_pat
         assert (
             tracker.track(exchange, [exchange.fresh_product(FUTURE)], exchange.futures_account(), exchange.now()) == 0
         )
+
+        (fill,) = exchange.list_fills()  # the only fill: 5 contracts of 0.01 BTC
+        ledger.record_fills([fill])
+        overnight = overnight_pnl_and_positions(ledger, exchange, datetime.now(UTC))
+        assert f"1 fills, notional {5 * Decimal('0.01') * fill.price:.2f}," in overnight.evidence
 
         net = sum((p.amount for p in accruals), Decimal(0))
         total = funding_summary(ledger, start - timedelta(days=1))[-1]
@@ -107,8 +115,9 @@ def test_the_daily_checklist_item_shows_the_schedule_and_warns_on_a_funding_spik
 
         calm = paper("0.0001")
         open_long(calm)
-        result = funding_schedule(settings, calm, ledger, calm.now())
+        result = funding_schedule(settings, calm, ledger, datetime.now(UTC))  # the flow's wall clock
         assert result.status == "pass", result
+        # on the account's clock: the replay's 01:00, an hour before its next funding
         assert f"{FUTURE} (held): rate 0.00000417 next at 02:00 UTC (in 60 min)" in result.evidence
 
         spike = funding_schedule(settings, paper("0.05"), ledger, start)  # 5 % / 24 = 0.00208 an hour

@@ -16,7 +16,8 @@ assumptions below hold in one place (Coinbase's US perpetual-style futures work 
   positive is money received). Payments accrue hourly and settle into collateral twice a day at SETTLEMENT_HOURS
   (UTC). Change the schedule here.
 - the paper funding rate for an hour = clamp(premium / 24, +-FUNDING_RATE_CAP), premium = (mark - index) / index,
-  with the underlying spot product's price as the index.
+  with the underlying spot product's price as the index, fixed when the hour begins and applied when it ends (so
+  the rate a product shows during the hour is the one its funding instant charges).
 """
 
 from __future__ import annotations
@@ -117,5 +118,10 @@ def is_settlement(instant: datetime) -> bool:
     return instant.hour in SETTLEMENT_HOURS and instant.minute == 0 and instant.second == 0
 
 
+def interval_start(now: datetime) -> datetime:
+    """When the funding interval holding `now` began: its rate was fixed then (the hour, on the hour)."""
+    return now.replace(minute=0, second=0, microsecond=0)
+
+
 def next_funding_time(now: datetime) -> datetime:
-    return now.replace(minute=0, second=0, microsecond=0) + FUNDING_INTERVAL
+    return interval_start(now) + FUNDING_INTERVAL

@@ -120,9 +120,8 @@ class FuturesBook:
 
     # --- funding -----------------------------------------------------------------------------------------------------
 
-    def accrue(self, instant: datetime, held: Held, index: Decimal) -> None:
-        """The position's funding at one funding instant, from its mark's premium over the index then."""
-        rate = fx.paper_funding_rate(held.mark, index)
+    def accrue(self, instant: datetime, held: Held, rate: Decimal) -> None:
+        """The position's funding at one funding instant, at its mark then and the rate fixed for that interval."""
         amount = fx.funding_payment(held.contracts, held.terms, held.mark, rate)
         symbol = held.product.symbol
         self.accrued[symbol] = self.accrued.get(symbol, ZERO) + amount

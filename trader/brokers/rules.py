@@ -25,7 +25,8 @@ def is_multiple(value: Decimal, increment: Decimal) -> bool:
 
 def check_order(request: OrderRequest, product: Product, *, reference_price: Decimal, now: datetime) -> None:
     """Raise OrderRejected naming the product rule `request` breaks; reference_price values a market order."""
-    symbol, base = product.symbol, product.base_currency
+    symbol = product.symbol
+    base = "contracts" if product.futures is not None else product.base_currency  # what the size counts
     if product.trading_disabled:
         raise OrderRejected(f"trading is disabled for {symbol} (trading_disabled): no orders are accepted")
     _check_order_type(request, product)

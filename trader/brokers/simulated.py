@@ -105,6 +105,7 @@ FUTURES_PRODUCTS: tuple[Product, ...] = (
         ),
     ),
 )
+FUTURE_SYMBOLS = frozenset(p.symbol for p in FUTURES_PRODUCTS)
 DEFAULT_BALANCES = {"USD": Decimal("100000")}
 FEE_STEP = Decimal("0.01")  # futures fees are in cents (their quote increment is the price tick)
 BPS = Decimal("10000")
@@ -191,7 +192,8 @@ class SimulatedExchange(PaperAccountFile, Broker):
         """The product's rules; a future's with its funding rate and time now."""
         product = self._products.get(symbol)
         if product is None:
-            raise UnknownSymbol(f"unknown symbol {symbol}; available: {', '.join(self._products)}")
+            hint = " (a future: set COINBASE_ENABLE_DERIVATIVES=1)" if symbol in FUTURE_SYMBOLS else ""
+            raise UnknownSymbol(f"unknown symbol {symbol}{hint}; available: {', '.join(self._products)}")
         if product.futures is not None:
             now = self.market.now()
             return replace(product, funding_rate=self._funding_rate(product), funding_time=fx.next_funding_time(now))
@@ -388,8 +390,10 @@ class SimulatedExchange(PaperAccountFile, Broker):
     def balances(self) -> list[Balance]:
         self._sync()
         self._persist()
-        currencies = set(self._totals) | {
-            c for p in self._products.values() for c in (p.base_currency, p.quote_currency)
+        currencies = set(self._totals) | {  # a future's base is no currency: its contracts are positions
+            c
+            for p in self._products.values()
+            for c in ((p.quote_currency,) if p.futures is not None else (p.base_currency, p.quote_currency))
         }
         zero = Decimal(0)
         return [
@@ -458,12 +462,28 @@ class SimulatedExchange(PaperAccountFile, Broker):
         return self.market.latest(product.symbol).close
 
     def _funding_rate(self, product: Product) -> Decimal:
-        """The paper hourly rate from the future's premium over its underlying (trader/brokers/futures.py)."""
+        """The rate the next funding instant applies: fixed when its interval began (trader/brokers/futures.py)."""
         assert product.futures is not None
-        underlying = product.futures.underlying
-        if not underlying or underlying not in self.market.symbols():
-            return Decimal(0)
-        return fx.paper_funding_rate(self._mark(product), self.market.latest(underlying).close)
+        now = self.market.now()
+        interval = now - self.market.latest(product.symbol).start
+        start = fx.interval_start(now)
+        history = self._histories([product], int((now - start) / interval) + 2)
+        return self._rate_fixed_at(product, start, history, interval)
+
+    def _histories(self, products: list[Product], bars: int) -> dict[str, list[Candle]]:
+        """The last `bars` bars of each future and its underlying (the index)."""
+        wanted = {p.symbol for p in products} | {p.futures.underlying for p in products if p.futures is not None}
+        return {s: self.market.history(s, bars) for s in wanted if s in self.market.symbols()}
+
+    @staticmethod
+    def _rate_fixed_at(
+        product: Product, at: datetime, history: dict[str, list[Candle]], interval: timedelta
+    ) -> Decimal:
+        """The paper rate from the future's premium over its index at `at` (0 without both prices)."""
+        assert product.futures is not None
+        mark = _close_at(history.get(product.symbol, []), at, interval)
+        index = _close_at(history.get(product.futures.underlying, []), at, interval)
+        return fx.paper_funding_rate(mark, index) if mark is not None and index is not None else Decimal(0)
 
     def _apply_funding(self, bars: int) -> None:
         """Every funding instant the market moved past: each futures position accrues its payment at that bar's
@@ -475,15 +495,17 @@ class SimulatedExchange(PaperAccountFile, Broker):
         if not instants:
             return
         held = self._futures_held()
-        wanted = {p.product.symbol for p in held} | {p.terms.underlying for p in held}
-        history = {s: self.market.history(s, bars) for s in wanted if s in self.market.symbols()}
         interval = now - self.market.latest(held[0].product.symbol).start if held else now - now
+        # back to the start of the first instant's interval: its rate was fixed then
+        history = (
+            self._histories([p.product for p in held], bars + int(fx.FUNDING_INTERVAL / interval) + 2) if held else {}
+        )
         for instant in instants:
             for position in held:
                 mark = _close_at(history.get(position.product.symbol, []), instant, interval)
-                index = _close_at(history.get(position.terms.underlying, []), instant, interval)
-                if mark is not None and index is not None:
-                    self._book.accrue(instant, replace(position, mark=mark), index)
+                rate = self._rate_fixed_at(position.product, instant - fx.FUNDING_INTERVAL, history, interval)
+                if mark is not None:
+                    self._book.accrue(instant, replace(position, mark=mark), rate)
             if fx.is_settlement(instant):
                 self._totals["USD"] = self._totals.get("USD", Decimal(0)) + self._book.settle(instant)
         self._dirty = True

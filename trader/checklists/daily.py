@@ -100,7 +100,7 @@ def preflight(settings: Settings, broker: Broker) -> CheckResult:
                 status = _max(status, "warn")
     else:
         notes.append("paper trading: no key needed")
-    if settings.coinbase_enable_derivatives and settings.profile != "perps":
+    if settings.coinbase_enable_derivatives and settings.profile != "perps" and broker.name == "coinbase":
         status = _max(status, "warn")
         notes.append(
             f"COINBASE_ENABLE_DERIVATIVES=1 on profile {settings.profile}: unset it unless US futures (CFM) access "
@@ -116,6 +116,7 @@ def funding_schedule(settings: Settings, broker: Broker, ledger: Ledger, now: da
     (warn beyond |0.001|, the funding_rate_spike level), and the last 24 hours' funding paid or received."""
     from trader.funding import FUNDING_RATE_ALERT, funding_summary
 
+    now = broker.now()  # the account's clock: a replayed paper account's funding is on replay time
     if not settings.coinbase_enable_derivatives:
         return CheckResult("funding schedule", "pass", "derivatives off: no futures, no funding")
     account = broker.futures_account() if hasattr(broker, "futures_account") else None
@@ -219,7 +220,13 @@ def overnight_pnl_and_positions(ledger: Ledger, broker: Broker, now: datetime) -
     since = clock - timedelta(hours=24)
     fills = pd.DataFrame(
         [
-            {"symbol": f.symbol, "side": f.side, "qty": float(f.quantity), "price": float(f.price), "fee": float(f.fee)}
+            {
+                "symbol": f.symbol,
+                "side": f.side,
+                "qty": float(f.quantity),
+                "price": float(f.price * f.contract_size),  # a future's: per contract
+                "fee": float(f.fee),
+            }
             for f in ledger.list_fills()
             if since <= _utc(f.filled_at) <= clock
         ],
