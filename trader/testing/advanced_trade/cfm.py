@@ -19,7 +19,6 @@ contracts it opens (at max(1 / leverage, the 10 % initial rate)) plus its fee wi
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
@@ -45,6 +44,7 @@ from trader.testing.advanced_trade.wire import (
     _parse_order_request,
     _permission_denied,
     _Rejected,
+    preview_json,
 )
 
 IMMEDIATE_KINDS = ("market_market_ioc", "sor_limit_ioc")  # the futures orders the server fills
@@ -96,17 +96,9 @@ class _FuturesOrders:
         self._futures_allowed()
         leverage = self._check_future(request, body, product)
         now = self.now()
-        order = Order(
-            order_id=str(uuid.uuid4()),
-            client_order_id=request.client_order_id,
-            product_id=request.product_id,
-            side=request.side,
-            kind=request.kind,
-            configuration=dict(request.configuration),
-            created_time=now,
-            sequence=self._exchange.next_sequence(),
-            base_size=request.base_size,
-            limit_price=request.limit_price,
+        order = self._exchange.new_order(
+            request,
+            now,
             product_type="FUTURE",
             leverage=leverage,
             margin_type=str(body.get("margin_type") or "CROSS"),
@@ -135,23 +127,17 @@ class _FuturesOrders:
             value = base * product.price
             commission = self._fee(base, product)
             margin = fx.initial_margin(self._opening(request, product), futures_terms(product), product.price, leverage)
-        side = body.get("side")
-        return {
-            "order_total": _fmt(value + commission if side == "BUY" else value - commission),
-            "commission_total": _fmt(commission),
-            "errs": errors,
-            "warning": [],
-            "quote_size": _fmt(value),
-            "base_size": _fmt(base),
-            "best_bid": _fmt(product.price),
-            "best_ask": _fmt(product.price),
-            "is_max": False,
-            "order_margin_total": _fmt(margin),
-            "leverage": _fmt(leverage) if leverage is not None else "",
-            "max_leverage": _fmt(product.max_leverage),
-            "preview_id": str(uuid.uuid4()),
-            "slippage": "0",
-        }
+        return preview_json(
+            body.get("side"),
+            base,
+            value,
+            commission,
+            errors,
+            (product.price, product.price),
+            order_margin_total=_fmt(margin),
+            leverage=_fmt(leverage) if leverage is not None else "",
+            max_leverage=_fmt(product.max_leverage),
+        )
 
     def _check_future(self, request: _OrderRequest, body: JsonObject, product: FuturesProduct) -> Decimal | None:
         """The leverage the order carries, or _Rejected with Coinbase's failure reasons."""
@@ -248,20 +234,7 @@ class _FuturesOrders:
         order.filled_size, order.filled_value = size, size * price
         order.total_fees, order.number_of_fills = fee, 1
         order.last_fill_time, order.status = now, "FILLED"
-        return Fill(
-            entry_id=str(uuid.uuid4()),
-            trade_id=str(uuid.uuid4()),
-            order_id=order.order_id,
-            product_id=order.product_id,
-            side=order.side,
-            price=price,
-            size=size,
-            commission=fee,
-            liquidity_indicator="TAKER",
-            trade_time=now,
-            size_in_quote=False,
-            sequence=self._exchange.next_sequence(),
-        )
+        return self._exchange.new_fill(order, size, price, fee, "TAKER", now)
 
 
 def _leverage(value: object, product: FuturesProduct) -> Decimal | None:

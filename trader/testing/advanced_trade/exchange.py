@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from trader.domain import Candle, quantize_down
 from trader.market import ReplayMarketData
@@ -235,9 +236,10 @@ class _Exchange:
             return spec.quote_currency, base * price * (ONE + self.hold_fee_rate)
         return spec.base_currency, base
 
-    def place(self, request: _OrderRequest, now: datetime) -> Order:
-        spec = self.check(request, now)
-        order = Order(
+    def new_order(self, request: _OrderRequest, now: datetime, **more: Any) -> Order:
+        """An order for a request, next in the sequence; `more`: the fields of its kind (spot's stop and post-only,
+        a future's product type, leverage and margin type)."""
+        return Order(
             order_id=str(uuid.uuid4()),
             client_order_id=request.client_order_id,
             product_id=request.product_id,
@@ -247,8 +249,35 @@ class _Exchange:
             created_time=now,
             sequence=next(self._sequence),
             base_size=request.base_size,
-            quote_size=request.quote_size,
             limit_price=request.limit_price,
+            **more,
+        )
+
+    def new_fill(
+        self, order: Order, size: Decimal, price: Decimal, fee: Decimal, liquidity: str, now: datetime
+    ) -> Fill:
+        """A fill of `order`, next in the sequence."""
+        return Fill(
+            entry_id=str(uuid.uuid4()),
+            trade_id=str(uuid.uuid4()),
+            order_id=order.order_id,
+            product_id=order.product_id,
+            side=order.side,
+            price=price,
+            size=size,
+            commission=fee,
+            liquidity_indicator=liquidity,
+            trade_time=now,
+            size_in_quote=order.quote_size is not None,
+            sequence=next(self._sequence),
+        )
+
+    def place(self, request: _OrderRequest, now: datetime) -> Order:
+        spec = self.check(request, now)
+        order = self.new_order(
+            request,
+            now,
+            quote_size=request.quote_size,
             stop_price=request.stop_price,
             stop_direction=request.stop_direction,
             end_time=request.end_time,
@@ -266,10 +295,6 @@ class _Exchange:
         if not order.stop_pending:
             self._match(order, now)
         return order
-
-    def next_sequence(self) -> int:
-        """The next number of the one sequence orders and fills are paged by."""
-        return next(self._sequence)
 
     def record(self, order: Order, fills: Iterable[Fill]) -> None:
         """Keep an order traded outside the spot book (a US future: cfm.py) and its fills, so the order and fill
@@ -348,20 +373,7 @@ class _Exchange:
         self.changed[order.order_id] = None
         if completes:
             order.status = "FILLED"
-        fill = Fill(
-            entry_id=str(uuid.uuid4()),
-            trade_id=str(uuid.uuid4()),
-            order_id=order.order_id,
-            product_id=order.product_id,
-            side=order.side,
-            price=price,
-            size=size,
-            commission=fee,
-            liquidity_indicator=liquidity,
-            trade_time=now,
-            size_in_quote=order.quote_size is not None,
-            sequence=next(self._sequence),
-        )
+        fill = self.new_fill(order, size, price, fee, liquidity, now)
         self.fills.append(fill)
         self.volume += value
         self.fees_paid += fee

@@ -8,7 +8,6 @@ authentication, so an endpoint reads and changes the exchange freely.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from trader.testing.advanced_trade.wire import (
     _product_json,
     _Rejected,
     _rfc3339,
+    preview_json,
 )
 
 API = "/api/v3/brokerage"
@@ -414,20 +414,7 @@ class _Endpoints(_FuturesOrders):
             if spec is not None:
                 best_bid, best_ask = exchange.quotes[spec.product_id]
                 base, value, commission = self._estimate(request, spec)
-        side = call.body.get("side")
-        return {
-            "order_total": _fmt(value + commission if side == "BUY" else value - commission),
-            "commission_total": _fmt(commission),
-            "errs": errors,
-            "warning": [],
-            "quote_size": _fmt(value),
-            "base_size": _fmt(base),
-            "best_bid": _fmt(best_bid),
-            "best_ask": _fmt(best_ask),
-            "is_max": False,
-            "preview_id": str(uuid.uuid4()),
-            "slippage": "0",
-        }
+        return preview_json(call.body.get("side"), base, value, commission, errors, (best_bid, best_ask))
 
     def _estimate(self, request: _OrderRequest, spec: ProductSpec) -> tuple[Decimal, Decimal, Decimal]:
         """(base size, value, commission) the order would execute at now, or rest at, for previews."""

@@ -760,3 +760,30 @@ def _futures_product_json(product: FuturesProduct) -> JsonObject:
             "perpetual_details": {**funding, "open_interest": "0", "max_leverage": _fmt(product.max_leverage)},
         },
     }
+
+
+def preview_json(
+    side: object,
+    base: Decimal,
+    value: Decimal,
+    commission: Decimal,
+    errors: list[str],
+    touch: tuple[Decimal, Decimal],
+    **more: str,
+) -> JsonObject:
+    """POST /orders/preview's answer: the total (value plus the commission for a buy, minus for a sell), the sizes,
+    the touch, the failure reasons, and `more` (a future's margin and leverage)."""
+    return {
+        "order_total": _fmt(value + commission if side == "BUY" else value - commission),
+        "commission_total": _fmt(commission),
+        "errs": errors,
+        "warning": [],
+        "quote_size": _fmt(value),
+        "base_size": _fmt(base),
+        "best_bid": _fmt(touch[0]),
+        "best_ask": _fmt(touch[1]),
+        "is_max": False,
+        **more,
+        "preview_id": str(uuid.uuid4()),
+        "slippage": "0",
+    }
