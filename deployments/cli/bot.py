@@ -11,7 +11,7 @@ import argparse
 import signal
 from typing import TYPE_CHECKING
 
-from deployments.cli.output import out
+from deployments.cli.output import out, say
 from trader.errors import ConfigError
 from trader.settings import Settings
 
@@ -88,19 +88,19 @@ class _StopFlag:
 
 def _print_cycle(report: CycleReport) -> None:
     prices = ", ".join(f"{s} {p}" for s, p in report.prices.items())
-    out.print(
+    say(
         f"cycle {report.cycle} at {report.at:%Y-%m-%d %H:%M} UTC: {prices}; "
         f"daily PnL {report.daily_pnl_pct:.2f}%; {report.duration_ms:.1f} ms"
-    )
+    )  # one line each, piped or not
     for sent in report.orders:
         r = sent.request
         verb = "would send" if sent.status == "dry_run" else sent.status
         price = f" @ {r.limit_price}" if r.limit_price else ""
-        out.print(
+        say(
             f"  {verb}: {r.side} {r.quantity} {r.symbol} {r.order_type}{price}"
             f"{' reduce-only' if r.reduce_only else ''} [{r.client_order_id}] {sent.reason}"
         )
     for intent, reason in report.refused:
-        out.print(f"  refused by risk: {intent.side} {intent.quantity} {intent.symbol}: {reason}")
+        say(f"  refused by risk: {intent.side} {intent.quantity} {intent.symbol}: {reason}")
     if not report.orders and not report.refused:
-        out.print("  no orders: strategy holds")
+        say("  no orders: strategy holds")

@@ -220,3 +220,11 @@ def test_spot_reduce_only_runs_on_paper_when_asked_and_refuses_without_credentia
     assert refused.returncode == 2 and "COINBASE_API_KEY" in refused.stderr
     assert paper.returncode == 0, paper.stderr
     assert "2 cycle(s)" in paper.stdout
+
+
+def test_each_cycle_is_one_line_when_the_output_is_piped(home: Path) -> None:
+    result = perps_bot(home, "--profile", "dev", "--cycles", "3", "--interval", "0", TRADING_SYMBOLS="BTC-USD,ETH-USD")
+
+    assert result.returncode == 0, result.stderr
+    cycles = [line for line in result.stdout.splitlines() if line.startswith("cycle ")]
+    assert len(cycles) == 3 and all(line.endswith(" ms") and len(line) > 80 for line in cycles), result.stdout
