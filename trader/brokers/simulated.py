@@ -714,10 +714,10 @@ class SimulatedExchange(PaperAccountFile, Broker):
     def _hold_for(self, order: Order, product: Product, plan: _Plan) -> tuple[str, Decimal]:
         """What a resting order holds: the base it sells, or its limit value plus the fee it may pay (a future: the
         margin it would open, and its fee)."""
-        if product.futures is not None:
+        if product.futures is not None:  # (one that only closes contracts holds nothing)
             request = self._requests[order.order_id]
             currency, amount, _ = self._margin_required(request, product, plan)
-            return currency, amount - self._book.margin_in_use(self._futures_held())
+            return currency, amount - self._book.margin_in_use(self._futures_held()) if amount else Decimal(0)
         if order.side == Side.SELL:
             return product.base_currency, order.quantity
         assert order.limit_price is not None

@@ -274,3 +274,23 @@ def test_an_underwater_position_can_always_be_closed() -> None:
         exchange.place_order(order(Side.BUY, "1", "more"))
     exchange.place_order(order(Side.SELL, "10", "close", reduce_only=True))
     assert exchange.positions() == []
+
+
+def test_a_resting_futures_limit_holds_its_opening_margin_and_a_closing_one_holds_nothing() -> None:
+    exchange = paper(["65000"] * 3)
+    exchange.place_order(order(Side.BUY, "10", "open", leverage="5"))
+    usd_before = next(b for b in exchange.balances() if b.currency == "USD")
+
+    def limit(side: Side, contracts: str, cid: str, price: str, reduce_only: bool = False) -> OrderRequest:
+        return OrderRequest(
+            SYMBOL, side, OrderType.LIMIT, Decimal(contracts), cid, limit_price=Decimal(price), reduce_only=reduce_only
+        )
+
+    exchange.place_order(limit(Side.SELL, "10", "take-profit", "70000", reduce_only=True))  # rests above the market
+    assert next(b for b in exchange.balances() if b.currency == "USD") == usd_before  # closing: nothing held
+
+    exchange.place_order(limit(Side.BUY, "2", "add", "60000"))  # rests below the market, opens 2 more at 1x
+    usd = next(b for b in exchange.balances() if b.currency == "USD")
+    fee = Decimal(2) * Decimal("0.01") * Decimal(60000) * Decimal("0.004")  # a resting limit pays the maker rate
+    assert usd.hold == Decimal(2) * Decimal("0.01") * Decimal(60000) + fee
+    assert usd.available == usd_before.available - usd.hold
