@@ -206,7 +206,7 @@ def test_fresh_folder_up_then_daily_checklist_at_once_completes_and_is_never_fai
     runs = stored_results(folder)
     assert [run_id for run_id, _ in runs] == [second, first]
     for _, items in runs:
-        assert len(items) == 10
+        assert len(items) == 11  # the morning checklist's items (tests/flows/test_daily_checklist.py ITEMS)
         assert failed_items(items) == {}
     latest = runs[0][1]
     assert latest["telemetry freshness"]["status"] == "pass", latest["telemetry freshness"]
