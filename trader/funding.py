@@ -22,8 +22,6 @@ from trader.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-FUNDING_RATE_ALERT = Decimal("0.001")  # the perpetuals runbook's funding_rate_spike: |rate| > 0.001
-
 
 @dataclass
 class FundingTracker:

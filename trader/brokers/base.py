@@ -28,6 +28,11 @@ class Broker(ABC):
     def get_product(self, symbol: str) -> Product:
         """The product's rules; raises UnknownSymbol."""
 
+    def fresh_product(self, symbol: str) -> Product:
+        """The product as the exchange has it now (a future's funding rate and time change every interval);
+        brokers that cache products read it again."""
+        return self.get_product(symbol)
+
     @abstractmethod
     def list_products(self) -> list[Product]: ...
 

@@ -55,6 +55,7 @@ from trader.domain import (
     FeeTier,
     Fill,
     FuturesAccount,
+    FuturesPosition,
     KeyPermissions,
     Liquidity,
     Order,
@@ -452,9 +453,7 @@ class CoinbaseBroker(Broker):
             entry = money(spot.get("average_entry_price"))
             positions.append(Position(f"{spot['asset']}-USD", quantity, entry))
         if self.derivatives:
-            listed = self._read("futures positions", lambda: self.client.list_futures_positions())
-            for raw in listed.get("positions") or []:
-                future = futures_position(raw)
+            for future in self._futures_positions():
                 signed = future.contracts if future.side == "long" else -future.contracts
                 positions.append(Position(future.symbol, signed, future.average_entry_price))
             positions.extend(self.perps_positions())
@@ -494,7 +493,6 @@ class CoinbaseBroker(Broker):
         self._derivatives_on()
         summary = self._read("futures balance summary", lambda: self.client.get_futures_balance_summary())
         data = summary.get("balance_summary") or {}
-        listed = self._read("futures positions", lambda: self.client.list_futures_positions())
         return FuturesAccount(
             buying_power=money(data.get("futures_buying_power")),
             total_usd_balance=money(data.get("total_usd_balance")),
@@ -505,24 +503,18 @@ class CoinbaseBroker(Broker):
             liquidation_threshold=money(data.get("liquidation_threshold")),
             liquidation_buffer_usd=money(data.get("liquidation_buffer_amount")),
             liquidation_buffer_pct=money(data.get("liquidation_buffer_percentage")),
-            positions=[futures_position(raw) for raw in listed.get("positions") or []],
+            positions=self._futures_positions(),
         )
+
+    def _futures_positions(self) -> list[FuturesPosition]:
+        """GET /cfm/positions: every US futures position."""
+        listed = self._read("futures positions", lambda: self.client.list_futures_positions())
+        return [futures_position(raw) for raw in listed.get("positions") or []]
 
     def fresh_product(self, symbol: str) -> Product:
         """The product read now, not from the cache: a future's funding rate and time change every interval."""
         self._derivatives_on()
         return self._fetch_product(symbol)
-
-    def funding_rates(self, symbols: list[str]) -> dict[str, Decimal]:
-        """Each perpetual-style future's funding rate now (read fresh: it changes every interval); symbols without
-        one (spot) are left out."""
-        self._derivatives_on()
-        rates = {}
-        for symbol in symbols:
-            rate = self._fetch_product(symbol).funding_rate
-            if rate is not None:
-                rates[symbol] = rate
-        return rates
 
     def futures_contracts(self, symbol: str) -> Decimal:
         """The CFM position in `symbol` as signed contracts (negative: short; 0 when there is none)."""

@@ -434,16 +434,6 @@ class SimulatedExchange(PaperAccountFile, Broker):
         self._sync()
         return self.get_product(symbol)
 
-    def funding_rates(self, symbols: list[str]) -> dict[str, Decimal]:
-        """Each future's funding rate now; spot symbols are left out."""
-        self._sync()
-        self._persist()
-        return {
-            s: self._funding_rate(self._products[s])
-            for s in symbols
-            if s in self._products and self._products[s].futures is not None
-        }
-
     def funding_payments(self, since: datetime | None = None) -> list[FundingPayment]:
         """Funding accrued and settled after `since`, oldest first (payment_id is unique)."""
         self._sync()
@@ -458,6 +448,10 @@ class SimulatedExchange(PaperAccountFile, Broker):
             if self._products[s].futures is not None
         ]
 
+    def _bar_interval(self, symbol: str) -> timedelta:
+        """How long a bar lasts: from the current bar's start to the market clock (its close)."""
+        return self.market.now() - self.market.latest(symbol).start
+
     def _mark(self, product: Product) -> Decimal:
         return self.market.latest(product.symbol).close
 
@@ -465,7 +459,7 @@ class SimulatedExchange(PaperAccountFile, Broker):
         """The rate the next funding instant applies: fixed when its interval began (trader/brokers/futures.py)."""
         assert product.futures is not None
         now = self.market.now()
-        interval = now - self.market.latest(product.symbol).start
+        interval = self._bar_interval(product.symbol)
         start = fx.interval_start(now)
         history = self._histories([product], int((now - start) / interval) + 2)
         return self._rate_fixed_at(product, start, history, interval)
@@ -495,7 +489,7 @@ class SimulatedExchange(PaperAccountFile, Broker):
         if not instants:
             return
         held = self._futures_held()
-        interval = now - self.market.latest(held[0].product.symbol).start if held else now - now
+        interval = self._bar_interval(held[0].product.symbol) if held else now - now
         # back to the start of the first instant's interval: its rate was fixed then
         history = (
             self._histories([p.product for p in held], bars + int(fx.FUNDING_INTERVAL / interval) + 2) if held else {}
@@ -827,7 +821,7 @@ class SimulatedExchange(PaperAccountFile, Broker):
         symbols = {o.symbol for o in self._open.values()}
         bars = {s: self.market.history(s, count) for s in symbols}
         any_symbol = next(iter(symbols))
-        interval = self.market.now() - self.market.latest(any_symbol).start
+        interval = self._bar_interval(any_symbol)
         for step in range(count):
             for order in list(self._open.values()):
                 rows = bars[order.symbol]

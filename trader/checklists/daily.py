@@ -114,7 +114,7 @@ def preflight(settings: Settings, broker: Broker) -> CheckResult:
 def funding_schedule(settings: Settings, broker: Broker, ledger: Ledger, now: datetime) -> CheckResult:
     """The perpetuals runbook's check_funding_schedule: each future traded or held, its rate and next funding time
     (warn beyond |0.001|, the funding_rate_spike level), and the last 24 hours' funding paid or received."""
-    from trader.funding import FUNDING_RATE_ALERT, funding_summary
+    from trader.funding import funding_summary
 
     now = broker.now()  # the account's clock: a replayed paper account's funding is on replay time
     if not settings.coinbase_enable_derivatives:
@@ -127,7 +127,7 @@ def funding_schedule(settings: Settings, broker: Broker, ledger: Ledger, now: da
     status: Status = "pass"
     notes = []
     for symbol in symbols:
-        product = broker.fresh_product(symbol) if hasattr(broker, "fresh_product") else broker.get_product(symbol)
+        product = broker.fresh_product(symbol)
         rate, when = product.funding_rate, product.funding_time
         if rate is None or when is None:
             status = _max(status, "warn")
@@ -136,9 +136,10 @@ def funding_schedule(settings: Settings, broker: Broker, ledger: Ledger, now: da
         minutes = max((when - now).total_seconds() / 60, 0)
         notes.append(f"{symbol}{' (held)' if symbol in held else ''}: rate {rate} next at {when:%H:%M} UTC")
         notes[-1] += f" (in {minutes:.0f} min)"
-        if abs(rate) > FUNDING_RATE_ALERT:
+        alert = settings.risk_funding_rate_abs  # the funding_rate guard's threshold (the runbook's 0.001)
+        if abs(rate) > Decimal(str(alert)):
             status = _max(status, "warn")
-            notes[-1] += f", above |{FUNDING_RATE_ALERT}|"
+            notes[-1] += f", above |{alert:g}|"
     total = next((r for r in funding_summary(ledger, now - timedelta(hours=24)) if r["symbol"] == "TOTAL"), None)
     notes.append(f"funding 24 h: net {total['net'] if total else '0.00'} USD")
     return CheckResult(
