@@ -209,6 +209,9 @@ class MeteredBroker(Broker):
     def get_product(self, symbol: str) -> Product:
         return self._timed("get_product", lambda: self.inner.get_product(symbol))
 
+    def fresh_product(self, symbol: str) -> Product:
+        return self._timed("fresh_product", lambda: self.inner.fresh_product(symbol))
+
     def list_products(self) -> list[Product]:
         return self._timed("list_products", self.inner.list_products)
 

@@ -46,6 +46,7 @@ def test_every_exchange_call_is_timed_and_the_local_ones_are_not() -> None:
     state: dict[str, Any] = {}
     calls: dict[str, Callable[[], object]] = {
         "get_product": lambda: broker.get_product("BTC-USD"),
+        "fresh_product": lambda: broker.fresh_product("BTC-USD"),
         "list_products": broker.list_products,
         "best_bid_ask": lambda: broker.best_bid_ask("BTC-USD"),
         "candles": lambda: broker.candles("BTC-USD", 5),
